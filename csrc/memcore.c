@@ -1,0 +1,516 @@
+/* memcore: guest RAM, dirty bitmaps, flat-view dispatch and qtest codecs. See memcore.h. */
+#define _GNU_SOURCE
+#include "memcore.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+struct mc_block {
+    uint8_t *host;
+    uint64_t size;       /* multiple of MC_PAGE_SIZE */
+    uint64_t pages;
+    uint64_t words;
+    _Atomic uint64_t *bitmap;
+};
+
+/* Old tables stay alive until the view is freed: readers on other threads (vCPU, migration) may
+ * still walk them, and memory maps change rarely. */
+struct mc_flat {
+    _Atomic(mc_range *) ranges;
+    _Atomic uint64_t count;
+    pthread_mutex_t lock;
+    mc_range **retired;
+    uint64_t nretired;
+};
+
+/* ---------------------------------------------------------------- blocks */
+
+mc_block *mc_block_new(uint64_t size)
+{
+    if (size == 0 || size > (1ULL << 46)) {
+        return NULL;
+    }
+    size = (size + MC_PAGE_SIZE - 1) & ~(MC_PAGE_SIZE - 1);
+    mc_block *b = calloc(1, sizeof(*b));
+    if (!b) {
+        return NULL;
+    }
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        free(b);
+        return NULL;
+    }
+    b->host = p;
+    b->size = size;
+    b->pages = size >> MC_PAGE_BITS;
+    b->words = (b->pages + 63) / 64;
+    b->bitmap = calloc(b->words, sizeof(uint64_t));
+    if (!b->bitmap) {
+        munmap(p, size);
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+void mc_block_free(mc_block *b)
+{
+    if (!b) {
+        return;
+    }
+    munmap(b->host, b->size);
+    free((void *)b->bitmap);
+    free(b);
+}
+
+uint8_t *mc_block_host(mc_block *b) { return b->host; }
+uint64_t mc_block_size(mc_block *b) { return b->size; }
+uint64_t mc_block_pages(mc_block *b) { return b->pages; }
+uint64_t *mc_block_bitmap(mc_block *b) { return (uint64_t *)b->bitmap; }
+uint64_t mc_block_bitmap_words(mc_block *b) { return b->words; }
+
+static int range_ok(mc_block *b, uint64_t off, uint64_t len)
+{
+    return off <= b->size && len <= b->size - off;
+}
+
+static void dirty_mark(mc_block *b, uint64_t off, uint64_t len)
+{
+    if (len == 0) {
+        return;
+    }
+    uint64_t first = off >> MC_PAGE_BITS;
+    uint64_t last = (off + len - 1) >> MC_PAGE_BITS;
+    uint64_t w0 = first / 64, w1 = last / 64;
+    for (uint64_t w = w0; w <= w1; w++) {
+        uint64_t lo = (w == w0) ? first % 64 : 0;
+        uint64_t hi = (w == w1) ? last % 64 : 63;
+        uint64_t mask = (hi == 63 ? ~0ULL : ((1ULL << (hi + 1)) - 1)) & ~((1ULL << lo) - 1);
+        /* Skip the atomic RMW when the bits are already set: the common case for hot pages. */
+        if ((atomic_load_explicit(&b->bitmap[w], memory_order_relaxed) & mask) != mask) {
+            atomic_fetch_or_explicit(&b->bitmap[w], mask, memory_order_relaxed);
+        }
+    }
+}
+
+int mc_block_read(mc_block *b, uint64_t off, uint8_t *buf, uint64_t len)
+{
+    if (!range_ok(b, off, len)) {
+        return MC_EINVAL;
+    }
+    memcpy(buf, b->host + off, len);
+    return 0;
+}
+
+int mc_block_write(mc_block *b, uint64_t off, const uint8_t *buf, uint64_t len)
+{
+    if (!range_ok(b, off, len)) {
+        return MC_EINVAL;
+    }
+    memcpy(b->host + off, buf, len);
+    dirty_mark(b, off, len);
+    return 0;
+}
+
+int mc_block_fill(mc_block *b, uint64_t off, uint8_t byte, uint64_t len)
+{
+    if (!range_ok(b, off, len)) {
+        return MC_EINVAL;
+    }
+    memset(b->host + off, byte, len);
+    dirty_mark(b, off, len);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- dirty bitmap */
+
+int mc_dirty_set(mc_block *b, uint64_t off, uint64_t len)
+{
+    if (!range_ok(b, off, len)) {
+        return MC_EINVAL;
+    }
+    dirty_mark(b, off, len);
+    return 0;
+}
+
+int mc_dirty_set_all(mc_block *b)
+{
+    dirty_mark(b, 0, b->size);
+    return 0;
+}
+
+uint64_t mc_dirty_count(mc_block *b)
+{
+    uint64_t n = 0;
+    for (uint64_t w = 0; w < b->words; w++) {
+        n += (uint64_t)__builtin_popcountll(atomic_load_explicit(&b->bitmap[w], memory_order_relaxed));
+    }
+    return n;
+}
+
+int64_t mc_dirty_find_next(mc_block *b, uint64_t page)
+{
+    if (page >= b->pages) {
+        return -1;
+    }
+    uint64_t w = page / 64;
+    uint64_t v = atomic_load_explicit(&b->bitmap[w], memory_order_relaxed) & (~0ULL << (page % 64));
+    for (;;) {
+        if (v) {
+            uint64_t p = w * 64 + (uint64_t)__builtin_ctzll(v);
+            return p < b->pages ? (int64_t)p : -1;
+        }
+        if (++w >= b->words) {
+            return -1;
+        }
+        v = atomic_load_explicit(&b->bitmap[w], memory_order_relaxed);
+    }
+}
+
+int mc_dirty_test(mc_block *b, uint64_t page)
+{
+    if (page >= b->pages) {
+        return MC_EINVAL;
+    }
+    return (int)((atomic_load_explicit(&b->bitmap[page / 64], memory_order_relaxed) >> (page % 64)) & 1);
+}
+
+int64_t mc_dirty_fetch_clear(mc_block *b, uint64_t *out, uint64_t nwords)
+{
+    if (nwords != b->words) {
+        return MC_EINVAL;
+    }
+    int64_t n = 0;
+    for (uint64_t w = 0; w < b->words; w++) {
+        /* exchange, not load+store: a write racing with the sync is never lost */
+        uint64_t v = atomic_load_explicit(&b->bitmap[w], memory_order_relaxed)
+                         ? atomic_exchange_explicit(&b->bitmap[w], 0, memory_order_acq_rel)
+                         : 0;
+        out[w] = v;
+        n += __builtin_popcountll(v);
+    }
+    return n;
+}
+
+int64_t mc_block_populated(mc_block *b)
+{
+    uint64_t chunk = 1 << 16; /* pages per mincore call: bounded scratch */
+    unsigned char *vec = malloc(chunk);
+    if (!vec) {
+        return -1;
+    }
+    int64_t n = 0;
+    for (uint64_t p = 0; p < b->pages; p += chunk) {
+        uint64_t cnt = b->pages - p < chunk ? b->pages - p : chunk;
+        if (mincore(b->host + (p << MC_PAGE_BITS), cnt << MC_PAGE_BITS, vec) != 0) {
+            free(vec);
+            return -1;
+        }
+        for (uint64_t i = 0; i < cnt; i++) {
+            n += vec[i] & 1;
+        }
+    }
+    free(vec);
+    return n;
+}
+
+int mc_block_discard(mc_block *b, uint64_t page, uint64_t npages)
+{
+    if (page > b->pages || npages > b->pages - page) {
+        return MC_EINVAL;
+    }
+    if (npages && madvise(b->host + (page << MC_PAGE_BITS), npages << MC_PAGE_BITS, MADV_DONTNEED) != 0) {
+        return MC_EINVAL;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- zero detection */
+
+int mc_is_zero(const uint8_t *p, uint64_t len)
+{
+    uint64_t i = 0;
+    /* head until 8-byte alignment, then words, then tail */
+    while (i < len && ((uintptr_t)(p + i) & 7)) {
+        if (p[i++]) {
+            return 0;
+        }
+    }
+    const uint64_t *w = (const uint64_t *)(p + i);
+    uint64_t nw = (len - i) / 8;
+    for (uint64_t k = 0; k + 4 <= nw; k += 4) {
+        if (w[k] | w[k + 1] | w[k + 2] | w[k + 3]) {
+            return 0;
+        }
+    }
+    for (uint64_t k = nw & ~3ULL; k < nw; k++) {
+        if (w[k]) {
+            return 0;
+        }
+    }
+    for (i += nw * 8; i < len; i++) {
+        if (p[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int mc_zero_pages(mc_block *b, uint64_t page, uint64_t npages, uint8_t *out)
+{
+    if (page > b->pages || npages > b->pages - page) {
+        return MC_EINVAL;
+    }
+    for (uint64_t i = 0; i < npages; i++) {
+        out[i] = (uint8_t)mc_is_zero(b->host + ((page + i) << MC_PAGE_BITS), MC_PAGE_SIZE);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- flat views */
+
+mc_flat *mc_flat_new(void)
+{
+    mc_flat *f = calloc(1, sizeof(*f));
+    if (!f) {
+        return NULL;
+    }
+    pthread_mutex_init(&f->lock, NULL);
+    return f;
+}
+
+void mc_flat_free(mc_flat *f)
+{
+    if (!f) {
+        return;
+    }
+    for (uint64_t i = 0; i < f->nretired; i++) {
+        free(f->retired[i]);
+    }
+    free(f->retired);
+    free(atomic_load(&f->ranges));
+    pthread_mutex_destroy(&f->lock);
+    free(f);
+}
+
+int mc_flat_set(mc_flat *f, const mc_range *ranges, uint64_t n)
+{
+    if (n > (1ULL << 24)) {
+        return MC_EINVAL;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        const mc_range *r = &ranges[i];
+        if (r->last < r->start || (i > 0 && r->start <= ranges[i - 1].last)) {
+            return MC_EINVAL;
+        }
+        if (r->kind == MC_KIND_RAM || r->kind == MC_KIND_ROM) {
+            uint64_t span = r->last - r->start; /* bytes - 1 */
+            if (!r->block || r->offset >= r->block->size || span > r->block->size - r->offset - 1) {
+                return MC_EINVAL;
+            }
+        } else if (r->kind != MC_KIND_MMIO) {
+            return MC_EINVAL;
+        }
+    }
+    mc_range *copy = NULL;
+    if (n) {
+        copy = malloc(n * sizeof(mc_range));
+        if (!copy) {
+            return MC_ENOMEM;
+        }
+        memcpy(copy, ranges, n * sizeof(mc_range));
+    }
+    pthread_mutex_lock(&f->lock);
+    mc_range *old = atomic_load(&f->ranges);
+    if (old) {
+        mc_range **r = realloc(f->retired, (f->nretired + 1) * sizeof(*r));
+        if (!r) {
+            pthread_mutex_unlock(&f->lock);
+            free(copy);
+            return MC_ENOMEM;
+        }
+        f->retired = r;
+        f->retired[f->nretired++] = old;
+    }
+    /* count first set to 0 so a reader never pairs the new table with a stale, larger count */
+    atomic_store(&f->count, 0);
+    atomic_store(&f->ranges, copy);
+    atomic_store(&f->count, n);
+    pthread_mutex_unlock(&f->lock);
+    return 0;
+}
+
+uint64_t mc_flat_count(mc_flat *f) { return atomic_load(&f->count); }
+
+/* Index of the first range whose last >= addr (may not contain addr), or n. */
+static uint64_t flat_search(const mc_range *r, uint64_t n, uint64_t addr)
+{
+    uint64_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (r[mid].last < addr) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+int64_t mc_flat_lookup(mc_flat *f, uint64_t addr)
+{
+    uint64_t n = atomic_load(&f->count);
+    const mc_range *r = atomic_load(&f->ranges);
+    uint64_t i = flat_search(r, n, addr);
+    return (i < n && r[i].start <= addr) ? (int64_t)i : -1;
+}
+
+enum { OP_READ, OP_WRITE, OP_FILL };
+
+static int64_t as_access(mc_flat *f, int op, uint64_t addr, uint8_t *rbuf, const uint8_t *wbuf, uint8_t byte,
+                         uint64_t len, int64_t *mmio)
+{
+    uint64_t n = atomic_load(&f->count);
+    const mc_range *r = atomic_load(&f->ranges);
+    uint64_t done = 0;
+    *mmio = -1;
+    if (len > INT64_MAX) {
+        return MC_EINVAL;
+    }
+    uint64_t i = flat_search(r, n, addr);
+    while (done < len) {
+        uint64_t a = addr + done; /* may wrap past 2^64 */
+        uint64_t left = len - done;
+        if (a < addr) {
+            /* Past the top of the address space: unassigned. */
+            if (op == OP_READ) {
+                memset(rbuf + done, 0, left);
+            }
+            return (int64_t)len;
+        }
+        while (i < n && r[i].last < a) {
+            i++;
+        }
+        uint64_t chunk;
+        if (i >= n || r[i].start > a) {
+            /* unassigned gap up to the next range (or the end) */
+            uint64_t gap = (i < n) ? r[i].start - a : UINT64_MAX - a + 1;
+            chunk = (gap == 0 || gap > left) ? left : gap;
+            if (op == OP_READ) {
+                memset(rbuf + done, 0, chunk);
+            }
+        } else {
+            const mc_range *cur = &r[i];
+            if (cur->kind == MC_KIND_MMIO) {
+                *mmio = (int64_t)i;
+                return (int64_t)done;
+            }
+            uint64_t span = cur->last - a; /* bytes - 1 */
+            chunk = (span >= left - 1) ? left : span + 1;
+            uint64_t off = cur->offset + (a - cur->start);
+            uint8_t *host = cur->block->host + off;
+            if (op == OP_READ) {
+                memcpy(rbuf + done, host, chunk);
+            } else if (cur->kind == MC_KIND_RAM) {
+                if (op == OP_WRITE) {
+                    memcpy(host, wbuf + done, chunk);
+                } else {
+                    memset(host, byte, chunk);
+                }
+                dirty_mark(cur->block, off, chunk);
+            }
+        }
+        done += chunk;
+    }
+    return (int64_t)done;
+}
+
+int64_t mc_as_read(mc_flat *f, uint64_t addr, uint8_t *buf, uint64_t len, int64_t *mmio)
+{
+    return as_access(f, OP_READ, addr, buf, NULL, 0, len, mmio);
+}
+
+int64_t mc_as_write(mc_flat *f, uint64_t addr, const uint8_t *buf, uint64_t len, int64_t *mmio)
+{
+    return as_access(f, OP_WRITE, addr, NULL, buf, 0, len, mmio);
+}
+
+int64_t mc_as_fill(mc_flat *f, uint64_t addr, uint8_t byte, uint64_t len, int64_t *mmio)
+{
+    return as_access(f, OP_FILL, addr, NULL, NULL, byte, len, mmio);
+}
+
+/* ---------------------------------------------------------------- qtest codecs */
+
+static int nibble(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+void mc_qtest_hex_decode(const char *data, uint64_t datalen, uint8_t *out, uint64_t len)
+{
+    uint64_t i = 0;
+    for (; i < len && datalen >= 4 && i <= (datalen - 4) / 2; i++) {
+        /* (-1 << 4) | x sets every bit, as QEMU's decoder does for invalid digits */
+        int hi = nibble(data[2 + 2 * i]), lo = nibble(data[3 + 2 * i]);
+        out[i] = (uint8_t)((unsigned)(hi * 16) | (unsigned)lo);
+    }
+    memset(out + i, 0, len - i);
+}
+
+static signed char b64_rank[256];
+static pthread_once_t b64_once = PTHREAD_ONCE_INIT;
+
+static void b64_init(void)
+{
+    const char *alpha = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    memset(b64_rank, -1, sizeof(b64_rank));
+    for (int i = 0; i < 64; i++) {
+        b64_rank[(unsigned char)alpha[i]] = (signed char)i;
+    }
+    b64_rank['='] = 0; /* a zero digit; its position decides which bytes are emitted */
+}
+
+uint64_t mc_glib_b64_decode(const char *in, uint64_t inlen, uint8_t *out)
+{
+    pthread_once(&b64_once, b64_init);
+    const signed char *rank = b64_rank;
+    uint64_t o = 0;
+    uint32_t v = 0;
+    int n = 0;
+    unsigned char last0 = 0, last1 = 0;
+    for (uint64_t k = 0; k < inlen; k++) {
+        unsigned char c = (unsigned char)in[k];
+        int r = rank[c];
+        if (r < 0) {
+            continue;
+        }
+        last1 = last0;
+        last0 = c;
+        v = (v << 6) | (uint32_t)r;
+        if (++n == 4) {
+            out[o++] = (uint8_t)(v >> 16);
+            if (last1 != '=') {
+                out[o++] = (uint8_t)(v >> 8);
+            }
+            if (last0 != '=') {
+                out[o++] = (uint8_t)v;
+            }
+            n = 0;
+        }
+    }
+    return o;
+}

@@ -1,0 +1,105 @@
+/*
+ * memcore: the C core of the emulator's memory.
+ *
+ * Guest RAM blocks live in anonymous mmap memory (populated lazily by the kernel); each block has a
+ * dirty bitmap with one bit per 4 KiB page that every write path sets. A flat view is a sorted table
+ * of non-overlapping ranges that maps guest-physical addresses to RAM/ROM blocks or to MMIO handles;
+ * bulk read/write/fill resolve RAM in C and stop at the first MMIO byte so the caller can dispatch it.
+ *
+ * Every function bounds-checks its arguments: a bad address or length is an error code, never a
+ * host crash. The Python binding releases the GIL around every call.
+ */
+#ifndef MEMCORE_H
+#define MEMCORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MC_PAGE_BITS 12
+#define MC_PAGE_SIZE 4096ULL
+
+/* Error codes (negative return values). */
+#define MC_EINVAL (-1)   /* bad argument: out of range, misaligned, overflow */
+#define MC_ENOMEM (-2)   /* allocation failed */
+
+/* Range kinds in a flat view. */
+#define MC_KIND_RAM 1    /* read/write host memory, marks dirty pages */
+#define MC_KIND_ROM 2    /* readable host memory; writes are dropped */
+#define MC_KIND_MMIO 3   /* handled by the caller: the access stops there */
+
+typedef struct mc_block mc_block;
+typedef struct mc_flat mc_flat;
+
+/* One range of a flat view. `last` is inclusive so a range may end at 2^64 - 1. */
+typedef struct {
+    uint64_t start;
+    uint64_t last;
+    int32_t kind;
+    int32_t handle;      /* caller's id for MMIO ranges (and informational for RAM/ROM) */
+    mc_block *block;     /* RAM/ROM: backing block */
+    uint64_t offset;     /* RAM/ROM: offset of `start` inside the block */
+} mc_range;
+
+/* ---- RAM blocks ---- */
+mc_block *mc_block_new(uint64_t size);            /* NULL on failure; size rounded up to a page */
+void mc_block_free(mc_block *b);
+uint8_t *mc_block_host(mc_block *b);
+uint64_t mc_block_size(mc_block *b);
+uint64_t mc_block_pages(mc_block *b);
+uint64_t *mc_block_bitmap(mc_block *b);           /* ceil(pages / 64) words */
+uint64_t mc_block_bitmap_words(mc_block *b);
+
+/* Copies/fills within one block by offset (bounds-checked). Writes mark dirty pages. */
+int mc_block_read(mc_block *b, uint64_t off, uint8_t *buf, uint64_t len);
+int mc_block_write(mc_block *b, uint64_t off, const uint8_t *buf, uint64_t len);
+int mc_block_fill(mc_block *b, uint64_t off, uint8_t byte, uint64_t len);
+
+/* Dirty bitmap helpers. */
+int mc_dirty_set(mc_block *b, uint64_t off, uint64_t len);       /* mark bytes [off, off+len) */
+int mc_dirty_set_all(mc_block *b);
+uint64_t mc_dirty_count(mc_block *b);
+int64_t mc_dirty_find_next(mc_block *b, uint64_t page);          /* first dirty page >= page, -1 if none */
+int mc_dirty_test(mc_block *b, uint64_t page);                   /* 0/1, MC_EINVAL past the end */
+/* Atomically moves the bitmap into `out` (nwords words, must equal the bitmap size) and clears it.
+ * Returns the number of dirty pages moved, or MC_EINVAL. */
+int64_t mc_dirty_fetch_clear(mc_block *b, uint64_t *out, uint64_t nwords);
+
+/* Pages of the block that the kernel has populated (mincore); -1 on failure. */
+int64_t mc_block_populated(mc_block *b);
+/* Gives pages [page, page+npages) back to the kernel so they read as zero again. */
+int mc_block_discard(mc_block *b, uint64_t page, uint64_t npages);
+
+/* Zero detection. */
+int mc_is_zero(const uint8_t *p, uint64_t len);
+/* For pages [page, page+npages) of b, writes out[i] = 1 if page is all zero else 0. */
+int mc_zero_pages(mc_block *b, uint64_t page, uint64_t npages, uint8_t *out);
+
+/* ---- flat views ---- */
+mc_flat *mc_flat_new(void);
+void mc_flat_free(mc_flat *f);
+/* Replaces the table. Ranges must be sorted, non-overlapping, with valid blocks and offsets. */
+int mc_flat_set(mc_flat *f, const mc_range *ranges, uint64_t n);
+uint64_t mc_flat_count(mc_flat *f);
+/* Index of the range holding addr, or -1 (unassigned). */
+int64_t mc_flat_lookup(mc_flat *f, uint64_t addr);
+
+/*
+ * Bulk access through a flat view. They process [addr, addr+len) in order: RAM/ROM are copied,
+ * unassigned bytes read as zero and swallow writes, ROM swallows writes. They stop at the first
+ * byte that falls in an MMIO range and return how many bytes were done before it, with *mmio set
+ * to that range's index (or -1 if the whole access was done). Bytes past 2^64 - 1 are unassigned.
+ */
+int64_t mc_as_read(mc_flat *f, uint64_t addr, uint8_t *buf, uint64_t len, int64_t *mmio);
+int64_t mc_as_write(mc_flat *f, uint64_t addr, const uint8_t *buf, uint64_t len, int64_t *mmio);
+int64_t mc_as_fill(mc_flat *f, uint64_t addr, uint8_t byte, uint64_t len, int64_t *mmio);
+
+/* ---- codecs for the qtest wire (per-byte work kept out of Python) ---- */
+/* GLib's g_base64_decode semantics: characters outside the alphabet are skipped, '=' counts as a
+ * zero digit that suppresses output bytes of its quantum, an incomplete last quantum is dropped.
+ * out needs (inlen / 4) * 3 + 3 bytes. Returns the number of bytes written. */
+uint64_t mc_glib_b64_decode(const char *in, uint64_t inlen, uint8_t *out);
+/* qtest `write` decoding: byte i from chars 2+2i and 3+2i when both exist (invalid hex = nibble -1,
+ * i.e. all bits set), bytes without data are zero. Writes exactly len bytes to out. */
+void mc_qtest_hex_decode(const char *data, uint64_t datalen, uint8_t *out, uint64_t len);
+
+#endif

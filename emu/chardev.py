@@ -1,0 +1,549 @@
+"""Character devices: the byte pipes that front-ends (qtest, QMP monitors, serial ports) talk through.
+
+Backends follow QEMU's ``-chardev`` syntax: ``socket`` (unix ``path=`` or tcp ``host=``/``port=``,
+client by default, ``server=on`` listens, ``wait=off`` does not block start-up, ``fd=N`` adopts an
+inherited socket), ``stdio``, ``file`` (``path=``, ``input-path=``) and ``null``, plus the legacy
+shorthands (``unix:PATH``, ``tcp:HOST:PORT``, ``stdio``, ``file:PATH``, ``chardev:ID``...).
+
+All I/O is non-blocking on the main loop; output is queued, and a front-end's input is paused
+while too much of its output is waiting (a client that stops reading stalls only itself).
+"""
+from __future__ import annotations
+
+import array
+import os
+import socket
+import stat
+import sys
+import threading
+from typing import Protocol
+
+from emu.main_loop import MainLoop
+
+RECV_SIZE = 256 * 1024
+OUT_HIGH = 16 << 20  # pause input above this much queued output
+OUT_LOW = 1 << 20    # resume below this
+MAX_FDS = 16
+
+
+class ChardevError(Exception):
+    """A chardev could not be created or opened; the message is QEMU's."""
+
+
+class Frontend(Protocol):
+    """What a chardev's user implements."""
+
+    def chr_open(self) -> None: ...
+
+    def chr_read(self, data: bytes, fds: list[int]) -> None: ...
+
+    def chr_close(self) -> None: ...
+
+
+def parse_opts(text: str, implied: str | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """QemuOpts-style ``a=b,c,d=e`` (``,,`` escapes a comma). Returns (pairs, bare flags)."""
+    items: list[str] = []
+    cur = ""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == ",":
+            if text[i + 1 : i + 2] == ",":
+                cur += ","
+                i += 2
+                continue
+            items.append(cur)
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    items.append(cur)
+    pairs: list[tuple[str, str]] = []
+    flags: list[str] = []
+    for n, item in enumerate(items):
+        if "=" in item:
+            k, v = item.split("=", 1)
+            pairs.append((k, v))
+        elif n == 0 and implied is not None:
+            pairs.append((implied, item))
+        elif item:
+            flags.append(item)
+    return pairs, flags
+
+
+def _bool_opt(opts: dict[str, str], key: str, default: bool) -> bool:
+    v = opts.get(key)
+    if v is None:
+        return default
+    if v in ("on", "yes", "true", ""):
+        return True
+    if v in ("off", "no", "false"):
+        return False
+    raise ChardevError(f"Parameter '{key}' expects 'on' or 'off'")
+
+
+class Chardev:
+    """Base chardev: one front-end, a non-blocking output queue, open/close events."""
+
+    backend = "null"
+
+    def __init__(self, loop: MainLoop, chr_id: str) -> None:
+        self.loop = loop
+        self.id = chr_id
+        self.frontend: Frontend | None = None
+        self.connected = False
+        self.label = chr_id
+
+    def attach(self, fe: Frontend) -> None:
+        if self.frontend is not None:
+            raise ChardevError(f"Device '{self.id}' is in use")
+        self.frontend = fe
+        if self.connected:
+            fe.chr_open()
+
+    def start(self) -> None:
+        """Opens the backend (connects, listens...). Raises ChardevError."""
+
+    def write(self, data: bytes) -> None:
+        """Queues output (any thread). Dropped while nothing is connected, as in QEMU."""
+
+    def close(self) -> None:
+        self.connected = False
+
+    def filename(self) -> str:
+        return self.backend
+
+    # ---- helpers for subclasses
+    def _opened(self) -> None:
+        self.connected = True
+        if self.frontend is not None:
+            self.frontend.chr_open()
+
+    def _closed(self) -> None:
+        if self.connected:
+            self.connected = False
+            if self.frontend is not None:
+                self.frontend.chr_close()
+
+    def _deliver(self, data: bytes, fds: list[int]) -> None:
+        if self.frontend is not None:
+            self.frontend.chr_read(data, fds)
+        else:
+            for fd in fds:
+                os.close(fd)
+
+
+class NullChardev(Chardev):
+    backend = "null"
+
+    def start(self) -> None:
+        self._opened()
+
+
+class _StreamChardev(Chardev):
+    """Shared machinery for fd-backed chardevs: reader callback, output queue, backpressure."""
+
+    def __init__(self, loop: MainLoop, chr_id: str) -> None:
+        super().__init__(loop, chr_id)
+        self._in_fd = -1
+        self._out_fd = -1
+        self._out = bytearray()
+        self._paused = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def _start_io(self, in_fd: int, out_fd: int, sock: socket.socket | None = None) -> None:
+        self._in_fd, self._out_fd, self._sock = in_fd, out_fd, sock
+        self._out.clear()
+        self._paused = False
+        self._opened()
+        if in_fd >= 0 and self.connected:
+            self._watch_input()
+
+    def _watch_input(self) -> None:
+        try:
+            self.loop.add_reader(self._in_fd, self._on_readable)
+        except PermissionError:
+            # A regular file cannot be polled: read it in chunks from the loop instead.
+            self.loop.call_soon_threadsafe(self._pump_file)
+
+    def _pump_file(self) -> None:
+        if self._in_fd < 0:
+            return
+        if self._paused:
+            return  # _on_drained resumes
+        try:
+            data = os.read(self._in_fd, RECV_SIZE)
+        except OSError:
+            data = b""
+        if not data:
+            self._input_eof()
+            return
+        self._deliver(data, [])
+        self.loop.call_soon_threadsafe(self._pump_file)
+
+    def _on_readable(self) -> None:
+        fds: list[int] = []
+        try:
+            if self._sock is not None and self._sock.family == socket.AF_UNIX:
+                data, fds = self._recv_unix()
+            else:
+                data = os.read(self._in_fd, RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data and not fds:
+            self._input_eof()
+            return
+        self._deliver(data, fds)
+
+    def _recv_unix(self) -> tuple[bytes, list[int]]:
+        assert self._sock is not None
+        fds = array.array("i")
+        data, ancdata, _flags, _addr = self._sock.recvmsg(RECV_SIZE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+        for level, ctype, cdata in ancdata:
+            if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+                fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
+        return data, list(fds)
+
+    def _input_eof(self) -> None:
+        if self._in_fd >= 0:
+            self.loop.remove_reader(self._in_fd)
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        """The peer went away (or input ended)."""
+        self._stop_io()
+        self._closed()
+
+    def _stop_io(self) -> None:
+        if self._in_fd >= 0:
+            self.loop.remove_reader(self._in_fd)
+        if self._out_fd >= 0:
+            self.loop.remove_writer(self._out_fd)
+        self._in_fd = self._out_fd = -1
+        self._out.clear()
+
+    def write(self, data: bytes) -> None:
+        if threading.get_ident() != self.loop._main_thread:
+            self.loop.call_soon_threadsafe(lambda: self.write(data))
+            return
+        if not self.connected or self._out_fd < 0 or not data:
+            return
+        if not self._out:
+            try:
+                n = os.write(self._out_fd, data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                self._disconnect()
+                return
+            if n == len(data):
+                return
+            data = data[n:]
+            self.loop.add_writer(self._out_fd, self._on_writable)
+        self._out += data
+        if len(self._out) > OUT_HIGH and not self._paused and self._in_fd >= 0:
+            self._paused = True
+            self.loop.remove_reader(self._in_fd)
+
+    def _on_writable(self) -> None:
+        try:
+            n = os.write(self._out_fd, self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._disconnect()
+            return
+        del self._out[:n]
+        if not self._out:
+            self.loop.remove_writer(self._out_fd)
+        if self._paused and len(self._out) < OUT_LOW:
+            self._paused = False
+            if self._in_fd >= 0:
+                self._watch_input()
+
+    def flush_blocking(self) -> None:
+        """Writes out everything queued (used at exit)."""
+        if self._out_fd < 0:
+            return
+        try:
+            os.set_blocking(self._out_fd, True)
+            while self._out:
+                n = os.write(self._out_fd, self._out)
+                del self._out[:n]
+        except OSError:
+            self._out.clear()
+
+
+class SocketChardev(_StreamChardev):
+    """``-chardev socket``: unix or tcp, client or server, or an inherited fd."""
+
+    backend = "socket"
+
+    def __init__(self, loop: MainLoop, chr_id: str, opts: dict[str, str]) -> None:
+        super().__init__(loop, chr_id)
+        self.opts = opts
+        self.server = _bool_opt(opts, "server", False)
+        self.wait = _bool_opt(opts, "wait", True)
+        self.path = opts.get("path")
+        self.host = opts.get("host")
+        self.port = opts.get("port")
+        self.fd = opts.get("fd")
+        self._listener: socket.socket | None = None
+        if self.fd is None and self.path is None:
+            if self.host is None:
+                raise ChardevError("chardev: socket: no host given")
+            if self.port is None:
+                raise ChardevError("chardev: socket: no port given")
+
+    def _desc(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        if self.fd is not None:
+            return f"fd:{self.fd}"
+        return f"tcp:{self.host}:{self.port}"
+
+    def filename(self) -> str:
+        return self._desc() + (",server=on" if self.server else "")
+
+    def start(self) -> None:
+        if self.fd is not None:
+            try:
+                fdnum = int(self.fd)
+                sock = socket.socket(fileno=fdnum)
+            except (ValueError, OSError) as e:
+                raise ChardevError(f"File descriptor '{self.fd}' is not a socket") from e
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                self._listen_on(sock)
+            else:
+                self._connected_sock(sock)
+            return
+        if self.server:
+            self._listen_on(self._make_listener())
+            if self.wait:
+                print(f"QEMU waiting for connection on: disconnected:{self.filename()}", file=sys.stderr, flush=True)
+                assert self._listener is not None
+                self._listener.setblocking(True)
+                conn, _ = self._listener.accept()
+                self._listener.setblocking(False)
+                self._connected_sock(conn)
+            return
+        self._connected_sock(self._connect())
+
+    def _make_listener(self) -> socket.socket:
+        try:
+            if self.path is not None:
+                try:
+                    if stat.S_ISSOCK(os.stat(self.path).st_mode):
+                        os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.bind(self.path)
+            else:
+                infos = socket.getaddrinfo(self.host or None, int(self.port or 0), type=socket.SOCK_STREAM,
+                                           flags=socket.AI_PASSIVE)
+                fam, _, _, _, addr = infos[0]
+                sock = socket.socket(fam, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(addr)
+            sock.listen(1)
+        except (OSError, ValueError) as e:
+            where = self.path if self.path is not None else f"{self.host}:{self.port}"
+            raise ChardevError(f"Failed to bind socket to {where}: {getattr(e, 'strerror', None) or e}") from e
+        return sock
+
+    def _listen_on(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._listener = sock
+        self.server = True
+        self.loop.add_reader(sock.fileno(), self._on_accept)
+
+    def _on_accept(self) -> None:
+        assert self._listener is not None
+        try:
+            conn, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return
+        self._connected_sock(conn)
+
+    def _connect(self) -> socket.socket:
+        try:
+            if self.path is not None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(self.path)
+            else:
+                sock = socket.create_connection((self.host or "localhost", int(self.port or 0)))
+        except (OSError, ValueError) as e:
+            where = self.path if self.path is not None else f"{self.host}:{self.port}"
+            raise ChardevError(f"Failed to connect to '{where}': {getattr(e, 'strerror', None) or e}") from e
+        return sock
+
+    def _connected_sock(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        if self._listener is not None:
+            # one client at a time; others wait in the backlog, as with QEMU
+            self.loop.remove_reader(self._listener.fileno())
+        fd = sock.fileno()
+        self._conn = sock
+        self._start_io(fd, fd, sock)
+
+    def _disconnect(self) -> None:
+        conn = getattr(self, "_conn", None)
+        super()._disconnect()
+        if conn is not None:
+            conn.close()
+            self._conn = None
+        if self._listener is not None:
+            self.loop.add_reader(self._listener.fileno(), self._on_accept)
+
+    def close(self) -> None:
+        self.flush_blocking()
+        conn = getattr(self, "_conn", None)
+        self._stop_io()
+        if conn is not None:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+            self._conn = None
+        self.connected = False
+        if self._listener is not None:
+            self.loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+            if self.path is not None and self.fd is None:
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+
+
+class StdioChardev(_StreamChardev):
+    backend = "stdio"
+
+    def start(self) -> None:
+        out = os.dup(1)
+        os.set_blocking(out, False)
+        self._start_io(0, out)
+
+    def _input_eof(self) -> None:
+        # EOF on stdin ends input only; output keeps flowing and QEMU keeps running.
+        if self._in_fd >= 0:
+            self.loop.remove_reader(self._in_fd)
+        self._in_fd = -1
+        if self.frontend is not None:
+            self.frontend.chr_close()
+
+    def close(self) -> None:
+        self.flush_blocking()
+        self._stop_io()
+        self.connected = False
+
+
+class FileChardev(_StreamChardev):
+    """``-chardev file,path=OUT[,input-path=IN]``: output to a file, optional input from another."""
+
+    backend = "file"
+
+    def __init__(self, loop: MainLoop, chr_id: str, opts: dict[str, str]) -> None:
+        super().__init__(loop, chr_id)
+        if "path" not in opts:
+            raise ChardevError("chardev: file: no filename given")
+        self.path = opts["path"]
+        self.input_path = opts.get("input-path")
+        self.append = _bool_opt(opts, "append", False)
+
+    def filename(self) -> str:
+        return f"file:{self.path}"
+
+    def start(self) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if self.append else os.O_TRUNC)
+        try:
+            out = os.open(self.path, flags, 0o666)
+            inp = os.open(self.input_path, os.O_RDONLY | os.O_CLOEXEC) if self.input_path else -1
+        except OSError as e:
+            raise ChardevError(f"Could not open '{e.filename}': {e.strerror}") from e
+        self._start_io(inp, out)
+
+    def _input_eof(self) -> None:
+        if self._in_fd >= 0:
+            self.loop.remove_reader(self._in_fd)
+            os.close(self._in_fd)
+        self._in_fd = -1
+        if self.frontend is not None:
+            self.frontend.chr_close()
+
+    def close(self) -> None:
+        self.flush_blocking()
+        out = self._out_fd
+        self._stop_io()
+        if out >= 0:
+            os.close(out)
+        self.connected = False
+
+
+BACKENDS = ("socket", "stdio", "file", "null")
+
+
+def create_chardev(loop: MainLoop, backend: str, chr_id: str, opts: dict[str, str]) -> Chardev:
+    """A chardev from ``-chardev BACKEND,id=ID,...`` options."""
+    if backend == "socket":
+        return SocketChardev(loop, chr_id, opts)
+    if backend == "stdio":
+        return StdioChardev(loop, chr_id)
+    if backend == "file":
+        return FileChardev(loop, chr_id, opts)
+    if backend == "null":
+        return NullChardev(loop, chr_id)
+    if backend in ("pty", "vc", "ringbuf", "memory", "pipe", "udp", "serial", "tty", "parallel", "spicevmc",
+                   "msmouse", "wctablet", "braille", "testdev", "qemu-vdagent", "dbus", "mux", "console", "spiceport"):
+        raise ChardevError(f"chardev backend '{backend}' is not supported by this emulator")
+    raise ChardevError(f"'{backend}' is not a valid char driver name")
+
+
+def parse_legacy(spec: str) -> tuple[str, dict[str, str]]:
+    """QEMU's shorthand chardev syntax (``unix:P,server=on``, ``tcp:H:P``, ``stdio``...) → backend + opts."""
+    if spec in ("null", "none"):
+        return "null", {}
+    if spec == "stdio":
+        return "stdio", {}
+    if spec.startswith("file:"):
+        return "file", {"path": spec[5:]}
+    if spec.startswith("unix:"):
+        pairs, flags = parse_opts(spec[5:], implied="path")
+        return "socket", _with_flags(dict(pairs), flags)
+    if spec.startswith("tcp:"):
+        pairs, flags = parse_opts(spec[4:], implied="addr")
+        opts = _with_flags(dict(pairs), flags)
+        addr = opts.pop("addr", "")
+        host, sep, port = addr.rpartition(":")
+        if not sep:
+            raise ChardevError(f"chardev: invalid tcp address '{addr}'")
+        opts["host"], opts["port"] = host.strip("[]"), port
+        return "socket", opts
+    if spec.startswith("/dev/"):
+        return "file", {"path": spec, "input-path": spec}
+    raise ChardevError(f"'{spec.split(':', 1)[0]}' is not a valid char driver name")
+
+
+def _with_flags(opts: dict[str, str], flags: list[str]) -> dict[str, str]:
+    for flag in flags:
+        if flag in ("server", "wait", "nodelay", "telnet", "websocket"):
+            opts[flag] = "on"
+        elif flag.startswith("no") and flag[2:] in ("wait", "server", "delay"):
+            opts[flag[2:]] = "off"
+        else:
+            raise ChardevError(f"Invalid parameter '{flag}'")
+    return opts
+
+
+__all__ = [
+    "Chardev", "ChardevError", "Frontend", "SocketChardev", "StdioChardev", "FileChardev", "NullChardev",
+    "create_chardev", "parse_legacy", "parse_opts",
+]

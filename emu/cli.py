@@ -1,0 +1,331 @@
+"""QEMU-compatible command line: ``emu-system-x86_64 [options]``.
+
+Parses the options that libqtest, QEMUMachine and QEMUQtestMachine pass (and the common ones
+users type) into a ``Config``. Errors use QEMU's wording, ``<prog>: <option> <arg>: <message>``
+on stderr and exit status 1. Building and running the system is ``emu.system``'s job.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+
+from emu.chardev import ChardevError, parse_opts
+
+VERSION_TEXT = "QEMU emulator version 9.1.0 (qtest-emu 0.1.0)\nCopyright (c) 2003-2024 Fabrice Bellard and the QEMU Project developers\n"
+
+# Options without an argument.
+FLAG_OPTIONS = frozenset({
+    "S", "nodefaults", "nographic", "no-reboot", "no-shutdown", "enable-kvm", "no-user-config", "snapshot",
+    "version", "help", "h", "full-screen", "no-hpet", "s", "mem-prealloc", "daemonize", "preconfig",
+    "only-migratable", "no-fd-bootchk", "old-param", "win2k-hack", "no-acpi", "singlestep", "semihosting",
+})
+# Options with one argument.
+ARG_OPTIONS = frozenset({
+    "M", "machine", "m", "accel", "qtest", "qtest-log", "qmp", "qmp-pretty", "chardev", "mon", "monitor",
+    "display", "vga", "serial", "parallel", "incoming", "audio", "audiodev", "name", "uuid", "add-fd", "run-with",
+    "device", "drive", "object", "cpu", "smp", "bios", "L", "boot", "global", "trace", "D", "d", "rtc", "netdev",
+    "net", "k", "icount", "overcommit", "msg", "sandbox", "pidfile", "action", "kernel", "append", "initrd",
+    "fw_cfg", "smbios", "numa", "mem-path", "blockdev", "hda", "hdb", "hdc", "hdd", "cdrom", "fda", "fdb", "usbdevice",
+    "watchdog-action", "compat", "plugin", "seed", "set", "readconfig", "writeconfig", "g", "debugcon", "option-rom",
+    "loadvm", "gdb", "fsdev", "virtfs", "iscsi", "tpmdev", "spice", "vnc", "acpitable", "semihosting-config",
+})
+# Options accepted and ignored: they only affect things this emulator does not model.
+IGNORED_OPTIONS = frozenset({
+    "audio", "audiodev", "trace", "D", "d", "msg", "sandbox", "overcommit", "k", "rtc", "global", "boot", "action",
+    "compat", "seed", "watchdog-action", "no-user-config", "nographic", "full-screen", "no-hpet", "mem-prealloc",
+    "no-reboot", "no-shutdown", "only-migratable", "no-fd-bootchk", "usbdevice", "numa", "smbios",
+})
+MACHINE_PROPS = frozenset({
+    "type", "accel", "usb", "graphics", "dump-guest-core", "mem-merge", "memory-backend", "kernel_irqchip",
+    "kernel-irqchip", "smm", "vmport", "hpet", "sata", "pit", "i8042", "acpi", "suppress-vmdesc", "firmware",
+    "confidential-guest-support", "hmat", "nvdimm", "max-ram-below-4g", "smbus", "default-bus-bypass-iommu",
+    "pcspk-audiodev", "fd-bootindex", "kernel", "initrd", "append", "dtb", "dumpdtb", "phandle-start",
+    "pflash0", "pflash1", "sgx-epc", "boot", "memory-encryption", "igd-passthru", "x-oem-id", "x-oem-table-id",
+})
+UUID_RE = re.compile(r"\A[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+SIZE_HELP = ("Parameter 'size' expects a non-negative number below 2^64\n"
+             "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+             "and exabytes, respectively.")
+
+
+class CliError(Exception):
+    """A command-line error; ``str()`` is the message without the program name."""
+
+
+@dataclass
+class ChardevSpec:
+    backend: str
+    id: str
+    opts: dict[str, str]
+
+
+@dataclass
+class Config:
+    """Everything the command line asked for."""
+
+    machine: str = "pc"
+    machine_props: dict[str, str] = field(default_factory=dict)
+    ram_size: int | None = None
+    accels: list[str] = field(default_factory=list)
+    start_paused: bool = False
+    qtest: str | None = None
+    qtest_log: str | None = None  # None: stderr, as QEMU without -qtest-log
+    qtest_objects: list[dict[str, str]] = field(default_factory=list)
+    chardevs: list[ChardevSpec] = field(default_factory=list)
+    monitors: list[dict[str, str]] = field(default_factory=list)  # -mon chardev=ID,mode=...,pretty=...
+    qmp: list[tuple[str, bool]] = field(default_factory=list)  # (-qmp spec, pretty)
+    hmp: list[str] = field(default_factory=list)
+    serials: list[str] = field(default_factory=list)
+    incoming: str | None = None
+    name: str | None = None
+    uuid: str | None = None
+    add_fds: list[dict[str, str]] = field(default_factory=list)
+    exit_with_parent: bool = False
+    drives: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    bios: str | None = None
+    nodefaults: bool = False
+    display: str = "none"
+    pidfile: str | None = None
+    action: str | None = None  # "help" / "version" when they were asked for
+
+
+def parse_size(text: str, default_suffix: str = "M") -> int:
+    """qemu_strtosz: a number (possibly fractional) with an optional k/M/G/T/P/E suffix."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)([kKmMgGtTpPeEbB]?)", text)
+    if not m:
+        raise ValueError(text)
+    num, suffix = m.group(1), (m.group(2) or default_suffix).upper()
+    mult = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}[suffix]
+    if "." in num:
+        if suffix == "B":
+            raise ValueError(text)
+        value = int(float(num) * mult)
+    else:
+        value = int(num) * mult
+    if value >= 1 << 64:
+        raise ValueError(text)
+    return value
+
+
+def _opts(text: str, implied: str | None = None) -> dict[str, str]:
+    pairs, flags = parse_opts(text, implied)
+    opts = dict(pairs)
+    for flag in flags:
+        opts[flag[2:] if flag.startswith("no") else flag] = "off" if flag.startswith("no") else "on"
+    return opts
+
+
+def parse_args(argv: list[str]) -> Config:
+    """Parses argv (without the program name). Raises CliError with QEMU's message."""
+    cfg = Config()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("-") or arg == "-":
+            raise CliError(f"{arg}: Could not open '{arg}': No such file or directory")
+        name = arg[2:] if arg.startswith("--") else arg[1:]
+        if name in FLAG_OPTIONS:
+            _apply_flag(cfg, name)
+            continue
+        if name not in ARG_OPTIONS:
+            raise CliError(f"{arg}: invalid option")
+        if i >= len(argv):
+            raise CliError(f"{arg}: requires an argument")
+        value = argv[i]
+        i += 1
+        try:
+            _apply(cfg, name, value)
+        except CliError as e:
+            if getattr(e, "bare", False):
+                raise
+            raise CliError(f"{arg} {value}: {e}") from None
+    return cfg
+
+
+def _bare(message: str) -> CliError:
+    """An error QEMU prints without the ``-option value:`` location."""
+    err = CliError(message)
+    err.bare = True  # type: ignore[attr-defined]
+    return err
+
+
+def _apply_flag(cfg: Config, name: str) -> None:
+    if name == "S":
+        cfg.start_paused = True
+    elif name == "nodefaults":
+        cfg.nodefaults = True
+    elif name == "enable-kvm":
+        cfg.accels.append("kvm")
+    elif name in ("version",):
+        cfg.action = "version"
+    elif name in ("help", "h"):
+        cfg.action = "help"
+    elif name == "daemonize":
+        raise _bare("-daemonize is not supported by this emulator")
+    elif name in IGNORED_OPTIONS or name in ("snapshot", "preconfig", "s", "old-param", "win2k-hack", "no-acpi",
+                                             "singlestep", "semihosting"):
+        pass
+
+
+def _apply(cfg: Config, name: str, value: str) -> None:
+    if name in ("M", "machine"):
+        opts = _opts(value, implied="type")
+        for key in opts:
+            if key not in MACHINE_PROPS:
+                raise _bare(f"Property '{opts.get('type', cfg.machine)}-machine.{key}' not found")
+        if "type" in opts:
+            cfg.machine = opts.pop("type")
+        if "accel" in opts:
+            cfg.accels.extend(a for a in opts.pop("accel").split(":") if a)
+        cfg.machine_props.update(opts)
+    elif name == "m":
+        opts = _opts(value, implied="size")
+        try:
+            cfg.ram_size = parse_size(opts.get("size", "0"))
+        except ValueError:
+            raise CliError(SIZE_HELP) from None
+    elif name == "accel":
+        opts = _opts(value, implied="accel")
+        cfg.accels.append(opts.get("accel", ""))
+    elif name == "qtest":
+        cfg.qtest = value
+    elif name == "qtest-log":
+        cfg.qtest_log = value
+    elif name == "chardev":
+        pairs, flags = parse_opts(value, implied="backend")
+        opts = dict(pairs)
+        for flag in flags:
+            if flag.startswith("no") and flag[2:] in ("wait", "server", "delay"):
+                opts[flag[2:]] = "off"
+            else:
+                opts[flag] = "on"
+        backend = opts.pop("backend", "")
+        if "id" not in opts:
+            raise CliError("chardev: no id specified")
+        cfg.chardevs.append(ChardevSpec(backend, opts.pop("id"), opts))
+    elif name == "mon":
+        opts = _opts(value, implied="chardev")
+        if "chardev" not in opts:
+            raise CliError("Parameter 'chardev' is missing")
+        cfg.monitors.append(opts)
+    elif name in ("qmp", "qmp-pretty"):
+        cfg.qmp.append((value, name == "qmp-pretty"))
+    elif name == "monitor":
+        if value not in ("none", "null"):
+            cfg.hmp.append(value)
+    elif name == "serial":
+        cfg.serials.append(value)
+    elif name == "display":
+        disp = value.split(",", 1)[0]
+        if disp not in ("none", "default"):
+            raise CliError(f"Display '{disp}' is not available")
+        cfg.display = disp
+    elif name == "vga":
+        if value not in ("none", "std", "cirrus", "vmware", "qxl", "virtio"):
+            raise CliError(f"{value}: unknown vga type")
+    elif name == "incoming":
+        cfg.incoming = value
+    elif name == "name":
+        opts = _opts(value, implied="guest")
+        cfg.name = opts.get("guest")
+    elif name == "uuid":
+        if not UUID_RE.match(value):
+            raise CliError("failed to parse UUID string: wrong format")
+        cfg.uuid = value.lower()
+    elif name == "add-fd":
+        opts = _opts(value)
+        if "fd" not in opts:
+            raise CliError("fd option is required and must be non-negative")
+        if "set" not in opts:
+            raise CliError("set option is required and must be non-negative")
+        try:
+            fd, fdset = int(opts["fd"]), int(opts["set"])
+        except ValueError:
+            raise CliError("fd option is required and must be non-negative") from None
+        if fd < 0 or fd <= 2 or fdset < 0:
+            raise CliError("fd option is required and must be non-negative" if fd < 0 else
+                           "fd is not valid or already in use" if fd <= 2 else
+                           "set option is required and must be non-negative")
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise CliError("fd is not valid or already in use") from None
+        cfg.add_fds.append(opts)
+    elif name == "run-with":
+        opts = _opts(value)
+        for key, val in opts.items():
+            if key == "exit-with-parent":
+                cfg.exit_with_parent = val in ("on", "yes", "true")
+            elif key not in ("async-teardown", "chroot", "user"):
+                raise CliError(f"Invalid parameter '{key}'")
+    elif name == "object":
+        opts = _opts(value, implied="qom-type")
+        qom_type = opts.get("qom-type", "")
+        if qom_type != "qtest":
+            raise CliError(f"Parameter 'qom-type' does not accept value '{qom_type}'")
+        if "id" not in opts:
+            raise CliError("Parameter 'id' is missing")
+        cfg.qtest_objects.append(opts)
+    elif name == "device":
+        cfg.devices.append(value)
+    elif name in ("drive", "hda", "hdb", "hdc", "hdd", "cdrom", "blockdev"):
+        cfg.drives.append(value if name in ("drive", "blockdev") else f"file={value},index={ord(name[-1]) - ord('a')}")
+    elif name == "bios":
+        cfg.bios = value
+    elif name == "pidfile":
+        cfg.pidfile = value
+    elif name in ("cpu", "smp", "L", "parallel", "netdev", "net", "icount", "mem-path", "plugin", "set",
+                  "readconfig", "writeconfig", "g", "debugcon", "option-rom", "loadvm", "gdb", "fsdev", "virtfs",
+                  "iscsi", "tpmdev", "spice", "vnc", "acpitable", "semihosting-config", "kernel", "append", "initrd",
+                  "fw_cfg") or name in IGNORED_OPTIONS:
+        pass  # accepted; what they configure is not modelled yet
+
+
+def usage(prog: str) -> str:
+    return (
+        f"usage: {prog} [options]\n\n"
+        "QEMU-compatible emulator for qtest (x86_64 'pc' and 'none' machines).\n\n"
+        "Common options:\n"
+        "-machine|-M TYPE[,prop=value...]  machine type (pc, none; 'help' lists them)\n"
+        "-m SIZE                 RAM size (default unit MiB)\n"
+        "-accel qtest|tcg|kvm    accelerators, tried in order\n"
+        "-qtest CHARDEV          qtest protocol server on CHARDEV (unix:PATH, tcp:H:P, stdio, chardev:ID)\n"
+        "-qtest-log FILE|none    qtest log (default stderr)\n"
+        "-qmp CHARDEV            QMP monitor; also -chardev ...,id=X -mon chardev=X,mode=control\n"
+        "-chardev socket|stdio|file|null,id=ID,...\n"
+        "-S                      do not start the VM\n"
+        "-display none -vga none -nodefaults -name NAME -uuid UUID -add-fd fd=N,set=S -incoming URI\n"
+        "-version                print the version\n"
+    )
+
+
+def prog_name() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "emu-system-x86_64"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns (and exits with) the process status."""
+    args = sys.argv[1:] if argv is None else argv
+    prog = prog_name()
+    try:
+        cfg = parse_args(args)
+    except (CliError, ChardevError) as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return 1
+    if cfg.action == "version":
+        sys.stdout.write(VERSION_TEXT)
+        return 0
+    if cfg.action == "help":
+        sys.stdout.write(usage(prog))
+        return 0
+    from emu.system import run_system
+
+    return run_system(cfg, prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The board skeleton every machine type shares: QOM root, address spaces, RAM, clock, devices."""
+from __future__ import annotations
+
+from emu.clock import VirtualClock
+from emu.devices.base import Device
+from emu.memory import AccessRules, AddressSpace, CallbackOps, MemoryRegion
+from emu.qom import Container, QObject
+from emu.ram import RamBlock
+
+IO_SPACE_SIZE = 0x10000
+
+
+def _unassigned_io_read(offset: int, size: int) -> int:
+    return (1 << (8 * size)) - 1  # an empty ISA bus floats high
+
+
+def _unassigned_io_write(offset: int, value: int, size: int) -> None:
+    pass
+
+
+class Machine(QObject):
+    """A machine: ``/machine`` in the QOM tree, with ``memory`` and ``io`` address spaces.
+
+    Subclasses build their board in ``init_board``; devices plug in with ``add_device``.
+    """
+
+    name = "none"
+    aliases: tuple[str, ...] = ()
+    description = ""
+    default_ram_size = 0
+    has_cpu = False
+
+    def __init__(self, ram_size: int | None, manual_clock: bool) -> None:
+        super().__init__()
+        self.root = Container()  # the QOM root "/"
+        self.root.add_child("machine", self)
+        for name in ("unattached", "peripheral", "peripheral-anon"):
+            self.add_child(name, Container())
+        self.ram_size = self.default_ram_size if ram_size is None else ram_size
+        self.clock = VirtualClock(manual=manual_clock)
+        self.system_memory = MemoryRegion.container("system", 1 << 64)
+        self.system_io = MemoryRegion.io(
+            "io", IO_SPACE_SIZE,
+            CallbackOps(_unassigned_io_read, _unassigned_io_write, AccessRules(valid_min=1, valid_max=4, impl_min=1, impl_max=4, valid_unaligned=True, impl_unaligned=True)),
+        )
+        self.ram_blocks: list[RamBlock] = []
+        self.devices: list[Device] = []
+        self._unattached = 0
+        self.init_board()
+        self.address_space_memory = AddressSpace("memory", self.system_memory)
+        self.address_space_io = AddressSpace("I/O", self.system_io)
+
+    @property
+    def type_name(self) -> str:  # type: ignore[override]
+        return f"{self.name}-machine"
+
+    def init_board(self) -> None:
+        """Builds RAM, ROM and devices; the base board has nothing."""
+
+    def new_ram(self, name: str, size: int) -> RamBlock:
+        block = RamBlock(name, size)
+        self.ram_blocks.append(block)
+        return block
+
+    def add_device(self, dev: Device, name: str | None = None, parent: QObject | None = None) -> Device:
+        """Places a device in the QOM tree (``/machine/unattached/device[N]`` by default)."""
+        if name is None:
+            parent = self.children["unattached"]
+            name = f"device[{self._unattached}]"
+            self._unattached += 1
+        (parent or self).add_child(name, dev)
+        self.devices.append(dev)
+        return dev
+
+    def reset(self) -> None:
+        for dev in self.devices:
+            dev.reset()

@@ -1,0 +1,90 @@
+"""The ``pc`` machine (i440FX + PIIX): RAM split around the PCI hole, BIOS ROMs, host bridge, IOAPIC.
+
+The layout follows QEMU's i440fx board: RAM below 4 GiB up to 0xe0000000 (0xc0000000 when the RAM
+has to be split, for gigabyte alignment), the rest above 4 GiB; the option-ROM area at 0xc0000 and
+the last 128 KiB of the BIOS at 0xe0000 shadow RAM; the BIOS image sits just below 4 GiB. More PC
+devices plug in through ``add_device`` and the ``memory``/``io`` regions.
+"""
+from __future__ import annotations
+
+import os
+
+from emu.devices.i440fx import CONFIG_ADDR_PORT, CONFIG_DATA_PORT, I440FXHost
+from emu.devices.ioapic import IOAPIC, IOAPIC_BASE
+from emu.machine.base import Machine
+from emu.memory import MemoryRegion
+
+GiB = 1 << 30
+BIOS_SIZE = 256 * 1024
+ISA_BIOS_SIZE = 128 * 1024
+PC_ROM_BASE = 0xC0000
+PC_ROM_SIZE = 0x20000
+LOWMEM_LIMIT = 0xE0000000
+LOWMEM_SPLIT = 0xC0000000
+
+# Where distributions install SeaBIOS; its image is plain ROM data for us (we never execute it).
+BIOS_SEARCH_PATH = (
+    "/usr/share/seabios/bios-256k.bin",
+    "/usr/share/qemu/bios-256k.bin",
+    "/usr/share/qemu/bios.bin",
+)
+
+
+def default_bios_image() -> bytes:
+    """A SeaBIOS image if one is installed, else an empty ROM with the reset vector jump."""
+    for path in BIOS_SEARCH_PATH:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(BIOS_SIZE + 1)
+        except OSError:
+            continue
+        if len(data) == BIOS_SIZE:
+            return data
+    image = bytearray(BIOS_SIZE)
+    # jmp far f000:e05b at 0xffff0: the conventional PC reset vector
+    image[-16:-11] = bytes([0xEA, 0x5B, 0xE0, 0x00, 0xF0])
+    return bytes(image)
+
+
+def split_ram(ram_size: int) -> tuple[int, int]:
+    """(below 4 GiB, above 4 GiB) sizes, as i440fx splits them."""
+    lowmem = LOWMEM_SPLIT if ram_size >= LOWMEM_LIMIT else LOWMEM_LIMIT
+    below = min(ram_size, lowmem)
+    return below, ram_size - below
+
+
+class PcMachine(Machine):
+    name = "pc-i440fx-9.1"
+    aliases = ("pc",)
+    description = "Standard PC (i440FX + PIIX, 1996)"
+    default_ram_size = 128 * 1024 * 1024
+    has_cpu = True
+
+    def init_board(self, bios: bytes | None = None) -> None:
+        sysmem = self.system_memory
+        block = self.new_ram("pc.ram", self.ram_size)
+        below, above = split_ram(self.ram_size)
+        ram_mr = MemoryRegion.ram("pc.ram", self.ram_size, block)
+        sysmem.add_subregion(0, MemoryRegion.alias("ram-below-4g", ram_mr, 0, below))
+        if above:
+            sysmem.add_subregion(4 * GiB, MemoryRegion.alias("ram-above-4g", ram_mr, below, above))
+
+        image = bios if bios is not None else default_bios_image()
+        bios_mr = MemoryRegion.rom("pc.bios", BIOS_SIZE, image)
+        sysmem.add_subregion(4 * GiB - BIOS_SIZE, bios_mr)
+        sysmem.add_subregion(
+            0x100000 - ISA_BIOS_SIZE,
+            MemoryRegion.alias("isa-bios", bios_mr, BIOS_SIZE - ISA_BIOS_SIZE, ISA_BIOS_SIZE),
+            priority=1,
+        )
+        sysmem.add_subregion(PC_ROM_BASE, MemoryRegion.rom("pc.rom", PC_ROM_SIZE), priority=1)
+
+        host = I440FXHost()
+        self.add_device(host, "i440fx")
+        self.system_io.add_subregion(CONFIG_ADDR_PORT, host.addr_io)
+        self.system_io.add_subregion(CONFIG_DATA_PORT, host.data_io)
+
+        ioapic = IOAPIC()
+        self.add_device(ioapic, "ioapic", parent=host)
+        sysmem.add_subregion(IOAPIC_BASE, ioapic.mmio)
+        self.ioapic = ioapic

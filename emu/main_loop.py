@@ -1,0 +1,112 @@
+"""The main loop: one thread multiplexing every chardev, the virtual clock's timers and signals.
+
+Built on ``selectors`` (cheap to import, no per-callback overhead of asyncio). Other threads hand
+work to it with ``call_soon_threadsafe``; SIGTERM/SIGINT wake it through the signal wakeup fd.
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import threading
+from collections import deque
+from typing import Callable
+
+
+class MainLoop:
+    """Runs callbacks for readable/writable fds, due timers and queued calls until stopped."""
+
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self._readers: dict[int, Callable[[], None]] = {}
+        self._writers: dict[int, Callable[[], None]] = {}
+        self._calls: deque[Callable[[], None]] = deque()
+        self._stop = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sel.register(self._wake_r, selectors.EVENT_READ)
+        self._main_thread = threading.get_ident()
+        self.timeout_source: Callable[[], float | None] = lambda: None
+        self.on_iteration: Callable[[], None] = lambda: None
+
+    # ---- registration
+    def _update(self, fd: int) -> None:
+        events = (selectors.EVENT_READ if fd in self._readers else 0) | (
+            selectors.EVENT_WRITE if fd in self._writers else 0)
+        try:
+            key = self.sel.get_key(fd)
+        except KeyError:
+            key = None
+        if key is None:
+            if events:
+                self.sel.register(fd, events)
+        elif events:
+            if key.events != events:
+                self.sel.modify(fd, events)
+        else:
+            self.sel.unregister(fd)
+
+    def add_reader(self, fd: int, cb: Callable[[], None]) -> None:
+        self._readers[fd] = cb
+        self._update(fd)
+
+    def remove_reader(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            self._update(fd)
+
+    def add_writer(self, fd: int, cb: Callable[[], None]) -> None:
+        self._writers[fd] = cb
+        self._update(fd)
+
+    def remove_writer(self, fd: int) -> None:
+        if self._writers.pop(fd, None) is not None:
+            self._update(fd)
+
+    def call_soon_threadsafe(self, cb: Callable[[], None]) -> None:
+        """Runs ``cb`` on the loop thread at its next iteration (wakes it up)."""
+        self._calls.append(cb)
+        self.wakeup()
+
+    def wakeup(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is waking up anyway
+
+    def install_signal_wakeup(self, handler: Callable[[int], None]) -> None:
+        """SIGTERM/SIGINT/SIGHUP call ``handler(signum)`` and wake the loop (main thread only)."""
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: handler(signum))
+
+    def stop(self) -> None:
+        self._stop = True
+        self.wakeup()
+
+    # ---- running
+    def run(self) -> None:
+        while not self._stop:
+            self.run_once(self.timeout_source())
+
+    def run_once(self, timeout: float | None) -> None:
+        if self._calls:
+            timeout = 0
+        for key, events in self.sel.select(timeout):
+            fd = key.fd
+            if fd == self._wake_r:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue
+            if events & selectors.EVENT_READ:
+                cb = self._readers.get(fd)
+                if cb is not None:
+                    cb()
+            if events & selectors.EVENT_WRITE:
+                cb = self._writers.get(fd)
+                if cb is not None:
+                    cb()
+        while self._calls:
+            self._calls.popleft()()
+        self.on_iteration()

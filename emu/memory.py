@@ -1,0 +1,382 @@
+"""The memory model: a MemoryRegion tree flattened into a FlatView that the C core dispatches.
+
+Follows the shape of QEMU's memory API: RAM, ROM, MMIO/IO (device ops with access-size rules),
+aliases and containers, with subregion priorities. A flat view is the sorted list of visible,
+non-overlapping ranges; it is compiled into a C table so that RAM and ROM accesses never enter
+Python. Only MMIO ranges come back here, to the owning device's ops.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+from emu._native import ffi, lib
+from emu.ram import RamBlock
+
+ADDR_SPACE_END = 1 << 64
+_ADDR_MASK = ADDR_SPACE_END - 1
+
+
+class MemoryOps(Protocol):
+    """What an MMIO/IO region's owner implements. Values are little-endian integers."""
+
+    def read(self, offset: int, size: int) -> int: ...
+
+    def write(self, offset: int, value: int, size: int) -> None: ...
+
+
+@dataclass
+class AccessRules:
+    """QEMU's ``valid`` (what the bus accepts) and ``impl`` (what the callbacks handle) sizes."""
+
+    valid_min: int = 1
+    valid_max: int = 4
+    valid_unaligned: bool = False
+    impl_min: int = 1
+    impl_max: int = 4
+    impl_unaligned: bool = False
+
+
+@dataclass
+class CallbackOps:
+    """MemoryOps built from two callables, with access-size rules."""
+
+    read_fn: Callable[[int, int], int]
+    write_fn: Callable[[int, int, int], None]
+    rules: AccessRules = field(default_factory=AccessRules)
+
+    def read(self, offset: int, size: int) -> int:
+        return self.read_fn(offset, size)
+
+    def write(self, offset: int, value: int, size: int) -> None:
+        self.write_fn(offset, value, size)
+
+
+class MemoryRegion:
+    """A node of the memory tree. Use the ``ram``/``rom``/``io``/``alias``/``container`` constructors."""
+
+    KINDS = ("container", "ram", "rom", "io", "alias")
+
+    def __init__(self, name: str, size: int, kind: str) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown region kind {kind!r}")
+        if not 0 < size <= ADDR_SPACE_END:
+            raise ValueError(f"region {name!r}: size must be in 1..2^64")
+        self.name = name
+        self.size = size
+        self.kind = kind
+        self.enabled = True
+        self.parent: MemoryRegion | None = None
+        self.addr = 0
+        self.priority = 0
+        self.subregions: list[MemoryRegion] = []
+        self.block: RamBlock | None = None
+        self.block_offset = 0
+        self.ops: Any = None
+        self.rules = AccessRules()
+        self.alias_target: MemoryRegion | None = None
+        self.alias_offset = 0
+        self.owner: Any = None
+        self._listeners: list[Callable[[], None]] = []
+        self._seq = 0
+
+    # ---- constructors
+    @classmethod
+    def container(cls, name: str, size: int) -> MemoryRegion:
+        return cls(name, size, "container")
+
+    @classmethod
+    def ram(cls, name: str, size: int, block: RamBlock | None = None, offset: int = 0) -> MemoryRegion:
+        mr = cls(name, size, "ram")
+        mr.block = block if block is not None else RamBlock(name, size)
+        if offset < 0 or offset + size > mr.block.size:
+            raise ValueError(f"region {name!r} does not fit its RAM block")
+        mr.block_offset = offset
+        return mr
+
+    @classmethod
+    def rom(cls, name: str, size: int, data: bytes = b"") -> MemoryRegion:
+        mr = cls(name, size, "rom")
+        mr.block = RamBlock(name, size)
+        if data:
+            mr.block.write(0, data[:size])
+        return mr
+
+    @classmethod
+    def io(cls, name: str, size: int, ops: MemoryOps, rules: AccessRules | None = None, owner: Any = None) -> MemoryRegion:
+        mr = cls(name, size, "io")
+        mr.ops = ops
+        mr.rules = rules or getattr(ops, "rules", None) or AccessRules()
+        mr.owner = owner
+        return mr
+
+    @classmethod
+    def alias(cls, name: str, target: MemoryRegion, offset: int, size: int) -> MemoryRegion:
+        if offset < 0 or offset + size > target.size:
+            raise ValueError(f"alias {name!r} exceeds its target {target.name!r}")
+        mr = cls(name, size, "alias")
+        mr.alias_target = target
+        mr.alias_offset = offset
+        return mr
+
+    # ---- tree edits
+    def add_subregion(self, addr: int, sub: MemoryRegion, priority: int = 0) -> None:
+        if sub.parent is not None:
+            raise ValueError(f"region {sub.name!r} already has a parent")
+        if not 0 <= addr < ADDR_SPACE_END:
+            raise ValueError("subregion address out of range")
+        sub.parent, sub.addr, sub.priority = self, addr, priority
+        self._seq += 1
+        sub._seq = self._seq
+        self.subregions.append(sub)
+        self._changed()
+
+    def del_subregion(self, sub: MemoryRegion) -> None:
+        self.subregions.remove(sub)
+        sub.parent = None
+        self._changed()
+
+    def set_enabled(self, enabled: bool) -> None:
+        if self.enabled != enabled:
+            self.enabled = enabled
+            self._changed()
+
+    def set_address(self, addr: int) -> None:
+        self.addr = addr
+        self._changed()
+
+    def set_alias_offset(self, offset: int) -> None:
+        assert self.alias_target is not None
+        self.alias_offset = offset
+        self._changed()
+
+    def on_change(self, cb: Callable[[], None]) -> None:
+        """Called (on the root) whenever anything below changes."""
+        self._listeners.append(cb)
+
+    def _changed(self) -> None:
+        mr: MemoryRegion | None = self
+        while mr is not None:
+            for cb in mr._listeners:
+                cb()
+            mr = mr.parent
+
+    def __repr__(self) -> str:
+        return f"MemoryRegion({self.name!r}, {self.kind}, size={self.size:#x})"
+
+
+@dataclass(frozen=True)
+class FlatRange:
+    """A visible piece of a terminal region: guest [start, last] maps to ``mr`` at ``offset``."""
+
+    start: int
+    last: int
+    mr: MemoryRegion
+    offset: int
+
+
+def render(root: MemoryRegion) -> list[FlatRange]:
+    """Flattens the tree: higher priority wins, later-added wins ties, holes fall through."""
+    out: list[FlatRange] = []
+
+    def insert(start: int, last: int, mr: MemoryRegion, offset: int) -> None:
+        # Claim only the parts of [start, last] not yet claimed by something more visible.
+        pieces: list[FlatRange] = []
+        cur = start
+        for fr in out:
+            if fr.last < cur:
+                continue
+            if fr.start > last:
+                break
+            if fr.start > cur:
+                pieces.append(FlatRange(cur, fr.start - 1, mr, offset + (cur - start)))
+            cur = fr.last + 1
+            if cur > last:
+                break
+        if cur <= last:
+            pieces.append(FlatRange(cur, last, mr, offset + (cur - start)))
+        if pieces:
+            out.extend(pieces)
+            out.sort(key=lambda fr: fr.start)
+
+    def walk(mr: MemoryRegion, base: int, lo: int, hi: int) -> None:
+        # [lo, hi] is the clip window in guest addresses (inclusive).
+        if not mr.enabled:
+            return
+        start = max(base, lo)
+        last = min(base + mr.size - 1, hi)
+        if start > last:
+            return
+        if mr.kind == "alias":
+            assert mr.alias_target is not None
+            walk(mr.alias_target, base - mr.alias_offset, start, last)
+            return
+        for sub in sorted(mr.subregions, key=lambda s: (-s.priority, -s._seq)):
+            walk(sub, base + sub.addr, start, last)
+        if mr.kind in ("ram", "rom", "io"):
+            insert(start, last, mr, start - base)
+
+    walk(root, 0, 0, _ADDR_MASK)
+    return out
+
+
+_KIND_CODE = {"ram": lib.MC_KIND_RAM, "rom": lib.MC_KIND_ROM, "io": lib.MC_KIND_MMIO}
+
+
+class AddressSpace:
+    """A root region and its compiled flat view; the entry point for every guest access."""
+
+    def __init__(self, name: str, root: MemoryRegion) -> None:
+        self.name = name
+        self.root = root
+        self._flat = ffi.gc(lib.mc_flat_new(), lib.mc_flat_free)
+        self.ranges: list[FlatRange] = []
+        self._dirty = True
+        self._scratch = ffi.new("int64_t *")
+        root.on_change(self._invalidate)
+        self.commit()
+
+    @property
+    def flat(self) -> Any:
+        """The C ``mc_flat *`` (valid after ``commit``)."""
+        self._ensure()
+        return self._flat
+
+    def _invalidate(self) -> None:
+        self._dirty = True
+
+    def _ensure(self) -> None:
+        if self._dirty:
+            self.commit()
+
+    def commit(self) -> None:
+        """Re-renders the tree and hands the new table to C."""
+        ranges = render(self.root)
+        table = ffi.new("mc_range[]", max(len(ranges), 1))
+        for i, fr in enumerate(ranges):
+            t = table[i]
+            t.start, t.last, t.kind, t.handle = fr.start, fr.last, _KIND_CODE[fr.mr.kind], i
+            if fr.mr.block is not None:
+                t.block = fr.mr.block.ptr
+                t.offset = fr.mr.block_offset + fr.offset
+        if lib.mc_flat_set(self._flat, table, len(ranges)) != 0:
+            raise ValueError(f"address space {self.name}: C rejected the flat view")
+        self.ranges = ranges
+        self._dirty = False
+
+    def lookup(self, addr: int) -> FlatRange | None:
+        self._ensure()
+        i = lib.mc_flat_lookup(self._flat, addr & _ADDR_MASK)
+        return self.ranges[i] if i >= 0 else None
+
+    # ---- bulk access (RAM in C; MMIO pieces dispatched here)
+    def read(self, addr: int, length: int) -> bytearray:
+        buf = bytearray(length)
+        self.read_into(addr, buf)
+        return buf
+
+    def read_into(self, addr: int, buf: bytearray | memoryview) -> None:
+        self._ensure()
+        length = len(buf)
+        cbuf = ffi.from_buffer(buf)
+        mmio = self._scratch
+        done = 0
+        while done < length:
+            n = lib.mc_as_read(self._flat, (addr + done) & _ADDR_MASK, cbuf + done, length - done, mmio)
+            done += n
+            if mmio[0] < 0:
+                return
+            done += self._mmio_read(mmio[0], (addr + done) & _ADDR_MASK, buf, done, length - done)
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        self._ensure()
+        length = len(data)
+        cbuf = ffi.from_buffer(data)
+        mmio = self._scratch
+        done = 0
+        while done < length:
+            n = lib.mc_as_write(self._flat, (addr + done) & _ADDR_MASK, cbuf + done, length - done, mmio)
+            done += n
+            if mmio[0] < 0:
+                return
+            done += self._mmio_write(mmio[0], (addr + done) & _ADDR_MASK, bytes(data[done:]))
+
+    def fill(self, addr: int, byte: int, length: int) -> None:
+        self._ensure()
+        mmio = self._scratch
+        done = 0
+        while done < length:
+            n = lib.mc_as_fill(self._flat, (addr + done) & _ADDR_MASK, byte & 0xFF, length - done, mmio)
+            done += n
+            if mmio[0] < 0:
+                return
+            fr = self.ranges[mmio[0]]
+            piece = min(length - done, fr.last - ((addr + done) & _ADDR_MASK) + 1)
+            done += self._mmio_write(mmio[0], (addr + done) & _ADDR_MASK, bytes([byte & 0xFF]) * piece)
+
+    def read_uint(self, addr: int, size: int) -> int:
+        """A little-endian load of ``size`` bytes, as a CPU would do it."""
+        return int.from_bytes(self.read(addr, size), "little")
+
+    def write_uint(self, addr: int, value: int, size: int) -> None:
+        self.write(addr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+
+    # ---- MMIO dispatch, following QEMU's access-size rules
+    def _mmio_read(self, index: int, addr: int, buf: bytearray | memoryview, pos: int, left: int) -> int:
+        fr = self.ranges[index]
+        avail = min(left, fr.last - addr + 1)
+        done = 0
+        while done < avail:
+            off = fr.offset + (addr - fr.start) + done
+            size = _access_size(fr.mr.rules, off, avail - done)
+            value = _dispatch_read(fr.mr, off, size)
+            buf[pos + done : pos + done + size] = value.to_bytes(size, "little")
+            done += size
+        return done
+
+    def _mmio_write(self, index: int, addr: int, data: bytes) -> int:
+        fr = self.ranges[index]
+        avail = min(len(data), fr.last - addr + 1)
+        done = 0
+        while done < avail:
+            off = fr.offset + (addr - fr.start) + done
+            size = _access_size(fr.mr.rules, off, avail - done)
+            _dispatch_write(fr.mr, off, int.from_bytes(data[done : done + size], "little"), size)
+            done += size
+        return done
+
+    def iter_ranges(self) -> Iterator[FlatRange]:
+        self._ensure()
+        return iter(self.ranges)
+
+
+def _access_size(rules: AccessRules, offset: int, left: int) -> int:
+    """Largest power-of-two access the region takes at this offset (QEMU's memory_access_size)."""
+    limit = rules.valid_max
+    if not rules.impl_unaligned:
+        align = offset & -offset if offset else limit
+        limit = min(limit, align)
+    size = min(left, limit)
+    return 1 << (size.bit_length() - 1)
+
+
+def _dispatch_read(mr: MemoryRegion, offset: int, size: int) -> int:
+    r = mr.rules
+    if size < r.valid_min or size > r.valid_max or (not r.valid_unaligned and offset % size):
+        return 0  # an invalid access reads as unassigned memory does
+    step = max(min(size, r.impl_max), r.impl_min)
+    mask = (1 << (8 * step)) - 1
+    value = 0
+    for i in range(0, size, step):
+        value |= (mr.ops.read(offset + i, step) & mask) << (8 * i)
+    return value & ((1 << (8 * size)) - 1)
+
+
+def _dispatch_write(mr: MemoryRegion, offset: int, value: int, size: int) -> None:
+    r = mr.rules
+    if size < r.valid_min or size > r.valid_max or (not r.valid_unaligned and offset % size):
+        return
+    step = max(min(size, r.impl_max), r.impl_min)
+    mask = (1 << (8 * step)) - 1
+    for i in range(0, size, step):
+        mr.ops.write(offset + i, (value >> (8 * i)) & mask, step)

@@ -1,0 +1,122 @@
+"""Guest RAM blocks: anonymous mmap memory owned by the C core, with a dirty bitmap per block."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from emu._native import ffi, lib
+
+if TYPE_CHECKING:
+    import numpy
+
+PAGE_SIZE = 4096
+
+
+class RamError(ValueError):
+    """A bad offset or length for a RAM block."""
+
+
+class RamBlock:
+    """One RAM (or ROM) block, like QEMU's RAMBlock: named, page-granular, lazily populated.
+
+    The bytes live in C-owned anonymous memory; ``view()`` exposes them without a copy. Every
+    write path (these methods, the flat-view dispatch, the vCPU hook) marks the dirty bitmap.
+    """
+
+    def __init__(self, name: str, size: int) -> None:
+        if size <= 0:
+            raise RamError(f"RAM block {name!r}: size must be positive")
+        ptr = lib.mc_block_new(size)
+        if ptr == ffi.NULL:
+            raise MemoryError(f"cannot allocate RAM block {name!r} of {size} bytes")
+        self._ptr = ffi.gc(ptr, lib.mc_block_free)
+        self.name = name
+        self.size: int = lib.mc_block_size(ptr)
+        self.used_length = size
+
+    @property
+    def ptr(self) -> Any:
+        """The C ``mc_block *`` handle."""
+        return self._ptr
+
+    @property
+    def host_address(self) -> int:
+        """Host virtual address of byte 0 (for mapping into the vCPU)."""
+        return int(ffi.cast("uintptr_t", lib.mc_block_host(self._ptr)))
+
+    @property
+    def pages(self) -> int:
+        return self.size // PAGE_SIZE
+
+    def view(self) -> memoryview:
+        """A writable memoryview over the whole block (no copy; does not mark pages dirty)."""
+        return memoryview(ffi.buffer(lib.mc_block_host(self._ptr), self.size))
+
+    def numpy(self) -> "numpy.ndarray":
+        """A uint8 numpy array over the block (no copy; does not mark pages dirty)."""
+        import numpy
+
+        return numpy.frombuffer(self.view(), dtype=numpy.uint8)
+
+    def read(self, offset: int, length: int) -> bytes:
+        out = ffi.new("uint8_t[]", length) if length else ffi.NULL
+        self._check(lib.mc_block_read(self._ptr, offset, out, length), offset, length)
+        return bytes(ffi.buffer(out, length)) if length else b""
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._check(lib.mc_block_write(self._ptr, offset, ffi.from_buffer(data), len(data)), offset, len(data))
+
+    def fill(self, offset: int, byte: int, length: int) -> None:
+        self._check(lib.mc_block_fill(self._ptr, offset, byte & 0xFF, length), offset, length)
+
+    # ---- dirty tracking
+    def set_dirty(self, offset: int, length: int) -> None:
+        self._check(lib.mc_dirty_set(self._ptr, offset, length), offset, length)
+
+    def set_all_dirty(self) -> None:
+        lib.mc_dirty_set_all(self._ptr)
+
+    def dirty_count(self) -> int:
+        return int(lib.mc_dirty_count(self._ptr))
+
+    def is_dirty(self, page: int) -> bool:
+        r = lib.mc_dirty_test(self._ptr, page)
+        if r < 0:
+            raise RamError(f"page {page} out of range for {self.name!r}")
+        return bool(r)
+
+    def next_dirty(self, page: int = 0) -> int:
+        """First dirty page >= page, or -1."""
+        return int(lib.mc_dirty_find_next(self._ptr, page))
+
+    def fetch_and_clear_dirty(self) -> "numpy.ndarray":
+        """Moves the bitmap out (uint64 words) and clears it, atomically per word."""
+        import numpy
+
+        words = int(lib.mc_block_bitmap_words(self._ptr))
+        out = numpy.zeros(words, dtype=numpy.uint64)
+        lib.mc_dirty_fetch_clear(self._ptr, ffi.cast("uint64_t *", ffi.from_buffer(out)), words)
+        return out
+
+    # ---- residency
+    def populated_pages(self) -> int:
+        """How many pages the kernel has actually backed (``mincore``)."""
+        return int(lib.mc_block_populated(self._ptr))
+
+    def discard(self, page: int, npages: int) -> None:
+        """Returns pages to the kernel; they read as zero afterwards."""
+        if lib.mc_block_discard(self._ptr, page, npages) < 0:
+            raise RamError(f"discard of pages {page}+{npages} out of range for {self.name!r}")
+
+    def zero_pages(self, page: int, npages: int) -> bytes:
+        """One byte per page: 1 if the page is all zero."""
+        out = ffi.new("uint8_t[]", max(npages, 1))
+        if lib.mc_zero_pages(self._ptr, page, npages, out) < 0:
+            raise RamError(f"pages {page}+{npages} out of range for {self.name!r}")
+        return bytes(ffi.buffer(out, npages))
+
+    def _check(self, rc: int, offset: int, length: int) -> None:
+        if rc < 0:
+            raise RamError(f"offset {offset:#x} length {length:#x} out of range for {self.name!r} ({self.size:#x})")
+
+    def __repr__(self) -> str:
+        return f"RamBlock({self.name!r}, {self.size:#x})"

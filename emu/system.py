@@ -1,0 +1,271 @@
+"""Builds a running system from a ``Config``: machine, VM, chardevs, qtest server, monitors; runs it.
+
+This is the wiring layer under ``emu.cli``: it knows every part, while the parts know only what
+is below them. ``run_system`` returns the process exit status.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import IO, Any, Callable
+
+from emu.chardev import Chardev, ChardevError, create_chardev, parse_legacy
+from emu.cli import Config
+from emu.machine import MACHINE_TYPES, find_machine
+from emu.main_loop import MainLoop
+from emu.vm import VM
+
+
+class SystemError_(Exception):
+    """A start-up failure: each line of the message is printed as ``<prog>: <line>``, then the
+    hint lines as they are (QEMU's error_append_hint); the exit status is 1."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class _Frontend:
+    """Adapts a chardev to a transport-free server (qtest or QMP session)."""
+
+    def __init__(self, on_open: Callable[[], None], on_read: Callable[[bytes, list[int]], None],
+                 on_close: Callable[[], None]) -> None:
+        self.chr_open, self.chr_read, self.chr_close = on_open, on_read, on_close
+
+
+class System:
+    """All the live parts of one emulator process."""
+
+    def __init__(self, cfg: Config, prog: str) -> None:
+        self.cfg = cfg
+        self.prog = prog
+        self.loop = MainLoop()
+        self.chardevs: dict[str, Chardev] = {}
+        self.qtest_servers: list[Any] = []
+        self.qmp_server: Any = None
+        self._anon = 0
+        self.signal_received: int | None = None
+        self.vm = self._build_vm()
+
+    # ---- construction
+    def _build_vm(self) -> VM:
+        cfg = self.cfg
+        if cfg.machine in ("help", "?"):
+            lines = ["Supported machines are:"]
+            for cls in MACHINE_TYPES:
+                for alias in cls.aliases:
+                    lines.append(f"{alias:<20} {cls.description} (alias of {cls.name})")
+                lines.append(f"{cls.name:<20} {cls.description}{' (default)' if cls.aliases else ''}")
+            raise SystemExit_("\n".join(lines) + "\n")
+        mcls = find_machine(cfg.machine)
+        if mcls is None:
+            raise SystemError_("unsupported machine type", hint="Use -machine help to list supported machines")
+        qtest_accel = self._choose_accel()
+        ram_size = cfg.ram_size or None
+        machine = mcls(ram_size, manual_clock=qtest_accel)
+        if cfg.bios is not None and hasattr(machine, "load_bios"):
+            machine.load_bios(cfg.bios)
+        vm = VM(machine, start_paused=cfg.start_paused, qtest_accel=qtest_accel, name=cfg.name, uuid=cfg.uuid)
+        vm.on_shutdown_request(self.loop.stop)
+        return vm
+
+    def _choose_accel(self) -> bool:
+        """Tries ``-accel`` choices in order, as QEMU does; True when the qtest accelerator won."""
+        accels = self.cfg.accels or ["tcg"]
+        for acc in accels:
+            if acc == "qtest":
+                return True
+            if acc == "tcg":
+                return False
+            if acc == "kvm":
+                if os.path.exists("/dev/kvm"):
+                    pass  # KVM is not used by this emulator; fall through to the next choice
+                else:
+                    sys.stderr.write("Could not access KVM kernel module: No such file or directory\n")
+                    if self.cfg.qtest is None:
+                        sys.stderr.write(f"{self.prog}: failed to initialize kvm: No such file or directory\n")
+                continue
+            raise SystemError_(f"-accel {acc}: invalid accelerator {acc}")
+        raise SystemError_("no accelerator found")
+
+    def _chardev(self, spec: str, owner: str) -> Chardev:
+        """A chardev from a legacy spec or ``chardev:ID``."""
+        if spec.startswith("chardev:"):
+            chr_id = spec[len("chardev:"):]
+            if chr_id not in self.chardevs:
+                raise SystemError_(f"chardev \"{chr_id}\" not found")
+            return self.chardevs[chr_id]
+        backend, opts = parse_legacy(spec)
+        self._anon += 1
+        chr_id = f"{owner}{self._anon}"
+        chardev = create_chardev(self.loop, backend, chr_id, opts)
+        self.chardevs[chr_id] = chardev
+        return chardev
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        for spec in cfg.chardevs:
+            if spec.id in self.chardevs:
+                raise SystemError_(f"-chardev {spec.backend},id={spec.id}: attempt to add duplicate property "
+                                   f"'{spec.id}' to object (type 'container')")
+            try:
+                self.chardevs[spec.id] = create_chardev(self.loop, spec.backend, spec.id, spec.opts)
+            except ChardevError as e:
+                raise SystemError_(f"-chardev {spec.backend},id={spec.id}: {e}") from None
+        for mon in cfg.monitors:
+            if mon.get("mode", "readline") != "control":
+                raise SystemError_(f"-mon {_fmt(mon)}: the human monitor (mode=readline) is not supported")
+            if mon["chardev"] not in self.chardevs:
+                raise SystemError_(f"-mon {_fmt(mon)}: chardev \"{mon['chardev']}\" not found")
+        if cfg.hmp:
+            raise SystemError_(f"-monitor {cfg.hmp[0]}: the human monitor is not supported")
+        # Start the named chardevs first (they may be servers the others connect to).
+        for chr_id, chardev in list(self.chardevs.items()):
+            try:
+                chardev.start()
+            except ChardevError as e:
+                raise SystemError_(f"-chardev {chardev.backend},id={chr_id}: {e}") from None
+        self._setup_monitors()
+        self._setup_qtest()
+
+    def _setup_monitors(self) -> None:
+        cfg = self.cfg
+        targets: list[tuple[Chardev, bool]] = []
+        for spec, pretty in cfg.qmp:
+            try:
+                chardev = self._chardev(spec, "compat_monitor")
+                if not spec.startswith("chardev:"):
+                    chardev.start()
+            except (ChardevError, SystemError_) as e:
+                raise SystemError_(f"-qmp {spec}: {e}") from None
+            targets.append((chardev, pretty))
+        for mon in cfg.monitors:
+            targets.append((self.chardevs[mon["chardev"]], mon.get("pretty", "off") == "on"))
+        if not targets:
+            return
+        from emu.monitor.frontend import attach_monitor, make_qmp_server
+
+        self.qmp_server = make_qmp_server(self)
+        for chardev, pretty in targets:
+            attach_monitor(self.qmp_server, chardev, pretty)
+
+    def _setup_qtest(self) -> None:
+        from qtest.server import QTestLog, QTestServer
+
+        cfg = self.cfg
+        if cfg.qtest is not None and cfg.qtest_objects:
+            raise SystemError_("Only one instance of qtest can be created")
+        if len(cfg.qtest_objects) > 1:
+            raise SystemError_(f"-object qtest,id={cfg.qtest_objects[1].get('id')}: Only one instance of qtest can be created")
+        if cfg.qtest is not None:
+            try:
+                chardev = self._chardev(cfg.qtest, "qtest")
+                if not cfg.qtest.startswith("chardev:"):
+                    chardev.start()
+            except (ChardevError, SystemError_) as e:
+                raise SystemError_(f"{e}\nFailed to initialize device for qtest: \"{cfg.qtest}\"") from None
+            log = self._open_log(cfg.qtest_log)
+        elif cfg.qtest_objects:
+            obj = cfg.qtest_objects[0]
+            if "chardev" not in obj:
+                raise SystemError_(f"-object {_fmt(obj)}: No backend specified")
+            if obj["chardev"] not in self.chardevs:
+                raise SystemError_(f"-object {_fmt(obj)}: Cannot find character device '{obj['chardev']}'")
+            chardev = self.chardevs[obj["chardev"]]
+            log = self._open_log(obj.get("log", "none"))
+        else:
+            return
+        server = QTestServer(self.vm, log=log, write=chardev.write)
+        self.qtest_servers.append(server)
+        chardev.attach(_Frontend(server.opened, lambda data, fds: _feed_qtest(server, data, fds), server.closed))
+
+    def _open_log(self, path: str | None) -> Any:
+        from qtest.server import QTestLog
+
+        if path == "none":
+            return None
+        if path is None:
+            return QTestLog(_binary_stderr())
+        try:
+            return QTestLog(open(path, "wb"))  # noqa: SIM115 - lives as long as the process
+        except OSError as e:
+            raise SystemError_(f"-qtest-log {path}: {e.strerror}") from None
+
+    # ---- running
+    def _on_signal(self, signum: int) -> None:
+        self.signal_received = signum
+        self.vm.request_shutdown("host-signal")
+
+    def run(self) -> int:
+        self.loop.install_signal_wakeup(self._on_signal)
+        if self.cfg.exit_with_parent:
+            _set_parent_death_signal()
+        if self.cfg.pidfile:
+            with open(self.cfg.pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        clock = self.vm.machine.clock
+        self.loop.timeout_source = clock.host_timeout
+        self.loop.on_iteration = clock.run_due
+        if self.vm.shutdown_requested is None:
+            self.loop.run()
+        if self.signal_received is not None:
+            sys.stderr.write(f"{self.prog}: terminating on signal {self.signal_received}\n")
+        self.shutdown()
+        return self.vm.exit_code
+
+    def shutdown(self) -> None:
+        for chardev in self.chardevs.values():
+            try:
+                chardev.close()
+            except OSError:
+                pass
+        for server in self.qtest_servers:
+            server.closed()
+
+
+class SystemExit_(Exception):
+    """Stops start-up with exit status 0 after printing the text (``-M help``)."""
+
+
+def _feed_qtest(server: Any, data: bytes, fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)  # qtest takes no fds
+    server.feed(data)
+
+
+def _fmt(opts: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in opts.items())
+
+
+def _binary_stderr() -> IO[bytes]:
+    return sys.stderr.buffer
+
+
+def _set_parent_death_signal() -> None:
+    """``-run-with exit-with-parent=on``: SIGTERM when the parent dies (Linux prctl)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_system(cfg: Config, prog: str) -> int:
+    try:
+        system = System(cfg, prog)
+        system.setup()
+    except SystemExit_ as e:
+        sys.stdout.write(str(e))
+        return 0
+    except (SystemError_, ChardevError) as e:
+        text = "".join(f"{prog}: {line}\n" for line in str(e).split("\n"))
+        hint = getattr(e, "hint", "")
+        sys.stderr.write(text + (hint + "\n" if hint else ""))
+        return 1
+    return system.run()

@@ -1,0 +1,97 @@
+"""The running VM: a machine plus its run state, events and shutdown requests.
+
+This is the machine-level API the monitor and the qtest server call (one function per command);
+it owns QEMU's RunState transitions and emits the STOP/RESUME/RESET/SHUTDOWN events.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from emu.machine.base import Machine
+
+EventSink = Callable[[str, "dict[str, Any] | None"], None]
+
+
+class VMError(Exception):
+    """A machine-level request that cannot be done in the current state."""
+
+
+class VM:
+    """Run state and lifecycle of one machine (QEMU's runstate.c, in small)."""
+
+    def __init__(self, machine: Machine, *, start_paused: bool, qtest_accel: bool, name: str | None = None,
+                 uuid: str | None = None) -> None:
+        self.machine = machine
+        self.qtest_accel = qtest_accel
+        self.name = name
+        self.uuid = uuid
+        # The big lock (QEMU's BQL): held by whoever touches machine state.
+        self.lock = threading.RLock()
+        self.runstate = "prelaunch" if start_paused else "running"
+        self.shutdown_requested: str | None = None
+        self.exit_code = 0
+        self._event_sinks: list[EventSink] = []
+        self._shutdown_hooks: list[Callable[[], None]] = []
+        machine.clock.abort_check = lambda: self.shutdown_requested is not None
+        machine.clock.enable(self.running)
+
+    # ---- events
+    def add_event_sink(self, sink: EventSink) -> None:
+        self._event_sinks.append(sink)
+
+    def emit(self, name: str, data: dict[str, Any] | None = None) -> None:
+        for sink in self._event_sinks:
+            sink(name, data)
+
+    def on_shutdown_request(self, hook: Callable[[], None]) -> None:
+        """Called when a shutdown is requested (the main loop uses it to wake up)."""
+        self._shutdown_hooks.append(hook)
+
+    # ---- run state
+    @property
+    def running(self) -> bool:
+        return self.runstate == "running"
+
+    def stop(self) -> None:
+        """QMP ``stop``: pauses a running VM (no-op otherwise, as in QEMU)."""
+        if self.runstate == "running":
+            self.runstate = "paused"
+            self.machine.clock.enable(False)
+            self.emit("STOP")
+        elif self.runstate == "inmigrate":
+            # QEMU: remembers that the VM must not autostart after the incoming migration
+            pass
+
+    def cont(self) -> None:
+        """QMP ``cont``: resumes a paused or prelaunch VM."""
+        if self.runstate == "inmigrate":
+            raise VMError("Migration is not finalized yet")
+        if self.runstate in ("shutdown", "guest-panicked", "internal-error"):
+            raise VMError("Resetting the Virtual Machine is required")
+        if self.runstate != "running":
+            self.runstate = "running"
+            self.machine.clock.enable(True)
+            self.emit("RESUME")
+
+    def reset(self, reason: str = "host-qmp-system-reset") -> None:
+        """``system_reset``: devices to their power-on state; the run state is kept."""
+        self.machine.reset()
+        self.emit("RESET", {"guest": False, "reason": reason})
+
+    def request_shutdown(self, reason: str) -> None:
+        """Asks the main loop to end the process (QMP ``quit``, SIGTERM...)."""
+        if self.shutdown_requested is not None:
+            return
+        self.shutdown_requested = reason
+        self.emit("SHUTDOWN", {"guest": False, "reason": reason})
+        for hook in self._shutdown_hooks:
+            hook()
+
+
+def event_timestamp() -> dict[str, int]:
+    """QMP's event timestamp: wall clock seconds and microseconds."""
+    now = time.time()
+    seconds = int(now)
+    return {"seconds": seconds, "microseconds": int((now - seconds) * 1_000_000)}

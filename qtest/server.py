@@ -1,0 +1,403 @@
+"""The qtest protocol server: QEMU's line protocol, answered byte for byte as QEMU 7.2 answers it.
+
+Where real QEMU aborts, segfaults or hangs (qtest-protocol.md §13) this server answers one
+``FAIL <reason>`` line instead and keeps serving. It is transport-free: a chardev feeds it bytes
+(``feed``) and takes its output through the ``write`` callback.
+"""
+from __future__ import annotations
+
+import binascii
+import time
+from typing import IO, Callable
+
+from emu._native import ffi, lib
+from emu.devices.base import Device
+from emu.irq import IRQ, UNNAMED_IN
+from emu.qom import resolve_path
+from emu.vm import VM
+from qtest.numbers import NumberError, strtoi, strtoi64, strtou64
+
+# Largest buffer one command may allocate (read, b64read, write, b64write); real QEMU dies past
+# what malloc gives it, we answer FAIL.
+MAX_TRANSFER = 256 << 20
+# A line longer than this is dropped up to its newline and answered with FAIL.
+MAX_LINE = 1 << 30
+# Echo of an unknown command word is cut here (QEMU echoes megabytes).
+MAX_ECHO = 256
+
+ERR_SIZE = b"ERR invalid argument size\n"
+
+
+class QTestFail(Exception):
+    """Ends a command with ``FAIL <reason>``."""
+
+    def __init__(self, reason: bytes) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class QTestLog:
+    """``-qtest-log``: QEMU's ``[I|R|S +secs]`` lines, flushed per line so a crash loses nothing."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self._t0: float | None = None
+
+    def _elapsed(self) -> float:
+        # QEMU restarts its stopwatch on OPENED; between clients it reads as 0.
+        return time.monotonic() - self._t0 if self._t0 is not None else 0.0
+
+    def _put(self, data: bytes) -> None:
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a broken log never stops the server
+
+    def opened(self) -> None:
+        self._t0 = time.monotonic()
+        self._put(b"[I 0.000000] OPENED\n")
+
+    def closed(self) -> None:
+        self._put(b"[I +%.6f] CLOSED\n" % self._elapsed())
+        self._t0 = None
+
+    def received(self, line: bytes) -> None:
+        self._put(b"[R +%.6f] %s\n" % (self._elapsed(), line))
+
+    def sent(self, text: bytes) -> None:
+        self._put(b"[S +%.6f] %s" % (self._elapsed(), text))
+
+    def raw(self, text: bytes) -> None:
+        self._put(text)
+
+
+class IrqInterceptor:
+    """The one device whose GPIOs report to the qtest client (it survives reconnects)."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+
+
+class QTestServer:
+    """One qtest endpoint bound to a VM. Call ``opened``/``feed``/``closed`` from the transport."""
+
+    def __init__(self, vm: VM, *, log: QTestLog | None = None, write: Callable[[bytes], None] | None = None) -> None:
+        self.vm = vm
+        self.machine = vm.machine
+        self.mem = vm.machine.address_space_memory
+        self.io = vm.machine.address_space_io
+        self.log = log
+        self.write = write
+        self.connected = False
+        self._buf = bytearray()
+        self._scan = 0
+        self._skip_line = False
+        self._out = bytearray()
+        self._batching = False
+        self._levels: dict[int, int] = {}
+        self.intercepted: Device | None = None
+        self._handlers: dict[bytes, Callable[[list[bytes]], bytes]] = {
+            b"irq_intercept_out": self._irq_intercept_out,
+            b"irq_intercept_in": self._irq_intercept_in,
+            b"set_irq_in": self._set_irq_in,
+            b"outb": self._out_port, b"outw": self._out_port, b"outl": self._out_port,
+            b"inb": self._in_port, b"inw": self._in_port, b"inl": self._in_port,
+            b"writeb": self._write_n, b"writew": self._write_n, b"writel": self._write_n, b"writeq": self._write_n,
+            b"readb": self._read_n, b"readw": self._read_n, b"readl": self._read_n, b"readq": self._read_n,
+            b"read": self._read_hex,
+            b"b64read": self._b64read,
+            b"write": self._write_hex,
+            b"memset": self._memset,
+            b"b64write": self._b64write,
+            b"endianness": self._endianness,
+            b"module_load": self._module_load,
+        }
+        if vm.qtest_accel:
+            self._handlers[b"clock_step"] = self._clock_step
+            self._handlers[b"clock_set"] = self._clock_set
+
+    # ------------------------------------------------------------------ transport side
+    def opened(self) -> None:
+        """A client connected (or stdio opened)."""
+        self.connected = True
+        self._levels.clear()
+        # A partial line left by an earlier client must not glue onto this one's first line.
+        self._buf.clear()
+        self._scan = 0
+        self._skip_line = False
+        if self.log:
+            self.log.opened()
+
+    def closed(self) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        self._buf.clear()
+        self._scan = 0
+        self._skip_line = False
+        if self.log:
+            self.log.closed()
+
+    def feed(self, data: bytes) -> None:
+        """Processes every complete line in ``data`` (plus what was buffered) in arrival order."""
+        buf = self._buf
+        buf += data
+        self._batching = True
+        try:
+            start = 0
+            scan = self._scan
+            while True:
+                nl = buf.find(b"\n", scan)
+                if nl < 0:
+                    break
+                line = bytes(buf[start:nl])
+                start = scan = nl + 1
+                if self._skip_line:
+                    self._skip_line = False
+                    self._reply(b"FAIL line too long\n")
+                    continue
+                self.process_line(line)
+            if start:
+                del buf[:start]
+            self._scan = len(buf)
+            if len(buf) > MAX_LINE:
+                # drop the runaway line; its newline, when it comes, gets one FAIL
+                buf.clear()
+                self._scan = 0
+                self._skip_line = True
+        finally:
+            self._batching = False
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._out:
+            out = bytes(self._out)
+            self._out.clear()
+            if self.write is not None and self.connected:
+                self.write(out)
+
+    def _reply(self, text: bytes) -> None:
+        if self.log and self.connected:
+            if text is ERR_SIZE:
+                self.log.raw(text)  # QEMU <= 9.2 logs this one without the [S +t] prefix
+            else:
+                self.log.sent(text)
+        self._out += text
+        if not self._batching:
+            self._flush()
+
+    # ------------------------------------------------------------------ commands
+    def process_line(self, line: bytes) -> None:
+        """Runs one command line (without its newline) and queues the reply."""
+        if self.log:
+            self.log.received(line)
+        if not line:
+            self._reply(b"FAIL empty command\n")
+            return
+        words = line.split(b" ")
+        handler = self._handlers.get(words[0])
+        if handler is None:
+            self._reply(b"FAIL Unknown command '%s'\n" % words[0][:MAX_ECHO])
+            return
+        try:
+            with self.vm.lock:
+                reply = handler(words)
+        except QTestFail as e:
+            reply = b"FAIL " + e.reason + b"\n"
+        except NumberError as e:
+            reply = b"FAIL number out of range '%s'\n" % e.token[:MAX_ECHO] if e.out_of_range else \
+                b"FAIL invalid number '%s'\n" % e.token[:MAX_ECHO]
+        except IndexError:
+            reply = b"FAIL missing argument\n"
+        self._reply(reply)
+
+    @staticmethod
+    def _need(words: list[bytes], n: int) -> None:
+        if len(words) <= n:
+            raise IndexError
+
+    def _endianness(self, words: list[bytes]) -> bytes:
+        return b"OK little\n"
+
+    # ---- port I/O
+    def _out_port(self, words: list[bytes]) -> bytes:
+        self._need(words, 2)
+        addr = strtou64(words[1])
+        value = strtou64(words[2])
+        if addr > 0xFFFF:
+            raise QTestFail(b"port out of range")
+        size = {b"b": 1, b"w": 2, b"l": 4}[words[0][-1:]]
+        self.io.write_uint(addr, value, size)
+        return b"OK\n"
+
+    def _in_port(self, words: list[bytes]) -> bytes:
+        self._need(words, 1)
+        addr = strtou64(words[1])
+        if addr > 0xFFFF:
+            raise QTestFail(b"port out of range")
+        size = {b"b": 1, b"w": 2, b"l": 4}[words[0][-1:]]
+        return b"OK 0x%04x\n" % self.io.read_uint(addr, size)
+
+    # ---- sized memory access
+    def _write_n(self, words: list[bytes]) -> bytes:
+        self._need(words, 2)
+        addr = strtou64(words[1])
+        value = strtou64(words[2])
+        size = {b"b": 1, b"w": 2, b"l": 4, b"q": 8}[words[0][-1:]]
+        self.mem.write_uint(addr, value, size)
+        return b"OK\n"
+
+    def _read_n(self, words: list[bytes]) -> bytes:
+        self._need(words, 1)
+        addr = strtou64(words[1])
+        size = {b"b": 1, b"w": 2, b"l": 4, b"q": 8}[words[0][-1:]]
+        return b"OK 0x%016x\n" % self.mem.read_uint(addr, size)
+
+    # ---- bulk memory
+    @staticmethod
+    def _check_size(size: int) -> None:
+        if size > MAX_TRANSFER:
+            raise QTestFail(b"size too large")
+
+    def _read_hex(self, words: list[bytes]) -> bytes:
+        self._need(words, 2)
+        addr = strtou64(words[1])
+        size = strtou64(words[2])
+        self._check_size(size)
+        data = self.mem.read(addr, size)
+        return b"OK 0x" + data.hex().encode() + b"\n"
+
+    def _b64read(self, words: list[bytes]) -> bytes:
+        self._need(words, 2)
+        addr = strtou64(words[1])
+        size = strtou64(words[2])
+        self._check_size(size)
+        data = self.mem.read(addr, size)
+        return b"OK " + binascii.b2a_base64(data, newline=False) + b"\n"
+
+    def _write_hex(self, words: list[bytes]) -> bytes:
+        self._need(words, 3)
+        addr = strtou64(words[1])
+        size = strtou64(words[2])
+        hexdata = words[3]
+        if len(hexdata) < 3:
+            return ERR_SIZE
+        self._check_size(size)
+        data = bytearray(size)
+        if size:
+            lib.mc_qtest_hex_decode(hexdata, len(hexdata), ffi.from_buffer(data), size)
+            self.mem.write(addr, data)
+        return b"OK\n"
+
+    def _memset(self, words: list[bytes]) -> bytes:
+        self._need(words, 3)
+        addr = strtou64(words[1])
+        size = strtou64(words[2])
+        pattern = strtou64(words[3])
+        if size:
+            self.mem.fill(addr, pattern & 0xFF, size)
+        return b"OK\n"
+
+    def _b64write(self, words: list[bytes]) -> bytes:
+        self._need(words, 3)
+        addr = strtou64(words[1])
+        size = strtou64(words[2])
+        text = words[3]
+        if len(text) < 3:
+            return ERR_SIZE
+        self._check_size(size)
+        out = bytearray(len(text) // 4 * 3 + 3)
+        n = lib.mc_glib_b64_decode(text, len(text), ffi.from_buffer(out))
+        if n != size:
+            if self.log and self.connected:
+                self.log.sent(b"b64write: data length mismatch (told %d, found %d)\n" % (size, n))
+            # QEMU decodes in place and writes SIZE bytes anyway: the decoded bytes, then the rest
+            # of the argument's own text; past its end we write zeros instead of heap contents.
+            tail = text[n:size] if n < size else b""
+            data = bytes(out[: min(n, size)]) + tail
+            data += bytes(size - len(data))
+        else:
+            data = bytes(out[:n])
+        if size:
+            self.mem.write(addr, data)
+        return b"OK\n"
+
+    # ---- clock (qtest accelerator only)
+    def _clock_step(self, words: list[bytes]) -> bytes:
+        ns = strtoi64(words[1]) if len(words) > 1 else None
+        return b"OK %d\n" % self.machine.clock.step(ns)
+
+    def _clock_set(self, words: list[bytes]) -> bytes:
+        self._need(words, 1)
+        return b"OK %d\n" % self.machine.clock.set(strtoi64(words[1]))
+
+    def _module_load(self, words: list[bytes]) -> bytes:
+        self._need(words, 2)
+        # Everything is built in: QEMU without module support answers OK for every name.
+        return b"OK\n"
+
+    # ---- IRQs
+    def _resolve_device(self, path: bytes) -> Device:
+        obj = resolve_path(self.machine.root, path.decode("utf-8", "surrogateescape"))
+        if not isinstance(obj, Device):
+            raise QTestFail(b"Unknown device")
+        return obj
+
+    def _claim(self, dev: Device) -> bool:
+        """True if ``dev`` is newly intercepted; FAIL if another device already is."""
+        if self.intercepted is not None:
+            if self.intercepted is dev:
+                return False
+            raise QTestFail(b"IRQ intercept already enabled")
+        self.intercepted = dev
+        return True
+
+    def _irq_intercept_in(self, words: list[bytes]) -> bytes:
+        self._need(words, 1)
+        dev = self._resolve_device(words[1])
+        if self._claim(dev):
+            # 7.2: only the unnamed input list; the original handler still sees every change.
+            for line in dev.gpio_in.get(None, []):
+                orig = line.handler
+                line.handler = self._make_interceptor(orig)
+        return b"OK\n"
+
+    def _irq_intercept_out(self, words: list[bytes]) -> bytes:
+        self._need(words, 1)
+        dev = self._resolve_device(words[1])
+        if self._claim(dev):
+            # 7.2 ignores NAME and redirects the unnamed output list, forwarding to the old target.
+            for out in dev.gpio_out.get(None, []):
+                target = out.target
+                out.connect(IRQ(self._make_interceptor(target.set if target else None, forward_n=False), out.n))
+        return b"OK\n"
+
+    def _make_interceptor(self, orig: Callable[..., None] | None, forward_n: bool = True) -> Callable[[int, int], None]:
+        def handler(n: int, level: int) -> None:
+            if orig is not None:
+                if forward_n:
+                    orig(n, level)
+                else:
+                    orig(level)
+            self.irq_changed(n, level)
+
+        return handler
+
+    def irq_changed(self, n: int, level: int) -> None:
+        """An intercepted line moved: report it if its level differs from the last one reported."""
+        if self._levels.get(n, 0) != level:
+            self._levels[n] = level
+            self._reply(b"IRQ raise %d\n" % n if level else b"IRQ lower %d\n" % n)
+
+    def _set_irq_in(self, words: list[bytes]) -> bytes:
+        self._need(words, 4)
+        dev = self._resolve_device(words[1])
+        name = words[2].decode("utf-8", "surrogateescape")
+        num = strtoi(words[3])
+        level = strtoi(words[4])
+        line = dev.get_gpio_in(None if name == UNNAMED_IN else name, num)
+        if line is None:
+            raise QTestFail(b"no such GPIO")
+        line.set(level)
+        return b"OK\n"
