@@ -110,6 +110,9 @@ class Chardev:
     def close(self) -> None:
         self.connected = False
 
+    def disconnect(self) -> None:
+        """Drops the current connection from our side (a server keeps listening)."""
+
     def filename(self) -> str:
         return self.backend
 
@@ -212,6 +215,11 @@ class _StreamChardev(Chardev):
             self.loop.remove_reader(self._in_fd)
         self._disconnect()
 
+    def disconnect(self) -> None:
+        if self.connected:
+            self.flush_blocking()
+            self._disconnect()
+
     def _disconnect(self) -> None:
         """The peer went away (or input ended)."""
         self._stop_io()
@@ -264,17 +272,25 @@ class _StreamChardev(Chardev):
             if self._in_fd >= 0:
                 self._watch_input()
 
-    def flush_blocking(self) -> None:
-        """Writes out everything queued (used at exit)."""
-        if self._out_fd < 0:
-            return
-        try:
-            os.set_blocking(self._out_fd, True)
-            while self._out:
-                n = os.write(self._out_fd, self._out)
-                del self._out[:n]
-        except OSError:
-            self._out.clear()
+    def flush_blocking(self, timeout: float = 5.0) -> None:
+        """Writes out what is queued, waiting at most ``timeout`` for a slow reader (exit path)."""
+        import select
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self._out and self._out_fd >= 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                _, ready, _ = select.select([], [self._out_fd], [], left)
+                if ready:
+                    del self._out[: os.write(self._out_fd, self._out)]
+            except (BlockingIOError, InterruptedError):
+                continue
+            except (OSError, ValueError):
+                break
+        self._out.clear()
 
 
 class SocketChardev(_StreamChardev):

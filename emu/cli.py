@@ -176,7 +176,11 @@ def _apply(cfg: Config, name: str, value: str) -> None:
         opts = _opts(value, implied="type")
         for key in opts:
             if key not in MACHINE_PROPS:
-                raise _bare(f"Property '{opts.get('type', cfg.machine)}-machine.{key}' not found")
+                from emu.machine import find_machine
+
+                mtype = opts.get("type", cfg.machine)
+                mcls = find_machine(mtype)
+                raise _bare(f"Property '{mcls.name if mcls else mtype}-machine.{key}' not found")
         if "type" in opts:
             cfg.machine = opts.pop("type")
         if "accel" in opts:

@@ -211,6 +211,7 @@ class System:
             self.loop.run()
         if self.signal_received is not None:
             sys.stderr.write(f"{self.prog}: terminating on signal {self.signal_received}\n")
+        self.vm.finish_shutdown()
         self.shutdown()
         return self.vm.exit_code
 

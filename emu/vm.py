@@ -81,13 +81,23 @@ class VM:
         self.emit("RESET", {"guest": False, "reason": reason})
 
     def request_shutdown(self, reason: str) -> None:
-        """Asks the main loop to end the process (QMP ``quit``, SIGTERM...)."""
+        """Asks the main loop to end the process (QMP ``quit``, SIGTERM...).
+
+        As in QEMU this only sets a request: the command that asked gets its reply first, then
+        the main loop calls ``finish_shutdown``, which emits SHUTDOWN.
+        """
         if self.shutdown_requested is not None:
             return
         self.shutdown_requested = reason
-        self.emit("SHUTDOWN", {"guest": False, "reason": reason})
         for hook in self._shutdown_hooks:
             hook()
+
+    def finish_shutdown(self) -> None:
+        """Emits SHUTDOWN for the pending request and enters the ``shutdown`` run state."""
+        if self.shutdown_requested is None:
+            return
+        self.machine.clock.enable(False)
+        self.emit("SHUTDOWN", {"guest": False, "reason": self.shutdown_requested})
 
 
 def event_timestamp() -> dict[str, int]:

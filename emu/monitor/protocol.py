@@ -1,0 +1,619 @@
+"""QMP protocol core: sessions, envelope handling, command registry, events.
+
+Socket-free and transport-agnostic. A transport (the main loop's chardev code)
+creates a session with :meth:`QmpServer.new_session`, passing a ``write``
+callback (bytes out) and a ``close`` callback (drop the connection), then calls
+:meth:`QmpSession.opened` once connected, :meth:`QmpSession.feed` with every
+chunk received (plus any SCM_RIGHTS fds), and :meth:`QmpSession.closed` on EOF.
+
+Wire behaviour follows QEMU (spec/migration-qapi.md §1-§2): greeting, capability
+negotiation, envelope errors, id echo, QDict key order, events only after
+negotiation.
+
+Threading: sessions are driven by the main loop thread. :meth:`QmpServer.emit_event`
+may be called from any thread, but it simply calls each session's ``write``
+callback from the calling thread, so the transport's ``write`` must be
+thread-safe and write each call's bytes contiguously (the main loop marshals
+writes to its own thread). Events emitted synchronously while a command runs
+(e.g. ``STOP`` during ``stop``) go out before that command's reply, as in QEMU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from emu.monitor.qjson import JsonStreamParser, dumps, qdict_order
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from typing import TypeAlias
+
+    #: Handler signature: ``handler(ctx, args) -> return value`` (None means ``{}``).
+    Handler: TypeAlias = Callable[["CommandContext", dict[str, Any]], Any]
+
+__all__ = [
+    "QEMU_VERSION",
+    "QEMU_PACKAGE",
+    "version_info",
+    "QmpError",
+    "MachineControl",
+    "Arg",
+    "Command",
+    "CommandContext",
+    "CommandRegistry",
+    "QmpServer",
+    "QmpSession",
+]
+
+#: The QEMU release whose QMP surface we follow (and claim in the greeting).
+QEMU_VERSION: tuple[int, int, int] = (9, 1, 0)
+#: The ``package`` string of ``query-version`` (QEMU's pkgversion).
+QEMU_PACKAGE = "qtest-emu"
+
+
+def version_info() -> dict[str, Any]:
+    """Return a fresh ``VersionInfo`` dict (``query-version`` / greeting payload)."""
+    major, minor, micro = QEMU_VERSION
+    # Insertion in QAPI schema order; dumps() applies QDict order.
+    return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": QEMU_PACKAGE}
+
+
+class QmpError(Exception):
+    """A QMP error reply: ``{"error": {"class": cls, "desc": desc}}``.
+
+    Raise it from command handlers and machine methods. ``cls`` is one of
+    QEMU's ``QapiErrorClass`` names (``GenericError``, ``CommandNotFound``,
+    ``DeviceNotActive``, ``DeviceNotFound``, ``KVMMissingCap``).
+    """
+
+    def __init__(self, desc: str, cls: str = "GenericError") -> None:
+        super().__init__(desc)
+        self.desc = desc
+        self.cls = cls
+
+    def __repr__(self) -> str:
+        return f"QmpError({self.desc!r}, {self.cls!r})"
+
+
+class MachineControl(Protocol):
+    """What the monitor needs from the machine (implemented in ``emu.vm``).
+
+    The machine layer, not the command handlers, emits the ``STOP``, ``RESUME``
+    and ``SHUTDOWN`` events through :meth:`QmpServer.emit_event`.
+    """
+
+    @property
+    def runstate(self) -> str:
+        """QEMU RunState name: ``prelaunch``, ``running``, ``paused``, ``shutdown``, ``inmigrate``, ..."""
+        ...
+
+    @property
+    def running(self) -> bool:
+        """True while the VM runs (``query-status`` ``running``)."""
+        ...
+
+    def stop(self) -> None:
+        """Pause the VM (``stop``); emits ``STOP`` synchronously. Raise QmpError on failure."""
+        ...
+
+    def cont(self) -> None:
+        """Resume the VM (``cont``); emits ``RESUME`` synchronously. Raise QmpError on failure."""
+        ...
+
+    def request_shutdown(self, reason: str) -> None:
+        """Request process shutdown (``quit`` passes ``"host-qmp-quit"``).
+
+        Must only *record* the request and wake the main loop: the ``quit``
+        reply is written after this returns. The main loop then emits
+        ``SHUTDOWN`` ``{"guest": false, "reason": reason}``, calls
+        :meth:`QmpServer.close_all` and exits 0, giving QEMU's wire order
+        (reply, SHUTDOWN event, EOF).
+        """
+        ...
+
+
+# ---------------------------------------------------------------------------
+# Command registry and minimal QAPI-style argument validation
+
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "int8": (-(1 << 7), (1 << 7) - 1),
+    "int16": (-(1 << 15), (1 << 15) - 1),
+    "int32": (-(1 << 31), (1 << 31) - 1),
+    "int64": (-(1 << 63), (1 << 63) - 1),
+    "uint8": (0, (1 << 8) - 1),
+    "uint16": (0, (1 << 16) - 1),
+    "uint32": (0, (1 << 32) - 1),
+}
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_UINT64_MAX = (1 << 64) - 1
+
+
+class Arg:
+    """One declared command argument.
+
+    ``type`` is a QAPI-like type name: ``str``, ``bool``, ``int`` (= ``int64``),
+    ``int8``..``int32``, ``uint8``..``uint32``, ``uint64``, ``size``, ``number``,
+    ``any``, an enum defined with :meth:`CommandRegistry.define_enum`, or
+    ``[T]`` for a list of T.
+    """
+
+    __slots__ = ("name", "type", "optional")
+
+    def __init__(self, name: str, type: str, optional: bool = False) -> None:
+        self.name = name
+        self.type = type
+        self.optional = optional
+
+    def __repr__(self) -> str:
+        return f"Arg({self.name!r}, {self.type!r}, optional={self.optional})"
+
+
+class Command:
+    """A registered command: name, argument spec, handler and options.
+
+    ``allow_oob``: may be run with ``exec-oob``. ``allow_preneg``: available
+    before capability negotiation (only ``qmp_capabilities``).
+    """
+
+    __slots__ = ("name", "handler", "args", "allow_oob", "allow_preneg")
+
+    def __init__(
+        self,
+        name: str,
+        handler: Handler,
+        args: Sequence[Arg] = (),
+        *,
+        allow_oob: bool = False,
+        allow_preneg: bool = False,
+    ) -> None:
+        self.name = name
+        self.handler = handler
+        self.args = tuple(args)
+        self.allow_oob = allow_oob
+        self.allow_preneg = allow_preneg
+
+
+class CommandRegistry:
+    """Named commands plus the enum types their arguments use.
+
+    Declare commands with the :meth:`command` decorator::
+
+        @registry.command("query-status")
+        def query_status(ctx, args): ...
+
+    Arguments are validated against the declared :class:`Arg` list before the
+    handler runs (QEMU's input-visitor messages, full paths for missing /
+    unexpected / type errors, bare names for enum and range errors).
+    """
+
+    def __init__(self) -> None:
+        self._commands: dict[str, Command] = {}
+        self._enums: dict[str, tuple[str, ...]] = {}
+
+    def define_enum(self, name: str, values: Iterable[str]) -> None:
+        """Declare an enum type usable as an :class:`Arg` type."""
+        self._enums[name] = tuple(values)
+
+    def register(self, cmd: Command) -> Command:
+        """Add (or replace) a command."""
+        self._commands[cmd.name] = cmd
+        return cmd
+
+    def command(
+        self,
+        name: str,
+        args: Sequence[Arg] = (),
+        *,
+        allow_oob: bool = False,
+        allow_preneg: bool = False,
+    ) -> Callable[[Handler], Handler]:
+        """Decorator registering ``handler(ctx, args)`` as command ``name``."""
+
+        def deco(fn: Handler) -> Handler:
+            self.register(Command(name, fn, args, allow_oob=allow_oob, allow_preneg=allow_preneg))
+            return fn
+
+        return deco
+
+    def copy(self) -> CommandRegistry:
+        """A new registry with the same commands and enums (extend it freely)."""
+        other = CommandRegistry()
+        other._commands = dict(self._commands)
+        other._enums = dict(self._enums)
+        return other
+
+    def get(self, name: str) -> Command | None:
+        """Look a command up by name."""
+        return self._commands.get(name)
+
+    def names(self) -> list[str]:
+        """Registered command names in registration order."""
+        return list(self._commands)
+
+    # -- validation ------------------------------------------------------------
+
+    def validate(self, cmd: Command, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Check ``args`` against ``cmd``'s spec; return the converted arguments.
+
+        Raises QmpError with QEMU's texts. Absent optional arguments stay absent.
+        """
+        out: dict[str, Any] = {}
+        for arg in cmd.args:
+            if arg.name in args:
+                out[arg.name] = self._check(arg.type, args[arg.name], arg.name, arg.name)
+            elif not arg.optional:
+                raise QmpError(f"Parameter '{arg.name}' is missing")
+        if len(out) != len(args):
+            # QEMU reports the first leftover of a hash table; QDict order is a
+            # deterministic stand-in.
+            for key in qdict_order(list(args)):
+                if key not in out:
+                    raise QmpError(f"Parameter '{key}' is unexpected")
+        return out
+
+    def _check(self, typ: str, value: Any, path: str, name: str | None) -> Any:
+        if typ.startswith("["):
+            if not isinstance(value, list):
+                raise QmpError(f"Invalid parameter type for '{path}', expected: array")
+            elem = typ[1:-1]
+            return [self._check(elem, v, f"{path}[{i}]", None) for i, v in enumerate(value)]
+        if typ == "str":
+            if not isinstance(value, str):
+                raise QmpError(f"Invalid parameter type for '{path}', expected: string")
+            return value
+        if typ == "bool":
+            if not isinstance(value, bool):
+                raise QmpError(f"Invalid parameter type for '{path}', expected: boolean")
+            return value
+        if typ == "any":
+            return value
+        if typ == "number":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise QmpError(f"Invalid parameter type for '{path}', expected: number")
+            return float(value)
+        if typ in ("uint64", "size"):
+            # Negative values are accepted and wrap, for backward compatibility.
+            if isinstance(value, bool) or not isinstance(value, int) or not _INT64_MIN <= value <= _UINT64_MAX:
+                raise QmpError(f"Parameter '{path}' expects uint64")
+            return value & _UINT64_MAX
+        if typ == "int" or typ in _INT_RANGES:
+            if isinstance(value, bool) or not isinstance(value, int):
+                if typ.startswith("u"):
+                    raise QmpError(f"Parameter '{path}' expects uint64")
+                raise QmpError(f"Invalid parameter type for '{path}', expected: integer")
+            if typ.startswith("u"):
+                if not _INT64_MIN <= value <= _UINT64_MAX:
+                    raise QmpError(f"Parameter '{path}' expects uint64")
+                value &= _UINT64_MAX
+            elif not _INT64_MIN <= value <= _INT64_MAX:
+                raise QmpError(f"Invalid parameter type for '{path}', expected: integer")
+            lo, hi = _INT_RANGES.get(typ, (_INT64_MIN, _INT64_MAX))
+            if not lo <= value <= hi:
+                raise QmpError(f"Parameter '{name if name is not None else 'null'}' expects {typ}_t")
+            return value
+        values = self._enums.get(typ)
+        if values is None:
+            raise ValueError(f"unknown argument type {typ!r}")
+        if not isinstance(value, str):
+            raise QmpError(f"Invalid parameter type for '{path}', expected: string")
+        if value not in values:
+            shown = name if name is not None else "null"
+            raise QmpError(f"Parameter '{shown}' does not accept value '{value}'")
+        return value
+
+
+class CommandContext:
+    """What a handler sees: the server, the calling session (None in-process)."""
+
+    __slots__ = ("server", "session")
+
+    def __init__(self, server: QmpServer, session: QmpSession | None) -> None:
+        self.server = server
+        self.session = session
+
+    @property
+    def machine(self) -> MachineControl:
+        """The machine; QmpError if the server has none."""
+        machine = self.server.machine
+        if machine is None:
+            raise QmpError("No machine is attached to this monitor")
+        return machine
+
+    def close_after_reply(self) -> None:
+        """Close the calling session once this command's reply has been written."""
+        if self.session is not None:
+            self.session._close_after_reply = True
+
+
+# ---------------------------------------------------------------------------
+# Server and sessions
+
+
+def _default_registry() -> CommandRegistry:
+    # Imported lazily: commands.py imports this module for the registry types.
+    from emu.monitor.commands import REGISTRY
+
+    return REGISTRY
+
+
+def _report_internal_error(exc: BaseException) -> None:
+    import traceback  # only on the error path: keeps startup light
+
+    sys.stderr.write("emu: internal error in QMP command handler\n")
+    traceback.print_exception(exc, file=sys.stderr)
+
+
+class QmpServer:
+    """Shared monitor state: registry, version, machine and live sessions."""
+
+    def __init__(
+        self,
+        machine: MachineControl | None = None,
+        *,
+        registry: CommandRegistry | None = None,
+        version: Mapping[str, Any] | None = None,
+        offer_oob: bool = True,
+        on_internal_error: Callable[[BaseException], None] | None = _report_internal_error,
+    ) -> None:
+        self.machine = machine
+        self.registry = registry if registry is not None else _default_registry()
+        self.version: dict[str, Any] = dict(version) if version is not None else version_info()
+        self.offer_oob = offer_oob
+        self.on_internal_error = on_internal_error
+        self._sessions: list[QmpSession] = []
+        self._lock = threading.Lock()
+
+    @property
+    def sessions(self) -> tuple[QmpSession, ...]:
+        """Snapshot of the open sessions."""
+        with self._lock:
+            return tuple(self._sessions)
+
+    def new_session(
+        self, write: Callable[[bytes], None], close: Callable[[], None] | None = None, *, pretty: bool = False
+    ) -> QmpSession:
+        """Create a session for a new connection (call ``opened()`` on it next).
+
+        ``pretty`` selects QEMU's pretty-printed output (``-mon ...,pretty=on``).
+        """
+        return QmpSession(self, write, close, pretty=pretty)
+
+    def greeting(self) -> dict[str, Any]:
+        """The greeting object sent when a connection opens."""
+        return {"QMP": {"version": self.version, "capabilities": ["oob"] if self.offer_oob else []}}
+
+    def emit_event(self, name: str, data: Mapping[str, Any] | None = None) -> None:
+        """Send event ``name`` to every session that completed negotiation.
+
+        ``data`` is omitted from the message when None. Callable from any thread
+        (see the module docstring for the transport's obligations).
+        """
+        now_us = time.time_ns() // 1000
+        msg: dict[str, Any] = {
+            "event": name,
+            "timestamp": {"seconds": now_us // 1_000_000, "microseconds": now_us % 1_000_000},
+        }
+        if data is not None:
+            msg["data"] = dict(data)
+        lines: dict[bool, bytes] = {}
+        with self._lock:
+            targets = [s for s in self._sessions if s.negotiated]
+        for session in targets:
+            line = lines.get(session.pretty)
+            if line is None:  # TypeError here is the caller's bug: let it surface
+                line = lines[session.pretty] = _encode(msg, session.pretty)
+            try:
+                session._write_raw(line)
+            except Exception:
+                # One broken connection must not starve the others; the
+                # transport notices the failure on its side.
+                pass
+
+    def close_all(self) -> None:
+        """Close every session (the main loop calls this on shutdown)."""
+        for session in self.sessions:
+            session.close()
+
+    def _attach(self, session: QmpSession) -> None:
+        with self._lock:
+            if session not in self._sessions:
+                self._sessions.append(session)
+
+    def _detach(self, session: QmpSession) -> None:
+        with self._lock:
+            if session in self._sessions:
+                self._sessions.remove(session)
+
+
+_NEGOTIATION_DESC = "Expecting capabilities negotiation with 'qmp_capabilities'"
+
+
+class QmpSession:
+    """One QMP connection: greeting, negotiation state, parser, stashed fds.
+
+    Every output message is one line of QEMU-formatted JSON ending ``\\r\\n``.
+    """
+
+    def __init__(
+        self,
+        server: QmpServer,
+        write: Callable[[bytes], None],
+        close: Callable[[], None] | None = None,
+        *,
+        pretty: bool = False,
+    ) -> None:
+        self.server = server
+        #: Pretty-print output as QEMU's ``pretty=on`` monitors do.
+        self.pretty = pretty
+        self._write = write
+        self._close_cb = close
+        self._parser = JsonStreamParser()
+        #: True once ``qmp_capabilities`` succeeded and its reply was written.
+        self.negotiated = False
+        #: True when the client enabled the ``oob`` capability.
+        self.oob_enabled = False
+        #: fds received with SCM_RIGHTS, waiting for ``getfd`` / ``add-fd``.
+        self.pending_fds: list[int] = []
+        #: True after close() / closed(); input is then ignored.
+        self.is_closed = False
+        self._close_after_reply = False
+        self._negotiation: bool | None = None  # oob flag of a pending qmp_capabilities
+
+    # -- transport-facing API --------------------------------------------------
+
+    def opened(self) -> None:
+        """The connection is up: register with the server and send the greeting."""
+        if self.is_closed:
+            return
+        self.server._attach(self)
+        self._send(self.server.greeting())
+
+    def feed(self, data: bytes, fds: Iterable[int] = ()) -> None:
+        """Process received bytes; ``fds`` came with them via SCM_RIGHTS.
+
+        Garbage never raises: parse errors are answered with id-less
+        GenericError replies, as QEMU does.
+        """
+        if self.is_closed:
+            _close_fds(fds)
+            return
+        self.pending_fds.extend(fds)
+        for value, error in self._parser.feed(data):
+            if self.is_closed:
+                break
+            if error is not None:
+                self._send({"error": {"class": "GenericError", "desc": error}})
+            else:
+                self._handle(value)
+
+    def closed(self) -> None:
+        """The peer went away: forget the session and close unclaimed fds."""
+        self._teardown()
+
+    def close(self) -> None:
+        """Close the connection from our side (idempotent)."""
+        if self.is_closed:
+            return
+        self._teardown()
+        if self._close_cb is not None:
+            self._close_cb()
+
+    def take_fd(self) -> int | None:
+        """Pop the oldest stashed fd (for ``getfd`` / ``add-fd``), or None."""
+        return self.pending_fds.pop(0) if self.pending_fds else None
+
+    # -- internals -------------------------------------------------------------
+
+    def _teardown(self) -> None:
+        self.is_closed = True
+        self.server._detach(self)
+        fds, self.pending_fds = self.pending_fds, []
+        _close_fds(fds)
+
+    def _write_raw(self, line: bytes) -> None:
+        if not self.is_closed:
+            self._write(line)
+
+    def _send(self, msg: Mapping[str, Any]) -> None:
+        self._write_raw(_encode(msg, self.pretty))
+
+    def _handle(self, request: Any) -> None:
+        response = self._dispatch(request)
+        try:
+            line = _encode(response, self.pretty)
+        except (TypeError, ValueError) as exc:
+            # A handler returned something JSON cannot carry.
+            self._internal_error(exc)
+            bad: dict[str, Any] = {"error": {"class": "GenericError", "desc": f"internal error: {exc}"}}
+            if isinstance(request, dict) and "id" in request:
+                bad["id"] = request["id"]
+            line = _encode(bad, self.pretty)
+        self._write_raw(line)
+        if self._negotiation is not None:
+            # Flip only after the reply is out, so no event can precede it.
+            self.oob_enabled = self._negotiation
+            self._negotiation = None
+            self.negotiated = True
+        if self._close_after_reply:
+            self._close_after_reply = False
+            self.close()
+
+    def _internal_error(self, exc: BaseException) -> None:
+        hook = self.server.on_internal_error
+        if hook is not None:
+            try:
+                hook(exc)
+            except Exception:
+                pass
+
+    def _dispatch(self, request: Any) -> dict[str, Any]:
+        """Run one request; return the response dict (QEMU's qmp_dispatch())."""
+        if not isinstance(request, dict):
+            return {"error": {"class": "GenericError", "desc": "QMP input must be a JSON object"}}
+        response: dict[str, Any]
+        try:
+            name, oob = self._check_envelope(request)
+            cmd = self.server.registry.get(name)
+            if cmd is None or not (self.negotiated or cmd.allow_preneg):
+                raise QmpError(f"The command {name} has not been found", "CommandNotFound")
+            if oob and not cmd.allow_oob:
+                raise QmpError(f"The command {name} does not support OOB")
+            args = self.server.registry.validate(cmd, request.get("arguments", {}))
+            ret = cmd.handler(CommandContext(self.server, self), args)
+            response = {"return": {} if ret is None else ret}
+        except QmpError as exc:
+            desc = exc.desc
+            if not self.negotiated and exc.cls == "CommandNotFound":
+                desc = _NEGOTIATION_DESC
+            response = {"error": {"class": exc.cls, "desc": desc}}
+        except Exception as exc:
+            self._internal_error(exc)
+            response = {"error": {"class": "GenericError", "desc": f"internal error: {type(exc).__name__}: {exc}"}}
+        if "id" in request:
+            response["id"] = request["id"]
+        return response
+
+    def _check_envelope(self, request: dict[str, Any]) -> tuple[str, bool]:
+        """QEMU's qmp_dispatch_check_obj(): members checked in QDict order."""
+        exec_key: str | None = None
+        for key in qdict_order(list(request)):
+            value = request[key]
+            if key == "execute" or (key == "exec-oob" and self.oob_enabled):
+                if not isinstance(value, str):
+                    raise QmpError(f"QMP input member '{key}' must be a string")
+                if exec_key is not None:
+                    raise QmpError(f"QMP input member '{key}' clashes with '{exec_key}'")
+                exec_key = key
+            elif key == "arguments":
+                if not isinstance(value, dict):
+                    raise QmpError("QMP input member 'arguments' must be an object")
+            elif key != "id":
+                raise QmpError(f"QMP input member '{key}' is unexpected")
+        if exec_key is None:
+            raise QmpError("QMP input lacks member 'execute'")
+        return request[exec_key], exec_key == "exec-oob"
+
+    def negotiate(self, oob: bool) -> None:
+        """Used by ``qmp_capabilities``: leave negotiation mode once the reply is out."""
+        self._negotiation = oob
+
+
+def _encode(msg: Any, pretty: bool) -> bytes:
+    """One output message: JSON plus newline, every ``\\n`` sent as ``\\r\\n``
+    (QEMU's monitor_puts() does that, which matters for pretty output)."""
+    text = dumps(msg, pretty)
+    if pretty:
+        text = text.replace("\n", "\r\n")
+    return text.encode("ascii") + b"\r\n"
+
+
+def _close_fds(fds: Iterable[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

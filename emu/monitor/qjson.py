@@ -1,0 +1,765 @@
+"""QEMU-compatible JSON: a streaming parser for QMP input and QEMU's serializer.
+
+The parser reproduces QEMU's ``qobject/json-lexer.c`` + ``json-streamer.c`` +
+``json-parser.c`` behaviour at the level a client can observe:
+
+* input is a byte stream; values are split by brace/bracket balance, not lines;
+* single-quoted strings and the ``\\'`` escape are accepted;
+* error texts are QEMU's (``JSON parse error, stray '@'``, ``... invalid keyword
+  'junk'``, ``... expecting value``, ...);
+* after a lexical error the lexer skips input until a structural character
+  (``[]{}:,``), an ASCII control character other than TAB, or a 0xFE/0xFF byte
+  (QEMU's ``IN_RECOVERY`` state);
+* the limits are QEMU's: 64 MiB per message, 2 Mi tokens, nesting depth 1024.
+
+Resynchronisation guarantee (as documented in QEMU's qmp-spec): an ASCII control
+character other than ``\\t``, ``\\r``, ``\\n`` (for example ``\\x1b``), or a
+``\\xff`` byte, provokes a lexical error whatever state the parser is in, which
+discards any partial message. The next complete value after it is parsed cleanly.
+A plain newline is *not* enough: it does not close an unterminated object.
+
+The serializer :func:`dumps` produces QEMU's exact bytes, including QDict hash
+order for object members.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from json.decoder import scanstring as _scanstring
+from typing import Any
+
+__all__ = [
+    "JsonStreamParser",
+    "dumps",
+    "qdict_bucket",
+    "qdict_order",
+    "MAX_TOKEN_SIZE",
+    "MAX_TOKEN_COUNT",
+    "MAX_NESTING",
+]
+
+MAX_TOKEN_SIZE = 64 << 20
+MAX_TOKEN_COUNT = 2 << 20
+MAX_NESTING = 1 << 10
+
+# Token kinds. Structural tokens use their byte value.
+_LCURLY, _RCURLY, _LSQUARE, _RSQUARE = 0x7B, 0x7D, 0x5B, 0x5D
+_COLON, _COMMA = 0x3A, 0x2C
+_STRING, _INTEGER, _FLOAT, _KEYWORD = 1, 2, 3, 4
+_STRUCTURAL = frozenset(b"{}[]:,")
+
+# Lexer states.
+_START, _RECOVERY, _IN_STRING, _IN_NUMBER, _IN_KEYWORD = range(5)
+# Number sub-states (QEMU's IN_SIGN, IN_ZERO, IN_DIGITS, ...).
+_N_SIGN, _N_ZERO, _N_DIGITS, _N_MANT, _N_MANT_DIGITS, _N_EXP_E, _N_EXP_SIGN, _N_EXP_DIGITS = range(8)
+# Terminal number states end by lookahead; the others need another character.
+_N_TERMINAL = {_N_ZERO: _INTEGER, _N_DIGITS: _INTEGER, _N_MANT_DIGITS: _FLOAT, _N_EXP_DIGITS: _FLOAT}
+
+_WS_RE = re.compile(rb"[ \t\r\n]*")
+# String bodies: bytes 0x20..0xFD except quote and backslash; an escape is a
+# backslash plus any byte 0x20..0xFD (the parser rejects bad escapes later).
+_DQ_BODY_RE = re.compile(rb'[^"\\\x00-\x1f\xfe\xff]*(?:\\[\x20-\xfd][^"\\\x00-\x1f\xfe\xff]*)*')
+_SQ_BODY_RE = re.compile(rb"[^'\\\x00-\x1f\xfe\xff]*(?:\\[\x20-\xfd][^'\\\x00-\x1f\xfe\xff]*)*")
+_DIGITS_RE = re.compile(rb"[0-9]*")
+_KEYWORD_RE = re.compile(rb"[a-z]*")
+# Recovery skips everything except structural chars, control chars other than
+# TAB, and the impossible UTF-8 bytes.
+_RECOVERY_RE = re.compile(rb"[^\x00-\x08\x0a-\x1f\xfe\xff\[\]{}:,]*")
+# Fast path for short numbers and keywords that are followed by a character that
+# cannot continue them; anything else goes through the exact DFA.
+_FAST_SCALAR_RE = re.compile(
+    rb"(-?(?:0(?:\.[0-9]{1,30}(?:[eE][-+]?[0-9]{1,4})?)?"
+    rb"|[1-9][0-9]{0,30}(?:\.[0-9]{1,30})?(?:[eE][-+]?[0-9]{1,4})?)"
+    rb"|[a-z]{1,16})[ \t\r\n,\]}:]"
+)
+
+_INT64_MIN = -(1 << 63)
+_UINT64_MAX = (1 << 64) - 1
+
+
+# Code points QEMU's mod_utf8_codepoint() refuses: surrogates and noncharacters.
+# The BMP ones fit a fast regex class; the 32 astral ones are found by substring
+# search, which is much faster than a regex class with astral members.
+_BAD_BMP_RE = re.compile("[\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
+_BAD_ASTRAL = tuple(chr((plane << 16) | low) for plane in range(1, 17) for low in (0xFFFE, 0xFFFF))
+
+
+def _has_bad_cp(text: str) -> bool:
+    if text.isascii():
+        return False
+    if _BAD_BMP_RE.search(text) is not None:
+        return True
+    return max(text) > "\uffff" and any(c in text for c in _BAD_ASTRAL)
+
+
+def _replace_bad_cp(text: str) -> str:
+    text = _BAD_BMP_RE.sub("\ufffd", text)
+    for c in _BAD_ASTRAL:
+        text = text.replace(c, "\ufffd")
+    return text
+
+
+def _valid_codepoint(cp: int) -> bool:
+    if cp < 0 or cp > 0x10FFFF:
+        return False
+    if 0xFDD0 <= cp <= 0xFDEF or (cp & 0xFFFE) == 0xFFFE:
+        return False
+    return not 0xD800 <= cp <= 0xDFFF
+
+
+class _ParseError(Exception):
+    """Internal: the first error of a message parse (QEMU keeps only the first)."""
+
+
+def _lossy_text(data: bytes) -> str:
+    """Decode bytes the way QEMU prints a C string holding them in JSON.
+
+    ``%s`` stops at a NUL byte; invalid modified-UTF-8 sequences become U+FFFD,
+    one per sequence as ``mod_utf8_codepoint()`` delimits them.
+    """
+    nul = data.find(b"\0")
+    if nul >= 0:
+        data = data[:nul]
+    try:
+        text = data.decode("utf-8")
+        if not _has_bad_cp(text):
+            return text
+    except UnicodeDecodeError:
+        pass
+    if len(data) > (1 << 20):
+        # Only reached for enormous error tokens; C speed matters more here than
+        # the exact number of replacement characters.
+        return _replace_bad_cp(data.decode("utf-8", "replace"))
+    out: list[str] = []
+    i, n = 0, len(data)
+    min_cp = (0x80, 0x800, 0x10000, 0x200000, 0x4000000)
+    while i < n:
+        byte = data[i]
+        i += 1
+        if byte < 0x80:
+            out.append(chr(byte))
+            continue
+        if byte >= 0xFE or not byte & 0x40:
+            out.append("\ufffd")
+            continue
+        length, mask = 0, 0x80
+        while byte & mask:
+            length += 1
+            mask >>= 1
+        cp = byte & (mask - 1)
+        ok = True
+        for _ in range(1, length):
+            if i >= n or (data[i] & 0xC0) != 0x80:
+                ok = False
+                break
+            cp = (cp << 6) | (data[i] & 0x3F)
+            i += 1
+        if ok and _valid_codepoint(cp) and (cp >= min_cp[length - 2] or (cp == 0 and length == 2)):
+            out.append(chr(cp))
+        else:
+            out.append("\ufffd")
+    return "".join(out)
+
+
+def _mod_utf8(seg: bytes) -> str:
+    """Strictly decode modified UTF-8 (``C0 80`` is U+0000); raise on anything invalid."""
+    try:
+        text = seg.decode("utf-8")
+    except UnicodeDecodeError:
+        if b"\xc0\x80" not in seg:
+            raise _ParseError("invalid UTF-8 sequence in string") from None
+        try:
+            # Replacing C0 80 cannot turn an invalid sequence into a valid one.
+            text = seg.replace(b"\xc0\x80", b"\0").decode("utf-8")
+        except UnicodeDecodeError:
+            raise _ParseError("invalid UTF-8 sequence in string") from None
+    if _has_bad_cp(text):
+        raise _ParseError("invalid UTF-8 sequence in string")
+    return text
+
+
+_SIMPLE_ESCAPES = {
+    0x22: '"', 0x27: "'", 0x5C: "\\", 0x2F: "/",
+    0x62: "\b", 0x66: "\f", 0x6E: "\n", 0x72: "\r", 0x74: "\t",
+}
+_HEX4_RE = re.compile(rb"[0-9a-fA-F]{4}")
+
+
+def _hex4(tok: bytes, pos: int) -> int:
+    return int(tok[pos:pos + 4], 16) if _HEX4_RE.match(tok, pos) else -1
+
+
+def _decode_string_slow(tok: bytes) -> str:
+    """Decode a string token exactly as QEMU's parse_string(), errors included."""
+    end = len(tok) - 1
+    p = 1
+    out: list[str] = []
+    while p < end:
+        if tok[p] != 0x5C:
+            q = tok.find(b"\\", p, end)
+            if q < 0:
+                q = end
+            out.append(_mod_utf8(tok[p:q]))
+            p = q
+            continue
+        beg = p
+        esc = tok[p + 1]
+        p += 2
+        simple = _SIMPLE_ESCAPES.get(esc)
+        if simple is not None:
+            out.append(simple)
+            continue
+        if esc != 0x75:  # 'u'
+            raise _ParseError("invalid escape sequence in string")
+        cp = _hex4(tok, p)
+        p += 4
+        if 0xD800 <= cp <= 0xDBFF and tok[p:p + 2] == b"\\u":
+            cp = 0x10000 + ((cp & 0x3FF) << 10)
+            trailing = _hex4(tok, p + 2)
+            if 0xDC00 <= trailing <= 0xDFFF:
+                cp |= trailing & 0x3FF
+                p += 6
+            else:
+                cp = -1
+        # QEMU encodes U+0000 as C0 80, so \u0000 is valid.
+        if cp != 0 and not _valid_codepoint(cp):
+            raise _ParseError(f"{_lossy_text(tok[beg:p])} is not a valid Unicode character")
+        out.append(chr(cp))
+    return "".join(out)
+
+
+def _decode_string(tok: bytes) -> str:
+    if tok[0] == 0x22:
+        if b"\\" not in tok:
+            try:
+                text = tok[1:-1].decode("utf-8")
+            except UnicodeDecodeError:
+                return _decode_string_slow(tok)
+            if not _has_bad_cp(text):
+                return text
+            return _decode_string_slow(tok)
+        # Common escapes: let the C scanner do the work; anything it accepts
+        # that QEMU would not (lone surrogates, noncharacters) is caught below.
+        try:
+            text, _ = _scanstring(tok.decode("utf-8"), 1, True)
+        except (UnicodeDecodeError, ValueError):
+            return _decode_string_slow(tok)
+        if not _has_bad_cp(text):
+            return text
+    return _decode_string_slow(tok)
+
+
+def _decode_integer(tok: bytes) -> int | float:
+    # QEMU: int64 if it fits, else uint64 if it fits, else double.
+    if len(tok) <= 21:
+        value = int(tok)
+        if _INT64_MIN <= value <= _UINT64_MAX:
+            return value
+    return float(tok)
+
+
+def _literal(kind: int, tok: bytes) -> Any:
+    if kind == _STRING:
+        return _decode_string(tok)
+    if kind == _INTEGER:
+        return _decode_integer(tok)
+    if kind == _FLOAT:
+        return float(tok)
+    if tok == b"true":
+        return True
+    if tok == b"false":
+        return False
+    if tok == b"null":
+        return None
+    raise _ParseError(f"invalid keyword '{tok.decode('ascii')}'")
+
+
+_VALUE_START = frozenset((_STRING, _INTEGER, _FLOAT, _KEYWORD))
+
+
+def _parse(tokens: list[tuple[int, bytes]]) -> Any:
+    """Parse one balanced token sequence into a value (iterative: depth <= 1024).
+
+    Mirrors QEMU's recursive descent so that the *first* error raised is the one
+    QEMU would report.
+    """
+    n = len(tokens)
+    p = 0
+    # Frames: [container, key_or_None, expecting_key] for dicts; [list] for lists.
+    stack: list[list[Any]] = []
+    while True:
+        # ---- parse_value() at p
+        if p >= n:
+            raise _ParseError("premature EOI")
+        kind, tok = tokens[p]
+        if kind == _LCURLY or kind == _LSQUARE:
+            p += 1
+            if p >= n:
+                raise _ParseError("premature EOI")
+            closer = _RCURLY if kind == _LCURLY else _RSQUARE
+            if tokens[p][0] != closer:
+                stack.append([{}, None, True] if kind == _LCURLY else [[]])
+                continue
+            p += 1
+            value: Any = {} if kind == _LCURLY else []
+        elif kind in _VALUE_START:
+            value = _literal(kind, tok)
+            p += 1
+        else:
+            raise _ParseError("expecting value")
+        # ---- hand the finished value to the enclosing containers
+        while True:
+            if not stack:
+                return value
+            frame = stack[-1]
+            if len(frame) == 1:  # list
+                frame[0].append(value)
+                if p >= n:
+                    raise _ParseError("premature EOI")
+                sep = tokens[p][0]
+                p += 1
+                if sep == _RSQUARE:
+                    value = stack.pop()[0]
+                    continue
+                if sep != _COMMA:
+                    raise _ParseError("expected separator in list")
+                break
+            if frame[2]:  # got a key
+                if not isinstance(value, str):
+                    raise _ParseError("key is not a string in object")
+                if p >= n:
+                    raise _ParseError("premature EOI")
+                if tokens[p][0] != _COLON:
+                    raise _ParseError("missing : in object pair")
+                p += 1
+                frame[1] = value
+                frame[2] = False
+                break
+            # got a member value
+            container = frame[0]
+            if frame[1] in container:
+                raise _ParseError("duplicate key")
+            container[frame[1]] = value
+            if p >= n:
+                raise _ParseError("premature EOI")
+            sep = tokens[p][0]
+            p += 1
+            if sep == _RCURLY:
+                value = stack.pop()[0]
+                continue
+            if sep != _COMMA:
+                raise _ParseError("expected separator in dict")
+            frame[2] = True
+            break
+
+
+class JsonStreamParser:
+    """Incremental QMP input parser (QEMU's JSON lexer + streamer + parser).
+
+    Feed it bytes as they arrive; each call returns the values completed by that
+    chunk, in order, as ``(value, None)``, or ``(None, message)`` for a parse
+    error (``message`` is QEMU's full text, e.g. ``"JSON parse error, stray '@'"``).
+    A JSON ``null`` value is ``(None, None)``.
+
+    Scalars at top level need a following character to complete (QEMU's lexer
+    uses lookahead): ``42`` alone is pending until more input arrives.
+
+    Work is linear in the input: strings, digit runs and whitespace are scanned
+    with regular expressions, and a pending token is never rescanned.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_token_size: int = MAX_TOKEN_SIZE,
+        max_token_count: int = MAX_TOKEN_COUNT,
+        max_nesting: int = MAX_NESTING,
+    ) -> None:
+        self.max_token_size = max_token_size
+        self.max_token_count = max_token_count
+        self.max_nesting = max_nesting
+        self._out: list[tuple[Any, str | None]] = []
+        self._reset_lexer()
+        self._reset_streamer()
+
+    # -- state -------------------------------------------------------------
+
+    def _reset_lexer(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0  # next byte to examine
+        self._state = _START
+        self._tok_start = 0  # start of the pending token (string/number/keyword)
+        self._quote = 0
+        self._num_state = _N_SIGN
+
+    def _reset_streamer(self) -> None:
+        self._tokens: list[tuple[int, bytes]] = []
+        self._tok_bytes = 0
+        self._braces = 0
+        self._brackets = 0
+
+    def reset(self) -> None:
+        """Drop all buffered input and partial messages (e.g. on reconnect)."""
+        self._reset_lexer()
+        self._reset_streamer()
+
+    @property
+    def pending(self) -> bool:
+        """True when a partial message or token is buffered."""
+        return bool(self._tokens) or self._state in (_IN_STRING, _IN_NUMBER, _IN_KEYWORD)
+
+    # -- public API ----------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[tuple[Any, str | None]]:
+        """Consume ``data``; return the values (or errors) it completed. Never raises."""
+        out: list[tuple[Any, str | None]] = []
+        self._out = out
+        try:
+            self._buf += data
+            self._lex()
+        except Exception as exc:  # defensive: a parser bug must not kill the monitor
+            self.reset()
+            out.append((None, f"JSON parse error, internal error: {type(exc).__name__}"))
+        return out
+
+    # -- streamer (json-streamer.c) ------------------------------------------
+
+    def _emit_error(self, message: str) -> None:
+        self._reset_streamer()
+        self._out.append((None, message))
+
+    def _token(self, kind: int, text: bytes) -> None:
+        if kind == _LCURLY:
+            self._braces += 1
+        elif kind == _RCURLY:
+            self._braces -= 1
+        elif kind == _LSQUARE:
+            self._brackets += 1
+        elif kind == _RSQUARE:
+            self._brackets -= 1
+        if self._tok_bytes + len(text) + 1 > self.max_token_size:
+            return self._emit_error("JSON token size limit exceeded")
+        if len(self._tokens) + 1 > self.max_token_count:
+            return self._emit_error("JSON token count limit exceeded")
+        if self._braces + self._brackets > self.max_nesting:
+            return self._emit_error("JSON nesting depth limit exceeded")
+        self._tokens.append((kind, text))
+        self._tok_bytes += len(text)
+        if (self._braces > 0 or self._brackets > 0) and self._braces >= 0 and self._brackets >= 0:
+            return None
+        tokens = self._tokens
+        self._reset_streamer()
+        try:
+            self._out.append((_parse(tokens), None))
+        except _ParseError as exc:
+            # parse_error() formats into a 1024-byte buffer.
+            self._out.append((None, "JSON parse error, " + str(exc)[:1023]))
+        return None
+
+    def _lex_error(self, text: bytes) -> None:
+        self._emit_error(f"JSON parse error, stray '{_lossy_text(text)}'")
+
+    # -- lexer (json-lexer.c) --------------------------------------------------
+
+    def _lex(self) -> None:
+        buf = self._buf
+        n = len(buf)
+        i = self._pos
+        state = self._state
+        limit = self.max_token_size
+        while True:
+            if state == _START:
+                i = _WS_RE.match(buf, i).end()
+                if i >= n:
+                    break
+                c = buf[i]
+                if c in _STRUCTURAL:
+                    self._token(c, bytes((c,)))
+                    i += 1
+                    continue
+                m = _FAST_SCALAR_RE.match(buf, i)
+                if m is not None:
+                    end = m.end(1)
+                    tok = bytes(buf[i:end])
+                    if c >= 0x61:
+                        kind = _KEYWORD
+                    elif b"." in tok or b"e" in tok or b"E" in tok:
+                        kind = _FLOAT
+                    else:
+                        kind = _INTEGER
+                    self._token(kind, tok)
+                    i = end
+                    continue
+                self._tok_start = i
+                if c == 0x22 or c == 0x27:
+                    state = _IN_STRING
+                    self._quote = c
+                    i += 1
+                elif 0x30 <= c <= 0x39 or c == 0x2D:
+                    state = _IN_NUMBER
+                    self._num_state = _N_SIGN if c == 0x2D else (_N_ZERO if c == 0x30 else _N_DIGITS)
+                    i += 1
+                elif 0x61 <= c <= 0x7A:
+                    state = _IN_KEYWORD
+                    i += 1
+                else:
+                    self._lex_error(bytes((c,)))
+                    i += 1
+                    state = _RECOVERY
+                continue
+            if state == _RECOVERY:
+                i = _RECOVERY_RE.match(buf, i).end()
+                if i >= n:
+                    break
+                state = _START
+                continue
+
+            # A multi-byte token is pending from self._tok_start; scan from i.
+            start = self._tok_start
+            # event: index of the char that completes (kind > 0, consumed or not)
+            # or breaks the token (kind == -1); n when more input is needed.
+            event, kind, consumed = n, 0, False
+            if state == _IN_STRING:
+                j = (_DQ_BODY_RE if self._quote == 0x22 else _SQ_BODY_RE).match(buf, i).end()
+                if j < n:
+                    c = buf[j]
+                    if c == self._quote:
+                        event, kind, consumed = j, _STRING, True
+                    elif c != 0x5C:
+                        event, kind = j, -1
+                    elif j + 1 < n:  # backslash followed by a byte that can't follow it
+                        event, kind = j + 1, -1
+                i = j
+            elif state == _IN_KEYWORD:
+                i = _KEYWORD_RE.match(buf, i).end()
+                if i < n:
+                    event, kind = i, _KEYWORD
+            else:
+                event, kind, consumed, i = self._scan_number(buf, i, n)
+
+            if event > start + limit:
+                # QEMU flushes a token that grew past the limit and restarts lexing
+                # right after it, in the start state.
+                self._emit_error("JSON token size limit exceeded")
+                i = start + limit + 1
+                state = _START
+                continue
+            if event >= n:
+                break  # need more input; resume scanning at i
+            if kind == -1:
+                self._lex_error(bytes(buf[start:event + 1]))
+                i = event + 1
+                state = _RECOVERY
+                continue
+            end = event + 1 if consumed else event
+            self._token(kind, bytes(buf[start:end]))
+            i = end
+            state = _START
+
+        # Compact: keep only the pending token's bytes.
+        if state in (_START, _RECOVERY):
+            buf.clear()
+            self._pos = 0
+        else:
+            start = self._tok_start
+            if start:
+                del buf[:start]
+            self._tok_start = 0
+            self._pos = i - start
+        self._state = state
+
+    def _scan_number(self, buf: bytearray, i: int, n: int) -> tuple[int, int, bool, int]:
+        """Advance the number DFA; return (event, kind, consumed, resume_index)."""
+        st = self._num_state
+        while i < n:
+            c = buf[i]
+            is_digit = 0x30 <= c <= 0x39
+            if st == _N_DIGITS or st == _N_MANT_DIGITS or st == _N_EXP_DIGITS:
+                if is_digit:
+                    i = _DIGITS_RE.match(buf, i).end()
+                    continue
+                if st != _N_EXP_DIGITS and (c == 0x65 or c == 0x45):
+                    st = _N_EXP_E
+                elif st == _N_DIGITS and c == 0x2E:
+                    st = _N_MANT
+                else:
+                    self._num_state = st
+                    return i, _N_TERMINAL[st], False, i
+            elif st == _N_ZERO:
+                if is_digit:
+                    return i, -1, True, i
+                if c != 0x2E:
+                    return i, _INTEGER, False, i
+                st = _N_MANT
+            elif st == _N_SIGN:
+                if not is_digit:
+                    return i, -1, True, i
+                st = _N_ZERO if c == 0x30 else _N_DIGITS
+            elif st == _N_MANT:
+                if not is_digit:
+                    return i, -1, True, i
+                st = _N_MANT_DIGITS
+            elif st == _N_EXP_E:
+                if c == 0x2B or c == 0x2D:
+                    st = _N_EXP_SIGN
+                elif is_digit:
+                    st = _N_EXP_DIGITS
+                else:
+                    return i, -1, True, i
+            else:  # _N_EXP_SIGN
+                if not is_digit:
+                    return i, -1, True, i
+                st = _N_EXP_DIGITS
+            i += 1
+        self._num_state = st
+        return n, 0, False, i
+
+
+# ---------------------------------------------------------------------------
+# Serializer
+
+
+@lru_cache(maxsize=8192)
+def qdict_bucket(key: str) -> int:
+    """Return the QDict hash bucket (0..511) of ``key`` (QEMU's ``tdb_hash() % 512``)."""
+    data = key.encode("utf-8", "surrogatepass").replace(b"\0", b"\xc0\x80")
+    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
+    for i, c in enumerate(data):
+        value = (value + (c << (i * 5 % 24))) & 0xFFFFFFFF
+    return ((1103515243 * value + 12345) & 0xFFFFFFFF) % 512
+
+
+def qdict_order(keys: list[str]) -> list[str]:
+    """Order ``keys`` (given in insertion order) as QEMU iterates a QDict.
+
+    Buckets ascend; within a bucket the most recently inserted key comes first.
+    """
+    if len(keys) <= 1:
+        return list(keys)
+    ranked = sorted((qdict_bucket(k), -i, k) for i, k in enumerate(keys))
+    return [k for _, _, k in ranked]
+
+
+def _ordered_items(d: dict[str, Any]) -> list[tuple[str, Any]]:
+    items = list(d.items())
+    for k, _ in items:
+        if not isinstance(k, str):
+            raise TypeError(f"JSON object keys must be str, not {type(k).__name__}")
+    if len(items) <= 1:
+        return items
+    ranked = sorted((qdict_bucket(k), -i, i) for i, (k, _) in enumerate(items))
+    return [items[i] for _, _, i in ranked]
+
+
+class _EscapeTable(dict[int, str]):
+    """str.translate() table for QEMU's quoted_str(); filled lazily."""
+
+    def __missing__(self, cp: int) -> str:
+        if cp == 0x22:
+            out = '\\"'
+        elif cp == 0x5C:
+            out = "\\\\"
+        elif cp in (0x08, 0x0C, 0x0A, 0x0D, 0x09):
+            out = {0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}[cp]
+        elif not _valid_codepoint(cp):
+            out = "\\uFFFD"  # QEMU cannot hold it; its writer substitutes U+FFFD
+        elif cp > 0xFFFF:
+            v = cp - 0x10000
+            # Not cached: at most one entry per BMP code point stays resident.
+            return "\\u%04X\\u%04X" % (0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF))
+        elif cp < 0x20 or cp >= 0x7F:
+            out = "\\u%04X" % cp
+        else:
+            out = chr(cp)
+        self[cp] = out
+        return out
+
+
+_ESCAPES = _EscapeTable()
+# Negated class: compiling a class spanning up to U+10FFFF costs milliseconds.
+_NEEDS_ESCAPE_RE = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+
+
+def _quote(s: str) -> str:
+    if _NEEDS_ESCAPE_RE.search(s) is None:
+        return '"' + s + '"'
+    return '"' + s.translate(_ESCAPES) + '"'
+
+
+_END = object()
+
+
+def _newline(depth: int) -> str:
+    return "\n" + " " * (4 * depth)
+
+
+def dumps(obj: Any, pretty: bool = False) -> str:
+    """Serialize ``obj`` exactly as QEMU's JSON writer would (ASCII only).
+
+    Members use ``": "`` / ``", "``, objects follow QDict hash order, non-ASCII
+    and DEL are ``\\uXXXX`` (upper-case hex, surrogate pairs above the BMP),
+    floats are ``%.17g``. ``pretty`` gives QEMU's pretty layout (``-mon
+    pretty=on``): a newline plus 4 spaces per level before each member and
+    before each closing bracket. Accepts dict, list, tuple, str, int, float,
+    bool, None; raises TypeError otherwise. Iterative, so deep nesting (e.g. an
+    echoed id at QEMU's maximum depth) cannot overflow the Python stack.
+    """
+    parts: list[str] = []
+    append = parts.append
+    # Each frame: [iterator, is_dict]
+    stack: list[list[Any]] = []
+    value = obj
+    while True:
+        if isinstance(value, str):
+            append(_quote(value))
+        elif value is None:
+            append("null")
+        elif value is True:
+            append("true")
+        elif value is False:
+            append("false")
+        elif isinstance(value, int):
+            append("%d" % value)
+        elif isinstance(value, float):
+            append(format(value, ".17g"))
+        elif isinstance(value, (dict, list, tuple)):
+            is_dict = isinstance(value, dict)
+            if not value:
+                if pretty:
+                    append(("{" if is_dict else "[") + _newline(len(stack)) + ("}" if is_dict else "]"))
+                else:
+                    append("{}" if is_dict else "[]")
+            else:
+                first = _newline(len(stack) + 1) if pretty else ""
+                if is_dict:
+                    it = iter(_ordered_items(value))
+                    key, value = next(it)
+                    append("{" + first + _quote(key) + ": ")
+                else:
+                    it = iter(value)
+                    value = next(it)
+                    append("[" + first)
+                stack.append([it, is_dict])
+                continue
+        else:
+            raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+        # The value is complete: close finished containers, move to the next item.
+        while stack:
+            frame = stack[-1]
+            item = next(frame[0], _END)
+            if item is _END:
+                stack.pop()
+                closer = "}" if frame[1] else "]"
+                append(_newline(len(stack)) + closer if pretty else closer)
+                continue
+            sep = "," + _newline(len(stack)) if pretty else ", "
+            if frame[1]:
+                key, value = item
+                append(sep + _quote(key) + ": ")
+            else:
+                value = item
+                append(sep)
+            break
+        else:
+            return "".join(parts)

@@ -1,0 +1,311 @@
+"""The emulator as a process: launch forms used by libqtest and QEMUMachine, chardevs, signals,
+exit status, logs, reconnects, backpressure and QEMU-style command-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = shutil.which("emu-system-x86_64")
+pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
+TIMEOUT = 30
+
+
+@pytest.fixture
+def sockdir():
+    d = tempfile.mkdtemp(prefix="qt", dir="/tmp")  # short: AF_UNIX paths are limited to 107 bytes
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def spawn(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([BIN, *args], stdin=kw.pop("stdin", subprocess.DEVNULL), stdout=kw.pop("stdout", subprocess.PIPE),
+                            stderr=subprocess.PIPE, **kw)
+
+
+def listen_unix(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.listen(1)
+    s.settimeout(TIMEOUT)
+    return s
+
+
+class Lines:
+    """Reads \\n-terminated lines from a socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        sock.settimeout(TIMEOUT)
+
+    def readline(self) -> bytes:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def cmd(self, line: str) -> bytes:
+        self.sock.sendall(line.encode() + b"\n")
+        return self.readline()
+
+    def qmp(self, obj: dict) -> dict:
+        self.sock.sendall(json.dumps(obj).encode())
+        while True:
+            msg = json.loads(self.readline())
+            if "event" not in msg:
+                return msg
+
+
+def finish(proc: subprocess.Popen, sig: int | None = signal.SIGTERM) -> tuple[int, str]:
+    if sig is not None and proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail("emulator did not exit")
+    return proc.returncode, err.decode()
+
+
+def libqtest_launch(sockdir: Path, extra: list[str]) -> tuple[subprocess.Popen, Lines, Lines]:
+    """What libqtest does: listen on two sockets, let the emulator connect to both."""
+    qs, ms = listen_unix(sockdir / "q.sock"), listen_unix(sockdir / "q.qmp")
+    proc = spawn(["-qtest", f"unix:{sockdir}/q.sock", "-qtest-log", "/dev/null", "-chardev",
+                  f"socket,path={sockdir}/q.qmp,id=char0", "-mon", "chardev=char0,mode=control", "-display", "none",
+                  "-audio", "none", "-run-with", "exit-with-parent=on", *extra, "-accel", "qtest"])
+    qconn, _ = qs.accept()
+    mconn, _ = ms.accept()
+    qs.close()
+    ms.close()
+    return proc, Lines(qconn), Lines(mconn)
+
+
+def test_libqtest_launch_sequence_and_sigterm_exit_0(sockdir):
+    proc, qt, qmp = libqtest_launch(sockdir, ["-M", "pc", "-m", "64M", "-nodefaults"])
+    assert qt.cmd("endianness") == b"OK little"
+    greeting = json.loads(qmp.readline())
+    assert greeting["QMP"]["version"]["qemu"] == {"micro": 0, "minor": 1, "major": 9}
+    qmp.sock.sendall(b'{ "execute": "qmp_capabilities" }\n')
+    assert json.loads(qmp.readline()) == {"return": {}}
+    assert qt.cmd("writeq 0x1000 0x0123456789abcdef") == b"OK"
+    assert qt.cmd("readl 0x1001") == b"OK 0x000000006789abcd"
+    assert qt.cmd("clock_step 1000") == b"OK 1000"
+    rc, err = finish(proc)
+    assert rc == 0
+    assert "terminating on signal 15" in err
+
+
+def test_qemumachine_argv_with_inherited_socketpairs():
+    """QEMUMachine >= 8.0 / QEMUQtestMachine >= 8.2: already-connected socketpair fds."""
+    mon_ours, mon_theirs = socket.socketpair()
+    qt_ours, qt_theirs = socket.socketpair()
+    fds = [mon_theirs.fileno(), qt_theirs.fileno()]
+    proc = subprocess.Popen(
+        [BIN, "-display", "none", "-vga", "none", "-chardev", f"socket,id=mon,fd={fds[0]}", "-mon",
+         "chardev=mon,mode=control", "-chardev", f"socket,id=qtest,fd={fds[1]}", "-qtest", "chardev:qtest",
+         "-accel", "qtest", "-machine", "none", "-nodefaults"],
+        pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    mon_theirs.close()
+    qt_theirs.close()
+    qmp, qt = Lines(mon_ours), Lines(qt_ours)
+    assert "QMP" in json.loads(qmp.readline())
+    assert qmp.qmp({"execute": "qmp_capabilities"}) == {"return": {}}
+    assert qt.cmd("endianness") == b"OK little"
+    assert qt.cmd("inb 0x70") == b"OK 0x00ff"
+    assert qmp.qmp({"execute": "quit"}) == {"return": {}}
+    event = json.loads(qmp.readline())
+    assert event["event"] == "SHUTDOWN" and event["data"] == {"guest": False, "reason": "host-qmp-quit"}
+    with pytest.raises(EOFError):
+        qmp.readline()
+    assert proc.wait(timeout=TIMEOUT) == 0
+
+
+def test_qmp_and_qemu_qmp_library_over_a_server_socket(sockdir):
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    path = sockdir / "m.sock"
+    proc = spawn(["-M", "none", "-display", "none", "-S", "-qmp", f"unix:{path},server=on,wait=off"])
+    deadline = time.monotonic() + TIMEOUT
+    while not path.exists():  # the emulator creates the socket; nothing else tells us when
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    mon = QEMUMonitorProtocol(str(path))
+    mon.connect()
+    assert mon.cmd_raw("query-status") == {"return": {"status": "prelaunch", "singlestep": False, "running": False}}
+    assert mon.cmd_raw("cont") == {"return": {}}
+    assert mon.pull_event(wait=True)["event"] == "RESUME"
+    assert mon.cmd_raw("stop") == {"return": {}}
+    assert mon.pull_event(wait=True)["event"] == "STOP"
+    assert mon.cmd_raw("quit") == {"return": {}}
+    try:
+        mon.close()
+    except EOFError:
+        pass  # the server closed first: QEMUMachine tolerates this after quit, and so do we
+    assert proc.wait(timeout=TIMEOUT) == 0
+
+
+def test_qtest_server_socket_reconnect_and_second_client_waits(sockdir):
+    path = sockdir / "s.sock"
+    proc = spawn(["-M", "pc", "-m", "16M", "-nodefaults", "-S", "-display", "none", "-qtest",
+                  f"unix:{path},server=on,wait=off", "-qtest-log", str(sockdir / "log")])
+    deadline = time.monotonic() + TIMEOUT
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    c1 = socket.socket(socket.AF_UNIX)
+    c1.connect(str(path))
+    l1 = Lines(c1)
+    assert l1.cmd("irq_intercept_in ioapic") == b"OK"
+    c2 = socket.socket(socket.AF_UNIX)
+    c2.connect(str(path))  # sits in the backlog
+    c2.sendall(b"endianness\n")
+    c2.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        c2.recv(100)
+    c1.close()
+    l2 = Lines(c2)
+    assert l2.readline() == b"OK little"  # answered once the first client left
+    assert l2.cmd("irq_intercept_in /machine/i440fx") == b"FAIL IRQ intercept already enabled"
+    c2.close()
+    rc, _ = finish(proc)
+    assert rc == 0
+    log = (sockdir / "log").read_text().splitlines()
+    assert log[0] == "[I 0.000000] OPENED" and log.count("[I 0.000000] OPENED") == 2
+    assert sum(1 for line in log if line.endswith("] CLOSED")) == 2  # once per client, none at exit
+
+
+def test_qtest_stdio_keeps_running_after_eof():
+    proc = spawn(["-M", "pc", "-m", "16M", "-nodefaults", "-S", "-display", "none", "-qtest", "stdio"],
+                 stdin=subprocess.PIPE)
+    proc.stdin.write(b"endianness\nreadb 0x0\nfoo\n")
+    proc.stdin.close()
+    proc.stdin = None  # so communicate() does not flush it
+    lines = [proc.stdout.readline() for _ in range(3)]
+    assert lines == [b"OK little\n", b"OK 0x0000000000000000\n", b"FAIL Unknown command 'foo'\n"]
+    assert proc.poll() is None  # EOF never stops QEMU
+    rc, err = finish(proc)
+    assert rc == 0
+    assert "[I 0.000000] OPENED" in err and "] CLOSED" in err  # default log goes to stderr
+
+
+def test_object_qtest_form_and_file_chardev_input(sockdir):
+    script = sockdir / "repro.qtest"
+    script.write_bytes(b"writel 0x100 0xcafe\nreadl 0x100\n")
+    out = sockdir / "out"
+    proc = spawn(["-M", "pc", "-m", "16M", "-nodefaults", "-S", "-display", "none", "-chardev",
+                  f"file,id=repro,path={out},input-path={script}", "-object", "qtest,id=qt0,chardev=repro,log=none"])
+    deadline = time.monotonic() + TIMEOUT
+    while not out.exists() or out.read_bytes().count(b"\n") < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    rc, _ = finish(proc)
+    assert rc == 0
+    assert out.read_bytes() == b"OK\nOK 0x000000000000cafe\n"
+
+
+def test_qtest_over_tcp_client(sockdir):
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(TIMEOUT)
+    port = srv.getsockname()[1]
+    proc = spawn(["-M", "none", "-display", "none", "-qtest", f"tcp:127.0.0.1:{port}", "-qtest-log", "none"])
+    conn, _ = srv.accept()
+    assert Lines(conn).cmd("endianness") == b"OK little"
+    rc, _ = finish(proc)
+    assert rc == 0
+
+
+def test_client_that_stops_reading_does_not_stall_qmp(sockdir):
+    """§13 row 17: QEMU's main loop blocks writing to a non-reading qtest client; ours does not."""
+    proc, qt, qmp = libqtest_launch(sockdir, ["-M", "pc", "-m", "16M", "-nodefaults", "-S"])
+    json.loads(qmp.readline())
+    assert qmp.qmp({"execute": "qmp_capabilities"}) == {"return": {}}
+    n = 400_000
+    payload = b"readb 0x1000\n" * n
+    sender = threading.Thread(target=qt.sock.sendall, args=(payload,))
+    sender.start()
+    # the qtest client reads nothing; the monitor must still answer
+    assert qmp.qmp({"execute": "query-status"})["return"]["status"] == "prelaunch"
+    got = 0
+    while got < n:
+        qt.readline()
+        got += 1
+    sender.join(TIMEOUT)
+    assert qt.cmd("endianness") == b"OK little"
+    rc, _ = finish(proc)
+    assert rc == 0
+
+
+def test_connect_failure_matches_qemu(sockdir):
+    proc = spawn(["-M", "none", "-display", "none", "-qtest", f"unix:{sockdir}/nonexist.sock"])
+    rc, err = finish(proc, None)
+    assert rc == 1
+    assert err == (f"emu-system-x86_64: Failed to connect to '{sockdir}/nonexist.sock': No such file or directory\n"
+                   f"emu-system-x86_64: Failed to initialize device for qtest: \"unix:{sockdir}/nonexist.sock\"\n")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-foo"], "emu-system-x86_64: -foo: invalid option\n"),
+    (["-m"], "emu-system-x86_64: -m: requires an argument\n"),
+    (["-m", "foo"], "emu-system-x86_64: -m foo: Parameter 'size' expects a non-negative number below 2^64\n"
+                    "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+                    "and exabytes, respectively.\n"),
+    (["-M", "foo"], "emu-system-x86_64: unsupported machine type\nUse -machine help to list supported machines\n"),
+    (["-M", "pc,foo=bar"], "emu-system-x86_64: Property 'pc-i440fx-9.1-machine.foo' not found\n"),
+    (["-uuid", "xyz"], "emu-system-x86_64: -uuid xyz: failed to parse UUID string: wrong format\n"),
+    (["-chardev", "foo,id=x"], "emu-system-x86_64: -chardev foo,id=x: 'foo' is not a valid char driver name\n"),
+    (["-chardev", "socket"], "emu-system-x86_64: -chardev socket: chardev: no id specified\n"),
+    (["-mon", "chardev=nope,mode=control"], "emu-system-x86_64: -mon chardev=nope,mode=control: chardev \"nope\" not found\n"),
+    (["-accel", "foo"], "emu-system-x86_64: -accel foo: invalid accelerator foo\n"),
+    (["-object", "foo,id=x"], "emu-system-x86_64: -object foo,id=x: Parameter 'qom-type' does not accept value 'foo'\n"),
+    (["-add-fd", "fd=99,set=1"], "emu-system-x86_64: -add-fd fd=99,set=1: fd is not valid or already in use\n"),
+])
+def test_command_line_errors_use_qemu_wording(args, message):
+    rc, err = finish(spawn(["-display", "none", *args]), None)
+    assert (rc, err) == (1, message)
+
+
+def test_version_and_machine_help():
+    out = subprocess.run([BIN, "-version"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0 and out.stdout.startswith("QEMU emulator version 9.1.0")
+    out = subprocess.run([BIN, "-M", "help"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0
+    assert "pc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-9.1)" in out.stdout
+    assert "\nnone                 empty machine\n" in out.stdout
+
+
+def test_exit_with_parent():
+    """-run-with exit-with-parent=on: the emulator exits when the process that started it dies."""
+    code = (
+        "import subprocess, sys\n"
+        f"p = subprocess.Popen([{BIN!r}, '-M', 'none', '-display', 'none', '-run-with', 'exit-with-parent=on'],"
+        " stderr=subprocess.DEVNULL)\n"
+        "print(p.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "emulator outlived its parent"
+        time.sleep(0.02)
