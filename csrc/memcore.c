@@ -2,7 +2,10 @@
 #define _GNU_SOURCE
 #include "memcore.h"
 
+#include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -513,4 +516,131 @@ uint64_t mc_glib_b64_decode(const char *in, uint64_t inlen, uint8_t *out)
         }
     }
     return o;
+}
+
+/* ---------------------------------------------------------------- qtest fast path */
+
+/* Parses one token like qemu_strtou64 (strtoull, base 0, whole token). 0 on success. */
+static int parse_u64_token(const char *tok, size_t n, uint64_t *val)
+{
+    char tmp[72];
+    if (n == 0 || n >= sizeof(tmp)) {
+        return -1;
+    }
+    memcpy(tmp, tok, n);
+    tmp[n] = 0;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(tmp, &end, 0);
+    if (errno != 0 || end == tmp || *end != 0) {
+        return -1;
+    }
+    *val = (uint64_t)v;
+    return 0;
+}
+
+/* True when [addr, addr+size) lies in RAM/ROM/unassigned space only (no MMIO byte). */
+static int no_mmio(mc_flat *f, uint64_t addr, uint64_t size)
+{
+    uint64_t n = atomic_load(&f->count);
+    const mc_range *r = atomic_load(&f->ranges);
+    uint64_t last = addr + size - 1;
+    if (last < addr) {
+        last = UINT64_MAX;
+    }
+    for (uint64_t i = flat_search(r, n, addr); i < n && r[i].start <= last; i++) {
+        if (r[i].kind == MC_KIND_MMIO) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int64_t mc_qtest_fast(mc_flat *mem, const char *buf, uint64_t len, char *out, uint64_t outcap,
+                      uint64_t *consumed, uint64_t *outlen)
+{
+    uint64_t pos = 0, o = 0;
+    int64_t lines = 0;
+    int64_t mmio;
+    while (pos < len && outcap - o >= 64) {
+        const char *line = buf + pos;
+        const char *nl = memchr(line, '\n', len - pos);
+        if (!nl) {
+            break;
+        }
+        size_t ll = (size_t)(nl - line);
+        /* token boundaries: split on every single space, as g_strsplit does */
+        const char *tok[3];
+        size_t tlen[3];
+        int nt = 0;
+        const char *p = line, *e = nl;
+        while (nt < 3) {
+            const char *sp = memchr(p, ' ', (size_t)(e - p));
+            tok[nt] = p;
+            tlen[nt] = sp ? (size_t)(sp - p) : (size_t)(e - p);
+            nt++;
+            if (!sp) {
+                break;
+            }
+            p = sp + 1;
+        }
+        if (ll == 0) {
+            break;
+        }
+        int size = 0, is_write = 0;
+        if (tlen[0] == 5 && memcmp(tok[0], "read", 4) == 0) {
+            is_write = 0;
+        } else if (tlen[0] == 6 && memcmp(tok[0], "write", 5) == 0) {
+            is_write = 1;
+        } else if (tlen[0] == 10 && memcmp(tok[0], "endianness", 10) == 0) {
+            memcpy(out + o, "OK little\n", 10);
+            o += 10;
+            pos += ll + 1;
+            lines++;
+            continue;
+        } else {
+            break;
+        }
+        switch (tok[0][tlen[0] - 1]) {
+        case 'b': size = 1; break;
+        case 'w': size = 2; break;
+        case 'l': size = 4; break;
+        case 'q': size = 8; break;
+        default: size = 0;
+        }
+        if (!size || nt < 2 + is_write) {
+            break;
+        }
+        uint64_t addr, val = 0;
+        if (parse_u64_token(tok[1], tlen[1], &addr) != 0) {
+            break;
+        }
+        if (is_write && parse_u64_token(tok[2], tlen[2], &val) != 0) {
+            break;
+        }
+        if (!no_mmio(mem, addr, (uint64_t)size)) {
+            break;
+        }
+        uint8_t bytes[8];
+        if (is_write) {
+            for (int i = 0; i < size; i++) {
+                bytes[i] = (uint8_t)(val >> (8 * i)); /* x86 is little-endian */
+            }
+            as_access(mem, OP_WRITE, addr, NULL, bytes, 0, (uint64_t)size, &mmio);
+            memcpy(out + o, "OK\n", 3);
+            o += 3;
+        } else {
+            as_access(mem, OP_READ, addr, bytes, NULL, 0, (uint64_t)size, &mmio);
+            uint64_t v = 0;
+            for (int i = size - 1; i >= 0; i--) {
+                v = (v << 8) | bytes[i];
+            }
+            o += (uint64_t)snprintf(out + o, outcap - o, "OK 0x%016" PRIx64 "\n", v);
+        }
+        pos += ll + 1;
+        lines++;
+    }
+    *consumed = pos;
+    *outlen = o;
+    return lines;
 }

@@ -102,4 +102,14 @@ uint64_t mc_glib_b64_decode(const char *in, uint64_t inlen, uint8_t *out);
  * i.e. all bits set), bytes without data are zero. Writes exactly len bytes to out. */
 void mc_qtest_hex_decode(const char *data, uint64_t datalen, uint8_t *out, uint64_t len);
 
+/*
+ * qtest fast path: answers a run of complete lines of `buf` that are plain readb/w/l/q, writeb/w/l/q
+ * (with an address range touching no MMIO) or endianness, writing QEMU's replies into `out`.
+ * It stops before the first line it cannot answer exactly (any other command, a parse error,
+ * MMIO, an incomplete line, or less than 64 bytes left in `out`) so the caller handles that line.
+ * Returns the number of lines answered; *consumed and *outlen say how many bytes were used.
+ */
+int64_t mc_qtest_fast(mc_flat *mem, const char *buf, uint64_t len, char *out, uint64_t outcap,
+                      uint64_t *consumed, uint64_t *outlen);
+
 #endif
