@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import array
 import os
+from collections import deque
 import socket
 import stat
 import sys
@@ -150,7 +151,9 @@ class _StreamChardev(Chardev):
         super().__init__(loop, chr_id)
         self._in_fd = -1
         self._out_fd = -1
-        self._out = bytearray()
+        # queued output: chunks handed over by writers (never copied), and their total size
+        self._out: deque[memoryview] = deque()
+        self._queued = 0
         self._paused = False
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
@@ -158,6 +161,7 @@ class _StreamChardev(Chardev):
     def _start_io(self, in_fd: int, out_fd: int, sock: socket.socket | None = None) -> None:
         self._in_fd, self._out_fd, self._sock = in_fd, out_fd, sock
         self._out.clear()
+        self._queued = 0
         self._paused = False
         self._opened()
         if in_fd >= 0 and self.connected:
@@ -232,42 +236,52 @@ class _StreamChardev(Chardev):
             self.loop.remove_writer(self._out_fd)
         self._in_fd = self._out_fd = -1
         self._out.clear()
+        self._queued = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
+        """Sends ``data`` (taking ownership: the caller must not modify it afterwards)."""
         if threading.get_ident() != self.loop._main_thread:
             self.loop.call_soon_threadsafe(lambda: self.write(data))
             return
         if not self.connected or self._out_fd < 0 or not data:
             return
+        view = memoryview(data)
         if not self._out:
             try:
-                n = os.write(self._out_fd, data)
+                n = os.write(self._out_fd, view)
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError:
                 self._disconnect()
                 return
-            if n == len(data):
+            if n == len(view):
                 return
-            data = data[n:]
+            view = view[n:]
             self.loop.add_writer(self._out_fd, self._on_writable)
-        self._out += data
-        if len(self._out) > OUT_HIGH and not self._paused and self._in_fd >= 0:
+        self._out.append(view)
+        self._queued += len(view)
+        if self._queued > OUT_HIGH and not self._paused and self._in_fd >= 0:
             self._paused = True
             self.loop.remove_reader(self._in_fd)
 
     def _on_writable(self) -> None:
-        try:
-            n = os.write(self._out_fd, self._out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._disconnect()
-            return
-        del self._out[:n]
+        while self._out:
+            head = self._out[0]
+            try:
+                n = os.write(self._out_fd, head)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._disconnect()
+                return
+            self._queued -= n
+            if n < len(head):
+                self._out[0] = head[n:]
+                break
+            self._out.popleft()
         if not self._out:
             self.loop.remove_writer(self._out_fd)
-        if self._paused and len(self._out) < OUT_LOW:
+        if self._paused and self._queued < OUT_LOW:
             self._paused = False
             if self._in_fd >= 0:
                 self._watch_input()
@@ -284,13 +298,12 @@ class _StreamChardev(Chardev):
                 break
             try:
                 _, ready, _ = select.select([], [self._out_fd], [], left)
-                if ready:
-                    del self._out[: os.write(self._out_fd, self._out)]
-            except (BlockingIOError, InterruptedError):
-                continue
             except (OSError, ValueError):
                 break
+            if ready:
+                self._on_writable()
         self._out.clear()
+        self._queued = 0
 
 
 class SocketChardev(_StreamChardev):

@@ -282,11 +282,14 @@ class AddressSpace:
         mmio = self._scratch
         done = 0
         while done < length:
-            n = lib.mc_as_read(self._flat, (addr + done) & _ADDR_MASK, cbuf + done, length - done, mmio)
+            if addr + done > _ADDR_MASK:  # past the top (after an MMIO piece): unassigned
+                buf[done:] = bytes(length - done)
+                return
+            n = lib.mc_as_read(self._flat, addr + done, cbuf + done, length - done, mmio)
             done += n
             if mmio[0] < 0:
                 return
-            done += self._mmio_read(mmio[0], (addr + done) & _ADDR_MASK, buf, done, length - done)
+            done += self._mmio_read(mmio[0], addr + done, buf, done, length - done)
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         self._ensure()
@@ -294,25 +297,25 @@ class AddressSpace:
         cbuf = ffi.from_buffer(data)
         mmio = self._scratch
         done = 0
-        while done < length:
-            n = lib.mc_as_write(self._flat, (addr + done) & _ADDR_MASK, cbuf + done, length - done, mmio)
+        while done < length and addr + done <= _ADDR_MASK:
+            n = lib.mc_as_write(self._flat, addr + done, cbuf + done, length - done, mmio)
             done += n
             if mmio[0] < 0:
                 return
-            done += self._mmio_write(mmio[0], (addr + done) & _ADDR_MASK, bytes(data[done:]))
+            done += self._mmio_write(mmio[0], addr + done, memoryview(data)[done:])
 
     def fill(self, addr: int, byte: int, length: int) -> None:
         self._ensure()
         mmio = self._scratch
         done = 0
-        while done < length:
-            n = lib.mc_as_fill(self._flat, (addr + done) & _ADDR_MASK, byte & 0xFF, length - done, mmio)
+        while done < length and addr + done <= _ADDR_MASK:
+            n = lib.mc_as_fill(self._flat, addr + done, byte & 0xFF, length - done, mmio)
             done += n
             if mmio[0] < 0:
                 return
             fr = self.ranges[mmio[0]]
-            piece = min(length - done, fr.last - ((addr + done) & _ADDR_MASK) + 1)
-            done += self._mmio_write(mmio[0], (addr + done) & _ADDR_MASK, bytes([byte & 0xFF]) * piece)
+            piece = min(length - done, fr.last - (addr + done) + 1)
+            done += self._mmio_write(mmio[0], addr + done, bytes([byte & 0xFF]) * piece)
 
     def read_uint(self, addr: int, size: int) -> int:
         """A little-endian load of ``size`` bytes, as a CPU would do it."""
@@ -334,7 +337,7 @@ class AddressSpace:
             done += size
         return done
 
-    def _mmio_write(self, index: int, addr: int, data: bytes) -> int:
+    def _mmio_write(self, index: int, addr: int, data: bytes | memoryview) -> int:
         fr = self.ranges[index]
         avail = min(len(data), fr.last - addr + 1)
         done = 0

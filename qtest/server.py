@@ -28,6 +28,22 @@ MAX_ECHO = 256
 ERR_SIZE = b"ERR invalid argument size\n"
 # Scratch space for the C fast path's replies.
 FAST_OUT = 1 << 20
+# Lines longer than this are handled through memoryviews instead of copies.
+BIG_LINE = 1 << 16
+
+
+def _split_big(buf: bytearray, view: memoryview, start: int, end: int) -> list[bytes | memoryview]:
+    """``buf[start:end].split(b" ")`` for a long line: short tokens as bytes, long ones as views of
+    ``view`` (a memoryview of ``buf``), so a multi-megabyte argument is never copied."""
+    words: list[bytes | memoryview] = []
+    pos = start
+    while True:
+        sp = buf.find(b" ", pos, end)
+        stop = end if sp < 0 else sp
+        words.append(bytes(buf[pos:stop]) if stop - pos <= BIG_LINE else view[pos:stop])
+        if sp < 0:
+            return words
+        pos = sp + 1
 
 
 class QTestFail(Exception):
@@ -154,19 +170,27 @@ class QTestServer:
             # Without a log, runs of plain RAM reads/writes are answered in C (same bytes out).
             fast = self.log is None
             while True:
-                if fast and not self._skip_line:
-                    start = self._feed_fast(buf, start)
-                    scan = max(scan, start)
                 nl = buf.find(b"\n", scan)
                 if nl < 0:
                     break
-                line = bytes(buf[start:nl])
-                start = scan = nl + 1
+                if fast and not self._skip_line:
+                    done = self._feed_fast(buf, start)
+                    if done != start:
+                        start = scan = done
+                        continue
                 if self._skip_line:
                     self._skip_line = False
+                    start = scan = nl + 1
                     self._reply(b"FAIL line too long\n")
                     continue
-                self.process_line(line)
+                if nl - start <= BIG_LINE:
+                    self.process_line(bytes(buf[start:nl]))
+                else:
+                    with memoryview(buf) as view:  # no copy of a multi-megabyte line
+                        if self.log:
+                            self.log.received(bytes(view[start:nl]))
+                        self._dispatch(_split_big(buf, view, start, nl))
+                start = scan = nl + 1
             if start:
                 del buf[:start]
             self._scan = len(buf)
@@ -198,17 +222,21 @@ class QTestServer:
 
     def _flush(self) -> None:
         if self._out:
-            out = bytes(self._out)
-            self._out.clear()
+            out, self._out = self._out, bytearray()  # handed over to the transport, not copied
             if self.write is not None and self.connected:
                 self.write(out)
 
-    def _reply(self, text: bytes) -> None:
+    def _reply(self, text: bytes | bytearray) -> None:
         if self.log and self.connected:
             if text is ERR_SIZE:
                 self.log.raw(text)  # QEMU <= 9.2 logs this one without the [S +t] prefix
             else:
                 self.log.sent(text)
+        if len(text) > FAST_OUT:
+            self._flush()  # a big reply goes out as it is, without a copy into the queue
+            if self.write is not None and self.connected:
+                self.write(text)
+            return
         self._out += text
         if not self._batching:
             self._flush()
@@ -221,19 +249,21 @@ class QTestServer:
         if not line:
             self._reply(b"FAIL empty command\n")
             return
-        words = line.split(b" ")
-        handler = self._handlers.get(words[0])
+        self._dispatch(line.split(b" "))
+
+    def _dispatch(self, words: list[bytes] | list[bytes | memoryview]) -> None:
+        handler = self._handlers.get(bytes(words[0]))
         if handler is None:
-            self._reply(b"FAIL Unknown command '%s'\n" % words[0][:MAX_ECHO])
+            self._reply(b"FAIL Unknown command '%s'\n" % bytes(words[0][:MAX_ECHO]))
             return
         try:
             with self.vm.lock:
-                reply = handler(words)
+                reply = handler(words)  # type: ignore[arg-type]
         except QTestFail as e:
             reply = b"FAIL " + e.reason + b"\n"
         except NumberError as e:
-            reply = b"FAIL number out of range '%s'\n" % e.token[:MAX_ECHO] if e.out_of_range else \
-                b"FAIL invalid number '%s'\n" % e.token[:MAX_ECHO]
+            token = bytes(e.token[:MAX_ECHO])
+            reply = (b"FAIL number out of range '%s'\n" if e.out_of_range else b"FAIL invalid number '%s'\n") % token
         except IndexError:
             reply = b"FAIL missing argument\n"
         self._reply(reply)
@@ -292,15 +322,20 @@ class QTestServer:
         size = strtou64(words[2])
         self._check_size(size)
         data = self.mem.read(addr, size)
-        return b"OK 0x" + data.hex().encode() + b"\n"
+        return b"OK 0x" + binascii.hexlify(data) + b"\n"
 
     def _b64read(self, words: list[bytes]) -> bytes:
         self._need(words, 2)
         addr = strtou64(words[1])
         size = strtou64(words[2])
         self._check_size(size)
-        data = self.mem.read(addr, size)
-        return b"OK " + binascii.b2a_base64(data, newline=False) + b"\n"
+        enc = (size + 2) // 3 * 4
+        reply = bytearray(enc + 4)
+        reply[:3] = b"OK "
+        reply[-1] = 10
+        if lib.mc_as_b64encode(self.mem.flat, addr, size, ffi.from_buffer(reply) + 3) < 0:
+            reply[3:-1] = binascii.b2a_base64(self.mem.read(addr, size), newline=False)  # MMIO in range
+        return reply
 
     def _write_hex(self, words: list[bytes]) -> bytes:
         self._need(words, 3)
@@ -312,7 +347,7 @@ class QTestServer:
         self._check_size(size)
         data = bytearray(size)
         if size:
-            lib.mc_qtest_hex_decode(hexdata, len(hexdata), ffi.from_buffer(data), size)
+            lib.mc_qtest_hex_decode(ffi.from_buffer(hexdata), len(hexdata), ffi.from_buffer(data), size)
             self.mem.write(addr, data)
         return b"OK\n"
 
@@ -334,17 +369,17 @@ class QTestServer:
             return ERR_SIZE
         self._check_size(size)
         out = bytearray(len(text) // 4 * 3 + 3)
-        n = lib.mc_glib_b64_decode(text, len(text), ffi.from_buffer(out))
+        n = lib.mc_glib_b64_decode(ffi.from_buffer(text), len(text), ffi.from_buffer(out))
         if n != size:
             if self.log and self.connected:
                 self.log.sent(b"b64write: data length mismatch (told %d, found %d)\n" % (size, n))
             # QEMU decodes in place and writes SIZE bytes anyway: the decoded bytes, then the rest
             # of the argument's own text; past its end we write zeros instead of heap contents.
-            tail = text[n:size] if n < size else b""
-            data = bytes(out[: min(n, size)]) + tail
+            tail = bytes(text[n:size]) if n < size else b""
+            data: bytes | memoryview = bytes(out[: min(n, size)]) + tail
             data += bytes(size - len(data))
         else:
-            data = bytes(out[:n])
+            data = memoryview(out)[:n]
         if size:
             self.mem.write(addr, data)
         return b"OK\n"

@@ -50,13 +50,14 @@ def make_qmp_server(system: System) -> QmpServer:
 class MonitorFrontend:
     """A chardev front-end that runs a fresh QMP session for each connection."""
 
-    def __init__(self, server: QmpServer, chardev: Chardev) -> None:
+    def __init__(self, server: QmpServer, chardev: Chardev, pretty: bool = False) -> None:
         self.server = server
         self.chardev = chardev
+        self.pretty = pretty
         self.session: QmpSession | None = None
 
     def chr_open(self) -> None:
-        self.session = self.server.new_session(self.chardev.write, self.chardev.disconnect)
+        self.session = self.server.new_session(self.chardev.write, self.chardev.disconnect, pretty=self.pretty)
         self.session.opened()
 
     def chr_read(self, data: bytes, fds: list[int]) -> None:
@@ -70,4 +71,4 @@ class MonitorFrontend:
 
 
 def attach_monitor(server: QmpServer, chardev: Chardev, pretty: bool = False) -> None:
-    chardev.attach(MonitorFrontend(server, chardev))
+    chardev.attach(MonitorFrontend(server, chardev, pretty))

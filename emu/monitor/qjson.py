@@ -25,8 +25,9 @@ order for object members.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
-from json.decoder import scanstring as _scanstring
+from json import decoder as _json_decoder
 from typing import Any
 
 __all__ = [
@@ -56,6 +57,7 @@ _N_SIGN, _N_ZERO, _N_DIGITS, _N_MANT, _N_MANT_DIGITS, _N_EXP_E, _N_EXP_SIGN, _N_
 # Terminal number states end by lookahead; the others need another character.
 _N_TERMINAL = {_N_ZERO: _INTEGER, _N_DIGITS: _INTEGER, _N_MANT_DIGITS: _FLOAT, _N_EXP_DIGITS: _FLOAT}
 
+# The lexer patterns below all match the empty string: match() never returns None.
 _WS_RE = re.compile(rb"[ \t\r\n]*")
 # String bodies: bytes 0x20..0xFD except quote and backslash; an escape is a
 # backslash plus any byte 0x20..0xFD (the parser rejects bad escapes later).
@@ -73,6 +75,9 @@ _FAST_SCALAR_RE = re.compile(
     rb"|[1-9][0-9]{0,30}(?:\.[0-9]{1,30})?(?:[eE][-+]?[0-9]{1,4})?)"
     rb"|[a-z]{1,16})[ \t\r\n,\]}:]"
 )
+
+# json's C string scanner (json.decoder.scanstring is not in the typeshed stubs).
+_scanstring: Callable[[str, int, bool], tuple[str, int]] = _json_decoder.scanstring  # type: ignore[attr-defined]
 
 _INT64_MIN = -(1 << 63)
 _UINT64_MAX = (1 << 64) - 1
@@ -470,7 +475,7 @@ class JsonStreamParser:
         limit = self.max_token_size
         while True:
             if state == _START:
-                i = _WS_RE.match(buf, i).end()
+                i = _WS_RE.match(buf, i).end()  # type: ignore[union-attr]
                 if i >= n:
                     break
                 c = buf[i]
@@ -509,7 +514,7 @@ class JsonStreamParser:
                     state = _RECOVERY
                 continue
             if state == _RECOVERY:
-                i = _RECOVERY_RE.match(buf, i).end()
+                i = _RECOVERY_RE.match(buf, i).end()  # type: ignore[union-attr]
                 if i >= n:
                     break
                 state = _START
@@ -521,7 +526,8 @@ class JsonStreamParser:
             # or breaks the token (kind == -1); n when more input is needed.
             event, kind, consumed = n, 0, False
             if state == _IN_STRING:
-                j = (_DQ_BODY_RE if self._quote == 0x22 else _SQ_BODY_RE).match(buf, i).end()
+                body_re = _DQ_BODY_RE if self._quote == 0x22 else _SQ_BODY_RE
+                j = body_re.match(buf, i).end()  # type: ignore[union-attr]
                 if j < n:
                     c = buf[j]
                     if c == self._quote:
@@ -532,7 +538,7 @@ class JsonStreamParser:
                         event, kind = j + 1, -1
                 i = j
             elif state == _IN_KEYWORD:
-                i = _KEYWORD_RE.match(buf, i).end()
+                i = _KEYWORD_RE.match(buf, i).end()  # type: ignore[union-attr]
                 if i < n:
                     event, kind = i, _KEYWORD
             else:
@@ -577,7 +583,7 @@ class JsonStreamParser:
             is_digit = 0x30 <= c <= 0x39
             if st == _N_DIGITS or st == _N_MANT_DIGITS or st == _N_EXP_DIGITS:
                 if is_digit:
-                    i = _DIGITS_RE.match(buf, i).end()
+                    i = _DIGITS_RE.match(buf, i).end()  # type: ignore[union-attr]
                     continue
                 if st != _N_EXP_DIGITS and (c == 0x65 or c == 0x45):
                     st = _N_EXP_E
@@ -709,7 +715,8 @@ def dumps(obj: Any, pretty: bool = False) -> str:
     append = parts.append
     # Each frame: [iterator, is_dict]
     stack: list[list[Any]] = []
-    value = obj
+    value: Any = obj
+    item: Any
     while True:
         if isinstance(value, str):
             append(_quote(value))
@@ -732,12 +739,14 @@ def dumps(obj: Any, pretty: bool = False) -> str:
                     append("{}" if is_dict else "[]")
             else:
                 first = _newline(len(stack) + 1) if pretty else ""
+                container: Any = value
+                it: Any
                 if is_dict:
-                    it = iter(_ordered_items(value))
+                    it = iter(_ordered_items(container))
                     key, value = next(it)
                     append("{" + first + _quote(key) + ": ")
                 else:
-                    it = iter(value)
+                    it = iter(container)
                     value = next(it)
                     append("[" + first)
                 stack.append([it, is_dict])

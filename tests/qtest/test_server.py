@@ -648,3 +648,17 @@ def test_c_fast_path_answers_exactly_like_the_python_path(lines):
     fast, slow = Harness(), Harness(log=True)
     assert fast.send(script) == slow.send(script)
     assert fast.machine.ram_blocks[0].read(0, 1 << 16) == slow.machine.ram_blocks[0].read(0, 1 << 16)
+
+
+@settings(max_examples=60, deadline=None)
+@given(addr=st.sampled_from([0, 0x1001, 0x3FFFF00, 0xFEBFFFF0, 0xFFFFFFF0, 2**64 - 5, 2**64 - 0x20000]),
+       size=st.integers(0, 70000))
+def test_b64read_in_c_equals_base64_of_read(addr, size):
+    """b64read encodes in C straight from guest memory (binascii when the range has MMIO)."""
+    import base64
+
+    h = Harness()
+    h.machine.ram_blocks[0].write(0, bytes(range(256)) * 1024)
+    h.cmd("memset 0x3ff0000 0x10000 0xa5")
+    raw = bytes.fromhex(h.cmd(f"read {addr:#x} {size:#x}")[5:].decode()) if size else b""
+    assert h.cmd(f"b64read {addr:#x} {size:#x}") == b"OK " + base64.b64encode(raw)
