@@ -386,14 +386,10 @@ static int64_t as_access(mc_flat *f, int op, uint64_t addr, uint8_t *rbuf, const
     }
     uint64_t i = flat_search(r, n, addr);
     while (done < len) {
-        uint64_t a = addr + done; /* may wrap past 2^64 */
+        uint64_t a = addr + done; /* wraps past 2^64 - 1 to 0, as QEMU's address arithmetic does */
         uint64_t left = len - done;
-        if (a < addr) {
-            /* Past the top of the address space: unassigned. */
-            if (op == OP_READ) {
-                memset(rbuf + done, 0, left);
-            }
-            return (int64_t)len;
+        if (a == 0 && done) {
+            i = 0; /* wrapped: chunks always end exactly at the top, so we restart at 0 */
         }
         while (i < n && r[i].last < a) {
             i++;
@@ -539,21 +535,27 @@ static int parse_u64_token(const char *tok, size_t n, uint64_t *val)
     return 0;
 }
 
-/* True when [addr, addr+size) lies in RAM/ROM/unassigned space only (no MMIO byte). */
-static int no_mmio(mc_flat *f, uint64_t addr, uint64_t size)
+/* True when [addr, last] holds no MMIO byte. */
+static int no_mmio_span(const mc_range *r, uint64_t n, uint64_t addr, uint64_t last)
 {
-    uint64_t n = atomic_load(&f->count);
-    const mc_range *r = atomic_load(&f->ranges);
-    uint64_t last = addr + size - 1;
-    if (last < addr) {
-        last = UINT64_MAX;
-    }
     for (uint64_t i = flat_search(r, n, addr); i < n && r[i].start <= last; i++) {
         if (r[i].kind == MC_KIND_MMIO) {
             return 0;
         }
     }
     return 1;
+}
+
+/* True when [addr, addr+size) (wrapping at 2^64) lies in RAM/ROM/unassigned space only. */
+static int no_mmio(mc_flat *f, uint64_t addr, uint64_t size)
+{
+    uint64_t n = atomic_load(&f->count);
+    const mc_range *r = atomic_load(&f->ranges);
+    uint64_t last = addr + size - 1;
+    if (last < addr) {
+        return no_mmio_span(r, n, addr, UINT64_MAX) && no_mmio_span(r, n, 0, last);
+    }
+    return no_mmio_span(r, n, addr, last);
 }
 
 int64_t mc_qtest_fast(mc_flat *mem, const char *buf, uint64_t len, char *out, uint64_t outcap,
@@ -643,4 +645,63 @@ int64_t mc_qtest_fast(mc_flat *mem, const char *buf, uint64_t len, char *out, ui
     *consumed = pos;
     *outlen = o;
     return lines;
+}
+
+/* ---------------------------------------------------------------- base64 encoding */
+
+static char b64_pairs[4096][2];
+static pthread_once_t b64_pairs_once = PTHREAD_ONCE_INIT;
+
+static void b64_pairs_init(void)
+{
+    static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int i = 0; i < 4096; i++) {
+        b64_pairs[i][0] = alpha[i >> 6];
+        b64_pairs[i][1] = alpha[i & 63];
+    }
+}
+
+/* Encodes n bytes (n % 3 == 0 unless `last`) into out; returns chars written. */
+static uint64_t b64_encode_block(const uint8_t *in, uint64_t n, char *out, int last)
+{
+    static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    uint64_t i = 0, o = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8) | in[i + 2];
+        memcpy(out + o, b64_pairs[v >> 12], 2);
+        memcpy(out + o + 2, b64_pairs[v & 4095], 2);
+        o += 4;
+    }
+    if (last && i < n) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        if (i + 1 < n) {
+            v |= (uint32_t)in[i + 1] << 8;
+        }
+        out[o++] = alpha[(v >> 18) & 63];
+        out[o++] = alpha[(v >> 12) & 63];
+        out[o++] = (i + 1 < n) ? alpha[(v >> 6) & 63] : '=';
+        out[o++] = '=';
+    }
+    return o;
+}
+
+int mc_as_b64encode(mc_flat *f, uint64_t addr, uint64_t len, char *out)
+{
+    if (len == 0) {
+        return 0;
+    }
+    if (!no_mmio(f, addr, len)) {
+        return -1;
+    }
+    pthread_once(&b64_pairs_once, b64_pairs_init);
+    uint8_t chunk[3 * 16384];
+    int64_t mmio;
+    uint64_t done = 0, o = 0;
+    while (done < len) {
+        uint64_t n = len - done < sizeof(chunk) ? len - done : sizeof(chunk);
+        as_access(f, OP_READ, addr + done, chunk, NULL, 0, n, &mmio);
+        done += n;
+        o += b64_encode_block(chunk, n, out + o, done == len);
+    }
+    return 0;
 }

@@ -87,7 +87,7 @@ int64_t mc_flat_lookup(mc_flat *f, uint64_t addr);
  * Bulk access through a flat view. They process [addr, addr+len) in order: RAM/ROM are copied,
  * unassigned bytes read as zero and swallow writes, ROM swallows writes. They stop at the first
  * byte that falls in an MMIO range and return how many bytes were done before it, with *mmio set
- * to that range's index (or -1 if the whole access was done). Bytes past 2^64 - 1 are unassigned.
+ * to that range's index (or -1 if the whole access was done). Addresses wrap from 2^64 - 1 to 0.
  */
 int64_t mc_as_read(mc_flat *f, uint64_t addr, uint8_t *buf, uint64_t len, int64_t *mmio);
 int64_t mc_as_write(mc_flat *f, uint64_t addr, const uint8_t *buf, uint64_t len, int64_t *mmio);
@@ -101,6 +101,10 @@ uint64_t mc_glib_b64_decode(const char *in, uint64_t inlen, uint8_t *out);
 /* qtest `write` decoding: byte i from chars 2+2i and 3+2i when both exist (invalid hex = nibble -1,
  * i.e. all bits set), bytes without data are zero. Writes exactly len bytes to out. */
 void mc_qtest_hex_decode(const char *data, uint64_t datalen, uint8_t *out, uint64_t len);
+
+/* Standard base64 (with '=' padding) of [addr, addr+len) read through the flat view, written to
+ * out (4 * ceil(len / 3) chars). Returns 0, or -1 without writing if the range touches MMIO. */
+int mc_as_b64encode(mc_flat *f, uint64_t addr, uint64_t len, char *out);
 
 /*
  * qtest fast path: answers a run of complete lines of `buf` that are plain readb/w/l/q, writeb/w/l/q

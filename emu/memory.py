@@ -7,14 +7,14 @@ Python. Only MMIO ranges come back here, to the owning device's ops.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 from emu._native import ffi, lib
 from emu.ram import RamBlock
 
 ADDR_SPACE_END = 1 << 64
 _ADDR_MASK = ADDR_SPACE_END - 1
+_MAX_CHUNK = (1 << 62)
 
 
 class MemoryOps(Protocol):
@@ -25,25 +25,26 @@ class MemoryOps(Protocol):
     def write(self, offset: int, value: int, size: int) -> None: ...
 
 
-@dataclass
 class AccessRules:
     """QEMU's ``valid`` (what the bus accepts) and ``impl`` (what the callbacks handle) sizes."""
 
-    valid_min: int = 1
-    valid_max: int = 4
-    valid_unaligned: bool = False
-    impl_min: int = 1
-    impl_max: int = 4
-    impl_unaligned: bool = False
+    __slots__ = ("valid_min", "valid_max", "valid_unaligned", "impl_min", "impl_max", "impl_unaligned")
+
+    def __init__(self, valid_min: int = 1, valid_max: int = 4, valid_unaligned: bool = False, impl_min: int = 1,
+                 impl_max: int = 4, impl_unaligned: bool = False) -> None:
+        self.valid_min, self.valid_max, self.valid_unaligned = valid_min, valid_max, valid_unaligned
+        self.impl_min, self.impl_max, self.impl_unaligned = impl_min, impl_max, impl_unaligned
 
 
-@dataclass
 class CallbackOps:
     """MemoryOps built from two callables, with access-size rules."""
 
-    read_fn: Callable[[int, int], int]
-    write_fn: Callable[[int, int, int], None]
-    rules: AccessRules = field(default_factory=AccessRules)
+    __slots__ = ("read_fn", "write_fn", "rules")
+
+    def __init__(self, read_fn: Callable[[int, int], int], write_fn: Callable[[int, int, int], None],
+                 rules: AccessRules | None = None) -> None:
+        self.read_fn, self.write_fn = read_fn, write_fn
+        self.rules = rules or AccessRules()
 
     def read(self, offset: int, size: int) -> int:
         return self.read_fn(offset, size)
@@ -165,8 +166,7 @@ class MemoryRegion:
         return f"MemoryRegion({self.name!r}, {self.kind}, size={self.size:#x})"
 
 
-@dataclass(frozen=True)
-class FlatRange:
+class FlatRange(NamedTuple):
     """A visible piece of a terminal region: guest [start, last] maps to ``mr`` at ``offset``."""
 
     start: int
@@ -282,14 +282,11 @@ class AddressSpace:
         mmio = self._scratch
         done = 0
         while done < length:
-            if addr + done > _ADDR_MASK:  # past the top (after an MMIO piece): unassigned
-                buf[done:] = bytes(length - done)
-                return
-            n = lib.mc_as_read(self._flat, addr + done, cbuf + done, length - done, mmio)
+            n = lib.mc_as_read(self._flat, (addr + done) & _ADDR_MASK, cbuf + done, length - done, mmio)
             done += n
             if mmio[0] < 0:
                 return
-            done += self._mmio_read(mmio[0], addr + done, buf, done, length - done)
+            done += self._mmio_read(mmio[0], (addr + done) & _ADDR_MASK, buf, done, length - done)
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         self._ensure()
@@ -297,25 +294,27 @@ class AddressSpace:
         cbuf = ffi.from_buffer(data)
         mmio = self._scratch
         done = 0
-        while done < length and addr + done <= _ADDR_MASK:
-            n = lib.mc_as_write(self._flat, addr + done, cbuf + done, length - done, mmio)
+        while done < length:
+            n = lib.mc_as_write(self._flat, (addr + done) & _ADDR_MASK, cbuf + done, length - done, mmio)
             done += n
             if mmio[0] < 0:
                 return
-            done += self._mmio_write(mmio[0], addr + done, memoryview(data)[done:])
+            done += self._mmio_write(mmio[0], (addr + done) & _ADDR_MASK, memoryview(data)[done:])
 
     def fill(self, addr: int, byte: int, length: int) -> None:
         self._ensure()
         mmio = self._scratch
         done = 0
-        while done < length and addr + done <= _ADDR_MASK:
-            n = lib.mc_as_fill(self._flat, addr + done, byte & 0xFF, length - done, mmio)
+        while done < length:
+            # C takes at most 2^63 - 1 bytes per call; a longer fill wraps round the address space
+            n = lib.mc_as_fill(self._flat, (addr + done) & _ADDR_MASK, byte & 0xFF, min(length - done, _MAX_CHUNK), mmio)
             done += n
             if mmio[0] < 0:
                 return
             fr = self.ranges[mmio[0]]
-            piece = min(length - done, fr.last - (addr + done) + 1)
-            done += self._mmio_write(mmio[0], addr + done, bytes([byte & 0xFF]) * piece)
+            at = (addr + done) & _ADDR_MASK
+            piece = min(length - done, fr.last - at + 1)
+            done += self._mmio_write(mmio[0], at, bytes([byte & 0xFF]) * piece)
 
     def read_uint(self, addr: int, size: int) -> int:
         """A little-endian load of ``size`` bytes, as a CPU would do it."""

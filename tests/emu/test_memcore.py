@@ -144,11 +144,12 @@ def test_as_access_stops_at_mmio_and_handles_the_top_of_the_address_space():
     out = bytearray(0x4000)
     assert lib.mc_as_read(f, 0x800, ffi.from_buffer(out), 0x4000, mmio) == 0x3800 and mmio[0] == 1
     assert out[:0x800] == bytes(0x800) and out[0x800:0x2800] == data[0x800:0x2800] and out[0x2800:0x3800] == bytes(0x1000)
-    # ROM: readable, writes dropped; reads wrapping past 2^64 return zeros
-    assert lib.mc_as_write(f, 2**64 - 4, buf, 8, mmio) == 8 and mmio[0] == -1
-    out = bytearray(8)
-    assert lib.mc_as_read(f, 2**64 - 4, ffi.from_buffer(out), 8, mmio) == 8
-    assert out == b"RRRR\0\0\0\0"
+    # ROM: readable, writes dropped; addresses wrap from 2^64 - 1 to 0 (as in QEMU)
+    assert lib.mc_as_write(f, 2**64 - 4, buf, 0x1008, mmio) == 0x1008 and mmio[0] == -1
+    assert ram.read(0, 4) == data[0x1004:0x1008]
+    out = bytearray(0x1008)
+    assert lib.mc_as_read(f, 2**64 - 4, ffi.from_buffer(out), 0x1008, mmio) == 0x1008
+    assert out[:4] == b"RRRR" and out[4:0x1004] == bytes(0x1000) and out[0x1004:] == data[0x1004:0x1008]
     assert lib.mc_as_fill(f, 0x1000, 0x5A, 2**40, mmio) == 0x3000 and mmio[0] == 1
     assert ram.read(0x1FFF, 1) == b"\x5a"
     assert lib.mc_as_read(f, 0, ffi.NULL, 2**63, mmio) == lib.MC_EINVAL
