@@ -35,6 +35,7 @@ class VM:
         self._event_sinks: list[EventSink] = []
         self._shutdown_hooks: list[Callable[[], None]] = []
         machine.clock.abort_check = lambda: self.shutdown_requested is not None
+        machine.request_reset = self.reset
         machine.clock.enable(self.running)
 
     # ---- events

@@ -1,6 +1,8 @@
 """The board skeleton every machine type shares: QOM root, address spaces, RAM, clock, devices."""
 from __future__ import annotations
 
+from typing import Callable
+
 from emu.clock import VirtualClock
 from emu.devices.base import Device
 from emu.memory import AccessRules, AddressSpace, CallbackOps, MemoryRegion
@@ -46,6 +48,8 @@ class Machine(QObject):
         self.ram_blocks: list[RamBlock] = []
         self.devices: list[Device] = []
         self._unattached = 0
+        # Set by the VM: how a device asks for a system reset (reason as in QMP's RESET event).
+        self.request_reset: Callable[[str], None] = lambda reason: None
         self.init_board()
         self.address_space_memory = AddressSpace("memory", self.system_memory)
         self.address_space_io = AddressSpace("I/O", self.system_io)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 
 from emu.devices.i440fx import CONFIG_ADDR_PORT, CONFIG_DATA_PORT, I440FXHost
-from emu.devices.ioapic import IOAPIC, IOAPIC_BASE
+from emu.devices.i8042 import I8042
+from emu.devices.ioapic import IOAPIC, IOAPIC_BASE, NUM_PINS
+from emu.devices.rtc import RTC
+from emu.irq import IRQ
 from emu.machine.base import Machine
 from emu.memory import MemoryRegion
 
@@ -88,3 +91,38 @@ class PcMachine(Machine):
         self.add_device(ioapic, "ioapic", parent=host)
         sysmem.add_subregion(IOAPIC_BASE, ioapic.mmio)
         self.ioapic = ioapic
+        # GSI n drives IOAPIC pin n (and, once modelled, ISA IRQ n of the 8259 pair), as QEMU's
+        # gsi_handler does; ISA devices connect their outputs here.
+        pins = ioapic.gpio_in[None]
+        self.gsi = [IRQ(lambda n, level: pins[n].set(level), n) for n in range(NUM_PINS)]
+
+        rtc = RTC()
+        self.add_device(rtc)
+        rtc.irq.connect(self.gsi[8])
+        self.system_io.add_subregion(0x70, rtc.io)
+        self._init_cmos(rtc, below, above)
+        self.rtc = rtc
+
+        kbd = I8042()
+        self.add_device(kbd)
+        kbd.irq_kbd.connect(self.gsi[1])
+        kbd.irq_mouse.connect(self.gsi[12])
+        kbd.reset_request = lambda: self.request_reset("guest-reset")
+        self.system_io.add_subregion(0x60, kbd.data_io)
+        self.system_io.add_subregion(0x64, kbd.cmd_io)
+
+    def _init_cmos(self, rtc: RTC, below: int, above: int) -> None:
+        """Memory sizes in the CMOS bytes the BIOS reads, as QEMU's pc_cmos_init writes them."""
+        KiB, MiB = 1024, 1 << 20
+        rtc.set_cmos(0x15, 640 & 0xFF)
+        rtc.set_cmos(0x16, 640 >> 8)
+        ext = min(self.ram_size // KiB - 1024, 65535) if self.ram_size > MiB else 0
+        for lo in (0x17, 0x30):
+            rtc.set_cmos(lo, ext & 0xFF)
+            rtc.set_cmos(lo + 1, ext >> 8)
+        high = min((below - 16 * MiB) // (64 * KiB), 65535) if below > 16 * MiB else 0
+        rtc.set_cmos(0x34, high & 0xFF)
+        rtc.set_cmos(0x35, high >> 8)
+        above_64k = above // (64 * KiB)
+        for i, reg in enumerate((0x5B, 0x5C, 0x5D)):
+            rtc.set_cmos(reg, (above_64k >> (8 * i)) & 0xFF)
