@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass, field
-
 from emu.chardev import ChardevError, parse_opts
 
 VERSION_TEXT = "QEMU emulator version 9.1.0 (qtest-emu 0.1.0)\nCopyright (c) 2003-2024 Fabrice Bellard and the QEMU Project developers\n"
@@ -54,42 +52,44 @@ class CliError(Exception):
     """A command-line error; ``str()`` is the message without the program name."""
 
 
-@dataclass
 class ChardevSpec:
-    backend: str
-    id: str
-    opts: dict[str, str]
+    """One ``-chardev BACKEND,id=ID,...``."""
+
+    __slots__ = ("backend", "id", "opts")
+
+    def __init__(self, backend: str, chr_id: str, opts: dict[str, str]) -> None:
+        self.backend, self.id, self.opts = backend, chr_id, opts
 
 
-@dataclass
 class Config:
-    """Everything the command line asked for."""
+    """Everything the command line asked for (plain attributes; no dataclass: start-up time)."""
 
-    machine: str = "pc"
-    machine_props: dict[str, str] = field(default_factory=dict)
-    ram_size: int | None = None
-    accels: list[str] = field(default_factory=list)
-    start_paused: bool = False
-    qtest: str | None = None
-    qtest_log: str | None = None  # None: stderr, as QEMU without -qtest-log
-    qtest_objects: list[dict[str, str]] = field(default_factory=list)
-    chardevs: list[ChardevSpec] = field(default_factory=list)
-    monitors: list[dict[str, str]] = field(default_factory=list)  # -mon chardev=ID,mode=...,pretty=...
-    qmp: list[tuple[str, bool]] = field(default_factory=list)  # (-qmp spec, pretty)
-    hmp: list[str] = field(default_factory=list)
-    serials: list[str] = field(default_factory=list)
-    incoming: str | None = None
-    name: str | None = None
-    uuid: str | None = None
-    add_fds: list[dict[str, str]] = field(default_factory=list)
-    exit_with_parent: bool = False
-    drives: list[str] = field(default_factory=list)
-    devices: list[str] = field(default_factory=list)
-    bios: str | None = None
-    nodefaults: bool = False
-    display: str = "none"
-    pidfile: str | None = None
-    action: str | None = None  # "help" / "version" when they were asked for
+    def __init__(self) -> None:
+        self.machine = "pc"
+        self.machine_props: dict[str, str] = {}
+        self.ram_size: int | None = None
+        self.accels: list[str] = []
+        self.start_paused = False
+        self.qtest: str | None = None
+        self.qtest_log: str | None = None  # None: stderr, as QEMU without -qtest-log
+        self.qtest_objects: list[dict[str, str]] = []
+        self.chardevs: list[ChardevSpec] = []
+        self.monitors: list[dict[str, str]] = []  # -mon chardev=ID,mode=...,pretty=...
+        self.qmp: list[tuple[str, bool]] = []  # (-qmp spec, pretty)
+        self.hmp: list[str] = []
+        self.serials: list[str] = []
+        self.incoming: str | None = None
+        self.name: str | None = None
+        self.uuid: str | None = None
+        self.add_fds: list[dict[str, str]] = []
+        self.exit_with_parent = False
+        self.drives: list[str] = []
+        self.devices: list[str] = []
+        self.bios: str | None = None
+        self.nodefaults = False
+        self.display = "none"
+        self.pidfile: str | None = None
+        self.action: str | None = None  # "help" / "version" when they were asked for
 
 
 def parse_size(text: str, default_suffix: str = "M") -> int:

@@ -78,3 +78,41 @@ def quit_(ctx: CommandContext, args: dict[str, Any]) -> None:
 def query_commands(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, str]]:
     """List the commands (QEMU builds the list by prepending, hence reversed)."""
     return [{"name": name} for name in reversed(ctx.server.registry.names())]
+
+
+def _qom_resolve(ctx: CommandContext, path: str) -> Any:
+    from emu.qom import resolve_path
+
+    obj = resolve_path(ctx.machine.qom_root, path)
+    if obj is None:
+        raise QmpError(f"Device '{path}' not found", "DeviceNotFound")
+    return obj
+
+
+def _qom_properties(obj: Any) -> list[tuple[str, str, Any]]:
+    """(name, QOM type, value) of an object's properties: ``type``, its children, device state."""
+    props: list[tuple[str, str, Any]] = [("type", "string", obj.type_name)]
+    from emu.devices.base import Device
+
+    if isinstance(obj, Device):
+        props.append(("realized", "bool", True))
+    props.extend((name, f"child<{child.type_name}>", child.path) for name, child in obj.children.items())
+    props.extend((name, type(value).__name__, value) for name, value in obj.properties.items())
+    return props
+
+
+@command("qom-list", args=[Arg("path", "str")])
+def qom_list(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, str]]:
+    """The properties of the object at ``path`` (absolute or a unique partial path)."""
+    obj = _qom_resolve(ctx, args["path"])
+    return [{"name": name, "type": typ} for name, typ, _ in _qom_properties(obj)]
+
+
+@command("qom-get", args=[Arg("path", "str"), Arg("property", "str")])
+def qom_get(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    """One property's value; child properties give the child's path, as in QEMU."""
+    obj = _qom_resolve(ctx, args["path"])
+    for name, _, value in _qom_properties(obj):
+        if name == args["property"]:
+            return value
+    raise QmpError(f"Property '{args['property']}' not found")

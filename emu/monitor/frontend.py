@@ -1,7 +1,7 @@
 """Wires QMP sessions to chardevs and the VM: one session per connection, VM events to all."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from emu.monitor.protocol import QmpError, QmpServer, QmpSession
 from emu.vm import VM, VMError
@@ -24,6 +24,10 @@ class VmControl:
     @property
     def running(self) -> bool:
         return self.vm.running
+
+    @property
+    def qom_root(self) -> Any:
+        return self.vm.machine.root
 
     def stop(self) -> None:
         with self.vm.lock:

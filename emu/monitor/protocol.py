@@ -96,6 +96,11 @@ class MachineControl(Protocol):
         """True while the VM runs (``query-status`` ``running``)."""
         ...
 
+    @property
+    def qom_root(self) -> Any:
+        """The QOM root object (``/``), an ``emu.qom.QObject``, for ``qom-*`` commands."""
+        ...
+
     def stop(self) -> None:
         """Pause the VM (``stop``); emits ``STOP`` synchronously. Raise QmpError on failure."""
         ...
