@@ -1,0 +1,1 @@
+"""qtest: the qtest protocol server, client library, launcher and pytest plugin."""
