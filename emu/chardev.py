@@ -11,6 +11,7 @@ while too much of its output is waiting (a client that stops reading stalls only
 from __future__ import annotations
 
 import array
+import errno
 import os
 from collections import deque
 import socket
@@ -25,6 +26,7 @@ RECV_SIZE = 256 * 1024
 OUT_HIGH = 16 << 20  # pause input above this much queued output
 OUT_LOW = 1 << 20    # resume below this
 MAX_FDS = 16
+MAX_UNIX_PATH = 107  # sun_path is 108 bytes with its NUL
 
 
 class ChardevError(Exception):
@@ -369,8 +371,18 @@ class SocketChardev(_StreamChardev):
                         os.unlink(self.path)
                 except FileNotFoundError:
                     pass
+                if os.path.lexists(self.path):
+                    raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+                # Bind under a temporary name and rename once listening, so a client that sees the
+                # path can always connect (QEMU has a window where connect() is refused).
+                tmp = os.path.join(os.path.dirname(self.path) or ".", f".{os.getpid()}.{id(self) % 99991}.s")
+                direct = len(os.fsencode(tmp)) > MAX_UNIX_PATH
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.bind(self.path)
+                sock.bind(self.path if direct else tmp)
+                sock.listen(1)
+                if not direct:
+                    os.rename(tmp, self.path)
+                return sock
             else:
                 infos = socket.getaddrinfo(self.host or None, int(self.port or 0), type=socket.SOCK_STREAM,
                                            flags=socket.AI_PASSIVE)

@@ -127,6 +127,7 @@ class System:
             except ChardevError as e:
                 raise SystemError_(f"-chardev {chardev.backend},id={chr_id}: {e}") from None
         self._setup_monitors()
+        self._setup_serials()
         self._setup_qtest()
 
     def _setup_monitors(self) -> None:
@@ -149,6 +150,22 @@ class System:
         self.qmp_server = make_qmp_server(self)
         for chardev, pretty in targets:
             attach_monitor(self.qmp_server, chardev, pretty)
+
+    def _setup_serials(self) -> None:
+        """Opens each ``-serial`` chardev now (a test may be waiting for us to connect); the 16550
+        UARTs that drive them come with the vCPU work."""
+        self.serial_chardevs: list[Chardev | None] = []
+        for spec in self.cfg.serials:
+            if spec == "none":
+                self.serial_chardevs.append(None)
+                continue
+            try:
+                chardev = self._chardev(spec, "serial")
+                if not spec.startswith("chardev:"):
+                    chardev.start()
+            except (ChardevError, SystemError_) as e:
+                raise SystemError_(f"-serial {spec}: {e}") from None
+            self.serial_chardevs.append(chardev)
 
     def _setup_qtest(self) -> None:
         from qtest.server import QTestLog, QTestServer

@@ -28,9 +28,25 @@ def sockdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
+_SPAWNED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_emulators():
+    """A failing test must not leave its emulator running."""
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def spawn(args: list[str], **kw) -> subprocess.Popen:
-    return subprocess.Popen([BIN, *args], stdin=kw.pop("stdin", subprocess.DEVNULL), stdout=kw.pop("stdout", subprocess.PIPE),
-                            stderr=subprocess.PIPE, **kw)
+    proc = subprocess.Popen([BIN, *args], stdin=kw.pop("stdin", subprocess.DEVNULL),
+                            stdout=kw.pop("stdout", subprocess.PIPE), stderr=subprocess.PIPE, **kw)
+    _SPAWNED.append(proc)
+    return proc
 
 
 def listen_unix(path: Path) -> socket.socket:
@@ -277,6 +293,21 @@ def test_connect_failure_matches_qemu(sockdir):
 def test_command_line_errors_use_qemu_wording(args, message):
     rc, err = finish(spawn(["-display", "none", *args]), None)
     assert (rc, err) == (1, message)
+
+
+def test_serial_chardevs_are_opened_at_start(sockdir):
+    """libqtest's qtest_init_with_serial waits for the emulator to connect its -serial socket."""
+    listener = listen_unix(sockdir / "ser.sock")
+    proc, qt, _ = libqtest_launch(sockdir, ["-M", "none", "-chardev", f"socket,id=s0,path={sockdir}/ser.sock",
+                                            "-serial", "chardev:s0", "-serial", f"file:{sockdir}/ser2.out"])
+    conn, _ = listener.accept()
+    conn.close()
+    assert (sockdir / "ser2.out").exists()
+    assert qt.cmd("endianness") == b"OK little"
+    rc, _ = finish(proc)
+    assert rc == 0
+    rc, err = finish(spawn(["-display", "none", "-serial", "foo"]), None)
+    assert (rc, err) == (1, "emu-system-x86_64: -serial foo: 'foo' is not a valid char driver name\n")
 
 
 def test_version_and_machine_help():
