@@ -30,8 +30,12 @@ class _Frontend:
     """Adapts a chardev to a transport-free server (qtest or QMP session)."""
 
     def __init__(self, on_open: Callable[[], None], on_read: Callable[[bytes, list[int]], None],
-                 on_close: Callable[[], None]) -> None:
+                 on_close: Callable[[], None], spin_ns: int = 0) -> None:
         self.chr_open, self.chr_read, self.chr_close = on_open, on_read, on_close
+        self.spin_ns = spin_ns  # poll this long for the next command after answering one
+
+
+QTEST_SPIN_NS = 50_000
 
 
 class System:
@@ -195,7 +199,8 @@ class System:
             return
         server = QTestServer(self.vm, log=log, write=chardev.write)
         self.qtest_servers.append(server)
-        chardev.attach(_Frontend(server.opened, lambda data, fds: _feed_qtest(server, data, fds), server.closed))
+        chardev.attach(_Frontend(server.opened, lambda data, fds: _feed_qtest(server, data, fds), server.closed,
+                                 spin_ns=QTEST_SPIN_NS))
 
     def _open_log(self, path: str | None) -> Any:
         from qtest.server import QTestLog

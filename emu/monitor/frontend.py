@@ -54,6 +54,8 @@ def make_qmp_server(system: System) -> QmpServer:
 class MonitorFrontend:
     """A chardev front-end that runs a fresh QMP session for each connection."""
 
+    wants_fds = True  # getfd/add-fd take fds passed with SCM_RIGHTS
+
     def __init__(self, server: QmpServer, chardev: Chardev, pretty: bool = False) -> None:
         self.server = server
         self.chardev = chardev
