@@ -471,6 +471,7 @@ void mc_qtest_hex_decode(const char *data, uint64_t datalen, uint8_t *out, uint6
 }
 
 static signed char b64_rank[256];
+static signed char b64_strict[256]; /* as b64_rank, but '=' is not a plain digit */
 static pthread_once_t b64_once = PTHREAD_ONCE_INIT;
 
 static void b64_init(void)
@@ -480,38 +481,76 @@ static void b64_init(void)
     for (int i = 0; i < 64; i++) {
         b64_rank[(unsigned char)alpha[i]] = (signed char)i;
     }
+    memcpy(b64_strict, b64_rank, sizeof(b64_strict));
     b64_rank['='] = 0; /* a zero digit; its position decides which bytes are emitted */
 }
 
-uint64_t mc_glib_b64_decode(const char *in, uint64_t inlen, uint8_t *out)
+uint64_t mc_glib_b64_decode_step(mc_b64_state *st, const char *in, uint64_t inlen, uint8_t *out, uint64_t outcap)
 {
     pthread_once(&b64_once, b64_init);
-    const signed char *rank = b64_rank;
-    uint64_t o = 0;
-    uint32_t v = 0;
-    int n = 0;
-    unsigned char last0 = 0, last1 = 0;
-    for (uint64_t k = 0; k < inlen; k++) {
-        unsigned char c = (unsigned char)in[k];
-        int r = rank[c];
+    const signed char *rank = b64_rank, *strict = b64_strict;
+    const unsigned char *p = (const unsigned char *)in;
+    uint64_t o = st->total;
+    uint32_t v = st->v;
+    int n = st->n;
+    unsigned char last0 = st->last0, last1 = st->last1;
+    uint64_t k = 0;
+    while (k < inlen) {
+        /* Fast path: a whole quantum of four plain alphabet characters (no '=', nothing skipped). */
+        while (n == 0 && k + 4 <= inlen && o + 3 <= outcap) {
+            int a = strict[p[k]], b = strict[p[k + 1]], c = strict[p[k + 2]], d = strict[p[k + 3]];
+            if ((a | b | c | d) < 0) {
+                break;
+            }
+            uint32_t q = ((uint32_t)a << 18) | ((uint32_t)b << 12) | ((uint32_t)c << 6) | (uint32_t)d;
+            out[o] = (uint8_t)(q >> 16);
+            out[o + 1] = (uint8_t)(q >> 8);
+            out[o + 2] = (uint8_t)q;
+            o += 3;
+            k += 4;
+        }
+        if (k >= inlen) {
+            break;
+        }
+        unsigned char ch = p[k++];
+        int r = rank[ch];
         if (r < 0) {
             continue;
         }
         last1 = last0;
-        last0 = c;
+        last0 = ch;
         v = (v << 6) | (uint32_t)r;
         if (++n == 4) {
-            out[o++] = (uint8_t)(v >> 16);
+            /* GLib emits byte 0, then byte 1 unless the 3rd char was '=', byte 2 unless the 4th was */
+            uint8_t emit[3];
+            int e = 0;
+            emit[e++] = (uint8_t)(v >> 16);
             if (last1 != '=') {
-                out[o++] = (uint8_t)(v >> 8);
+                emit[e++] = (uint8_t)(v >> 8);
             }
             if (last0 != '=') {
-                out[o++] = (uint8_t)v;
+                emit[e++] = (uint8_t)v;
+            }
+            for (int i = 0; i < e; i++, o++) {
+                if (o < outcap) {
+                    out[o] = emit[i];
+                }
             }
             n = 0;
         }
     }
+    st->v = v;
+    st->n = n;
+    st->last0 = last0;
+    st->last1 = last1;
+    st->total = o;
     return o;
+}
+
+uint64_t mc_glib_b64_decode(const char *in, uint64_t inlen, uint8_t *out)
+{
+    mc_b64_state st = {0};
+    return mc_glib_b64_decode_step(&st, in, inlen, out, UINT64_MAX);
 }
 
 /* ---------------------------------------------------------------- qtest fast path */

@@ -98,6 +98,16 @@ int64_t mc_as_fill(mc_flat *f, uint64_t addr, uint8_t byte, uint64_t len, int64_
  * zero digit that suppresses output bytes of its quantum, an incomplete last quantum is dropped.
  * out needs (inlen / 4) * 3 + 3 bytes. Returns the number of bytes written. */
 uint64_t mc_glib_b64_decode(const char *in, uint64_t inlen, uint8_t *out);
+
+/* The same decoder, resumable across chunks of one argument. Start from a zeroed state; bytes
+ * are written to out[] while below outcap, but all are counted. Returns (and keeps) the total. */
+typedef struct {
+    uint32_t v;
+    int32_t n;
+    uint8_t last0, last1;
+    uint64_t total;
+} mc_b64_state;
+uint64_t mc_glib_b64_decode_step(mc_b64_state *st, const char *in, uint64_t inlen, uint8_t *out, uint64_t outcap);
 /* qtest `write` decoding: byte i from chars 2+2i and 3+2i when both exist (invalid hex = nibble -1,
  * i.e. all bits set), bytes without data are zero. Writes exactly len bytes to out. */
 void mc_qtest_hex_decode(const char *data, uint64_t datalen, uint8_t *out, uint64_t len);

@@ -27,6 +27,7 @@ RECV_SIZE = 1 << 20
 OUT_HIGH = 16 << 20  # pause input above this much queued output
 OUT_LOW = 1 << 20    # resume below this
 MAX_FDS = 16
+SNDBUF = 4 << 20  # requested socket send buffer (the kernel caps it at net.core.wmem_max)
 SPIN_MAX_NS = 2_000_000  # longest stretch one connection may keep the loop polling
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with its NUL
 
@@ -471,6 +472,11 @@ class SocketChardev(_StreamChardev):
 
     def _connected_sock(self, sock: socket.socket) -> None:
         sock.setblocking(False)
+        try:
+            # Big replies (a 22 MB b64read line) then take a few wakeups instead of a hundred.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+        except OSError:
+            pass
         if self._listener is not None:
             # one client at a time; others wait in the backlog, as with QEMU
             self.loop.remove_reader(self._listener.fileno())

@@ -46,6 +46,25 @@ def _split_big(buf: bytearray, view: memoryview, start: int, end: int) -> list[b
         pos = sp + 1
 
 
+class _B64Stream:
+    """Decoder state for the argument of a ``b64write`` line that is still arriving."""
+
+    __slots__ = ("start", "pos", "end", "size", "out", "state")
+
+    def __init__(self, start: int, size: int) -> None:
+        self.start = self.pos = start  # offset of the argument in the line buffer
+        self.end = -1  # offset of the space ending it, once seen
+        self.size = size
+        self.out = bytearray(size or 1)  # only SIZE bytes are ever written to memory
+        self.state = ffi.new("mc_b64_state *")
+
+    def decode(self, buf: bytes | bytearray, stop: int) -> None:
+        if stop > self.pos:
+            lib.mc_glib_b64_decode_step(self.state, ffi.from_buffer(buf) + self.pos, stop - self.pos,
+                                        ffi.from_buffer(self.out), self.size)
+            self.pos = stop
+
+
 class QTestFail(Exception):
     """Ends a command with ``FAIL <reason>``."""
 
@@ -114,6 +133,8 @@ class QTestServer:
         self._out = bytearray()
         self._batching = False
         self._levels: dict[int, int] = {}
+        self._stream: _B64Stream | None = None
+        self._active_stream: _B64Stream | None = None
         self._fast_out = ffi.new("char[]", FAST_OUT)
         self._fast_counts = ffi.new("uint64_t[2]")
         self.intercepted: Device | None = None
@@ -143,9 +164,7 @@ class QTestServer:
         self.connected = True
         self._levels.clear()
         # A partial line left by an earlier client must not glue onto this one's first line.
-        self._buf.clear()
-        self._scan = 0
-        self._skip_line = False
+        self._reset_input()
         if self.log:
             self.log.opened()
 
@@ -153,11 +172,15 @@ class QTestServer:
         if not self.connected:
             return
         self.connected = False
-        self._buf.clear()
-        self._scan = 0
-        self._skip_line = False
+        self._reset_input()
         if self.log:
             self.log.closed()
+
+    def _reset_input(self, skip_line: bool = False) -> None:
+        self._buf.clear()
+        self._scan = 0
+        self._skip_line = skip_line
+        self._stream = None
 
     def feed(self, data: bytes) -> None:
         """Processes every complete line in ``data`` (plus what was buffered) in arrival order."""
@@ -194,22 +217,53 @@ class QTestServer:
                 if nl - start <= BIG_LINE:
                     self.process_line(bytes(buf[start:nl]))
                 else:
+                    # the decode of a streamed b64write belongs to the line that began the buffer
+                    self._active_stream = self._stream if start == 0 else None
+                    self._stream = None
                     with memoryview(buf) as view:  # no copy of a multi-megabyte line
                         if self.log:
                             self.log.received(bytes(view[start:nl]))
                         self._dispatch(_split_big(buf, view, start, nl))
+                    self._active_stream = None
                 start = scan = nl + 1
             if start:
                 del buf[:start]
+                self._stream = None
             self._scan = len(buf)
             if len(buf) > MAX_LINE:
                 # drop the runaway line; its newline, when it comes, gets one FAIL
-                buf.clear()
-                self._scan = 0
-                self._skip_line = True
+                self._reset_input(skip_line=True)
+            elif len(buf) > BIG_LINE:
+                self._stream_b64(buf)
         finally:
             self._batching = False
             self._flush()
+
+    def _stream_b64(self, buf: bytearray) -> None:
+        """Decodes a big ``b64write`` argument while it is still arriving (the incomplete line at
+        the start of ``buf``), so that only its tail is left to decode when the newline comes."""
+        st = self._stream
+        if st is None:
+            if not buf.startswith(b"b64write "):
+                return
+            p2 = buf.find(b" ", 9, 100)
+            p3 = buf.find(b" ", p2 + 1, p2 + 100) if p2 > 0 else -1
+            if p3 < 0:
+                return
+            try:
+                size = strtou64(bytes(buf[p2 + 1 : p3]))
+            except NumberError:
+                return  # the handler reports it once the line is complete
+            if size > MAX_TRANSFER:
+                return
+            st = self._stream = _B64Stream(p3 + 1, size)
+        if st.end >= 0:
+            return
+        space = buf.find(b" ", st.pos)
+        stop = len(buf) if space < 0 else space
+        st.decode(buf, stop)
+        if space >= 0:
+            st.end = space  # an extra token follows: the argument is complete
 
     def _feed_fast(self, buf: bytes | bytearray, start: int) -> int:
         """Lets C answer the lines it can from ``start``; returns where Python takes over."""
@@ -376,8 +430,14 @@ class QTestServer:
         if len(text) < 3:
             return ERR_SIZE
         self._check_size(size)
-        out = bytearray(len(text) // 4 * 3 + 3)
-        n = lib.mc_glib_b64_decode(ffi.from_buffer(text), len(text), ffi.from_buffer(out))
+        st = self._active_stream
+        if st is not None and isinstance(text, memoryview) and st.size == size:
+            line = text.obj
+            st.decode(line, st.start + len(text))  # only the tail that arrived with the newline
+            out, n = st.out, st.state.total
+        else:
+            out = bytearray(len(text) // 4 * 3 + 3)
+            n = lib.mc_glib_b64_decode(ffi.from_buffer(text), len(text), ffi.from_buffer(out))
         if n != size:
             if self.log and self.connected:
                 self.log.sent(b"b64write: data length mismatch (told %d, found %d)\n" % (size, n))

@@ -184,3 +184,24 @@ def test_glib_base64_decode_agrees_with_binascii_on_canonical_input():
     out = bytearray(len(text) // 4 * 3 + 3)
     n = lib.mc_glib_b64_decode(text, len(text), ffi.from_buffer(out))
     assert bytes(out[:n]) == data
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.binary(max_size=200).map(lambda b: bytes(c for c in b if c != 0)) | st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_! \t", max_size=200).map(str.encode),
+    cuts=st.lists(st.integers(0, 200), max_size=6), cap=st.integers(0, 160))
+def test_resumable_base64_decoder_equals_one_shot(text, cuts, cap):
+    whole = bytearray(len(text) // 4 * 3 + 3)
+    n = lib.mc_glib_b64_decode(text, len(text), ffi.from_buffer(whole))
+    state = ffi.new("mc_b64_state *")
+    out = bytearray(max(cap, 1))
+    points = sorted({c % (len(text) + 1) for c in cuts})
+    total = 0
+    for a, b in zip([0] + points, points + [len(text)]):
+        total = lib.mc_glib_b64_decode_step(state, text[a:b], b - a, ffi.from_buffer(out), cap)
+    assert total == n
+    assert out[: min(n, cap)] == whole[: min(n, cap)]

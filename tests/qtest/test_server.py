@@ -662,3 +662,29 @@ def test_b64read_in_c_equals_base64_of_read(addr, size):
     h.cmd("memset 0x3ff0000 0x10000 0xa5")
     raw = bytes.fromhex(h.cmd(f"read {addr:#x} {size:#x}")[5:].decode()) if size else b""
     assert h.cmd(f"b64read {addr:#x} {size:#x}") == b"OK " + base64.b64encode(raw)
+
+
+@settings(max_examples=40, deadline=None)
+@given(nbytes=st.integers(60_000, 120_000), delta=st.sampled_from([0, 0, -1, 5, -3000]),
+       extra=st.sampled_from([b"", b" extra"]), noise=st.booleans(), prefix=st.booleans(),
+       cuts=st.lists(st.integers(1, 200_000), min_size=1, max_size=12))
+def test_streamed_b64write_equals_one_shot(nbytes, delta, extra, noise, prefix, cuts):
+    """A big b64write is decoded while it arrives; the result must not depend on that."""
+    import base64
+    import random
+
+    payload = random.Random(nbytes).randbytes(nbytes)
+    text = base64.b64encode(payload)
+    if noise:
+        text = text[:1000] + b"!!\t" + text[1000:-8] + b"=" + text[-8:]
+    line = b"b64write 0x10000 %#x " % (nbytes + delta) + text + extra + b"\n"
+    script = (b"writeb 0x5 0x7\n" if prefix else b"") + line + b"readb 0x10000\n"
+    whole, chunked = Harness(), Harness()
+    expected = whole.send(script)
+    got: list[bytes] = []
+    points = sorted({c % len(script) for c in cuts})
+    for a, b in zip([0] + points, points + [len(script)]):
+        got += chunked.send(script[a:b])
+    assert got == expected
+    ram = lambda h: h.machine.ram_blocks[0].read(0, 0x10000 + nbytes + 8)  # noqa: E731
+    assert ram(chunked) == ram(whole)
