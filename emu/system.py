@@ -8,22 +8,27 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from emu.chardev import Chardev, ChardevError, create_chardev, parse_legacy
 from emu.cli import Config
-from emu.machine import MACHINE_TYPES, find_machine
+from emu.machine import MACHINE_TYPES, MachineError, find_machine
 from emu.main_loop import MainLoop
 from emu.vm import VM
 
 
-class SystemError_(Exception):
+class StartupError(Exception):
     """A start-up failure: each line of the message is printed as ``<prog>: <line>``, then the
     hint lines as they are (QEMU's error_append_hint); the exit status is 1."""
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", prefixed: bool = True) -> None:
         super().__init__(message)
         self.hint = hint
+        self.prefixed = prefixed
+
+
+class EarlyExit(Exception):
+    """Stops start-up with exit status 0 after printing the text (``-M help``)."""
 
 
 class _Frontend:
@@ -61,15 +66,15 @@ class System:
                 for alias in cls.aliases:
                     lines.append(f"{alias:<20} {cls.description} (alias of {cls.name})")
                 lines.append(f"{cls.name:<20} {cls.description}{' (default)' if cls.aliases else ''}")
-            raise SystemExit_("\n".join(lines) + "\n")
+            raise EarlyExit("\n".join(lines) + "\n")
         mcls = find_machine(cfg.machine)
         if mcls is None:
-            raise SystemError_("unsupported machine type", hint="Use -machine help to list supported machines")
+            raise StartupError("unsupported machine type", hint="Use -machine help to list supported machines")
         qtest_accel = self._choose_accel()
-        ram_size = cfg.ram_size or None
-        machine = mcls(ram_size, manual_clock=qtest_accel)
-        if cfg.bios is not None and hasattr(machine, "load_bios"):
-            machine.load_bios(cfg.bios)
+        try:
+            machine = mcls(cfg.ram_size or None, manual_clock=qtest_accel, bios=cfg.bios)
+        except MachineError as e:
+            raise StartupError(str(e), prefixed=e.prefixed) from None
         vm = VM(machine, start_paused=cfg.start_paused, qtest_accel=qtest_accel, name=cfg.name, uuid=cfg.uuid)
         vm.on_shutdown_request(self.loop.stop)
         return vm
@@ -90,15 +95,15 @@ class System:
                     if self.cfg.qtest is None:
                         sys.stderr.write(f"{self.prog}: failed to initialize kvm: No such file or directory\n")
                 continue
-            raise SystemError_(f"-accel {acc}: invalid accelerator {acc}")
-        raise SystemError_("no accelerator found")
+            raise StartupError(f"-accel {acc}: invalid accelerator {acc}")
+        raise StartupError("no accelerator found")
 
     def _chardev(self, spec: str, owner: str) -> Chardev:
         """A chardev from a legacy spec or ``chardev:ID``."""
         if spec.startswith("chardev:"):
             chr_id = spec[len("chardev:"):]
             if chr_id not in self.chardevs:
-                raise SystemError_(f"chardev \"{chr_id}\" not found")
+                raise StartupError(f"chardev \"{chr_id}\" not found")
             return self.chardevs[chr_id]
         backend, opts = parse_legacy(spec)
         self._anon += 1
@@ -111,25 +116,25 @@ class System:
         cfg = self.cfg
         for spec in cfg.chardevs:
             if spec.id in self.chardevs:
-                raise SystemError_(f"-chardev {spec.backend},id={spec.id}: attempt to add duplicate property "
+                raise StartupError(f"-chardev {spec.backend},id={spec.id}: attempt to add duplicate property "
                                    f"'{spec.id}' to object (type 'container')")
             try:
                 self.chardevs[spec.id] = create_chardev(self.loop, spec.backend, spec.id, spec.opts)
             except ChardevError as e:
-                raise SystemError_(f"-chardev {spec.backend},id={spec.id}: {e}") from None
+                raise StartupError(f"-chardev {spec.backend},id={spec.id}: {e}") from None
         for mon in cfg.monitors:
             if mon.get("mode", "readline") != "control":
-                raise SystemError_(f"-mon {_fmt(mon)}: the human monitor (mode=readline) is not supported")
+                raise StartupError(f"-mon {_fmt(mon)}: the human monitor (mode=readline) is not supported")
             if mon["chardev"] not in self.chardevs:
-                raise SystemError_(f"-mon {_fmt(mon)}: chardev \"{mon['chardev']}\" not found")
+                raise StartupError(f"-mon {_fmt(mon)}: chardev \"{mon['chardev']}\" not found")
         if cfg.hmp:
-            raise SystemError_(f"-monitor {cfg.hmp[0]}: the human monitor is not supported")
+            raise StartupError(f"-monitor {cfg.hmp[0]}: the human monitor is not supported")
         # Start the named chardevs first (they may be servers the others connect to).
         for chr_id, chardev in list(self.chardevs.items()):
             try:
                 chardev.start()
             except ChardevError as e:
-                raise SystemError_(f"-chardev {chardev.backend},id={chr_id}: {e}") from None
+                raise StartupError(f"-chardev {chardev.backend},id={chr_id}: {e}") from None
         self._setup_monitors()
         self._setup_serials()
         self._setup_qtest()
@@ -142,8 +147,8 @@ class System:
                 chardev = self._chardev(spec, "compat_monitor")
                 if not spec.startswith("chardev:"):
                     chardev.start()
-            except (ChardevError, SystemError_) as e:
-                raise SystemError_(f"-qmp {spec}: {e}") from None
+            except (ChardevError, StartupError) as e:
+                raise StartupError(f"-qmp {spec}: {e}") from None
             targets.append((chardev, pretty))
         for mon in cfg.monitors:
             targets.append((self.chardevs[mon["chardev"]], mon.get("pretty", "off") == "on"))
@@ -167,32 +172,32 @@ class System:
                 chardev = self._chardev(spec, "serial")
                 if not spec.startswith("chardev:"):
                     chardev.start()
-            except (ChardevError, SystemError_) as e:
-                raise SystemError_(f"-serial {spec}: {e}") from None
+            except (ChardevError, StartupError) as e:
+                raise StartupError(f"-serial {spec}: {e}") from None
             self.serial_chardevs.append(chardev)
 
     def _setup_qtest(self) -> None:
-        from qtest.server import QTestLog, QTestServer
+        from qtest.server import QTestServer
 
         cfg = self.cfg
         if cfg.qtest is not None and cfg.qtest_objects:
-            raise SystemError_("Only one instance of qtest can be created")
+            raise StartupError("Only one instance of qtest can be created")
         if len(cfg.qtest_objects) > 1:
-            raise SystemError_(f"-object qtest,id={cfg.qtest_objects[1].get('id')}: Only one instance of qtest can be created")
+            raise StartupError(f"-object qtest,id={cfg.qtest_objects[1].get('id')}: Only one instance of qtest can be created")
         if cfg.qtest is not None:
             try:
                 chardev = self._chardev(cfg.qtest, "qtest")
                 if not cfg.qtest.startswith("chardev:"):
                     chardev.start()
-            except (ChardevError, SystemError_) as e:
-                raise SystemError_(f"{e}\nFailed to initialize device for qtest: \"{cfg.qtest}\"") from None
+            except (ChardevError, StartupError) as e:
+                raise StartupError(f"{e}\nFailed to initialize device for qtest: \"{cfg.qtest}\"") from None
             log = self._open_log(cfg.qtest_log)
         elif cfg.qtest_objects:
             obj = cfg.qtest_objects[0]
             if "chardev" not in obj:
-                raise SystemError_(f"-object {_fmt(obj)}: No backend specified")
+                raise StartupError(f"-object {_fmt(obj)}: No backend specified")
             if obj["chardev"] not in self.chardevs:
-                raise SystemError_(f"-object {_fmt(obj)}: Cannot find character device '{obj['chardev']}'")
+                raise StartupError(f"-object {_fmt(obj)}: Cannot find character device '{obj['chardev']}'")
             chardev = self.chardevs[obj["chardev"]]
             log = self._open_log(obj.get("log", "none"))
         else:
@@ -208,11 +213,11 @@ class System:
         if path == "none":
             return None
         if path is None:
-            return QTestLog(_binary_stderr())
+            return QTestLog(sys.stderr.buffer)
         try:
             return QTestLog(open(path, "wb"))  # noqa: SIM115 - lives as long as the process
         except OSError as e:
-            raise SystemError_(f"-qtest-log {path}: {e.strerror}") from None
+            raise StartupError(f"-qtest-log {path}: {e.strerror}") from None
 
     # ---- running
     def _on_signal(self, signum: int) -> None:
@@ -247,10 +252,6 @@ class System:
             server.closed()
 
 
-class SystemExit_(Exception):
-    """Stops start-up with exit status 0 after printing the text (``-M help``)."""
-
-
 def _feed_qtest(server: Any, data: bytes, fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)  # qtest takes no fds
@@ -259,10 +260,6 @@ def _feed_qtest(server: Any, data: bytes, fds: list[int]) -> None:
 
 def _fmt(opts: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in opts.items())
-
-
-def _binary_stderr() -> IO[bytes]:
-    return sys.stderr.buffer
 
 
 def _set_parent_death_signal() -> None:
@@ -283,11 +280,12 @@ def run_system(cfg: Config, prog: str) -> int:
     try:
         system = System(cfg, prog)
         system.setup()
-    except SystemExit_ as e:
+    except EarlyExit as e:
         sys.stdout.write(str(e))
         return 0
-    except (SystemError_, ChardevError) as e:
-        text = "".join(f"{prog}: {line}\n" for line in str(e).split("\n"))
+    except (StartupError, ChardevError) as e:
+        prefix = f"{prog}: " if getattr(e, "prefixed", True) else ""
+        text = "".join(f"{prefix}{line}\n" for line in str(e).split("\n"))
         hint = getattr(e, "hint", "")
         sys.stderr.write(text + (hint + "\n" if hint else ""))
         return 1

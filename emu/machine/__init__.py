@@ -1,7 +1,7 @@
 """Machine types, by name and alias (``-M``)."""
 from __future__ import annotations
 
-from emu.machine.base import Machine
+from emu.machine.base import Machine, MachineError
 from emu.machine.none import NoneMachine
 from emu.machine.pc import PcMachine
 
@@ -15,4 +15,4 @@ def find_machine(name: str) -> type[Machine] | None:
     return None
 
 
-__all__ = ["Machine", "MACHINE_TYPES", "find_machine"]
+__all__ = ["Machine", "MachineError", "MACHINE_TYPES", "find_machine"]

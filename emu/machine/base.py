@@ -20,6 +20,15 @@ def _unassigned_io_write(offset: int, value: int, size: int) -> None:
     pass
 
 
+class MachineError(Exception):
+    """The machine cannot be built as configured (the message is QEMU's). ``prefixed`` is False for
+    the few messages QEMU prints without its program name."""
+
+    def __init__(self, message: str, prefixed: bool = True) -> None:
+        super().__init__(message)
+        self.prefixed = prefixed
+
+
 class Machine(QObject):
     """A machine: ``/machine`` in the QOM tree, with ``memory`` and ``io`` address spaces.
 
@@ -32,8 +41,9 @@ class Machine(QObject):
     default_ram_size = 0
     has_cpu = False
 
-    def __init__(self, ram_size: int | None, manual_clock: bool) -> None:
+    def __init__(self, ram_size: int | None, manual_clock: bool, bios: str | None = None) -> None:
         super().__init__()
+        self.bios_path = bios
         self.root = Container()  # the QOM root "/"
         self.root.add_child("machine", self)
         for name in ("unattached", "peripheral", "peripheral-anon"):

@@ -14,7 +14,7 @@ from emu.devices.i8042 import I8042
 from emu.devices.ioapic import IOAPIC, IOAPIC_BASE, NUM_PINS
 from emu.devices.rtc import RTC
 from emu.irq import IRQ
-from emu.machine.base import Machine
+from emu.machine.base import Machine, MachineError
 from emu.memory import MemoryRegion
 
 GiB = 1 << 30
@@ -63,7 +63,7 @@ class PcMachine(Machine):
     default_ram_size = 128 * 1024 * 1024
     has_cpu = True
 
-    def init_board(self, bios: bytes | None = None) -> None:
+    def init_board(self) -> None:
         sysmem = self.system_memory
         block = self.new_ram("pc.ram", self.ram_size)
         below, above = split_ram(self.ram_size)
@@ -72,7 +72,7 @@ class PcMachine(Machine):
         if above:
             sysmem.add_subregion(4 * GiB, MemoryRegion.alias("ram-above-4g", ram_mr, below, above))
 
-        image = bios if bios is not None else default_bios_image()
+        image = default_bios_image() if self.bios_path is None else self._load_bios(self.bios_path)
         bios_mr = MemoryRegion.rom("pc.bios", BIOS_SIZE, image)
         sysmem.add_subregion(4 * GiB - BIOS_SIZE, bios_mr)
         sysmem.add_subregion(
@@ -110,6 +110,18 @@ class PcMachine(Machine):
         kbd.reset_request = lambda: self.request_reset("guest-reset")
         self.system_io.add_subregion(0x60, kbd.data_io)
         self.system_io.add_subregion(0x64, kbd.cmd_io)
+
+    @staticmethod
+    def _load_bios(path: str) -> bytes:
+        """``-bios FILE``: a ROM image of at most 256 KiB, mapped so that it ends at 4 GiB."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read(BIOS_SIZE + 1)
+        except OSError:
+            data = b""
+        if not data or len(data) > BIOS_SIZE or len(data) % 65536:
+            raise MachineError(f"qemu: could not load PC BIOS '{path}'", prefixed=False)
+        return bytes(BIOS_SIZE - len(data)) + data
 
     def _init_cmos(self, rtc: RTC, below: int, above: int) -> None:
         """Memory sizes in the CMOS bytes the BIOS reads, as QEMU's pc_cmos_init writes them."""
