@@ -452,9 +452,7 @@ class SocketChardev(_StreamChardev):
         assert self._listener is not None
         try:
             conn, _ = self._listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
+        except OSError:  # includes EAGAIN: another wakeup took the connection
             return
         self._connected_sock(conn)
 

@@ -242,22 +242,20 @@ def _apply(cfg: Config, name: str, value: str) -> None:
         cfg.uuid = value.lower()
     elif name == "add-fd":
         opts = _opts(value)
-        if "fd" not in opts:
+        for key in ("fd", "set"):
+            if key in opts and not opts[key].removeprefix("-").isdigit():
+                raise CliError(f"Parameter '{key}' expects a number")
+        if int(opts.get("fd", -1)) < 0:
             raise CliError("fd option is required and must be non-negative")
-        if "set" not in opts:
-            raise CliError("set option is required and must be non-negative")
-        try:
-            fd, fdset = int(opts["fd"]), int(opts["set"])
-        except ValueError:
-            raise CliError("fd option is required and must be non-negative") from None
-        if fd < 0 or fd <= 2 or fdset < 0:
-            raise CliError("fd option is required and must be non-negative" if fd < 0 else
-                           "fd is not valid or already in use" if fd <= 2 else
-                           "set option is required and must be non-negative")
+        fd = int(opts["fd"])
+        if fd <= 2:
+            raise CliError("fd cannot be a standard I/O stream")
         try:
             os.fstat(fd)
         except OSError:
             raise CliError("fd is not valid or already in use") from None
+        if int(opts.get("set", -1)) < 0:
+            raise CliError("set option is required and must be non-negative")
         cfg.add_fds.append(opts)
     elif name == "run-with":
         opts = _opts(value)

@@ -289,6 +289,9 @@ def test_connect_failure_matches_qemu(sockdir):
     (["-accel", "foo"], "emu-system-x86_64: -accel foo: invalid accelerator foo\n"),
     (["-object", "foo,id=x"], "emu-system-x86_64: -object foo,id=x: Parameter 'qom-type' does not accept value 'foo'\n"),
     (["-add-fd", "fd=99,set=1"], "emu-system-x86_64: -add-fd fd=99,set=1: fd is not valid or already in use\n"),
+    (["-add-fd", "fd=x,set=1"], "emu-system-x86_64: -add-fd fd=x,set=1: Parameter 'fd' expects a number\n"),
+    (["-add-fd", "fd=-1,set=1"], "emu-system-x86_64: -add-fd fd=-1,set=1: fd option is required and must be non-negative\n"),
+    (["-add-fd", "fd=1,set=1"], "emu-system-x86_64: -add-fd fd=1,set=1: fd cannot be a standard I/O stream\n"),
     (["-bios", "/nonexistent/bios.bin"], "qemu: could not load PC BIOS '/nonexistent/bios.bin'\n"),
     (["-serial", "foo"], "emu-system-x86_64: -serial foo: 'foo' is not a valid char driver name\n"),
 ])
