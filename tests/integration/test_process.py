@@ -356,3 +356,11 @@ def test_bios_option_maps_the_image_below_4g(sockdir):
     assert qt.cmd("readl 0xffff0") == b"OK 0x00000000000100ea"  # the ISA BIOS alias shows the same bytes
     rc, _ = finish(proc)
     assert rc == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_other_termination_signals_also_exit_0(sockdir, sig):
+    proc, qt, _ = libqtest_launch(sockdir, ["-M", "none"])
+    assert qt.cmd("endianness") == b"OK little"
+    rc, err = finish(proc, sig)
+    assert rc == 0 and f"terminating on signal {int(sig)}" in err
