@@ -686,6 +686,11 @@ int64_t mc_qtest_fast(mc_flat *mem, const char *buf, uint64_t len, char *out, ui
     return lines;
 }
 
+int mc_as_touches_mmio(mc_flat *f, uint64_t addr, uint64_t len)
+{
+    return len != 0 && !no_mmio(f, addr, len);
+}
+
 /* ---------------------------------------------------------------- base64 encoding */
 
 static char b64_pairs[4096][2];

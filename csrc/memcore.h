@@ -112,6 +112,9 @@ uint64_t mc_glib_b64_decode_step(mc_b64_state *st, const char *in, uint64_t inle
  * i.e. all bits set), bytes without data are zero. Writes exactly len bytes to out. */
 void mc_qtest_hex_decode(const char *data, uint64_t datalen, uint8_t *out, uint64_t len);
 
+/* 1 if any byte of [addr, addr+len) (wrapping at 2^64) is MMIO, else 0. */
+int mc_as_touches_mmio(mc_flat *f, uint64_t addr, uint64_t len);
+
 /* Standard base64 (with '=' padding) of [addr, addr+len) read through the flat view, written to
  * out (4 * ceil(len / 3) chars). Returns 0, or -1 without writing if the range touches MMIO. */
 int mc_as_b64encode(mc_flat *f, uint64_t addr, uint64_t len, char *out);

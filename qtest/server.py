@@ -15,7 +15,7 @@ from emu.devices.base import Device
 from emu.irq import IRQ, UNNAMED_IN
 from emu.qom import resolve_path
 from emu.vm import VM
-from qtest.numbers import NumberError, strtoi, strtoi64, strtou64
+from qtest.numbers import U64_MAX, NumberError, strtoi, strtoi64, strtou64
 
 # Largest buffer one command may allocate (read, b64read, write, b64write); real QEMU dies past
 # what malloc gives it, we answer FAIL.
@@ -30,6 +30,8 @@ ERR_SIZE = b"ERR invalid argument size\n"
 FAST_OUT = 1 << 20
 # Lines longer than this are handled through memoryviews instead of copies.
 BIG_LINE = 1 << 16
+# b64read replies above this many bytes of data are encoded and sent in pieces of this size.
+B64_CHUNK = 3 << 18
 # Largest b64write decode buffer kept between commands.
 SCRATCH_MAX = 64 << 20
 
@@ -337,7 +339,8 @@ class QTestServer:
             reply = (b"FAIL number out of range '%s'\n" if e.out_of_range else b"FAIL invalid number '%s'\n") % token
         except IndexError:
             reply = b"FAIL missing argument\n"
-        self._reply(reply)
+        if reply is not None:  # None: the handler sent its (streamed) reply itself
+            self._reply(reply)
 
     @staticmethod
     def _need(words: list[bytes], n: int) -> None:
@@ -395,18 +398,42 @@ class QTestServer:
         data = self.mem.read(addr, size)
         return b"OK 0x" + binascii.hexlify(data) + b"\n"
 
-    def _b64read(self, words: list[bytes]) -> bytes:
+    def _b64read(self, words: list[bytes]) -> bytes | None:
         self._need(words, 2)
         addr = strtou64(words[1])
         size = strtou64(words[2])
         self._check_size(size)
+        flat = self.mem.flat
+        if (size > B64_CHUNK and self.log is None and self.write is not None and self.connected
+                and not lib.mc_as_touches_mmio(flat, addr, size)):
+            self._b64read_streamed(flat, addr, size)
+            return None
         enc = (size + 2) // 3 * 4
         reply = bytearray(enc + 4)
         reply[:3] = b"OK "
         reply[-1] = 10
-        if lib.mc_as_b64encode(self.mem.flat, addr, size, ffi.from_buffer(reply) + 3) < 0:
+        if lib.mc_as_b64encode(flat, addr, size, ffi.from_buffer(reply) + 3) < 0:
             reply[3:-1] = binascii.b2a_base64(self.mem.read(addr, size), newline=False)  # MMIO in range
         return reply
+
+    def _b64read_streamed(self, flat: object, addr: int, size: int) -> None:
+        """Encodes and sends a big reply in pieces, so the client reads the first while the next
+        is encoded (the range holds no MMIO: the caller checked, under the lock)."""
+        assert self.write is not None
+        first = True
+        done = 0
+        while done < size:
+            n = min(B64_CHUNK, size - done)  # a multiple of 3 except the last: padding only at the end
+            piece = bytearray((n + 2) // 3 * 4 + (3 if first else 0) + (1 if done + n == size else 0))
+            lib.mc_as_b64encode(flat, (addr + done) & U64_MAX, n, ffi.from_buffer(piece) + (3 if first else 0))
+            if first:
+                piece[:3] = b"OK "
+                self._flush()  # anything queued before this reply goes first
+            if done + n == size:
+                piece[-1] = 10
+            self.write(piece)
+            first = False
+            done += n
 
     def _write_hex(self, words: list[bytes]) -> bytes:
         self._need(words, 3)
