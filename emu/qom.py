@@ -3,11 +3,37 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+# The QOM type hierarchy: type name -> (parent type, abstract). Classes register themselves.
+TYPES: dict[str, tuple[str | None, bool]] = {"object": (None, True)}
+
+
+def register_type(name: str, parent: str | None, abstract: bool = False) -> None:
+    TYPES[name] = (parent, abstract)
+
+
+def type_ancestry(name: str) -> list[str]:
+    """``name`` and its ancestors, nearest first."""
+    chain = []
+    cur: str | None = name
+    while cur is not None and cur in TYPES:
+        chain.append(cur)
+        cur = TYPES[cur][0]
+    return chain
+
 
 class QObject:
-    """A node of the object tree. ``type_name`` is the QOM type (``ioapic``, ``container``...)."""
+    """A node of the object tree. ``type_name`` is the QOM type (``ioapic``, ``container``...);
+    subclasses declare ``type_parent`` (and ``type_abstract``) and are registered as types."""
 
     type_name = "object"
+    type_parent: str | None = None
+    type_abstract = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("type_name")
+        if isinstance(name, str):
+            register_type(name, cls.type_parent, cls.__dict__.get("type_abstract", False))
 
     def __init__(self) -> None:
         self.parent: QObject | None = None
@@ -39,6 +65,7 @@ class QObject:
 
 class Container(QObject):
     type_name = "container"
+    type_parent = "object"
 
 
 def resolve_path(root: QObject, path: str) -> QObject | None:

@@ -14,6 +14,7 @@ CONFIG_DATA_PORT = 0xCFC
 
 class I440FXHost(Device):
     type_name = "i440FX-pcihost"
+    type_parent = "pci-host-bridge"
 
     def __init__(self) -> None:
         super().__init__()

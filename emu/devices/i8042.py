@@ -17,6 +17,7 @@ MODE_KBD_INT, MODE_MOUSE_INT = 0x01, 0x02
 
 class I8042(Device):
     type_name = "i8042"
+    type_parent = "isa-device"
 
     def __init__(self) -> None:
         super().__init__()

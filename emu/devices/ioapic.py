@@ -15,6 +15,7 @@ IOAPIC_VERSION = 0x20
 
 class IOAPIC(Device):
     type_name = "ioapic"
+    type_parent = "ioapic-common"
 
     def __init__(self) -> None:
         super().__init__()

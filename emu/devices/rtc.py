@@ -18,6 +18,7 @@ B_24H, B_BINARY = 0x02, 0x04
 
 class RTC(Device):
     type_name = "mc146818rtc"
+    type_parent = "isa-device"
 
     def __init__(self, base_year: int = 2000) -> None:
         super().__init__()

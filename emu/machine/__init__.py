@@ -5,7 +5,15 @@ from emu.machine.base import Machine, MachineError
 from emu.machine.none import NoneMachine
 from emu.machine.pc import PcMachine
 
+from emu.qom import register_type
+
 MACHINE_TYPES: tuple[type[Machine], ...] = (PcMachine, NoneMachine)
+
+register_type("machine", "object", abstract=True)
+register_type("x86-machine", "machine", abstract=True)
+register_type("generic-pc-machine", "x86-machine", abstract=True)
+for _cls in MACHINE_TYPES:
+    register_type(f"{_cls.name}-machine", _cls.machine_parent)
 
 
 def find_machine(name: str) -> type[Machine] | None:

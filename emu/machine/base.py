@@ -40,6 +40,12 @@ class Machine(QObject):
     description = ""
     default_ram_size = 0
     has_cpu = False
+    machine_parent = "machine"  # QOM parent of this machine's type
+    max_cpus = 1
+    default_cpu_type: str | None = None
+    default_ram_id: str | None = None
+    acpi = False
+    cpus: list  # the CPU devices (none on machines without one)
 
     def __init__(self, ram_size: int | None, manual_clock: bool, bios: str | None = None) -> None:
         super().__init__()
@@ -58,6 +64,7 @@ class Machine(QObject):
         self.ram_blocks: list[RamBlock] = []
         self.devices: list[Device] = []
         self._unattached = 0
+        self.cpus = []
         # Set by the VM: how a device asks for a system reset (reason as in QMP's RESET event).
         self.request_reset: Callable[[str], None] = lambda reason: None
         self.init_board()

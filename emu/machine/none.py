@@ -9,6 +9,7 @@ class NoneMachine(Machine):
     name = "none"
     description = "empty machine"
     default_ram_size = 0
+    default_ram_id = "ram"
 
     def init_board(self) -> None:
         if self.ram_size:

@@ -13,6 +13,7 @@ from emu.devices.i440fx import CONFIG_ADDR_PORT, CONFIG_DATA_PORT, I440FXHost
 from emu.devices.i8042 import I8042
 from emu.devices.ioapic import IOAPIC, IOAPIC_BASE, NUM_PINS
 from emu.devices.rtc import RTC
+from emu.devices.x86cpu import X86CPU
 from emu.irq import IRQ
 from emu.machine.base import Machine, MachineError
 from emu.memory import MemoryRegion
@@ -62,8 +63,15 @@ class PcMachine(Machine):
     description = "Standard PC (i440FX + PIIX, 1996)"
     default_ram_size = 128 * 1024 * 1024
     has_cpu = True
+    machine_parent = "generic-pc-machine"
+    max_cpus = 255
+    default_cpu_type = "qemu64-x86_64-cpu"
+    default_ram_id = "pc.ram"
+    acpi = True
 
     def init_board(self) -> None:
+        self.cpus = [X86CPU(0)]
+        self.add_device(self.cpus[0])  # /machine/unattached/device[0], as in QEMU
         sysmem = self.system_memory
         block = self.new_ram("pc.ram", self.ram_size)
         below, above = split_ram(self.ram_size)

@@ -30,6 +30,8 @@ from emu.monitor.qjson import JsonStreamParser, dumps, qdict_order
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
+
+    from emu.monitor.qapi import Schema
     from typing import TypeAlias
 
     #: Handler signature: ``handler(ctx, args) -> return value`` (None means ``{}``).
@@ -122,29 +124,12 @@ class MachineControl(Protocol):
 
 
 # ---------------------------------------------------------------------------
-# Command registry and minimal QAPI-style argument validation
-
-_INT_RANGES: dict[str, tuple[int, int]] = {
-    "int8": (-(1 << 7), (1 << 7) - 1),
-    "int16": (-(1 << 15), (1 << 15) - 1),
-    "int32": (-(1 << 31), (1 << 31) - 1),
-    "int64": (-(1 << 63), (1 << 63) - 1),
-    "uint8": (0, (1 << 8) - 1),
-    "uint16": (0, (1 << 16) - 1),
-    "uint32": (0, (1 << 32) - 1),
-}
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-_UINT64_MAX = (1 << 64) - 1
+# Command registry: handlers for the commands the QAPI schema declares
 
 
 class Arg:
-    """One declared command argument.
-
-    ``type`` is a QAPI-like type name: ``str``, ``bool``, ``int`` (= ``int64``),
-    ``int8``..``int32``, ``uint8``..``uint32``, ``uint64``, ``size``, ``number``,
-    ``any``, an enum defined with :meth:`CommandRegistry.define_enum`, or
-    ``[T]`` for a list of T.
-    """
+    """One argument of a command declared in Python (``[T]`` is a list of T; the types are
+    the QAPI schema's). Shorthand for a ``{'command': ..., 'data': {...}}`` schema entry."""
 
     __slots__ = ("name", "type", "optional")
 
@@ -158,77 +143,73 @@ class Arg:
 
 
 class Command:
-    """A registered command: name, argument spec, handler and options.
+    """A command with a handler. ``allow_oob``: may run with ``exec-oob``. ``allow_preneg``:
+    available before capability negotiation (only ``qmp_capabilities``)."""
 
-    ``allow_oob``: may be run with ``exec-oob``. ``allow_preneg``: available
-    before capability negotiation (only ``qmp_capabilities``).
-    """
+    __slots__ = ("name", "handler", "allow_oob", "allow_preneg")
 
-    __slots__ = ("name", "handler", "args", "allow_oob", "allow_preneg")
-
-    def __init__(
-        self,
-        name: str,
-        handler: Handler,
-        args: Sequence[Arg] = (),
-        *,
-        allow_oob: bool = False,
-        allow_preneg: bool = False,
-    ) -> None:
+    def __init__(self, name: str, handler: Handler, *, allow_oob: bool = False, allow_preneg: bool = False) -> None:
         self.name = name
         self.handler = handler
-        self.args = tuple(args)
         self.allow_oob = allow_oob
         self.allow_preneg = allow_preneg
 
 
 class CommandRegistry:
-    """Named commands plus the enum types their arguments use.
+    """Handlers for the commands of a QAPI schema (``emu.monitor.qapi.Schema``).
 
-    Declare commands with the :meth:`command` decorator::
+    A command is declared in the schema (its arguments, return type, events) and implemented by a
+    handler registered with the :meth:`command` decorator::
 
         @registry.command("query-status")
         def query_status(ctx, args): ...
 
-    Arguments are validated against the declared :class:`Arg` list before the
-    handler runs (QEMU's input-visitor messages, full paths for missing /
-    unexpected / type errors, bare names for enum and range errors).
+    Arguments are validated by the schema's input visitor before the handler runs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, schema: Schema | None = None) -> None:
+        from emu.monitor.qapi import Schema
+
+        self.schema = schema if schema is not None else Schema()
         self._commands: dict[str, Command] = {}
-        self._enums: dict[str, tuple[str, ...]] = {}
 
     def define_enum(self, name: str, values: Iterable[str]) -> None:
-        """Declare an enum type usable as an :class:`Arg` type."""
-        self._enums[name] = tuple(values)
+        """Declare an enum type (shorthand for an ``{'enum': ...}`` schema entry)."""
+        self.schema.extend([{"enum": name, "data": list(values)}])
 
     def register(self, cmd: Command) -> Command:
-        """Add (or replace) a command."""
+        """Add (or replace) a command's handler; the schema must declare the command."""
+        if cmd.name not in self.schema.commands:
+            raise ValueError(f"command '{cmd.name}' is not in the QAPI schema")
         self._commands[cmd.name] = cmd
         return cmd
 
     def command(
         self,
         name: str,
-        args: Sequence[Arg] = (),
+        args: Sequence[Arg] | None = None,
         *,
         allow_oob: bool = False,
         allow_preneg: bool = False,
     ) -> Callable[[Handler], Handler]:
-        """Decorator registering ``handler(ctx, args)`` as command ``name``."""
+        """Decorator registering ``handler(ctx, args)`` for command ``name``. With ``args`` the
+        command is (re)declared in the schema from them; without, the schema's declaration is used
+        (or, for a command the schema lacks, one without arguments)."""
 
         def deco(fn: Handler) -> Handler:
-            self.register(Command(name, fn, args, allow_oob=allow_oob, allow_preneg=allow_preneg))
+            if args is not None or name not in self.schema.commands:
+                data = {("*" if a.optional else "") + a.name: _type_expr(a.type) for a in args or ()}
+                self.schema.declare_command({"command": name, "data": data, "allow-oob": allow_oob})
+            oob = allow_oob or self.schema.commands[name].allow_oob
+            self.register(Command(name, fn, allow_oob=oob, allow_preneg=allow_preneg))
             return fn
 
         return deco
 
     def copy(self) -> CommandRegistry:
-        """A new registry with the same commands and enums (extend it freely)."""
-        other = CommandRegistry()
+        """A new registry with the same schema and handlers (extend it freely)."""
+        other = CommandRegistry(self.schema.copy())
         other._commands = dict(self._commands)
-        other._enums = dict(self._enums)
         return other
 
     def get(self, name: str) -> Command | None:
@@ -236,79 +217,17 @@ class CommandRegistry:
         return self._commands.get(name)
 
     def names(self) -> list[str]:
-        """Registered command names in registration order."""
+        """Commands that have a handler, in registration order."""
         return list(self._commands)
 
-    # -- validation ------------------------------------------------------------
-
     def validate(self, cmd: Command, args: Mapping[str, Any]) -> dict[str, Any]:
-        """Check ``args`` against ``cmd``'s spec; return the converted arguments.
+        """Check ``args`` against the schema; return them converted (QmpError with QEMU's text)."""
+        return self.schema.check_args(cmd.name, args)
 
-        Raises QmpError with QEMU's texts. Absent optional arguments stay absent.
-        """
-        out: dict[str, Any] = {}
-        for arg in cmd.args:
-            if arg.name in args:
-                out[arg.name] = self._check(arg.type, args[arg.name], arg.name, arg.name)
-            elif not arg.optional:
-                raise QmpError(f"Parameter '{arg.name}' is missing")
-        if len(out) != len(args):
-            # QEMU reports the first leftover of a hash table; QDict order is a
-            # deterministic stand-in.
-            for key in qdict_order(list(args)):
-                if key not in out:
-                    raise QmpError(f"Parameter '{key}' is unexpected")
-        return out
 
-    def _check(self, typ: str, value: Any, path: str, name: str | None) -> Any:
-        if typ.startswith("["):
-            if not isinstance(value, list):
-                raise QmpError(f"Invalid parameter type for '{path}', expected: array")
-            elem = typ[1:-1]
-            return [self._check(elem, v, f"{path}[{i}]", None) for i, v in enumerate(value)]
-        if typ == "str":
-            if not isinstance(value, str):
-                raise QmpError(f"Invalid parameter type for '{path}', expected: string")
-            return value
-        if typ == "bool":
-            if not isinstance(value, bool):
-                raise QmpError(f"Invalid parameter type for '{path}', expected: boolean")
-            return value
-        if typ == "any":
-            return value
-        if typ == "number":
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise QmpError(f"Invalid parameter type for '{path}', expected: number")
-            return float(value)
-        if typ in ("uint64", "size"):
-            # Negative values are accepted and wrap, for backward compatibility.
-            if isinstance(value, bool) or not isinstance(value, int) or not _INT64_MIN <= value <= _UINT64_MAX:
-                raise QmpError(f"Parameter '{path}' expects uint64")
-            return value & _UINT64_MAX
-        if typ == "int" or typ in _INT_RANGES:
-            if isinstance(value, bool) or not isinstance(value, int):
-                if typ.startswith("u"):
-                    raise QmpError(f"Parameter '{path}' expects uint64")
-                raise QmpError(f"Invalid parameter type for '{path}', expected: integer")
-            if typ.startswith("u"):
-                if not _INT64_MIN <= value <= _UINT64_MAX:
-                    raise QmpError(f"Parameter '{path}' expects uint64")
-                value &= _UINT64_MAX
-            elif not _INT64_MIN <= value <= _INT64_MAX:
-                raise QmpError(f"Invalid parameter type for '{path}', expected: integer")
-            lo, hi = _INT_RANGES.get(typ, (_INT64_MIN, _INT64_MAX))
-            if not lo <= value <= hi:
-                raise QmpError(f"Parameter '{name if name is not None else 'null'}' expects {typ}_t")
-            return value
-        values = self._enums.get(typ)
-        if values is None:
-            raise ValueError(f"unknown argument type {typ!r}")
-        if not isinstance(value, str):
-            raise QmpError(f"Invalid parameter type for '{path}', expected: string")
-        if value not in values:
-            shown = name if name is not None else "null"
-            raise QmpError(f"Parameter '{shown}' does not accept value '{value}'")
-        return value
+def _type_expr(t: str) -> Any:
+    """``[T]`` as the schema language's list form."""
+    return [t[1:-1]] if t.startswith("[") else t
 
 
 class CommandContext:

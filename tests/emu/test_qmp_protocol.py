@@ -424,7 +424,7 @@ def test_event_emitted_during_negotiation_follows_reply() -> None:
         server.emit_event("EARLY")
         return ret
 
-    reg.command("qmp_capabilities", orig.args, allow_preneg=True)(caps)
+    reg.command("qmp_capabilities", allow_preneg=True)(caps)
     assert conn.send('{"execute": "qmp_capabilities"}') == [{"return": {}}]
 
 

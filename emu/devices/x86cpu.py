@@ -1,0 +1,27 @@
+"""The x86 CPU as a QOM device (``/machine/unattached/device[0]`` on ``pc``).
+
+It carries the CPU's identity for QMP (``query-cpus-fast``) and its place in the QOM tree; the
+instruction-executing vCPU (Unicorn) attaches to it when the TCG accelerator runs one.
+"""
+from __future__ import annotations
+
+import threading
+
+from emu.devices.base import Device
+
+
+class X86CPU(Device):
+    type_name = "qemu64-x86_64-cpu"
+    type_parent = "x86_64-cpu"
+
+    def __init__(self, index: int = 0) -> None:
+        super().__init__()
+        self.cpu_index = index
+        self.apic_id = index
+        # The thread that runs this vCPU; until one exists, the main loop's (as QEMU's qtest
+        # accelerator reports its dummy vCPU thread).
+        self.thread_id = threading.get_native_id()
+
+    def topology(self) -> dict[str, int]:
+        """``props`` of query-cpus-fast: one socket, one core, one thread."""
+        return {"core-id": 0, "thread-id": 0, "socket-id": self.cpu_index}

@@ -1,0 +1,466 @@
+"""QAPI: the schema of every QMP command and event, and QEMU's input visitor.
+
+The schema is written in QEMU's own schema language (``{'struct': ..., 'data': {...}}`` dicts, see
+``schema_core.py``); ``Schema`` compiles it into types, commands and events. ``Schema.check_args``
+validates a command's arguments the way QEMU's QObject input visitor does, with its exact
+messages: full member paths (``channels[0].addr.port``) for missing, unexpected and wrongly-typed
+members; bare member names for enum values and integer ranges; the first error in schema order
+wins, and an object's unexpected members are reported after its known members were visited.
+``Schema.introspect`` produces ``query-qmp-schema``'s SchemaInfo list from the same data.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from emu.monitor.protocol import QmpError
+from emu.monitor.qjson import qdict_order
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+UINT64_MAX = (1 << 64) - 1
+INT_RANGES = {
+    "int8": (-(1 << 7), (1 << 7) - 1), "int16": (-(1 << 15), (1 << 15) - 1), "int32": (-(1 << 31), (1 << 31) - 1),
+    "uint8": (0, (1 << 8) - 1), "uint16": (0, (1 << 16) - 1), "uint32": (0, (1 << 32) - 1),
+}
+# builtin type -> SchemaInfo json-type
+BUILTINS = {
+    "str": "string", "number": "number", "int": "int", "int8": "int", "int16": "int", "int32": "int",
+    "int64": "int", "uint8": "int", "uint16": "int", "uint32": "int", "uint64": "int", "size": "int",
+    "bool": "boolean", "null": "null", "any": "value", "QType": "string",
+}
+QTYPE_OF = {str: "string", bool: "boolean", int: "int", float: "number", dict: "object", list: "array",
+            type(None): "null"}
+
+
+class SchemaError(ValueError):
+    """The schema itself is inconsistent (a programming error, found at start-up)."""
+
+
+class Member:
+    __slots__ = ("name", "type", "optional", "features")
+
+    def __init__(self, name: str, type_: str, optional: bool, features: tuple[str, ...] = ()) -> None:
+        self.name, self.type, self.optional, self.features = name, type_, optional, features
+
+
+class Entity:
+    """A named schema entity: enum, struct, union, alternate, array, builtin, command or event."""
+
+    meta = "entity"
+
+    def __init__(self, name: str, features: Iterable[str] = ()) -> None:
+        self.name = name
+        self.features = tuple(features)
+
+
+class Builtin(Entity):
+    meta = "builtin"
+
+
+class Enum(Entity):
+    meta = "enum"
+
+    def __init__(self, name: str, values: list[str], features: Iterable[str] = ()) -> None:
+        super().__init__(name, features)
+        self.values = values
+        self.value_set = frozenset(values)
+
+
+class Array(Entity):
+    meta = "array"
+
+    def __init__(self, element: str) -> None:
+        super().__init__(f"[{element}]")
+        self.element = element
+
+
+class Struct(Entity):
+    """An object type: own members after its base's. Unions add a discriminator and variants."""
+
+    meta = "object"
+
+    def __init__(self, name: str, members: list[Member], base: str | None = None, features: Iterable[str] = (),
+                 discriminator: str | None = None, variants: dict[str, str] | None = None) -> None:
+        super().__init__(name, features)
+        self.own_members = members
+        self.base = base
+        self.discriminator = discriminator
+        self.variants = variants or {}
+        self.members: list[Member] = []  # resolved, base first
+
+
+class Alternate(Entity):
+    meta = "alternate"
+
+    def __init__(self, name: str, branches: list[Member], features: Iterable[str] = ()) -> None:
+        super().__init__(name, features)
+        self.branches = branches
+
+
+class Command(Entity):
+    meta = "command"
+
+    def __init__(self, name: str, arg_type: str | None, ret_type: str | None, boxed: bool, allow_oob: bool,
+                 allow_preconfig: bool, features: Iterable[str] = ()) -> None:
+        super().__init__(name, features)
+        self.arg_type, self.ret_type = arg_type, ret_type
+        self.boxed, self.allow_oob, self.allow_preconfig = boxed, allow_oob, allow_preconfig
+
+
+class Event(Entity):
+    meta = "event"
+
+    def __init__(self, name: str, arg_type: str | None, features: Iterable[str] = ()) -> None:
+        super().__init__(name, features)
+        self.arg_type = arg_type
+
+
+def _type_ref(t: Any) -> str:
+    """``'int'`` or ``['int']`` (a list type) as one string name."""
+    if isinstance(t, list):
+        if len(t) != 1:
+            raise SchemaError(f"array type must have one element type: {t!r}")
+        return f"[{t[0]}]"
+    if not isinstance(t, str):
+        raise SchemaError(f"bad type reference {t!r}")
+    return t
+
+
+def _features(expr: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(f if isinstance(f, str) else f["name"] for f in expr.get("features", ()))
+
+
+def _members(data: Mapping[str, Any]) -> list[Member]:
+    out = []
+    for key, spec in data.items():
+        feats: tuple[str, ...] = ()
+        if isinstance(spec, dict):  # {'type': ..., 'features': [...]}
+            feats = _features(spec)
+            spec = spec["type"]
+        out.append(Member(key.lstrip("*"), _type_ref(spec), key.startswith("*"), feats))
+    return out
+
+
+class Schema:
+    """A compiled schema. ``extend`` adds expressions (other modules add their commands)."""
+
+    def __init__(self, exprs: Iterable[Mapping[str, Any]] = ()) -> None:
+        self.entities: dict[str, Entity] = {name: Builtin(name) for name in BUILTINS}
+        self.commands: dict[str, Command] = {}
+        self.events: dict[str, Event] = {}
+        self.extend(exprs)
+
+    # ---- building
+    def extend(self, exprs: Iterable[Mapping[str, Any]]) -> None:
+        for expr in exprs:
+            self._add(expr)
+        self._resolve()
+
+    def declare_command(self, expr: Mapping[str, Any]) -> None:
+        """Adds or replaces one command declaration."""
+        name = expr["command"]
+        if name in self.commands:
+            del self.commands[name]
+            self.entities.pop(f"q_obj_{name}-arg", None)
+        self.extend([expr])
+
+    def copy(self) -> Schema:
+        """An independent schema with the same declarations (entities are shared, immutable)."""
+        other = Schema.__new__(Schema)
+        other.entities = dict(self.entities)
+        other.commands = dict(self.commands)
+        other.events = dict(self.events)
+        return other
+
+    def _define(self, ent: Entity) -> None:
+        if ent.name in self.entities and not isinstance(self.entities[ent.name], Array):
+            raise SchemaError(f"'{ent.name}' is already defined")
+        self.entities[ent.name] = ent
+
+    def _implicit_struct(self, owner: str, suffix: str, data: Mapping[str, Any]) -> str:
+        name = f"q_obj_{owner}-{suffix}"
+        self._define(Struct(name, _members(data)))
+        return name
+
+    def _add(self, expr: Mapping[str, Any]) -> None:
+        feats = _features(expr)
+        if "enum" in expr:
+            values = [v if isinstance(v, str) else v["name"] for v in expr["data"]]
+            self._define(Enum(expr["enum"], values, feats))
+        elif "struct" in expr:
+            self._define(Struct(expr["struct"], _members(expr.get("data", {})), expr.get("base"), feats))
+        elif "union" in expr:
+            name = expr["union"]
+            base = expr["base"]
+            if isinstance(base, dict):
+                base = self._implicit_struct(name, "base", base)
+            variants = {k: _type_ref(v["type"] if isinstance(v, dict) else v) for k, v in expr["data"].items()}
+            self._define(Struct(name, [], base, feats, expr["discriminator"], variants))
+        elif "alternate" in expr:
+            branches = [Member(k, _type_ref(v["type"] if isinstance(v, dict) else v), False)
+                        for k, v in expr["data"].items()]
+            self._define(Alternate(expr["alternate"], branches, feats))
+        elif "command" in expr:
+            name = expr["command"]
+            data = expr.get("data")
+            arg = self._implicit_struct(name, "arg", data) if isinstance(data, dict) and data else data or None
+            ret = expr.get("returns")
+            cmd = Command(name, arg, _type_ref(ret) if ret is not None else None, bool(expr.get("boxed")),
+                          bool(expr.get("allow-oob")), bool(expr.get("allow-preconfig")), feats)
+            self.commands[name] = cmd
+        elif "event" in expr:
+            name = expr["event"]
+            data = expr.get("data")
+            arg = self._implicit_struct(name, "arg", data) if isinstance(data, dict) and data else data or None
+            self.events[name] = Event(name, arg, feats)
+        else:
+            raise SchemaError(f"unknown schema expression {expr!r}")
+
+    def _type(self, name: str) -> Entity:
+        ent = self.entities.get(name)
+        if ent is None and name.startswith("["):
+            self._type(name[1:-1])
+            ent = self.entities[name] = Array(name[1:-1])
+        if ent is None:
+            raise SchemaError(f"unknown type '{name}'")
+        return ent
+
+    def _resolve(self) -> None:
+        """Checks every reference and flattens struct/union members (base first)."""
+        for ent in list(self.entities.values()):
+            if isinstance(ent, Struct):
+                ent.members = self._flatten(ent, set())
+                if ent.discriminator is not None:
+                    disc = next((m for m in ent.members if m.name == ent.discriminator), None)
+                    if disc is None or not isinstance(self._type(disc.type), Enum):
+                        raise SchemaError(f"union {ent.name}: discriminator must be an enum member of its base")
+                    for value, vtype in ent.variants.items():
+                        if not isinstance(self._type(vtype), Struct):
+                            raise SchemaError(f"union {ent.name}: branch '{value}' is not an object type")
+            for m in getattr(ent, "own_members", ()) or getattr(ent, "branches", ()):
+                self._type(m.type)
+        for cmd in self.commands.values():
+            for t in (cmd.arg_type, cmd.ret_type):
+                if t is not None:
+                    self._type(t)
+        for ev in self.events.values():
+            if ev.arg_type is not None:
+                self._type(ev.arg_type)
+
+    def _flatten(self, st: Struct, seen: set[str]) -> list[Member]:
+        if st.name in seen:
+            raise SchemaError(f"'{st.name}' includes itself")
+        members: list[Member] = []
+        if st.base is not None:
+            base = self._type(st.base)
+            if not isinstance(base, Struct):
+                raise SchemaError(f"'{st.name}': base '{st.base}' is not a struct")
+            members = self._flatten(base, seen | {st.name})
+        return members + st.own_members
+
+    # ---- the input visitor
+    def check_args(self, command: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Validates (and converts) a command's arguments; QmpError with QEMU's text if invalid."""
+        cmd = self.commands[command]
+        if cmd.arg_type is None:
+            if args:
+                raise QmpError(f"Parameter '{qdict_order(list(args))[0]}' is unexpected")
+            return {}
+        return self._visit_object(self.entities[cmd.arg_type], args, "")  # type: ignore[arg-type]
+
+    def visit(self, type_name: str, value: Any, path: str = "", name: str | None = None) -> Any:
+        """Checks one value against a type (``path`` is its full name, ``name`` its bare name)."""
+        ent = self._type(type_name)
+        if isinstance(ent, Builtin):
+            return _visit_builtin(ent.name, value, path, name)
+        if isinstance(ent, Enum):
+            if not isinstance(value, str):
+                raise QmpError(f"Invalid parameter type for '{path}', expected: string")
+            if value not in ent.value_set:
+                raise QmpError(f"Parameter '{name if name is not None else 'null'}' does not accept value '{value}'")
+            return value
+        if isinstance(ent, Array):
+            if not isinstance(value, list):
+                raise QmpError(f"Invalid parameter type for '{path}', expected: array")
+            return [self.visit(ent.element, v, f"{path}[{i}]", None) for i, v in enumerate(value)]
+        if isinstance(ent, Struct):
+            if not isinstance(value, dict):
+                raise QmpError(f"Invalid parameter type for '{path}', expected: object")
+            return self._visit_object(ent, value, path)
+        if isinstance(ent, Alternate):
+            want = QTYPE_OF.get(type(value))
+            for branch in ent.branches:
+                if self._json_type(branch.type) == want or (want == "int" and self._json_type(branch.type) == "number"):
+                    return self.visit(branch.type, value, path, name)
+            raise QmpError(f"Invalid parameter type for '{path}', expected: {ent.name}")
+        raise SchemaError(f"cannot visit '{type_name}'")
+
+    def _json_type(self, type_name: str) -> str:
+        ent = self._type(type_name)
+        if isinstance(ent, Builtin):
+            return BUILTINS[ent.name]
+        return {"enum": "string", "array": "array", "object": "object"}.get(ent.meta, "value")
+
+    def _visit_object(self, st: Struct, value: Mapping[str, Any], path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        members = st.members
+        if st.discriminator is not None:
+            # base members (with the discriminator) first, then the chosen branch's members
+            out.update(self._visit_members(members, value, path))
+            branch = st.variants.get(out[st.discriminator])
+            if branch is not None:
+                variant = self.entities[branch]
+                assert isinstance(variant, Struct)
+                out.update(self._visit_members(variant.members, value, path))
+        else:
+            out.update(self._visit_members(members, value, path))
+        if len(out) != len(value):
+            extra = [k for k in value if k not in out]
+            raise QmpError(f"Parameter '{_join(path, qdict_order(extra)[0])}' is unexpected")
+        return out
+
+    def _visit_members(self, members: list[Member], value: Mapping[str, Any], path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for m in members:
+            if m.name in value:
+                out[m.name] = self.visit(m.type, value[m.name], _join(path, m.name), m.name)
+            elif not m.optional:
+                raise QmpError(f"Parameter '{_join(path, m.name)}' is missing")
+        return out
+
+    # ---- introspection (query-qmp-schema)
+    def introspect(self) -> list[dict[str, Any]]:
+        """SchemaInfo for every command and event and the types they reach, with QEMU's masking:
+        type names become numbers in the order first met; builtins keep their names."""
+        order: list[str] = []
+        names: dict[str, str] = {}
+
+        def ref(type_name: str) -> str:
+            ent = self._type(type_name)
+            if isinstance(ent, Builtin):
+                key = _builtin_name(ent.name)
+                if key not in names:
+                    names[key] = key
+                    order.append(key)
+                return key
+            if type_name not in names:
+                names[type_name] = str(sum(1 for n in names if not _is_builtin_key(n)))
+                order.append(type_name)
+            return names[type_name]
+
+        infos: list[dict[str, Any]] = []
+        for cmd in self.commands.values():
+            info: dict[str, Any] = {"name": cmd.name, "meta-type": "command",
+                                    "arg-type": ref(cmd.arg_type) if cmd.arg_type else ref_empty(ref, self),
+                                    "ret-type": ref(cmd.ret_type) if cmd.ret_type else ref_empty(ref, self)}
+            if cmd.allow_oob:
+                info["allow-oob"] = True
+            _add_features(info, cmd.features)
+            infos.append(info)
+        for ev in self.events.values():
+            info = {"name": ev.name, "meta-type": "event",
+                    "arg-type": ref(ev.arg_type) if ev.arg_type else ref_empty(ref, self)}
+            _add_features(info, ev.features)
+            infos.append(info)
+        done = 0
+        while done < len(order):  # types are described in the order they were first referenced
+            type_name = order[done]
+            done += 1
+            infos.append(self._type_info(type_name, names[type_name], ref))
+        return infos
+
+    def _type_info(self, type_name: str, masked: str, ref: Any) -> dict[str, Any]:
+        if _is_builtin_key(type_name):
+            return {"name": masked, "meta-type": "builtin", "json-type": _BUILTIN_JSON[type_name]}
+        ent = self._type(type_name)
+        info: dict[str, Any] = {"name": masked, "meta-type": ent.meta}
+        if isinstance(ent, Enum):
+            info["members"] = [{"name": v} for v in ent.values]
+            info["values"] = list(ent.values)
+        elif isinstance(ent, Array):
+            info["element-type"] = ref(ent.element)
+        elif isinstance(ent, Struct):
+            info["members"] = [_member_info(m, ref) for m in ent.members]
+            if ent.discriminator is not None:
+                info["tag"] = ent.discriminator
+                info["variants"] = [{"case": case, "type": ref(t)} for case, t in ent.variants.items()]
+        elif isinstance(ent, Alternate):
+            info["members"] = [{"type": ref(b.type)} for b in ent.branches]
+        _add_features(info, ent.features)
+        return info
+
+
+EMPTY_OBJECT = "q_empty"
+# Builtins in introspection: every integer type is described as "int", as QEMU does.
+_BUILTIN_JSON = {"str": "string", "int": "int", "number": "number", "bool": "boolean", "null": "null",
+                 "any": "value", "q_empty": "object"}
+
+
+def _builtin_name(name: str) -> str:
+    return {"size": "int", "QType": "str"}.get(name, "int" if name.startswith(("int", "uint")) else name)
+
+
+def _is_builtin_key(name: str) -> bool:
+    return name in _BUILTIN_JSON and name != EMPTY_OBJECT
+
+
+def ref_empty(ref: Any, schema: Schema) -> str:
+    """The empty object type (commands without arguments or return value) is type "0" when first met."""
+    if EMPTY_OBJECT not in schema.entities:
+        schema.entities[EMPTY_OBJECT] = Struct(EMPTY_OBJECT, [])
+        schema.entities[EMPTY_OBJECT].members = []  # type: ignore[attr-defined]
+    return ref(EMPTY_OBJECT)
+
+
+def _member_info(m: Member, ref: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {"name": m.name, "type": ref(m.type)}
+    if m.optional:
+        info["default"] = None
+    _add_features(info, m.features)
+    return info
+
+
+def _add_features(info: dict[str, Any], features: tuple[str, ...]) -> None:
+    if features:
+        info["features"] = list(features)
+
+
+def _join(path: str, member: str) -> str:
+    return f"{path}.{member}" if path else member
+
+
+def _visit_builtin(kind: str, value: Any, path: str, name: str | None) -> Any:
+    bare = name if name is not None else "null"
+    if kind == "str" or kind == "QType":
+        if not isinstance(value, str):
+            raise QmpError(f"Invalid parameter type for '{path}', expected: string")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise QmpError(f"Invalid parameter type for '{path}', expected: boolean")
+        return value
+    if kind == "null":
+        if value is not None:
+            raise QmpError(f"Invalid parameter type for '{path}', expected: null")
+        return None
+    if kind == "any":
+        return value
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise QmpError(f"Invalid parameter type for '{path}', expected: number")
+        return float(value)
+    if kind.startswith("u") or kind == "size":
+        # QEMU's visitor reads every unsigned type as uint64 first; negative values wrap.
+        if isinstance(value, bool) or not isinstance(value, int) or not INT64_MIN <= value <= UINT64_MAX:
+            raise QmpError(f"Parameter '{path}' expects uint64")
+        value &= UINT64_MAX
+        lo, hi = INT_RANGES.get(kind, (0, UINT64_MAX))
+        if value > hi:
+            raise QmpError(f"Parameter '{bare}' expects {kind}_t")
+        return value
+    # signed integers
+    if isinstance(value, bool) or not isinstance(value, int) or not INT64_MIN <= value <= INT64_MAX:
+        raise QmpError(f"Invalid parameter type for '{path}', expected: integer")
+    lo, hi = INT_RANGES.get(kind, (INT64_MIN, INT64_MAX))
+    if not lo <= value <= hi:
+        raise QmpError(f"Parameter '{bare}' expects {kind}_t")
+    return value
