@@ -301,21 +301,23 @@ class Schema:
         return {"enum": "string", "array": "array", "object": "object"}.get(ent.meta, "value")
 
     def _visit_object(self, st: Struct, value: Mapping[str, Any], path: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        members = st.members
+        out = self._visit_struct_members(st, value, path)
+        if len(out) != len(value):
+            # checked when the object's visit ends, after all its known members
+            extra = [k for k in value if k not in out]
+            raise QmpError(f"Parameter '{_join(path, qdict_order(extra)[0])}' is unexpected")
+        return out
+
+    def _visit_struct_members(self, st: Struct, value: Mapping[str, Any], path: str) -> dict[str, Any]:
+        """Base members (with the discriminator) first, then the chosen branch's, recursively:
+        a union's branch may itself be a union (MigrationAddress -> SocketAddress)."""
+        out = self._visit_members(st.members, value, path)
         if st.discriminator is not None:
-            # base members (with the discriminator) first, then the chosen branch's members
-            out.update(self._visit_members(members, value, path))
             branch = st.variants.get(out[st.discriminator])
             if branch is not None:
                 variant = self.entities[branch]
                 assert isinstance(variant, Struct)
-                out.update(self._visit_members(variant.members, value, path))
-        else:
-            out.update(self._visit_members(members, value, path))
-        if len(out) != len(value):
-            extra = [k for k in value if k not in out]
-            raise QmpError(f"Parameter '{_join(path, qdict_order(extra)[0])}' is unexpected")
+                out.update(self._visit_struct_members(variant, value, path))
         return out
 
     def _visit_members(self, members: list[Member], value: Mapping[str, Any], path: str) -> dict[str, Any]:
