@@ -383,7 +383,22 @@ class SocketChardev(_StreamChardev):
         return f"tcp:{self.host}:{self.port}"
 
     def filename(self) -> str:
-        return self._desc() + (",server=on" if self.server else "")
+        """QEMU's ``query-chardev`` filename: the live addresses, ``disconnected:`` while idle."""
+        conn = getattr(self, "_conn", None)
+        if self.server:
+            if self.path is not None:
+                local = f"unix:{self.path}"  # (the listener was bound under a temporary name)
+            else:
+                local = _sock_desc(self._listener or conn, local=True) or self._desc()
+            local += ",server=on"
+        else:
+            local = _sock_desc(conn, local=True) or self._desc()
+        if conn is None:
+            return "disconnected:" + local
+        if conn.family == socket.AF_UNIX:
+            return local
+        peer = _sock_desc(conn, local=False)
+        return f"{local} <-> {peer[4:]}" if peer else local
 
     def start(self) -> None:
         if self.fd is not None:
@@ -550,7 +565,7 @@ class FileChardev(_StreamChardev):
         self.append = _bool_opt(opts, "append", False)
 
     def filename(self) -> str:
-        return f"file:{self.path}"
+        return "file"
 
     def start(self) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if self.append else os.O_TRUNC)
@@ -579,6 +594,20 @@ class FileChardev(_StreamChardev):
 
 
 BACKENDS = ("socket", "stdio", "file", "null")
+
+
+def _sock_desc(sock: socket.socket | None, local: bool) -> str:
+    """``unix:PATH`` or ``tcp:HOST:PORT`` of a socket's own (or peer) address, as QEMU prints it;
+    a connected unix client's own address is unnamed, hence a bare ``unix:``."""
+    if sock is None:
+        return ""
+    try:
+        addr = sock.getsockname() if local else sock.getpeername()
+    except OSError:
+        return ""
+    if sock.family == socket.AF_UNIX:
+        return "unix:" + (addr if isinstance(addr, str) else addr.decode(errors="replace"))
+    return f"tcp:{addr[0]}:{addr[1]}"
 
 
 def create_chardev(loop: MainLoop, backend: str, chr_id: str, opts: dict[str, str]) -> Chardev:

@@ -347,6 +347,16 @@ class AddressSpace:
             done += size
         return done
 
+    def covered(self, addr: int, length: int) -> bool:
+        """True if every byte of [addr, addr+length) is mapped (RAM, ROM or MMIO)."""
+        pos, end = addr, addr + length
+        while pos < end:
+            fr = self.lookup(pos)
+            if fr is None:
+                return False
+            pos = fr.last + 1
+        return True
+
     def iter_ranges(self) -> Iterator[FlatRange]:
         self._ensure()
         return iter(self.ranges)

@@ -1,7 +1,7 @@
 """A small QOM: a tree of named objects with paths like ``/machine/unattached/device[0]``."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 # The QOM type hierarchy: type name -> (parent type, abstract). Classes register themselves.
 TYPES: dict[str, tuple[str | None, bool]] = {"object": (None, True)}
@@ -19,6 +19,26 @@ def type_ancestry(name: str) -> list[str]:
         chain.append(cur)
         cur = TYPES[cur][0]
     return chain
+
+
+class QomError(Exception):
+    """A property access that QOM refuses (the message is QEMU's)."""
+
+
+class Property:
+    """One QOM property: its QOM type string (``bool``, ``string``, ``child<x>``...), the QAPI
+    type a new value must have, and how to read and write it (None: read-only). ``static``
+    properties of a device are frozen once it is realized, as qdev's are."""
+
+    __slots__ = ("name", "type", "qapi_type", "getter", "setter", "static")
+
+    def __init__(self, name: str, type_: str, getter: Callable[[], Any], setter: Callable[[Any], None] | None = None,
+                 qapi_type: str | None = None, static: bool = False) -> None:
+        self.name, self.type, self.qapi_type = name, type_, qapi_type
+        self.getter, self.setter, self.static = getter, setter, static
+
+    def get(self) -> Any:
+        return self.getter()
 
 
 class QObject:
@@ -39,7 +59,39 @@ class QObject:
         self.parent: QObject | None = None
         self.qom_name = ""
         self.children: dict[str, QObject] = {}
-        self.properties: dict[str, Any] = {}
+        self._props: dict[str, Property] = {}
+
+    def add_property(self, name: str, type_: str, value: Any, qapi_type: str | None = None, writable: bool = True,
+                     static: bool = False) -> None:
+        """A plain value property (stored here; ``self.prop(name)`` reads it)."""
+        box = [value]
+
+        def setter(v: Any) -> None:
+            box[0] = v
+
+        self._props[name] = Property(name, type_, lambda: box[0], setter if writable else None, qapi_type, static)
+
+    def prop(self, name: str) -> Any:
+        return self._props[name].get()
+
+    def qom_properties(self) -> list[Property]:
+        """``type`` first, then the object's own properties, then its children."""
+        props = [Property("type", "string", lambda: self.type_name)]
+        props.extend(self._props.values())
+        props.extend(Property(name, f"child<{child.type_name}>", lambda c=child: c.path)
+                     for name, child in self.children.items())
+        return props
+
+    def qom_property(self, name: str) -> Property:
+        for p in self.qom_properties():
+            if p.name == name:
+                return p
+        raise QomError(f"Property '{self.type_name}.{name}' not found")
+
+    def check_writable(self, prop: Property) -> None:
+        """QomError unless ``prop`` may be set now."""
+        if prop.setter is None:
+            raise QomError(f"Property '{self.type_name}.{prop.name}' is not writable")
 
     def add_child(self, name: str, child: QObject) -> QObject:
         if name in self.children:

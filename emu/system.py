@@ -53,8 +53,11 @@ class System:
         self.chardevs: dict[str, Chardev] = {}
         self.qtest_servers: list[Any] = []
         self.qmp_server: Any = None
-        self._anon = 0
+        self._counters: dict[str, int] = {}
         self.signal_received: int | None = None
+        from emu.monitor.fds import FdSets
+
+        self.fdsets = FdSets()
         self.vm = self._build_vm()
 
     # ---- construction
@@ -75,8 +78,11 @@ class System:
             machine = mcls(cfg.ram_size or None, manual_clock=qtest_accel, bios=cfg.bios)
         except MachineError as e:
             raise StartupError(str(e), prefixed=e.prefixed) from None
+        for key, value in cfg.machine_props.items():
+            _set_machine_prop(machine, key, value)
         vm = VM(machine, start_paused=cfg.start_paused, qtest_accel=qtest_accel, name=cfg.name, uuid=cfg.uuid)
         vm.on_shutdown_request(self.loop.stop)
+        machine.clock.abort_check = lambda: vm.shutdown_requested is not None or self.signal_received is not None
         return vm
 
     def _choose_accel(self) -> bool:
@@ -106,8 +112,12 @@ class System:
                 raise StartupError(f"chardev \"{chr_id}\" not found")
             return self.chardevs[chr_id]
         backend, opts = parse_legacy(spec)
-        self._anon += 1
-        chr_id = f"{owner}{self._anon}"
+        if owner == "qtest":
+            chr_id = "qtest"  # QEMU's labels: qtest, compat_monitor0, serial0...
+        else:
+            n = self._counters.get(owner, 0)
+            self._counters[owner] = n + 1
+            chr_id = f"{owner}{n}"
         chardev = create_chardev(self.loop, backend, chr_id, opts)
         self.chardevs[chr_id] = chardev
         return chardev
@@ -135,6 +145,8 @@ class System:
                 chardev.start()
             except ChardevError as e:
                 raise StartupError(f"-chardev {chardev.backend},id={chr_id}: {e}") from None
+        for opts in cfg.add_fds:
+            self.fdsets.add(int(opts["fd"]), int(opts["set"]), opts.get("opaque"))
         self._setup_monitors()
         self._setup_serials()
         self._setup_qtest()
@@ -221,8 +233,11 @@ class System:
 
     # ---- running
     def _on_signal(self, signum: int) -> None:
-        self.signal_received = signum
-        self.vm.request_shutdown("host-signal")
+        # Runs between two bytecodes of whatever the main thread does: only note it here (a long
+        # clock_step checks the flag) and let the loop do the shutdown in a clean state.
+        if self.signal_received is None:
+            self.signal_received = signum
+            self.loop.call_soon_threadsafe(lambda: self.vm.request_shutdown("host-signal"))
 
     def run(self) -> int:
         self.loop.install_signal_wakeup(self._on_signal)
@@ -238,11 +253,11 @@ class System:
             self.loop.run()
         if self.signal_received is not None:
             sys.stderr.write(f"{self.prog}: terminating on signal {self.signal_received}\n")
-        self.vm.finish_shutdown()
         self.shutdown()
         return self.vm.exit_code
 
     def shutdown(self) -> None:
+        self.fdsets.close_all()
         for chardev in self.chardevs.values():
             try:
                 chardev.close()
@@ -256,6 +271,22 @@ def _feed_qtest(server: Any, data: bytes, fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)  # qtest takes no fds
     server.feed(data)
+
+
+def _set_machine_prop(machine: Any, key: str, value: str) -> None:
+    """``-machine key=value`` for the properties the machine models (others are accepted as-is)."""
+    from emu.qom import QomError
+
+    try:
+        prop = machine.qom_property(key)
+    except QomError:
+        return
+    if prop.type == "bool":
+        if value not in ("on", "off", "yes", "no", "true", "false"):
+            raise StartupError(f"Parameter '{key}' expects 'on' or 'off'")
+        prop.setter(value in ("on", "yes", "true"))
+    elif prop.setter is not None:
+        prop.setter(value)
 
 
 def _fmt(opts: dict[str, str]) -> str:

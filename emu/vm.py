@@ -14,6 +14,10 @@ from emu.machine.base import Machine
 EventSink = Callable[[str, "dict[str, Any] | None"], None]
 
 
+# ShutdownCause values that count as guest-initiated (those after host-ui in QEMU's enum)
+GUEST_CAUSES = frozenset({"guest-shutdown", "guest-reset", "guest-panic", "subsystem-reset", "snapshot-load"})
+
+
 class VMError(Exception):
     """A machine-level request that cannot be done in the current state."""
 
@@ -31,6 +35,7 @@ class VM:
         self.lock = threading.RLock()
         self.runstate = "prelaunch" if start_paused else "running"
         self.shutdown_requested: str | None = None
+        self.autostart = not start_paused  # QEMU's autostart: what an incoming migration resumes into
         self.exit_code = 0
         self._event_sinks: list[EventSink] = []
         self._shutdown_hooks: list[Callable[[], None]] = []
@@ -62,43 +67,43 @@ class VM:
             self.machine.clock.enable(False)
             self.emit("STOP")
         elif self.runstate == "inmigrate":
-            # QEMU: remembers that the VM must not autostart after the incoming migration
-            pass
+            self.autostart = False  # the incoming migration must not resume the VM
 
     def cont(self) -> None:
         """QMP ``cont``: resumes a paused or prelaunch VM."""
-        if self.runstate == "inmigrate":
-            raise VMError("Migration is not finalized yet")
         if self.runstate in ("shutdown", "guest-panicked", "internal-error"):
             raise VMError("Resetting the Virtual Machine is required")
+        if self.runstate == "inmigrate":
+            self.autostart = True  # resume once the incoming migration completes
+            return
         if self.runstate != "running":
             self.runstate = "running"
             self.machine.clock.enable(True)
             self.emit("RESUME")
 
     def reset(self, reason: str = "host-qmp-system-reset") -> None:
-        """``system_reset``: devices to their power-on state; the run state is kept."""
+        """``system_reset``: devices to their power-on state. A VM that is not running comes out of
+        it in ``prelaunch``, as QEMU's main loop does after a reset."""
         self.machine.reset()
-        self.emit("RESET", {"guest": False, "reason": reason})
+        guest = reason in GUEST_CAUSES
+        self.emit("RESET", {"guest": guest, "reason": reason})
+        if self.runstate not in ("running", "inmigrate", "finish-migrate"):
+            self.runstate = "prelaunch"
+
+    def powerdown(self) -> None:
+        """``system_powerdown``: the ACPI power button; a guest without ACPI ignores it."""
+        self.emit("POWERDOWN")
 
     def request_shutdown(self, reason: str) -> None:
-        """Asks the main loop to end the process (QMP ``quit``, SIGTERM...).
-
-        As in QEMU this only sets a request: the command that asked gets its reply first, then
-        the main loop calls ``finish_shutdown``, which emits SHUTDOWN.
-        """
+        """Ends the process (QMP ``quit``, SIGTERM...): SHUTDOWN goes out at once (QEMU 7.2 sends it
+        before the ``quit`` reply), then the main loop stops and the chardevs close."""
         if self.shutdown_requested is not None:
             return
         self.shutdown_requested = reason
+        self.machine.clock.enable(False)
+        self.emit("SHUTDOWN", {"guest": reason in GUEST_CAUSES, "reason": reason})
         for hook in self._shutdown_hooks:
             hook()
-
-    def finish_shutdown(self) -> None:
-        """Emits SHUTDOWN for the pending request and enters the ``shutdown`` run state."""
-        if self.shutdown_requested is None:
-            return
-        self.machine.clock.enable(False)
-        self.emit("SHUTDOWN", {"guest": False, "reason": self.shutdown_requested})
 
 
 def event_timestamp() -> dict[str, int]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from emu.irq import GpioMixin
-from emu.qom import QObject, register_type
+from emu.qom import Property, QObject, QomError, register_type
 
 
 class Device(QObject, GpioMixin):
@@ -15,6 +15,14 @@ class Device(QObject, GpioMixin):
     def __init__(self) -> None:
         QObject.__init__(self)
         self._gpio_init()
+        self.realized = True  # devices are created realized (there is no device_add yet)
+        self.add_property("realized", "bool", True, writable=False)
+
+    def check_writable(self, prop: Property) -> None:
+        if prop.static and self.realized:
+            raise QomError(f"Attempt to set property '{prop.name}' on anonymous device (type '{self.type_name}') "
+                           "after it was realized")
+        super().check_writable(prop)
 
     def reset(self) -> None:
         """Puts the device in its power-on state (system_reset calls this)."""

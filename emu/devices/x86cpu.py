@@ -21,7 +21,11 @@ class X86CPU(Device):
         # The thread that runs this vCPU; until one exists, the main loop's (as QEMU's qtest
         # accelerator reports its dummy vCPU thread).
         self.thread_id = threading.get_native_id()
+        for prop in ("socket-id", "core-id", "thread-id"):
+            self.add_property(prop, "int32", index if prop == "socket-id" else 0, "int32", static=True)
+        self.add_property("apic-id", "uint32", index, "uint32", static=True)
 
     def topology(self) -> dict[str, int]:
         """``props`` of query-cpus-fast: one socket, one core, one thread."""
-        return {"core-id": 0, "thread-id": 0, "socket-id": self.cpu_index}
+        return {"core-id": self.prop("core-id"), "thread-id": self.prop("thread-id"),
+                "socket-id": self.prop("socket-id")}

@@ -65,6 +65,13 @@ class Machine(QObject):
         self.devices: list[Device] = []
         self._unattached = 0
         self.cpus = []
+        # A few of QEMU's machine properties (settable with -machine and qom-set).
+        for name, qom_type, qapi_type, value in (
+                ("usb", "bool", "bool", False), ("graphics", "bool", "bool", True),
+                ("dump-guest-core", "bool", "bool", True), ("mem-merge", "bool", "bool", True),
+                ("kernel", "string", "str", ""), ("initrd", "string", "str", ""), ("append", "string", "str", ""),
+                ("dtb", "string", "str", "")):
+            self.add_property(name, qom_type, value, qapi_type)
         # Set by the VM: how a device asks for a system reset (reason as in QMP's RESET event).
         self.request_reset: Callable[[str], None] = lambda reason: None
         self.init_board()

@@ -1,34 +1,37 @@
-"""The built-in QMP commands and the default command registry.
+"""The QMP commands of the core schema (``schema_core.py``) and the default registry.
 
-Other modules add commands to the same registry with the decorator::
+Each handler is thin: it reads its validated arguments, calls one machine-level function through
+``ctx.machine`` (``emu.monitor.frontend.VmControl``) and shapes the reply. Other modules add their
+commands to the same registry: declare them in the schema (``REGISTRY.schema.extend([...])``),
+then register the handler::
 
-    from emu.monitor.commands import Arg, command
+    from emu.monitor.commands import command
 
-    @command("migrate-set-capabilities", args=[Arg("capabilities", "[MigrationCapabilityStatus]")])
+    @command("migrate-set-capabilities")
     def migrate_set_capabilities(ctx, args): ...
 
-Handlers receive a :class:`~emu.monitor.protocol.CommandContext` and the
-validated argument dict (QAPI member names, absent optionals left out) and
-return the ``return`` value (None stands for ``{}``), or raise ``QmpError``.
+Handlers return the ``return`` value (None stands for ``{}``) or raise ``QmpError``.
 """
-
 from __future__ import annotations
 
 from typing import Any
 
 from emu.monitor.protocol import Arg, CommandContext, CommandRegistry, QmpError
+from emu.monitor.qapi import Schema
+from emu.monitor.schema_core import SCHEMA
 
 __all__ = ["REGISTRY", "command", "Arg"]
 
 #: The registry every QmpServer uses unless given another one.
-REGISTRY = CommandRegistry()
-#: Decorator registering a command in :data:`REGISTRY`.
+REGISTRY = CommandRegistry(Schema(SCHEMA))
+#: Decorator registering a handler in :data:`REGISTRY`.
 command = REGISTRY.command
 
-REGISTRY.define_enum("QMPCapability", ("oob",))
+
+# ---- control.json
 
 
-@command("qmp_capabilities", args=[Arg("enable", "[QMPCapability]", optional=True)], allow_preneg=True)
+@command("qmp_capabilities", allow_preneg=True)
 def qmp_capabilities(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
     """Leave capabilities negotiation mode, optionally enabling ``oob``."""
     session = ctx.session
@@ -43,17 +46,37 @@ def qmp_capabilities(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any
 
 @command("query-version")
 def query_version(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
-    """Return the VersionInfo we claim (QEMU 9.1.0, package ``qtest-emu``)."""
+    """The VersionInfo we claim (QEMU 9.1.0, package ``qtest-emu``)."""
     version = ctx.server.version
     return {"qemu": dict(version["qemu"]), "package": version["package"]}
 
 
+@command("query-commands")
+def query_commands(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, str]]:
+    """The commands (QEMU builds the list by prepending, hence reversed)."""
+    return [{"name": name} for name in reversed(ctx.server.registry.names())]
+
+
+@command("quit")
+def quit_(ctx: CommandContext, args: dict[str, Any]) -> None:
+    """SHUTDOWN is emitted now; the main loop then closes the monitors and exits 0."""
+    ctx.machine.request_shutdown("host-qmp-quit")
+
+
+@command("query-qmp-schema")
+def query_qmp_schema(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """SchemaInfo for every command and event of the registry's schema (QEMU's masking)."""
+    return ctx.server.registry.schema.introspect()
+
+
+# ---- run-state.json, machine.json
+
+
 @command("query-status")
 def query_status(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
-    """Return StatusInfo. ``singlestep`` is always false (kept as 7.2 prints it)."""
+    """StatusInfo: ``running`` and ``status`` (9.1 dropped ``singlestep``)."""
     machine = ctx.machine
-    # Schema member order; dumps() turns it into QEMU's status, singlestep, running.
-    return {"running": bool(machine.running), "singlestep": False, "status": machine.runstate}
+    return {"running": bool(machine.running), "status": machine.runstate}
 
 
 @command("stop")
@@ -68,19 +91,54 @@ def cont(ctx: CommandContext, args: dict[str, Any]) -> None:
     ctx.machine.cont()
 
 
-@command("quit")
-def quit_(ctx: CommandContext, args: dict[str, Any]) -> None:
-    """Request shutdown: reply now; the main loop then emits SHUTDOWN, closes and exits."""
-    ctx.machine.request_shutdown("host-qmp-quit")
+@command("system_reset")
+def system_reset(ctx: CommandContext, args: dict[str, Any]) -> None:
+    """Reset the machine; RESET (reason ``host-qmp-system-reset``) goes out before the reply."""
+    ctx.machine.reset()
 
 
-@command("query-commands")
-def query_commands(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, str]]:
-    """List the commands (QEMU builds the list by prepending, hence reversed)."""
-    return [{"name": name} for name in reversed(ctx.server.registry.names())]
+@command("system_powerdown")
+def system_powerdown(ctx: CommandContext, args: dict[str, Any]) -> None:
+    """Press the power button: POWERDOWN, whatever the guest does with it."""
+    ctx.machine.powerdown()
 
 
-def _qom_resolve(ctx: CommandContext, path: str) -> Any:
+@command("query-name")
+def query_name(ctx: CommandContext, args: dict[str, Any]) -> dict[str, str]:
+    name = ctx.machine.name
+    return {} if name is None else {"name": name}
+
+
+@command("query-uuid")
+def query_uuid(ctx: CommandContext, args: dict[str, Any]) -> dict[str, str]:
+    return {"UUID": ctx.machine.uuid or "00000000-0000-0000-0000-000000000000"}
+
+
+@command("query-machines")
+def query_machines(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """One MachineInfo per machine type (``compat-props``: we set none, so an empty list)."""
+    out = []
+    for info in ctx.machine.machine_types():
+        if args.get("compat-props"):
+            info = {**info, "compat-props": []}
+        out.append(info)
+    return out
+
+
+@command("query-cpus-fast")
+def query_cpus_fast(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    return ctx.machine.cpus()
+
+
+@command("query-chardev")
+def query_chardev(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    return ctx.machine.chardevs()
+
+
+# ---- qom.json
+
+
+def _qom_object(ctx: CommandContext, path: str) -> Any:
     from emu.qom import resolve_path
 
     obj = resolve_path(ctx.machine.qom_root, path)
@@ -89,30 +147,149 @@ def _qom_resolve(ctx: CommandContext, path: str) -> Any:
     return obj
 
 
-def _qom_properties(obj: Any) -> list[tuple[str, str, Any]]:
-    """(name, QOM type, value) of an object's properties: ``type``, its children, device state."""
-    props: list[tuple[str, str, Any]] = [("type", "string", obj.type_name)]
-    from emu.devices.base import Device
-
-    if isinstance(obj, Device):
-        props.append(("realized", "bool", True))
-    props.extend((name, f"child<{child.type_name}>", child.path) for name, child in obj.children.items())
-    props.extend((name, type(value).__name__, value) for name, value in obj.properties.items())
-    return props
-
-
-@command("qom-list", args=[Arg("path", "str")])
+@command("qom-list")
 def qom_list(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, str]]:
-    """The properties of the object at ``path`` (absolute or a unique partial path)."""
-    obj = _qom_resolve(ctx, args["path"])
-    return [{"name": name, "type": typ} for name, typ, _ in _qom_properties(obj)]
+    """The properties of an object (absolute or unique partial path)."""
+    from emu.qom import resolve_path
+
+    path = args["path"]
+    if path == "":
+        raise QmpError("Path '' is ambiguous")
+    obj = resolve_path(ctx.machine.qom_root, path)
+    if obj is None:
+        raise QmpError(f"Device '{path}' not found", "DeviceNotFound")
+    return [{"name": p.name, "type": p.type} for p in obj.qom_properties()]
 
 
-@command("qom-get", args=[Arg("path", "str"), Arg("property", "str")])
+def _qom_prop(obj: Any, name: str) -> Any:
+    from emu.qom import QomError
+
+    try:
+        return obj.qom_property(name)
+    except QomError as e:
+        raise QmpError(str(e)) from None
+
+
+@command("qom-get")
 def qom_get(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    """One property's value; child properties give the child's path, as in QEMU."""
-    obj = _qom_resolve(ctx, args["path"])
-    for name, _, value in _qom_properties(obj):
-        if name == args["property"]:
-            return value
-    raise QmpError(f"Property '{args['property']}' not found")
+    """One property's value; a child property reads as the child's path."""
+    return _qom_prop(_qom_object(ctx, args["path"]), args["property"]).get()
+
+
+@command("qom-set")
+def qom_set(ctx: CommandContext, args: dict[str, Any]) -> None:
+    """Set a property; the value is checked against the property's type by the QAPI visitor,
+    with the property's name where QEMU reports one."""
+    from emu.qom import QomError
+
+    obj = _qom_object(ctx, args["path"])
+    prop = _qom_prop(obj, args["property"])
+    try:
+        obj.check_writable(prop)
+    except QomError as e:
+        raise QmpError(str(e)) from None
+    value = args["value"]
+    if prop.qapi_type is not None:
+        value = ctx.server.registry.schema.visit(prop.qapi_type, value, prop.name, prop.name)
+    prop.setter(value)
+
+
+@command("qom-list-types")
+def qom_list_types(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Types implementing ``implements`` (all when absent); abstract ones only if asked for."""
+    from emu.qom import TYPES, type_ancestry
+
+    want_abstract = args.get("abstract", False)
+    implements = args.get("implements")
+    out = []
+    for name, (parent, abstract) in TYPES.items():
+        if abstract and not want_abstract:
+            continue
+        if implements is not None and implements not in type_ancestry(name):
+            continue
+        info: dict[str, Any] = {"name": name}
+        if abstract:
+            info["abstract"] = True
+        if parent is not None:
+            info["parent"] = parent
+        out.append(info)
+    return out
+
+
+# ---- misc.json: file descriptors
+
+
+def _received_fd(ctx: CommandContext) -> int:
+    fd = ctx.session.take_fd() if ctx.session is not None else None
+    if fd is None:
+        raise QmpError("No file descriptor supplied via SCM_RIGHTS")
+    return fd
+
+
+def _named_fds(ctx: CommandContext) -> Any:
+    """The monitor's getfd names (the chardev front-end keeps them across reconnects, as QEMU's
+    monitor does; a session without one gets its own)."""
+    from emu.monitor.fds import NamedFds
+
+    session = ctx.session
+    named = getattr(session, "named_fds", None)
+    if named is None:
+        named = NamedFds()
+        if session is not None:
+            session.named_fds = named  # type: ignore[attr-defined]
+    return named
+
+
+@command("getfd")
+def getfd(ctx: CommandContext, args: dict[str, Any]) -> None:
+    """Name the fd that came with this command (a reused name replaces, and closes, the old fd)."""
+    fd = _received_fd(ctx)
+    _named_fds(ctx).set(args["fdname"], fd)
+
+
+@command("closefd")
+def closefd(ctx: CommandContext, args: dict[str, Any]) -> None:
+    _named_fds(ctx).close(args["fdname"])
+
+
+@command("add-fd")
+def add_fd(ctx: CommandContext, args: dict[str, Any]) -> dict[str, int]:
+    """Put the fd that came with this command into an fd set (a new one unless ``fdset-id``)."""
+    fdset_id = args.get("fdset-id")
+    if fdset_id is not None and fdset_id < 0:
+        raise QmpError("Parameter 'fdset-id' expects a non-negative value")
+    fd = _received_fd(ctx)
+    set_id, fd = ctx.machine.fdsets.add(fd, fdset_id, args.get("opaque"))
+    return {"fdset-id": set_id, "fd": fd}
+
+
+@command("remove-fd")
+def remove_fd(ctx: CommandContext, args: dict[str, Any]) -> None:
+    """Close one member (or, without ``fd``, every member) of an fd set, at once (9.1)."""
+    ctx.machine.fdsets.remove(args["fdset-id"], args.get("fd"))
+
+
+@command("query-fdsets")
+def query_fdsets(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sets in descending id order (QEMU prepends while walking its sorted list)."""
+    return list(reversed(ctx.machine.fdsets.query()))
+
+
+# ---- HMP
+
+
+@command("human-monitor-command")
+def human_monitor_command(ctx: CommandContext, args: dict[str, Any]) -> str:
+    """Run one HMP command line and return its output (``\\n`` sent as ``\\r\\n``)."""
+    from emu.monitor.hmp import run_hmp
+
+    cpu = args.get("cpu-index")
+    if cpu is not None and not 0 <= cpu < len(ctx.machine.cpus()):
+        raise QmpError("Parameter 'cpu-index' expects a CPU number")
+    session = ctx.session
+    state = getattr(session, "hmp_state", None)
+    if state is None:
+        state = {}
+        if session is not None:
+            session.hmp_state = state  # type: ignore[attr-defined]  # xp's sticky format and size
+    return run_hmp(ctx.machine, args["command-line"], state).replace("\n", "\r\n")

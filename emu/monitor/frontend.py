@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from emu.monitor.fds import NamedFds
 from emu.monitor.protocol import QmpError, QmpServer, QmpSession
 from emu.vm import VM, VMError
 
@@ -12,10 +13,13 @@ if TYPE_CHECKING:
 
 
 class VmControl:
-    """The monitor's view of the VM (``MachineControl``): VM errors become QMP errors."""
+    """The monitor's view of the machine (``MachineControl``): one method per command, VM errors
+    turned into QMP errors. It reads the live system; it holds no state of its own."""
 
-    def __init__(self, vm: VM) -> None:
-        self.vm = vm
+    def __init__(self, system: System) -> None:
+        self.system = system
+        self.vm = system.vm
+        self.fdsets = system.fdsets
 
     @property
     def runstate(self) -> str:
@@ -29,6 +33,14 @@ class VmControl:
     def qom_root(self) -> Any:
         return self.vm.machine.root
 
+    @property
+    def name(self) -> str | None:
+        return self.vm.name
+
+    @property
+    def uuid(self) -> str | None:
+        return self.vm.uuid
+
     def stop(self) -> None:
         with self.vm.lock:
             self.vm.stop()
@@ -40,13 +52,53 @@ class VmControl:
         except VMError as e:
             raise QmpError(str(e)) from None
 
+    def reset(self) -> None:
+        with self.vm.lock:
+            self.vm.reset("host-qmp-system-reset")
+
+    def powerdown(self) -> None:
+        self.vm.powerdown()
+
     def request_shutdown(self, reason: str) -> None:
         self.vm.request_shutdown(reason)
 
+    def machine_types(self) -> list[dict[str, Any]]:
+        from emu.machine import MACHINE_TYPES
+
+        out = []
+        for cls in MACHINE_TYPES:
+            info: dict[str, Any] = {"name": cls.name}
+            if cls.aliases:
+                info["alias"] = cls.aliases[0]
+            if cls is MACHINE_TYPES[0]:
+                info["is-default"] = True
+            info.update({"cpu-max": cls.max_cpus, "hotpluggable-cpus": cls.has_cpu, "numa-mem-supported": False,
+                         "deprecated": False})
+            if cls.default_cpu_type:
+                info["default-cpu-type"] = cls.default_cpu_type
+            if cls.default_ram_id:
+                info["default-ram-id"] = cls.default_ram_id
+            info["acpi"] = cls.acpi
+            out.append(info)
+        return out
+
+    def cpus(self) -> list[dict[str, Any]]:
+        return [{"cpu-index": i, "qom-path": cpu.path, "thread-id": cpu.thread_id, "props": cpu.topology(),
+                 "target": "x86_64"} for i, cpu in enumerate(self.vm.machine.cpus)]
+
+    def chardevs(self) -> list[dict[str, Any]]:
+        return [{"label": label, "filename": chardev.filename(),
+                 "frontend-open": chardev.frontend is not None and chardev.connected}
+                for label, chardev in self.system.chardevs.items()]
+
+    @property
+    def memory(self) -> Any:
+        """The machine, for HMP's memory and tree dumps."""
+        return self.vm.machine
+
 
 def make_qmp_server(system: System) -> QmpServer:
-    server = QmpServer(VmControl(system.vm))
-    server.system = system  # type: ignore[attr-defined]  # for commands that need more than MachineControl
+    server = QmpServer(VmControl(system))
     system.vm.add_event_sink(server.emit_event)
     return server
 
@@ -61,9 +113,11 @@ class MonitorFrontend:
         self.chardev = chardev
         self.pretty = pretty
         self.session: QmpSession | None = None
+        self.named_fds = NamedFds()  # getfd names outlive a connection, as QEMU's monitor's do
 
     def chr_open(self) -> None:
         self.session = self.server.new_session(self.chardev.write, self.chardev.disconnect, pretty=self.pretty)
+        self.session.named_fds = self.named_fds  # type: ignore[attr-defined]
         self.session.opened()
 
     def chr_read(self, data: bytes, fds: list[int]) -> None:

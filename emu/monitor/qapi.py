@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from emu.monitor.ghash import first_unexpected
 from emu.monitor.protocol import QmpError
 from emu.monitor.qjson import qdict_order
 
@@ -25,7 +26,7 @@ INT_RANGES = {
 BUILTINS = {
     "str": "string", "number": "number", "int": "int", "int8": "int", "int16": "int", "int32": "int",
     "int64": "int", "uint8": "int", "uint16": "int", "uint32": "int", "uint64": "int", "size": "int",
-    "bool": "boolean", "null": "null", "any": "value", "QType": "string",
+    "bool": "boolean", "null": "null", "any": "value",
 }
 QTYPE_OF = {str: "string", bool: "boolean", int: "int", float: "number", dict: "object", list: "array",
             type(None): "null"}
@@ -145,8 +146,10 @@ class Schema:
 
     def __init__(self, exprs: Iterable[Mapping[str, Any]] = ()) -> None:
         self.entities: dict[str, Entity] = {name: Builtin(name) for name in BUILTINS}
+        self.entities[EMPTY] = Struct(EMPTY, [])
         self.commands: dict[str, Command] = {}
         self.events: dict[str, Event] = {}
+        self.order: list[Command | Event] = []  # commands and events in declaration order
         self.extend(exprs)
 
     # ---- building
@@ -159,7 +162,7 @@ class Schema:
         """Adds or replaces one command declaration."""
         name = expr["command"]
         if name in self.commands:
-            del self.commands[name]
+            self.order.remove(self.commands.pop(name))
             self.entities.pop(f"q_obj_{name}-arg", None)
         self.extend([expr])
 
@@ -169,6 +172,7 @@ class Schema:
         other.entities = dict(self.entities)
         other.commands = dict(self.commands)
         other.events = dict(self.events)
+        other.order = list(self.order)
         return other
 
     def _define(self, ent: Entity) -> None:
@@ -207,11 +211,13 @@ class Schema:
             cmd = Command(name, arg, _type_ref(ret) if ret is not None else None, bool(expr.get("boxed")),
                           bool(expr.get("allow-oob")), bool(expr.get("allow-preconfig")), feats)
             self.commands[name] = cmd
+            self.order.append(cmd)
         elif "event" in expr:
             name = expr["event"]
             data = expr.get("data")
             arg = self._implicit_struct(name, "arg", data) if isinstance(data, dict) and data else data or None
             self.events[name] = Event(name, arg, feats)
+            self.order.append(self.events[name])
         else:
             raise SchemaError(f"unknown schema expression {expr!r}")
 
@@ -263,7 +269,7 @@ class Schema:
         cmd = self.commands[command]
         if cmd.arg_type is None:
             if args:
-                raise QmpError(f"Parameter '{qdict_order(list(args))[0]}' is unexpected")
+                raise QmpError(f"Parameter '{first_unexpected(qdict_order(list(args)), [])}' is unexpected")
             return {}
         return self._visit_object(self.entities[cmd.arg_type], args, "")  # type: ignore[arg-type]
 
@@ -291,7 +297,8 @@ class Schema:
             for branch in ent.branches:
                 if self._json_type(branch.type) == want or (want == "int" and self._json_type(branch.type) == "number"):
                     return self.visit(branch.type, value, path, name)
-            raise QmpError(f"Invalid parameter type for '{path}', expected: {ent.name}")
+            # the generated alternate visitor names the bare member, not the path
+            raise QmpError(f"Invalid parameter type for '{name if name is not None else 'null'}', expected: {ent.name}")
         raise SchemaError(f"cannot visit '{type_name}'")
 
     def _json_type(self, type_name: str) -> str:
@@ -303,9 +310,10 @@ class Schema:
     def _visit_object(self, st: Struct, value: Mapping[str, Any], path: str) -> dict[str, Any]:
         out = self._visit_struct_members(st, value, path)
         if len(out) != len(value):
-            # checked when the object's visit ends, after all its known members
-            extra = [k for k in value if k not in out]
-            raise QmpError(f"Parameter '{_join(path, qdict_order(extra)[0])}' is unexpected")
+            # checked when the object's visit ends, after all its known members; with several
+            # unknown keys QEMU names the first its GHashTable yields
+            first = first_unexpected(qdict_order(list(value)), list(out))
+            raise QmpError(f"Parameter '{_join(path, first or '')}' is unexpected")
         return out
 
     def _visit_struct_members(self, st: Struct, value: Mapping[str, Any], path: str) -> dict[str, Any]:
@@ -331,99 +339,88 @@ class Schema:
 
     # ---- introspection (query-qmp-schema)
     def introspect(self) -> list[dict[str, Any]]:
-        """SchemaInfo for every command and event and the types they reach, with QEMU's masking:
-        type names become numbers in the order first met; builtins keep their names."""
-        order: list[str] = []
-        names: dict[str, str] = {}
+        """SchemaInfo list as QEMU's introspection generator builds it (docs/qmp-facts.md §1):
+        every command and event in schema order, then each type they use in first-use order.
+        Type names are masked as numbers in first-request order; builtins keep their names, every
+        integer type is ``int``, arrays are ``[element]``; missing types are the empty object."""
+        masked: dict[str, str] = {}
+        used: list[str] = []
 
-        def ref(type_name: str) -> str:
+        def use(type_name: str) -> str:
+            ent = self._type(type_name)
+            if isinstance(ent, Builtin) and BUILTINS[ent.name] == "int":
+                type_name = "int"
+            elif isinstance(ent, Array) and self._json_type(ent.element) == "int" and isinstance(
+                    self._type(ent.element), Builtin):
+                type_name = "[int]"
+                self._type("[int]")
+            if type_name not in used:
+                used.append(type_name)
             ent = self._type(type_name)
             if isinstance(ent, Builtin):
-                key = _builtin_name(ent.name)
-                if key not in names:
-                    names[key] = key
-                    order.append(key)
-                return key
-            if type_name not in names:
-                names[type_name] = str(sum(1 for n in names if not _is_builtin_key(n)))
-                order.append(type_name)
-            return names[type_name]
+                return ent.name
+            if isinstance(ent, Array):
+                return f"[{use(ent.element)}]"
+            if type_name not in masked:
+                masked[type_name] = str(len(masked))
+            return masked[type_name]
 
         infos: list[dict[str, Any]] = []
-        for cmd in self.commands.values():
-            info: dict[str, Any] = {"name": cmd.name, "meta-type": "command",
-                                    "arg-type": ref(cmd.arg_type) if cmd.arg_type else ref_empty(ref, self),
-                                    "ret-type": ref(cmd.ret_type) if cmd.ret_type else ref_empty(ref, self)}
-            if cmd.allow_oob:
-                info["allow-oob"] = True
-            _add_features(info, cmd.features)
-            infos.append(info)
-        for ev in self.events.values():
-            info = {"name": ev.name, "meta-type": "event",
-                    "arg-type": ref(ev.arg_type) if ev.arg_type else ref_empty(ref, self)}
-            _add_features(info, ev.features)
-            infos.append(info)
+        for ent in self.order:
+            if isinstance(ent, Command):
+                info: dict[str, Any] = {"name": ent.name, "meta-type": "command",
+                                        "arg-type": use(ent.arg_type or EMPTY), "ret-type": use(ent.ret_type or EMPTY)}
+                if ent.allow_oob:
+                    info["allow-oob"] = True
+            else:
+                info = {"name": ent.name, "meta-type": "event", "arg-type": use(ent.arg_type or EMPTY)}
+            infos.append(_with_features(info, ent.features))
         done = 0
-        while done < len(order):  # types are described in the order they were first referenced
-            type_name = order[done]
+        while done < len(used):  # the work list grows while types are described
+            infos.append(self._type_info(used[done], use))
             done += 1
-            infos.append(self._type_info(type_name, names[type_name], ref))
         return infos
 
-    def _type_info(self, type_name: str, masked: str, ref: Any) -> dict[str, Any]:
-        if _is_builtin_key(type_name):
-            return {"name": masked, "meta-type": "builtin", "json-type": _BUILTIN_JSON[type_name]}
+    def _type_info(self, type_name: str, use: Any) -> dict[str, Any]:
         ent = self._type(type_name)
-        info: dict[str, Any] = {"name": masked, "meta-type": ent.meta}
+        name = use(type_name)
+        if isinstance(ent, Builtin):
+            return {"name": name, "meta-type": "builtin", "json-type": BUILTINS[ent.name]}
+        info: dict[str, Any] = {"name": name, "meta-type": ent.meta}
         if isinstance(ent, Enum):
             info["members"] = [{"name": v} for v in ent.values]
             info["values"] = list(ent.values)
         elif isinstance(ent, Array):
-            info["element-type"] = ref(ent.element)
+            info["element-type"] = use(ent.element)
         elif isinstance(ent, Struct):
-            info["members"] = [_member_info(m, ref) for m in ent.members]
+            info["members"] = [_member_info(m, use) for m in ent.members]
             if ent.discriminator is not None:
                 info["tag"] = ent.discriminator
-                info["variants"] = [{"case": case, "type": ref(t)} for case, t in ent.variants.items()]
+                variants = [{"case": case, "type": use(t)} for case, t in ent.variants.items()]
+                tag_type = self._type(next(m.type for m in ent.members if m.name == ent.discriminator))
+                assert isinstance(tag_type, Enum)
+                # every tag value without a branch gets the empty object, in enum order
+                variants += [{"case": v, "type": use(EMPTY)} for v in tag_type.values if v not in ent.variants]
+                info["variants"] = variants
         elif isinstance(ent, Alternate):
-            info["members"] = [{"type": ref(b.type)} for b in ent.branches]
-        _add_features(info, ent.features)
-        return info
+            info["members"] = [{"type": use(b.type)} for b in ent.branches]
+        return _with_features(info, ent.features)
 
 
-EMPTY_OBJECT = "q_empty"
-# Builtins in introspection: every integer type is described as "int", as QEMU does.
-_BUILTIN_JSON = {"str": "string", "int": "int", "number": "number", "bool": "boolean", "null": "null",
-                 "any": "value", "q_empty": "object"}
+EMPTY = "q_empty"  # the empty object: arguments of commands without any, and so on
 
 
-def _builtin_name(name: str) -> str:
-    return {"size": "int", "QType": "str"}.get(name, "int" if name.startswith(("int", "uint")) else name)
-
-
-def _is_builtin_key(name: str) -> bool:
-    return name in _BUILTIN_JSON and name != EMPTY_OBJECT
-
-
-def ref_empty(ref: Any, schema: Schema) -> str:
-    """The empty object type (commands without arguments or return value) is type "0" when first met."""
-    if EMPTY_OBJECT not in schema.entities:
-        schema.entities[EMPTY_OBJECT] = Struct(EMPTY_OBJECT, [])
-        schema.entities[EMPTY_OBJECT].members = []  # type: ignore[attr-defined]
-    return ref(EMPTY_OBJECT)
-
-
-def _member_info(m: Member, ref: Any) -> dict[str, Any]:
-    info: dict[str, Any] = {"name": m.name, "type": ref(m.type)}
+def _member_info(m: Member, use: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {"name": m.name, "type": use(m.type)}
     if m.optional:
         info["default"] = None
-    _add_features(info, m.features)
-    return info
+    return _with_features(info, m.features)
 
 
-def _add_features(info: dict[str, Any], features: tuple[str, ...]) -> None:
+def _with_features(info: dict[str, Any], features: tuple[str, ...]) -> dict[str, Any]:
     if features:
         info["features"] = list(features)
+    return info
 
 
 def _join(path: str, member: str) -> str:
@@ -432,7 +429,7 @@ def _join(path: str, member: str) -> str:
 
 def _visit_builtin(kind: str, value: Any, path: str, name: str | None) -> Any:
     bare = name if name is not None else "null"
-    if kind == "str" or kind == "QType":
+    if kind == "str":
         if not isinstance(value, str):
             raise QmpError(f"Invalid parameter type for '{path}', expected: string")
         return value

@@ -158,4 +158,4 @@ def test_introspection_shape(schema):
             if key in info:
                 assert info[key] in by_name
         if info["meta-type"] not in ("command", "event", "builtin"):
-            assert info["name"].isdigit()
+            assert info["name"].isdigit() or (info["meta-type"] == "array" and info["name"].startswith("["))

@@ -143,9 +143,10 @@ def test_qemumachine_argv_with_inherited_socketpairs():
     assert qmp.qmp({"execute": "qmp_capabilities"}) == {"return": {}}
     assert qt.cmd("endianness") == b"OK little"
     assert qt.cmd("inb 0x70") == b"OK 0x00ff"
-    assert qmp.qmp({"execute": "quit"}) == {"return": {}}
-    event = json.loads(qmp.readline())
+    qmp.sock.sendall(b'{"execute": "quit"}')
+    event = json.loads(qmp.readline())  # QEMU sends SHUTDOWN before the quit reply
     assert event["event"] == "SHUTDOWN" and event["data"] == {"guest": False, "reason": "host-qmp-quit"}
+    assert json.loads(qmp.readline()) == {"return": {}}
     with pytest.raises(EOFError):
         qmp.readline()
     assert proc.wait(timeout=TIMEOUT) == 0
@@ -162,7 +163,7 @@ def test_qmp_and_qemu_qmp_library_over_a_server_socket(sockdir):
         time.sleep(0.01)
     mon = QEMUMonitorProtocol(str(path))
     mon.connect()
-    assert mon.cmd_raw("query-status") == {"return": {"status": "prelaunch", "singlestep": False, "running": False}}
+    assert mon.cmd_raw("query-status") == {"return": {"status": "prelaunch", "running": False}}
     assert mon.cmd_raw("cont") == {"return": {}}
     assert mon.pull_event(wait=True)["event"] == "RESUME"
     assert mon.cmd_raw("stop") == {"return": {}}
