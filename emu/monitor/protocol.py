@@ -103,6 +103,31 @@ class MachineControl(Protocol):
         """The QOM root object (``/``), an ``emu.qom.QObject``, for ``qom-*`` commands."""
         ...
 
+    name: str | None  # -name
+    uuid: str | None  # -uuid
+    fdsets: Any  # emu.monitor.fds.FdSets
+    memory: Any  # the machine (address spaces, memory tree) for HMP
+
+    def reset(self) -> None:
+        """``system_reset``; emits ``RESET`` synchronously."""
+        ...
+
+    def powerdown(self) -> None:
+        """``system_powerdown``; emits ``POWERDOWN``."""
+        ...
+
+    def machine_types(self) -> list[dict[str, Any]]:
+        """MachineInfo of every machine type."""
+        ...
+
+    def cpus(self) -> list[dict[str, Any]]:
+        """CpuInfoFast of every CPU."""
+        ...
+
+    def chardevs(self) -> list[dict[str, Any]]:
+        """ChardevInfo of every chardev."""
+        ...
+
     def stop(self) -> None:
         """Pause the VM (``stop``); emits ``STOP`` synchronously. Raise QmpError on failure."""
         ...
