@@ -13,12 +13,13 @@ from __future__ import annotations
 import array
 import errno
 import os
-from collections import deque
+import select
 import socket
 import stat
 import sys
 import threading
 import time
+from collections import deque
 from typing import Protocol
 
 from emu.main_loop import MainLoop
@@ -336,9 +337,6 @@ class _StreamChardev(Chardev):
 
     def flush_blocking(self, timeout: float = 5.0) -> None:
         """Writes out what is queued, waiting at most ``timeout`` for a slow reader (exit path)."""
-        import select
-        import time
-
         deadline = time.monotonic() + timeout
         while self._out and self._out_fd >= 0:
             left = deadline - time.monotonic()
