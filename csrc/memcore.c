@@ -686,6 +686,38 @@ int64_t mc_qtest_fast(mc_flat *mem, const char *buf, uint64_t len, char *out, ui
     return lines;
 }
 
+void mc_as_mark_dirty(mc_flat *f, uint64_t addr, uint64_t len)
+{
+    uint64_t n = atomic_load(&f->count);
+    const mc_range *r = atomic_load(&f->ranges);
+    if (len == 0) {
+        return;
+    }
+    uint64_t last = addr + len - 1 < addr ? UINT64_MAX : addr + len - 1;
+    for (uint64_t i = flat_search(r, n, addr); i < n && r[i].start <= last; i++) {
+        if (r[i].kind != MC_KIND_RAM) {
+            continue;
+        }
+        uint64_t lo = addr > r[i].start ? addr : r[i].start;
+        uint64_t hi = last < r[i].last ? last : r[i].last;
+        dirty_mark(r[i].block, r[i].offset + (lo - r[i].start), hi - lo + 1);
+    }
+}
+
+void mc_uc_write_hook(void *uc, int type, uint64_t address, int size, int64_t value, void *user_data)
+{
+    mc_flat *f = user_data;
+    uint64_t n = atomic_load(&f->count);
+    const mc_range *r = atomic_load(&f->ranges);
+    uint64_t i = flat_search(r, n, address);
+    /* the common case: one store inside one RAM range */
+    if (i < n && r[i].kind == MC_KIND_RAM && r[i].start <= address && address + (uint64_t)size - 1 <= r[i].last) {
+        dirty_mark(r[i].block, r[i].offset + (address - r[i].start), (uint64_t)size);
+        return;
+    }
+    mc_as_mark_dirty(f, address, (uint64_t)size);
+}
+
 int mc_as_touches_mmio(mc_flat *f, uint64_t addr, uint64_t len)
 {
     return len != 0 && !no_mmio(f, addr, len);

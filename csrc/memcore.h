@@ -112,6 +112,13 @@ uint64_t mc_glib_b64_decode_step(mc_b64_state *st, const char *in, uint64_t inle
  * i.e. all bits set), bytes without data are zero. Writes exactly len bytes to out. */
 void mc_qtest_hex_decode(const char *data, uint64_t datalen, uint8_t *out, uint64_t len);
 
+/* Marks the RAM pages of [addr, addr+len) dirty (bytes outside RAM are ignored). */
+void mc_as_mark_dirty(mc_flat *f, uint64_t addr, uint64_t len);
+
+/* A Unicorn UC_HOOK_MEM_WRITE callback (uc_cb_hookmem_t) whose user_data is an mc_flat *: every
+ * guest store marks its page(s) dirty, without entering Python. */
+void mc_uc_write_hook(void *uc, int type, uint64_t address, int size, int64_t value, void *user_data);
+
 /* 1 if any byte of [addr, addr+len) (wrapping at 2^64) is MMIO, else 0. */
 int mc_as_touches_mmio(mc_flat *f, uint64_t addr, uint64_t len);
 

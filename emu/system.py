@@ -81,7 +81,18 @@ class System:
         for key, value in cfg.machine_props.items():
             _set_machine_prop(machine, key, value)
         vm = VM(machine, start_paused=cfg.start_paused, qtest_accel=qtest_accel, name=cfg.name, uuid=cfg.uuid)
+        vm.defer = self.loop.call_soon_threadsafe
         vm.on_shutdown_request(self.loop.stop)
+        from emu.drives import DriveError, boot_disk
+
+        try:
+            disk = boot_disk(cfg.drives, cfg.devices)
+        except DriveError as e:
+            raise StartupError(str(e)) from None
+        if disk is not None and hasattr(machine, "boot_image"):
+            with open(disk, "rb") as f:
+                machine.boot_image = f.read(512).ljust(512, b"\0")
+        machine.boot()
         machine.clock.abort_check = lambda: vm.shutdown_requested is not None or self.signal_received is not None
         return vm
 
@@ -150,6 +161,7 @@ class System:
         self._setup_monitors()
         self._setup_serials()
         self._setup_qtest()
+        self._setup_vcpu()
 
     def _setup_monitors(self) -> None:
         cfg = self.cfg
@@ -187,6 +199,25 @@ class System:
             except (ChardevError, StartupError) as e:
                 raise StartupError(f"-serial {spec}: {e}") from None
             self.serial_chardevs.append(chardev)
+            add_serial = getattr(self.vm.machine, "add_serial", None)
+            if add_serial is not None and len(self.serial_chardevs) <= 4:
+                uart = add_serial(len(self.serial_chardevs) - 1, chardev.write)
+                chardev.attach(_Frontend(lambda: None, lambda data, fds: uart.receive(data), lambda: None))
+
+    def _setup_vcpu(self) -> None:
+        """With TCG, a machine that has a CPU and a boot disk runs the guest on a Unicorn vCPU.
+        (Without a boot disk there is no firmware to run, so the CPU stays idle.)"""
+        machine = self.vm.machine
+        if self.vm.qtest_accel or not machine.cpus or getattr(machine, "boot_image", None) is None:
+            return
+        from emu.cpu import VCPU, VCPUError
+
+        try:
+            vcpu = VCPU(self.vm)
+        except VCPUError as e:
+            raise StartupError(f"cannot start the vCPU: {e}") from None
+        machine.cpus[0].vcpu = vcpu
+        self.vm.attach_vcpu(vcpu)
 
     def _setup_qtest(self) -> None:
         from qtest.server import QTestServer
@@ -257,6 +288,8 @@ class System:
         return self.vm.exit_code
 
     def shutdown(self) -> None:
+        if self.vm.vcpu is not None:
+            self.vm.vcpu.quit()
         self.fdsets.close_all()
         for chardev in self.chardevs.values():
             try:

@@ -5,6 +5,7 @@ it owns QEMU's RunState transitions and emits the STOP/RESUME/RESET/SHUTDOWN eve
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -39,8 +40,11 @@ class VM:
         self.exit_code = 0
         self._event_sinks: list[EventSink] = []
         self._shutdown_hooks: list[Callable[[], None]] = []
+        self.vcpu: Any = None  # emu.cpu.VCPU while an accelerator runs guest code (tcg)
+        # How work is handed to the main loop (set by the system; direct call without one).
+        self.defer: Callable[[Callable[[], None]], None] = lambda fn: fn()
         machine.clock.abort_check = lambda: self.shutdown_requested is not None
-        machine.request_reset = self.reset
+        machine.request_reset = self.request_reset
         machine.clock.enable(self.running)
 
     # ---- events
@@ -60,35 +64,76 @@ class VM:
     def running(self) -> bool:
         return self.runstate == "running"
 
+    def attach_vcpu(self, vcpu: Any) -> None:
+        """Gives the VM a vCPU; it runs whenever the VM runs."""
+        with self.lock:
+            self.vcpu = vcpu
+            vcpu.start()
+            if self.running:
+                vcpu.resume()
+
     def stop(self) -> None:
         """QMP ``stop``: pauses a running VM (no-op otherwise, as in QEMU)."""
-        if self.runstate == "running":
-            self.runstate = "paused"
-            self.machine.clock.enable(False)
-            self.emit("STOP")
-        elif self.runstate == "inmigrate":
-            self.autostart = False  # the incoming migration must not resume the VM
+        with self.lock:
+            if self.runstate == "running":
+                if self.vcpu is not None:
+                    self.vcpu.pause()  # returns once guest code no longer runs
+                self.runstate = "paused"
+                self.machine.clock.enable(False)
+                self.emit("STOP")
+            elif self.runstate == "inmigrate":
+                self.autostart = False  # the incoming migration must not resume the VM
 
     def cont(self) -> None:
         """QMP ``cont``: resumes a paused or prelaunch VM."""
-        if self.runstate in ("shutdown", "guest-panicked", "internal-error"):
-            raise VMError("Resetting the Virtual Machine is required")
-        if self.runstate == "inmigrate":
-            self.autostart = True  # resume once the incoming migration completes
-            return
-        if self.runstate != "running":
-            self.runstate = "running"
-            self.machine.clock.enable(True)
-            self.emit("RESUME")
+        with self.lock:
+            if self.runstate in ("shutdown", "guest-panicked", "internal-error"):
+                raise VMError("Resetting the Virtual Machine is required")
+            if self.runstate == "inmigrate":
+                self.autostart = True  # resume once the incoming migration completes
+                return
+            if self.runstate != "running":
+                self.runstate = "running"
+                self.machine.clock.enable(True)
+                self.emit("RESUME")
+                if self.vcpu is not None:
+                    self.vcpu.resume()
 
     def reset(self, reason: str = "host-qmp-system-reset") -> None:
-        """``system_reset``: devices to their power-on state. A VM that is not running comes out of
-        it in ``prelaunch``, as QEMU's main loop does after a reset."""
-        self.machine.reset()
-        guest = reason in GUEST_CAUSES
-        self.emit("RESET", {"guest": guest, "reason": reason})
-        if self.runstate not in ("running", "inmigrate", "finish-migrate"):
-            self.runstate = "prelaunch"
+        """``system_reset``: devices to their power-on state and the guest restarted. A VM that is
+        not running comes out of it in ``prelaunch``, as QEMU's main loop does after a reset."""
+        with self.lock:
+            if self.vcpu is not None:
+                self.vcpu.pause()
+            self.machine.reset()
+            self.machine.boot()
+            if self.vcpu is not None:
+                self.vcpu.reset()
+            self.emit("RESET", {"guest": reason in GUEST_CAUSES, "reason": reason})
+            if self.runstate == "internal-error":
+                self.runstate = "paused"
+            if self.runstate not in ("running", "inmigrate", "finish-migrate"):
+                self.runstate = "prelaunch"
+            if self.running and self.vcpu is not None:
+                self.vcpu.resume()
+
+    def request_reset(self, reason: str) -> None:
+        """A reset asked for by a device (the guest): done by the main loop, after the access that
+        asked for it, as QEMU's qemu_system_reset_request does."""
+        self.defer(lambda: self.reset(reason))
+
+    def guest_error(self, message: str) -> None:
+        """The vCPU hit something it cannot execute: QEMU's ``internal-error`` run state."""
+
+        def stop() -> None:
+            with self.lock:
+                if self.runstate == "running":
+                    self.runstate = "internal-error"
+                    self.machine.clock.enable(False)
+                    self.emit("STOP")
+            sys.stderr.write(f"vCPU error: {message}\n")
+
+        self.defer(stop)
 
     def powerdown(self) -> None:
         """``system_powerdown``: the ACPI power button; a guest without ACPI ignores it."""

@@ -20,10 +20,16 @@ class X86CPU(Device):
         self.apic_id = index
         # The thread that runs this vCPU; until one exists, the main loop's (as QEMU's qtest
         # accelerator reports its dummy vCPU thread).
-        self.thread_id = threading.get_native_id()
+        self._main_thread_id = threading.get_native_id()
+        self.vcpu: object | None = None  # the emu.cpu.VCPU executing for this CPU, under TCG
         for prop in ("socket-id", "core-id", "thread-id"):
             self.add_property(prop, "int32", index if prop == "socket-id" else 0, "int32", static=True)
         self.add_property("apic-id", "uint32", index, "uint32", static=True)
+
+    @property
+    def thread_id(self) -> int:
+        tid = getattr(self.vcpu, "thread_id", None)
+        return tid if tid is not None else self._main_thread_id
 
     def topology(self) -> dict[str, int]:
         """``props`` of query-cpus-fast: one socket, one core, one thread."""

@@ -103,3 +103,6 @@ class Machine(QObject):
     def reset(self) -> None:
         for dev in self.devices:
             dev.reset()
+
+    def boot(self) -> None:
+        """What the firmware would do before the guest runs; nothing on a bare board."""

@@ -8,11 +8,13 @@ devices plug in through ``add_device`` and the ``memory``/``io`` regions.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from emu.devices.i440fx import CONFIG_ADDR_PORT, CONFIG_DATA_PORT, I440FXHost
 from emu.devices.i8042 import I8042
 from emu.devices.ioapic import IOAPIC, IOAPIC_BASE, NUM_PINS
 from emu.devices.rtc import RTC
+from emu.devices.serial import Serial16550
 from emu.devices.x86cpu import X86CPU
 from emu.irq import IRQ
 from emu.machine.base import Machine, MachineError
@@ -118,6 +120,22 @@ class PcMachine(Machine):
         kbd.reset_request = lambda: self.request_reset("guest-reset")
         self.system_io.add_subregion(0x60, kbd.data_io)
         self.system_io.add_subregion(0x64, kbd.cmd_io)
+
+    boot_image: bytes | None = None  # sector 0 of the boot disk, if there is one
+
+    def boot(self) -> None:
+        """Direct boot (no BIOS is run): sector 0 of the boot disk at 0x7c00, as a BIOS leaves it."""
+        if self.boot_image is not None:
+            self.address_space_memory.write(0x7C00, self.boot_image[:512])
+
+    def add_serial(self, index: int, output: Callable[[bytes], None]) -> Serial16550:
+        """COM1..COM4 at 0x3f8, 0x2f8, 0x3e8, 0x2e8 on IRQs 4, 3, 4, 3."""
+        port, irq = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))[index]
+        uart = Serial16550(output)
+        self.add_device(uart)
+        uart.irq.connect(self.gsi[irq])
+        self.system_io.add_subregion(port, uart.io)
+        return uart
 
     @staticmethod
     def _load_bios(path: str) -> bytes:

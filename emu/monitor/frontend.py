@@ -42,19 +42,16 @@ class VmControl:
         return self.vm.uuid
 
     def stop(self) -> None:
-        with self.vm.lock:
-            self.vm.stop()
+        self.vm.stop()
 
     def cont(self) -> None:
         try:
-            with self.vm.lock:
-                self.vm.cont()
+            self.vm.cont()
         except VMError as e:
             raise QmpError(str(e)) from None
 
     def reset(self) -> None:
-        with self.vm.lock:
-            self.vm.reset("host-qmp-system-reset")
+        self.vm.reset("host-qmp-system-reset")
 
     def powerdown(self) -> None:
         self.vm.powerdown()

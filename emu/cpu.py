@@ -1,0 +1,213 @@
+"""The x86 vCPU: Unicorn (QEMU's TCG in library form) running over our guest RAM.
+
+RAM and ROM ranges of the flat view are mapped into Unicorn by pointer (no copies); MMIO ranges
+go to the memory API's dispatch and port I/O to the ``io`` address space, under the machine
+lock. Every guest store marks its page dirty through a C hook (``mc_uc_write_hook``). Execution
+runs on its own thread in short slices, so ``stop``, ``system_reset``, ``quit`` and migration's
+stop-and-copy take effect within a slice.
+
+Boot is direct, not through firmware: the machine loads sector 0 of the boot disk at 0x7c00 and
+the vCPU starts in real mode at 0000:7c00 with DL=0x80, which is what a boot-sector guest needs.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import TYPE_CHECKING, Any
+
+from emu._native import ffi, lib
+
+if TYPE_CHECKING:
+    from emu.vm import VM
+
+SLICE_US = 10_000  # one emu_start slice: bounds how long a stop request waits
+PAGE = 4096
+NEVER = (1 << 64) - 1  # an "until" address no guest reaches
+
+
+class VCPUError(Exception):
+    """The vCPU cannot be set up (e.g. a memory map Unicorn cannot express)."""
+
+
+class VCPU:
+    """One x86 vCPU bound to a VM. ``start()`` begins the thread; it runs while the VM runs."""
+
+    def __init__(self, vm: VM, entry: int = 0x7C00, dl: int = 0x80) -> None:
+        import unicorn
+        from unicorn import x86_const as x86
+
+        self.vm = vm
+        self.machine = vm.machine
+        self._x86 = x86
+        self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_32)
+        self.entry, self.dl = entry, dl
+        # Parking waits release the machine lock (QEMU's BQL does the same in pause_all_vcpus):
+        # the vCPU may need it to finish the I/O access it is in.
+        self._cond = threading.Condition(vm.lock)
+        self._pause_requested = False
+        self._paused = True
+        self._quit = False
+        self._halted = False
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+        self._hooks: list[Any] = []  # keep ctypes callbacks alive
+        self._map_memory()
+        self._install_hooks()
+        self.reset()
+
+    # ---- set-up
+    def _map_memory(self) -> None:
+        import unicorn
+
+        asp = self.machine.address_space_memory
+        for fr in asp.iter_ranges():
+            start, size = fr.start, fr.last - fr.start + 1
+            if start % PAGE or size % PAGE:
+                raise VCPUError(f"range {fr.mr.name} at {start:#x}+{size:#x} is not page aligned")
+            if fr.mr.kind in ("ram", "rom"):
+                block = fr.mr.block
+                assert block is not None
+                host = block.host_address + fr.mr.block_offset + fr.offset
+                perms = unicorn.UC_PROT_ALL if fr.mr.kind == "ram" else unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
+                self.uc.mem_map_ptr(start, size, perms, host)
+            else:
+                read, write = self._mmio_callbacks(start)
+                self.uc.mmio_map(start, size, read, None, write, None)
+
+    def _install_hooks(self) -> None:
+        import unicorn
+
+        x86 = self._x86
+        self.uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, x86.UC_X86_INS_IN)
+        self.uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, x86.UC_X86_INS_OUT)
+        self.uc.hook_add(unicorn.UC_HOOK_MEM_UNMAPPED | unicorn.UC_HOOK_MEM_WRITE_PROT, self._on_bad_access)
+        # Dirty tracking in C: the callback is mc_uc_write_hook, its user data the flat view.
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        handle = ctypes.c_size_t()
+        fn = int(ffi.cast("uintptr_t", ffi.addressof(lib, "mc_uc_write_hook")))
+        flat = int(ffi.cast("uintptr_t", self.machine.address_space_memory.flat))
+        status = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_MEM_WRITE,
+                                   ctypes.c_void_p(fn), ctypes.c_void_p(flat), 1, 0)
+        if status != 0:
+            raise VCPUError(f"cannot install the dirty-tracking hook (unicorn error {status})")
+
+    def reset(self) -> None:
+        """Real mode at 0000:entry, DL = boot drive, as after a BIOS hands over to a boot sector."""
+        x86 = self._x86
+        uc = self.uc
+        uc.reg_write(x86.UC_X86_REG_CR0, 0x10)
+        for reg in (x86.UC_X86_REG_CS, x86.UC_X86_REG_DS, x86.UC_X86_REG_ES, x86.UC_X86_REG_SS,
+                    x86.UC_X86_REG_FS, x86.UC_X86_REG_GS):
+            uc.reg_write(reg, 0)
+        for reg in (x86.UC_X86_REG_EAX, x86.UC_X86_REG_EBX, x86.UC_X86_REG_ECX, x86.UC_X86_REG_ESI,
+                    x86.UC_X86_REG_EDI, x86.UC_X86_REG_EBP):
+            uc.reg_write(reg, 0)
+        uc.reg_write(x86.UC_X86_REG_EDX, self.dl)
+        uc.reg_write(x86.UC_X86_REG_ESP, 0x7C00)
+        uc.reg_write(x86.UC_X86_REG_EFLAGS, 0x2)
+        uc.reg_write(x86.UC_X86_REG_EIP, self.entry)
+        self._halted = False
+        self.error = None
+
+    # ---- hooks (run on the vCPU thread)
+    def _on_in(self, uc: Any, port: int, size: int, user_data: Any) -> int:
+        with self.vm.lock:
+            return self.machine.address_space_io.read_uint(port, size)
+
+    def _on_out(self, uc: Any, port: int, size: int, value: int, user_data: Any) -> None:
+        with self.vm.lock:
+            self.machine.address_space_io.write_uint(port, value, size)
+
+    def _mmio_callbacks(self, base: int) -> tuple[Any, Any]:
+        """Unicorn MMIO callbacks for a range at ``base``: the memory API's dispatch, locked."""
+        asp = self.machine.address_space_memory
+
+        def read(uc: Any, offset: int, size: int, user_data: Any) -> int:
+            with self.vm.lock:
+                return asp.read_uint(base + offset, size)
+
+        def write(uc: Any, offset: int, size: int, value: int, user_data: Any) -> None:
+            with self.vm.lock:
+                asp.write_uint(base + offset, value, size)
+
+        self._hooks.extend((read, write))
+        return read, write
+
+    def _on_bad_access(self, uc: Any, access: int, address: int, size: int, value: int, user_data: Any) -> bool:
+        self.error = f"guest access to unmapped or read-only memory at {address:#x} (size {size})"
+        return False  # stops emulation; the VM enters internal-error
+
+    # ---- run control
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vcpu0", daemon=True)
+        self._thread.start()
+
+    def resume(self) -> None:
+        with self._cond:
+            self._pause_requested = False
+            self._cond.notify_all()
+
+    def pause(self) -> None:
+        """Stops guest execution and waits until the vCPU thread is parked (within a slice)."""
+        with self._cond:
+            self._pause_requested = True
+            while not self._paused:
+                self._kick()
+                self._cond.wait(0.1)
+
+    def quit(self) -> None:
+        with self._cond:
+            self._quit = True
+            self._pause_requested = True
+            self._cond.notify_all()
+            self._kick()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+
+    def _kick(self) -> None:
+        """Makes a running emu_start return (harmless between slices)."""
+        import unicorn
+
+        try:
+            self.uc.emu_stop()
+        except unicorn.UcError:
+            pass
+
+    @property
+    def thread_id(self) -> int | None:
+        return self._thread.native_id if self._thread is not None else None
+
+    def _run(self) -> None:
+        import unicorn
+
+        x86 = self._x86
+        while True:
+            with self._cond:
+                self._paused = True
+                self._cond.notify_all()
+                while (self._pause_requested or self._halted or self.error) and not self._quit:
+                    self._cond.wait()
+                if self._quit:
+                    return
+                self._paused = False
+            try:
+                # Unicorn resumes at EIP in either mode (the engine was made in 32-bit mode)
+                self.uc.emu_start(self.uc.reg_read(x86.UC_X86_REG_EIP), NEVER, timeout=SLICE_US)
+            except unicorn.UcError as e:
+                if self.error is None:
+                    self.error = f"vCPU stopped: {e}"
+                self.vm.guest_error(self.error)
+                continue  # parks: ``error`` is set until a reset
+            if self._halted_at_hlt():
+                self._halted = True  # waits for an interrupt (none are delivered yet) or a reset
+
+    def _halted_at_hlt(self) -> bool:
+        x86 = self._x86
+        eip = self.uc.reg_read(x86.UC_X86_REG_EIP)
+        cs = self.uc.reg_read(x86.UC_X86_REG_CS)
+        addr = eip if self.uc.reg_read(x86.UC_X86_REG_CR0) & 1 else (cs << 4) + eip
+        try:
+            return bytes(self.uc.mem_read(addr - 1, 1)) == b"\xf4"
+        except Exception:  # noqa: BLE001 - unmapped: not a hlt
+            return False

@@ -1,0 +1,75 @@
+"""Disks from ``-drive`` and ``-device ide-hd``: which raw image the machine boots from.
+
+Only raw images are supported; the first disk on the IDE bus (``-drive file=...`` with the default
+``if=ide``, or ``-drive if=none,id=X`` plus ``-device ide-hd,drive=X``) is the boot disk. Errors
+use QEMU's wording.
+"""
+from __future__ import annotations
+
+from emu.chardev import parse_opts
+
+DRIVE_OPTS = frozenset({"file", "format", "if", "id", "index", "media", "cache", "aio", "readonly", "snapshot",
+                        "bus", "unit", "discard", "werror", "rerror", "node-name", "auto-read-only"})
+IDE_HD_PROPS = frozenset({"drive", "secs", "cyls", "heads", "bootindex", "bus", "unit", "serial", "model",
+                          "id", "lcyls", "lheads", "lsecs", "logical_block_size", "physical_block_size",
+                          "discard_granularity", "wwn", "rotation_rate"})
+
+
+class DriveError(Exception):
+    """``str()`` is the message after the option's location (``-drive ...: <message>``)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+
+
+def _check_file(option: str, path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise DriveError(option, f"Could not open '{path}': {e.strerror}") from None
+
+
+def boot_disk(drives: list[str], devices: list[str]) -> str | None:
+    """The path of the boot disk image (or None), checking every -drive and -device."""
+    named: dict[str, str] = {}
+    ide: list[str] = []
+    for spec in drives:
+        option = f"-drive {spec}"
+        pairs, flags = parse_opts(spec)
+        opts = dict(pairs)
+        iface = opts.get("if", "ide")
+        if iface not in ("ide", "none", "virtio", "scsi", "floppy", "pflash", "mtd", "sd"):
+            raise DriveError(option, f"unsupported bus type '{iface}'")
+        fmt = opts.get("format", "raw")
+        if fmt != "raw":
+            raise DriveError(option, f"Unknown driver '{fmt}'" if fmt not in ("qcow2", "vmdk", "vdi", "vpc", "qed")
+                             else f"format '{fmt}' is not supported by this emulator")
+        for key in list(opts) + flags:
+            if key not in DRIVE_OPTS:
+                raise DriveError(option, f"Block format 'raw' does not support the option '{key}'")
+        if "file" not in opts:
+            continue  # an empty drive (e.g. a CD-ROM without media)
+        _check_file(option, opts["file"])
+        if iface == "none":
+            named[opts.get("id", "")] = opts["file"]
+        elif iface == "ide":
+            ide.append(opts["file"])
+        else:
+            raise DriveError(option, f"bus type '{iface}' is not supported by this emulator")
+    for spec in devices:
+        option = f"-device {spec}"
+        pairs, _ = parse_opts(spec, implied="driver")
+        opts = dict(pairs)
+        driver = opts.pop("driver", "")
+        if driver != "ide-hd":
+            raise DriveError(option, f"'{driver}' is not a valid device model name")
+        for key in opts:
+            if key not in IDE_HD_PROPS:
+                raise DriveError(option, f"Property 'ide-hd.{key}' not found")
+        if "drive" not in opts:
+            raise DriveError(option, "No drive specified")
+        if opts["drive"] not in named:
+            raise DriveError(option, f"Property 'ide-hd.drive' can't find value '{opts['drive']}'")
+        ide.append(named[opts["drive"]])
+    return ide[0] if ide else None
