@@ -3,8 +3,9 @@
 RAM and ROM ranges of the flat view are mapped into Unicorn by pointer (no copies); MMIO ranges
 go to the memory API's dispatch and port I/O to the ``io`` address space, under the machine
 lock. Every guest store marks its page dirty through a C hook (``mc_uc_write_hook``). Execution
-runs on its own thread in short slices, so ``stop``, ``system_reset``, ``quit`` and migration's
-stop-and-copy take effect within a slice.
+runs on its own thread; ``stop``, ``system_reset``, ``quit`` and migration's stop-and-copy make it
+return at the next basic-block boundary (a C block hook checks a flag), so a stop never splits an
+instruction and the guest resumes exactly where it was.
 
 Boot is direct, not through firmware: the machine loads sector 0 of the boot disk at 0x7c00 and
 the vCPU starts in real mode at 0000:7c00 with DL=0x80, which is what a boot-sector guest needs.
@@ -20,7 +21,6 @@ from emu._native import ffi, lib
 if TYPE_CHECKING:
     from emu.vm import VM
 
-SLICE_US = 10_000  # one emu_start slice: bounds how long a stop request waits
 PAGE = 4096
 NEVER = (1 << 64) - 1  # an "until" address no guest reaches
 
@@ -84,13 +84,22 @@ class VCPU:
         # Dirty tracking in C: the callback is mc_uc_write_hook, its user data the flat view.
         from unicorn.unicorn_py3.unicorn import uclib
 
-        handle = ctypes.c_size_t()
-        fn = int(ffi.cast("uintptr_t", ffi.addressof(lib, "mc_uc_write_hook")))
         flat = int(ffi.cast("uintptr_t", self.machine.address_space_memory.flat))
-        status = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_MEM_WRITE,
-                                   ctypes.c_void_p(fn), ctypes.c_void_p(flat), 1, 0)
+        self._c_hook(uclib, unicorn.UC_HOOK_MEM_WRITE, "mc_uc_write_hook", flat)
+        # Stops are requested through a flag that a C block hook checks: the stop then happens
+        # exactly at a block boundary (see mc_uc_ctl in memcore.h for why not emu_stop/timeout).
+        self._ctl = ffi.new("mc_uc_ctl *")
+        self._ctl.emu_stop = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+        self._c_hook(uclib, unicorn.UC_HOOK_BLOCK, "mc_uc_block_hook", int(ffi.cast("uintptr_t", self._ctl)))
+
+    def _c_hook(self, uclib: Any, kind: int, name: str, user_data: int) -> None:
+        """Registers a C function of the memory core as a Unicorn hook on all addresses."""
+        handle = ctypes.c_size_t()
+        fn = int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+        status = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(fn),
+                                   ctypes.c_void_p(user_data), 1, 0)
         if status != 0:
-            raise VCPUError(f"cannot install the dirty-tracking hook (unicorn error {status})")
+            raise VCPUError(f"cannot install the {name} hook (unicorn error {status})")
 
     def reset(self) -> None:
         """Real mode at 0000:entry, DL = boot drive, as after a BIOS hands over to a boot sector."""
@@ -166,13 +175,8 @@ class VCPU:
             self._thread.join(5)
 
     def _kick(self) -> None:
-        """Makes a running emu_start return (harmless between slices)."""
-        import unicorn
-
-        try:
-            self.uc.emu_stop()
-        except unicorn.UcError:
-            pass
+        """Makes a running emu_start return at the next block boundary."""
+        self._ctl.stop = 1
 
     @property
     def thread_id(self) -> int | None:
@@ -191,9 +195,10 @@ class VCPU:
                 if self._quit:
                     return
                 self._paused = False
+                self._ctl.stop = 0
             try:
                 # Unicorn resumes at EIP in either mode (the engine was made in 32-bit mode)
-                self.uc.emu_start(self.uc.reg_read(x86.UC_X86_REG_EIP), NEVER, timeout=SLICE_US)
+                self.uc.emu_start(self.uc.reg_read(x86.UC_X86_REG_EIP), NEVER)
             except unicorn.UcError as e:
                 if self.error is None:
                     self.error = f"vCPU stopped: {e}"

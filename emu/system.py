@@ -105,12 +105,14 @@ class System:
             if acc == "tcg":
                 return False
             if acc == "kvm":
-                if os.path.exists("/dev/kvm"):
-                    pass  # KVM is not used by this emulator; fall through to the next choice
-                else:
+                # KVM is never used by this emulator: report it unavailable as QEMU does when
+                # kvm_init fails, then try the next accelerator.
+                if not os.path.exists("/dev/kvm"):
                     sys.stderr.write("Could not access KVM kernel module: No such file or directory\n")
-                    if self.cfg.qtest is None:
+                    if self.cfg.qtest is None:  # QEMU keeps quiet about ENOENT under qtest
                         sys.stderr.write(f"{self.prog}: failed to initialize kvm: No such file or directory\n")
+                else:
+                    sys.stderr.write(f"{self.prog}: failed to initialize kvm: Operation not supported\n")
                 continue
             raise StartupError(f"-accel {acc}: invalid accelerator {acc}")
         raise StartupError("no accelerator found")
@@ -216,7 +218,6 @@ class System:
             vcpu = VCPU(self.vm)
         except VCPUError as e:
             raise StartupError(f"cannot start the vCPU: {e}") from None
-        machine.cpus[0].vcpu = vcpu
         self.vm.attach_vcpu(vcpu)
 
     def _setup_qtest(self) -> None:

@@ -68,6 +68,8 @@ class VM:
         """Gives the VM a vCPU; it runs whenever the VM runs."""
         with self.lock:
             self.vcpu = vcpu
+            if self.machine.cpus:
+                self.machine.cpus[0].vcpu = vcpu  # the QOM CPU reports the vCPU's thread
             vcpu.start()
             if self.running:
                 vcpu.resume()

@@ -1,0 +1,72 @@
+"""Booting the A-B guest the way QEMU's migration tests start theirs: TCG wins over KVM, the qtest
+accelerator given last loses, the guest prints on -serial file:, and the memory check passes."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qtest.machine import QTestMachine, short_tempdir
+from qtest.migration import (TEST_MEM_START, ab_bootsect, check_guests_ram, guest_page_bytes,
+                             wait_for_serial)
+
+BIN = shutil.which("emu-system-x86_64")
+pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
+pytest.importorskip("unicorn")
+
+
+@pytest.fixture
+def tmp():
+    d = Path(short_tempdir("ab"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def launch(tmp: Path, passes: int | None = 1, drive: str = "plain") -> QTestMachine:
+    image = ab_bootsect(tmp / "bootsect", passes)
+    disk = (["-drive", f"file={image},format=raw"] if drive == "plain" else
+            ["-drive", f"if=none,id=d0,file={image},format=raw", "-device", "ide-hd,drive=d0,secs=1,cyls=1,heads=1"])
+    args = ["-accel", "kvm", "-accel", "tcg", "-M", "pc", "-name", "source,debug-threads=on", "-m", "150M",
+            "-serial", f"file:{tmp}/serial", *disk]
+    return QTestMachine(BIN, args, accel_qtest=True)  # libqtest appends -accel qtest: tcg still wins
+
+
+@pytest.mark.parametrize("drive", ["plain", "ide-hd"])
+def test_ab_guest_runs_stops_resumes_and_passes_the_memory_check(tmp, drive):
+    with launch(tmp, drive=drive) as m:
+        pos = wait_for_serial(tmp / "serial", timeout=60)
+        assert (tmp / "serial").read_bytes().startswith(b"AB")
+        assert m.qmp.cmd("query-status") == {"running": True, "status": "running"}
+        m.qmp.cmd("stop")
+        m.qmp.wait_event("STOP", timeout=30)
+        before = guest_page_bytes(m.qtest)
+        check_guests_ram(m.qtest)
+        assert guest_page_bytes(m.qtest) == before  # stopped means stopped
+        assert before[0] != 0
+        m.qmp.cmd("cont")
+        m.qmp.wait_event("RESUME", timeout=30)
+        wait_for_serial(tmp / "serial", timeout=60, start=pos)
+        assert m.qtest.readb(TEST_MEM_START) != before[0] or guest_page_bytes(m.qtest) != before
+
+
+def test_system_reset_restarts_the_guest(tmp):
+    with launch(tmp) as m:
+        pos = wait_for_serial(tmp / "serial", timeout=60)
+        m.qmp.cmd("system_reset")
+        m.qmp.wait_event("RESET", timeout=30)
+        wait_for_serial(tmp / "serial", timeout=60, start=pos)
+        assert (tmp / "serial").read_bytes().count(b"A") == 2
+        cpus = m.qmp.cmd("query-cpus-fast")
+        assert cpus[0]["thread-id"] != m.pid  # the vCPU thread, not the main thread
+
+
+def test_kvm_is_reported_unavailable_and_tcg_used(tmp):
+    import os
+
+    with launch(tmp) as m:
+        wait_for_serial(tmp / "serial", timeout=60)
+    if os.path.exists("/dev/kvm"):  # present but never used by this emulator
+        assert "emu-system-x86_64: failed to initialize kvm: Operation not supported" in m.stderr_text()
+    else:
+        assert "Could not access KVM kernel module: No such file or directory" in m.stderr_text()
