@@ -718,6 +718,14 @@ void mc_uc_write_hook(void *uc, int type, uint64_t address, int size, int64_t va
     mc_as_mark_dirty(f, address, (uint64_t)size);
 }
 
+void mc_uc_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    mc_uc_ctl *c = user_data;
+    if (c->stop) {
+        ((int (*)(void *))c->emu_stop)(uc);
+    }
+}
+
 int mc_as_touches_mmio(mc_flat *f, uint64_t addr, uint64_t len)
 {
     return len != 0 && !no_mmio(f, addr, len);

@@ -119,6 +119,16 @@ void mc_as_mark_dirty(mc_flat *f, uint64_t addr, uint64_t len);
  * guest store marks its page(s) dirty, without entering Python. */
 void mc_uc_write_hook(void *uc, int type, uint64_t address, int size, int64_t value, void *user_data);
 
+/* Exact vCPU stops. Unicorn's asynchronous stops (emu_stop from another thread, timeouts) can land
+ * in the middle of an instruction that then runs again (a read-modify-write executes twice); a
+ * stop requested from a block hook takes effect at the block's start. mc_uc_block_hook is that
+ * hook (uc_cb_hookcode_t); its user_data is an mc_uc_ctl. */
+typedef struct {
+    volatile int32_t stop;   /* set by whoever wants the vCPU to return from emu_start */
+    uintptr_t emu_stop;      /* address of Unicorn's uc_emu_stop */
+} mc_uc_ctl;
+void mc_uc_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data);
+
 /* 1 if any byte of [addr, addr+len) (wrapping at 2^64) is MMIO, else 0. */
 int mc_as_touches_mmio(mc_flat *f, uint64_t addr, uint64_t len);
 
