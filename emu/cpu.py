@@ -32,7 +32,7 @@ class VCPUError(Exception):
 class VCPU:
     """One x86 vCPU bound to a VM. ``start()`` begins the thread; it runs while the VM runs."""
 
-    def __init__(self, vm: VM, entry: int = 0x7C00, dl: int = 0x80) -> None:
+    def __init__(self, vm: VM, entry: int = 0x7C00, dl: int = 0x80, dirty_tracking: bool = True) -> None:
         import unicorn
         from unicorn import x86_const as x86
 
@@ -52,7 +52,7 @@ class VCPU:
         self.error: str | None = None
         self._hooks: list[Any] = []  # keep ctypes callbacks alive
         self._map_memory()
-        self._install_hooks()
+        self._install_hooks(dirty_tracking)
         self.reset()
 
     # ---- set-up
@@ -74,7 +74,7 @@ class VCPU:
                 read, write = self._mmio_callbacks(start)
                 self.uc.mmio_map(start, size, read, None, write, None)
 
-    def _install_hooks(self) -> None:
+    def _install_hooks(self, dirty_tracking: bool) -> None:
         import unicorn
 
         x86 = self._x86
@@ -84,8 +84,9 @@ class VCPU:
         # Dirty tracking in C: the callback is mc_uc_write_hook, its user data the flat view.
         from unicorn.unicorn_py3.unicorn import uclib
 
-        flat = int(ffi.cast("uintptr_t", self.machine.address_space_memory.flat))
-        self._c_hook(uclib, unicorn.UC_HOOK_MEM_WRITE, "mc_uc_write_hook", flat)
+        if dirty_tracking:  # off only to measure what it costs (bench/ab_bench.py)
+            flat = int(ffi.cast("uintptr_t", self.machine.address_space_memory.flat))
+            self._c_hook(uclib, unicorn.UC_HOOK_MEM_WRITE, "mc_uc_write_hook", flat)
         # Stops are requested through a flag that a C block hook checks: the stop then happens
         # exactly at a block boundary (see mc_uc_ctl in memcore.h for why not emu_stop/timeout).
         self._ctl = ffi.new("mc_uc_ctl *")

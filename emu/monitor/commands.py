@@ -14,6 +14,7 @@ Handlers return the ``return`` value (None stands for ``{}``) or raise ``QmpErro
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from emu.monitor.protocol import Arg, CommandContext, CommandRegistry, QmpError
@@ -255,10 +256,11 @@ def closefd(ctx: CommandContext, args: dict[str, Any]) -> None:
 @command("add-fd")
 def add_fd(ctx: CommandContext, args: dict[str, Any]) -> dict[str, int]:
     """Put the fd that came with this command into an fd set (a new one unless ``fdset-id``)."""
+    fd = _received_fd(ctx)  # QEMU takes the fd before it looks at the set id
     fdset_id = args.get("fdset-id")
     if fdset_id is not None and fdset_id < 0:
+        os.close(fd)
         raise QmpError("Parameter 'fdset-id' expects a non-negative value")
-    fd = _received_fd(ctx)
     set_id, fd = ctx.machine.fdsets.add(fd, fdset_id, args.get("opaque"))
     return {"fdset-id": set_id, "fd": fd}
 

@@ -84,8 +84,8 @@ class VmControl:
                  "target": "x86_64"} for i, cpu in enumerate(self.vm.machine.cpus)]
 
     def chardevs(self) -> list[dict[str, Any]]:
-        return [{"label": label, "filename": chardev.filename(),
-                 "frontend-open": chardev.frontend is not None and chardev.connected}
+        # a front-end (monitor, qtest, serial) keeps its side open whether or not a peer is connected
+        return [{"label": label, "filename": chardev.filename(), "frontend-open": chardev.frontend is not None}
                 for label, chardev in self.system.chardevs.items()]
 
     @property

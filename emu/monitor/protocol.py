@@ -430,7 +430,12 @@ class QmpSession:
         if self.is_closed:
             _close_fds(fds)
             return
-        self.pending_fds.extend(fds)
+        fds = list(fds)
+        if fds:
+            # As QEMU's socket chardev: only the fds of the latest message that carried any are
+            # kept; older unclaimed ones are closed.
+            _close_fds(self.pending_fds)
+            self.pending_fds = fds
         for value, error in self._parser.feed(data):
             if self.is_closed:
                 break
@@ -452,8 +457,14 @@ class QmpSession:
             self._close_cb()
 
     def take_fd(self) -> int | None:
-        """Pop the oldest stashed fd (for ``getfd`` / ``add-fd``), or None."""
-        return self.pending_fds.pop(0) if self.pending_fds else None
+        """The first fd of the latest message that carried fds (for ``getfd`` / ``add-fd``), or
+        None; the others of that message are closed."""
+        if not self.pending_fds:
+            return None
+        fd, rest = self.pending_fds[0], self.pending_fds[1:]
+        self.pending_fds = []
+        _close_fds(rest)  # a command takes one fd; QEMU closes the others that came with it
+        return fd
 
     # -- internals -------------------------------------------------------------
 
