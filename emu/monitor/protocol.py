@@ -139,11 +139,9 @@ class MachineControl(Protocol):
     def request_shutdown(self, reason: str) -> None:
         """Request process shutdown (``quit`` passes ``"host-qmp-quit"``).
 
-        Must only *record* the request and wake the main loop: the ``quit``
-        reply is written after this returns. The main loop then emits
-        ``SHUTDOWN`` ``{"guest": false, "reason": reason}``, calls
-        :meth:`QmpServer.close_all` and exits 0, giving QEMU's wire order
-        (reply, SHUTDOWN event, EOF).
+        Emits ``SHUTDOWN`` ``{"guest": false, "reason": reason}`` at once and
+        wakes the main loop, which then closes the monitors and exits 0: the
+        wire order is QEMU 7.2's observed one (SHUTDOWN event, reply, EOF).
         """
         ...
 

@@ -28,8 +28,12 @@ BUILTINS = {
     "int64": "int", "uint8": "int", "uint16": "int", "uint32": "int", "uint64": "int", "size": "int",
     "bool": "boolean", "null": "null", "any": "value",
 }
-QTYPE_OF = {str: "string", bool: "boolean", int: "int", float: "number", dict: "object", list: "array",
-            type(None): "null"}
+_QTYPES = {str: "qstring", bool: "qbool", int: "qnum", float: "qnum", dict: "qdict", list: "qlist",
+           type(None): "qnull"}
+
+
+def _qtype(value: Any) -> str:
+    return _QTYPES.get(type(value), "any")
 
 
 class SchemaError(ValueError):
@@ -293,13 +297,23 @@ class Schema:
                 raise QmpError(f"Invalid parameter type for '{path}', expected: object")
             return self._visit_object(ent, value, path)
         if isinstance(ent, Alternate):
-            want = QTYPE_OF.get(type(value))
+            # QEMU picks the branch by the value's QObject type, and every JSON number is a QNum:
+            # a float or huge number for an int branch fails in that branch's visitor
+            want = _qtype(value)
             for branch in ent.branches:
-                if self._json_type(branch.type) == want or (want == "int" and self._json_type(branch.type) == "number"):
+                if self._qtype_of_type(branch.type) == want:
                     return self.visit(branch.type, value, path, name)
             # the generated alternate visitor names the bare member, not the path
             raise QmpError(f"Invalid parameter type for '{name if name is not None else 'null'}', expected: {ent.name}")
         raise SchemaError(f"cannot visit '{type_name}'")
+
+    def _qtype_of_type(self, type_name: str) -> str:
+        """The QObject type a value of this schema type has (what alternates dispatch on)."""
+        ent = self._type(type_name)
+        if isinstance(ent, Builtin):
+            return {"string": "qstring", "number": "qnum", "int": "qnum", "boolean": "qbool", "null": "qnull"}.get(
+                BUILTINS[ent.name], "any")
+        return {"enum": "qstring", "array": "qlist", "object": "qdict", "alternate": "any"}[ent.meta]
 
     def _json_type(self, type_name: str) -> str:
         ent = self._type(type_name)
