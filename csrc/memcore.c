@@ -723,6 +723,12 @@ void mc_uc_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data
     mc_uc_ctl *c = user_data;
     if (c->stop) {
         ((int (*)(void *))c->emu_stop)(uc);
+    } else if (c->want_if) {
+        uint64_t flags = 0;
+        ((int (*)(void *, int, void *))c->reg_read)(uc, c->eflags_reg, &flags);
+        if (flags & 0x200) { /* IF: the pending interrupt can be taken here */
+            ((int (*)(void *))c->emu_stop)(uc);
+        }
     }
 }
 

@@ -124,8 +124,11 @@ void mc_uc_write_hook(void *uc, int type, uint64_t address, int size, int64_t va
  * stop requested from a block hook takes effect at the block's start. mc_uc_block_hook is that
  * hook (uc_cb_hookcode_t); its user_data is an mc_uc_ctl. */
 typedef struct {
-    volatile int32_t stop;   /* set by whoever wants the vCPU to return from emu_start */
-    uintptr_t emu_stop;      /* address of Unicorn's uc_emu_stop */
+    volatile int32_t stop;     /* set by whoever wants the vCPU to return from emu_start */
+    volatile int32_t want_if;  /* an interrupt is pending: return as soon as EFLAGS.IF is set */
+    int32_t eflags_reg;        /* Unicorn's register id of EFLAGS */
+    uintptr_t emu_stop;        /* address of Unicorn's uc_emu_stop */
+    uintptr_t reg_read;        /* address of Unicorn's uc_reg_read */
 } mc_uc_ctl;
 void mc_uc_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data);
 

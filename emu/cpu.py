@@ -91,6 +91,8 @@ class VCPU:
         # exactly at a block boundary (see mc_uc_ctl in memcore.h for why not emu_stop/timeout).
         self._ctl = ffi.new("mc_uc_ctl *")
         self._ctl.emu_stop = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+        self._ctl.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
+        self._ctl.eflags_reg = x86.UC_X86_REG_EFLAGS
         self._c_hook(uclib, unicorn.UC_HOOK_BLOCK, "mc_uc_block_hook", int(ffi.cast("uintptr_t", self._ctl)))
 
     def _c_hook(self, uclib: Any, kind: int, name: str, user_data: int) -> None:
@@ -119,6 +121,69 @@ class VCPU:
         uc.reg_write(x86.UC_X86_REG_EIP, self.entry)
         self._halted = False
         self.error = None
+
+    # ---- interrupts
+    def interrupt_request(self) -> None:
+        """The machine has an interrupt for the CPU (any thread): it is taken at the next block
+        boundary where EFLAGS.IF is set; a halted CPU wakes up."""
+        with self._cond:
+            self._ctl.want_if = 1
+            self._halted = False
+            self._cond.notify_all()
+
+    def _take_interrupt(self) -> None:
+        """Called between emu_start runs: inject the pending interrupt if IF allows it."""
+        x86 = self._x86
+        uc = self.uc
+        if not uc.reg_read(x86.UC_X86_REG_EFLAGS) & 0x200:
+            return
+        with self.vm.lock:
+            vector = self.machine.interrupt_vector()
+        if vector is None:
+            return
+        self._deliver(vector)
+
+    def _deliver(self, vector: int) -> None:
+        """Enters the handler of ``vector`` as the CPU does: real-mode IVT, or a protected-mode
+        interrupt/trap gate at the same privilege level (flat guests)."""
+        x86 = self._x86
+        uc = self.uc
+        flags = uc.reg_read(x86.UC_X86_REG_EFLAGS)
+        cs = uc.reg_read(x86.UC_X86_REG_CS)
+        eip = uc.reg_read(x86.UC_X86_REG_EIP)
+        mem = self.machine.address_space_memory
+        if not uc.reg_read(x86.UC_X86_REG_CR0) & 1:
+            ss = uc.reg_read(x86.UC_X86_REG_SS)
+            sp = uc.reg_read(x86.UC_X86_REG_ESP) & 0xFFFF
+            for value in (flags & 0xFFFF, cs, eip & 0xFFFF):
+                sp = (sp - 2) & 0xFFFF
+                mem.write_uint((ss << 4) + sp, value, 2)
+            uc.reg_write(x86.UC_X86_REG_ESP, sp)
+            target = mem.read_uint(vector * 4, 4)
+            uc.reg_write(x86.UC_X86_REG_EFLAGS, flags & ~0x300)  # IF and TF off
+            uc.reg_write(x86.UC_X86_REG_CS, target >> 16)
+            uc.reg_write(x86.UC_X86_REG_EIP, target & 0xFFFF)
+            return
+        _, base, limit, _ = uc.reg_read(x86.UC_X86_REG_IDTR)
+        if vector * 8 + 7 > limit:
+            self.error = f"interrupt vector {vector:#x} beyond the IDT limit {limit:#x}"
+            return
+        gate = mem.read_uint(base + vector * 8, 8)
+        offset = (gate & 0xFFFF) | ((gate >> 32) & 0xFFFF0000)
+        selector = (gate >> 16) & 0xFFFF
+        kind = (gate >> 40) & 0x1F
+        esp = uc.reg_read(x86.UC_X86_REG_ESP)
+        for value in (flags, cs, eip):
+            esp = (esp - 4) & 0xFFFFFFFF
+            mem.write_uint(esp, value, 4)  # flat stack segment
+        uc.reg_write(x86.UC_X86_REG_ESP, esp)
+        new_flags = flags & ~0x100  # TF off
+        if kind == 0x0E:  # interrupt gate (a trap gate, 0x0F, leaves IF alone)
+            new_flags &= ~0x200
+        uc.reg_write(x86.UC_X86_REG_EFLAGS, new_flags)
+        if selector != cs:
+            uc.reg_write(x86.UC_X86_REG_CS, selector)
+        uc.reg_write(x86.UC_X86_REG_EIP, offset)
 
     # ---- hooks (run on the vCPU thread)
     def _on_in(self, uc: Any, port: int, size: int, user_data: Any) -> int:
@@ -197,6 +262,12 @@ class VCPU:
                     return
                 self._paused = False
                 self._ctl.stop = 0
+            if self._ctl.want_if:
+                self._ctl.want_if = 0
+                self._take_interrupt()
+                with self.vm.lock:
+                    if self.machine.interrupt_pending():
+                        self._ctl.want_if = 1  # still pending (IF was clear, or more are queued)
             try:
                 # Unicorn resumes at EIP in either mode (the engine was made in 32-bit mode)
                 self.uc.emu_start(self.uc.reg_read(x86.UC_X86_REG_EIP), NEVER)
@@ -206,7 +277,9 @@ class VCPU:
                 self.vm.guest_error(self.error)
                 continue  # parks: ``error`` is set until a reset
             if self._halted_at_hlt():
-                self._halted = True  # waits for an interrupt (none are delivered yet) or a reset
+                with self._cond:
+                    # waits for an interrupt (interrupt_request clears it) or a reset
+                    self._halted = not self._ctl.want_if
 
     def _halted_at_hlt(self) -> bool:
         x86 = self._x86

@@ -5,6 +5,8 @@ the register window (IOREGSEL/IOWIN) reads as on real hardware.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from emu.devices.base import Device
 from emu.memory import AccessRules, MemoryRegion
 
@@ -23,6 +25,8 @@ class IOAPIC(Device):
         self.mmio = MemoryRegion.io("ioapic", 0x1000, self, AccessRules(valid_max=4, impl_min=4, impl_max=4), owner=self)
         self.reset()
 
+    deliver: "Callable[[int], None] | None" = None  # set by the board: send a vector to the CPU
+
     def reset(self) -> None:
         self.ioregsel = 0
         self.id = 0
@@ -30,10 +34,16 @@ class IOAPIC(Device):
         self.redir = [1 << 16] * NUM_PINS  # masked
 
     def _set_irq(self, n: int, level: int) -> None:
+        rising = level and not self.irr & (1 << n)
         if level:
             self.irr |= 1 << n
         else:
             self.irr &= ~(1 << n)
+        entry = self.redir[n]
+        # An unmasked pin sends its vector on a rising edge (fixed delivery to CPU 0; without a
+        # local APIC model there is no remote-IRR/EOI handshake for level-triggered pins).
+        if rising and not entry & (1 << 16) and self.deliver is not None:
+            self.deliver(entry & 0xFF)
 
     def read(self, offset: int, size: int) -> int:
         if offset == 0x00:

@@ -106,3 +106,11 @@ class Machine(QObject):
 
     def boot(self) -> None:
         """What the firmware would do before the guest runs; nothing on a bare board."""
+
+    # ---- interrupts to the CPU (boards with interrupt controllers override these)
+    def interrupt_pending(self) -> bool:
+        return False
+
+    def interrupt_vector(self) -> int | None:
+        """The CPU's interrupt acknowledge: the vector to take now, or None."""
+        return None

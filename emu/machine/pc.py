@@ -12,6 +12,7 @@ from typing import Callable
 
 from emu.devices.i440fx import CONFIG_ADDR_PORT, CONFIG_DATA_PORT, I440FXHost
 from emu.devices.i8042 import I8042
+from emu.devices.i8259 import I8259
 from emu.devices.ioapic import IOAPIC, IOAPIC_BASE, NUM_PINS
 from emu.devices.rtc import RTC
 from emu.devices.serial import Serial16550
@@ -101,10 +102,27 @@ class PcMachine(Machine):
         self.add_device(ioapic, "ioapic", parent=host)
         sysmem.add_subregion(IOAPIC_BASE, ioapic.mmio)
         self.ioapic = ioapic
-        # GSI n drives IOAPIC pin n (and, once modelled, ISA IRQ n of the 8259 pair), as QEMU's
+        # GSI n drives ISA IRQ n of the 8259 pair (n < 16) and IOAPIC pin n, as QEMU's
         # gsi_handler does; ISA devices connect their outputs here.
+        pic = I8259()
+        self.add_device(pic)
+        self.pic = pic
+        self.system_io.add_subregion(0x20, pic.master_io)
+        self.system_io.add_subregion(0xA0, pic.slave_io)
+        self.system_io.add_subregion(0x4D0, pic.elcr_io)
         pins = ioapic.gpio_in[None]
-        self.gsi = [IRQ(lambda n, level: pins[n].set(level), n) for n in range(NUM_PINS)]
+        isa = pic.gpio_in[None]
+
+        def gsi_handler(n: int, level: int) -> None:
+            if n < 16:
+                isa[n].set(level)
+            pins[n].set(level)
+
+        self.gsi = [IRQ(gsi_handler, n) for n in range(NUM_PINS)]
+        # The CPU's interrupt inputs: the PIC's INTR line and the IOAPIC's messages.
+        self._ioapic_vectors: list[int] = []
+        pic.intr.connect(IRQ(lambda n, level: self._kick_cpu() if level else None, 0))
+        ioapic.deliver = self._ioapic_deliver
 
         rtc = RTC()
         self.add_device(rtc)
@@ -122,6 +140,26 @@ class PcMachine(Machine):
         self.system_io.add_subregion(0x64, kbd.cmd_io)
 
     boot_image: bytes | None = None  # sector 0 of the boot disk, if there is one
+
+    # ---- interrupts: PIC INTR and IOAPIC fixed-delivery messages to CPU 0
+    def _kick_cpu(self) -> None:
+        vcpu = getattr(self.cpus[0], "vcpu", None) if self.cpus else None
+        if vcpu is not None:
+            vcpu.interrupt_request()
+
+    def _ioapic_deliver(self, vector: int) -> None:
+        self._ioapic_vectors.append(vector)
+        self._kick_cpu()
+
+    def interrupt_pending(self) -> bool:
+        return bool(self._ioapic_vectors) or self.pic.master.pending_irq(slave_cascade=True) >= 0
+
+    def interrupt_vector(self) -> int | None:
+        if self._ioapic_vectors:
+            return self._ioapic_vectors.pop(0)
+        if self.pic.master.pending_irq(slave_cascade=True) >= 0:
+            return self.pic.acknowledge()
+        return None
 
     def boot(self) -> None:
         """Direct boot (no BIOS is run): sector 0 of the boot disk at 0x7c00, as a BIOS leaves it."""

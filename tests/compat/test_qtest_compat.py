@@ -597,7 +597,7 @@ PC_SCRIPTS = [
     pytest.param(TOKENIZATION, id="tokenization"),
     pytest.param(WRAPAROUND, id="wraparound-2^64"),
     pytest.param(DEV_IOAPIC, id="dev-ioapic"),
-    pytest.param(DEV_PIC, id="dev-i8259-pic", marks=_xfail(NOT_MODELLED + " (i8259 PIC + ELCR)")),
+    pytest.param(DEV_PIC, id="dev-i8259-pic"),
     pytest.param(DEV_PIT, id="dev-i8254-pit", marks=_xfail(NOT_MODELLED + " (i8254 PIT, port 0x61)")),
     pytest.param(DEV_PORT92, id="dev-port92", marks=_xfail(NOT_MODELLED + " (port 0x92 A20)")),
     pytest.param(DEV_DMA, id="dev-i8237-dma", marks=_xfail(NOT_MODELLED + " (i8237 DMA + page regs)")),

@@ -1,0 +1,194 @@
+"""Interrupts into the vCPU: the 8259 PIC in real mode and the IOAPIC in flat protected mode.
+
+The guests are assembled here with GNU binutils (skipped without them); the interrupt source is
+the i8042, as in QEMU's transcripts: ``outb 0x64 0xd2`` then ``outb 0x60 X`` raises IRQ 1."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("unicorn")
+if not (shutil.which("as") and shutil.which("ld")):
+    pytest.skip("GNU binutils (as, ld) are needed to assemble the test guests", allow_module_level=True)
+
+from emu.machine import find_machine  # noqa: E402
+from emu.vm import VM  # noqa: E402
+
+PIC_GUEST = r"""
+.code16
+start:
+    cli
+    xor %ax, %ax
+    mov %ax, %ds
+    mov %ax, %ss
+    mov $0x7c00, %sp
+    movw $isr, 0x21*4          # IRQ1 -> vector 0x21 once the PIC is programmed below
+    movw $0, 0x21*4+2
+    mov $0x11, %al ; out %al, $0x20    # ICW1: edge, cascade, ICW4
+    mov $0x20, %al ; out %al, $0x21    # ICW2: master base 0x20
+    mov $0x04, %al ; out %al, $0x21    # ICW3: slave on IR2
+    mov $0x01, %al ; out %al, $0x21    # ICW4: 8086 mode
+    mov $0x11, %al ; out %al, $0xa0
+    mov $0x28, %al ; out %al, $0xa1
+    mov $0x02, %al ; out %al, $0xa1
+    mov $0x01, %al ; out %al, $0xa1
+    mov $0xfd, %al ; out %al, $0x21    # only IRQ1
+    mov $0xff, %al ; out %al, $0xa1
+    mov $'R', %al
+    mov $0x3f8, %dx
+    out %al, %dx                       # ready
+    sti
+idle:
+    hlt
+    jmp idle
+isr:
+    push %ax
+    push %dx
+    in $0x60, %al                      # the byte the test put in the keyboard buffer
+    mov $0x3f8, %dx
+    out %al, %dx
+    mov $0x20, %al
+    out %al, $0x20                     # EOI
+    pop %dx
+    pop %ax
+    iret
+.org 510
+.byte 0x55, 0xaa
+"""
+
+IOAPIC_GUEST = r"""
+.code16
+start:
+    cli
+    xor %ax, %ax
+    mov %ax, %ds
+    lgdt gdtdesc
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmp $8, $pm
+.code32
+pm:
+    mov $16, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov $0x7c00, %esp
+    mov $isr, %eax                     # interrupt gate for vector 0x30
+    mov $idt+0x30*8, %edi
+    mov %ax, (%edi)
+    movw $8, 2(%edi)
+    movw $0x8e00, 4(%edi)
+    shr $16, %eax
+    mov %ax, 6(%edi)
+    lidt idtdesc
+    mov $0xff, %al ; out %al, $0x21    # the PIC stays masked: the IOAPIC delivers
+    mov $0xff, %al ; out %al, $0xa1
+    movl $0x12, 0xfec00000             # redirection entry of pin 1, low half
+    movl $0x30, 0xfec00010             # vector 0x30, fixed, edge, unmasked
+    mov $'P', %al
+    mov $0x3f8, %dx
+    out %al, %dx
+    sti
+idle:
+    hlt
+    jmp idle
+isr:
+    push %eax
+    push %edx
+    in $0x60, %al
+    mov $0x3f8, %dx
+    out %al, %dx
+    pop %edx
+    pop %eax
+    iret
+.p2align 3
+gdt:
+    .quad 0
+    .quad 0x00cf9a000000ffff
+    .quad 0x00cf92000000ffff
+gdtdesc:
+    .word 23
+    .long gdt
+idtdesc:
+    .word 0x30*8+7
+    .long idt
+.org 510
+.byte 0x55, 0xaa
+idt:
+"""
+
+
+def assemble(source: str, tmp: Path) -> bytes:
+    (tmp / "g.S").write_text(source)
+    subprocess.run(["as", "--32", "-o", str(tmp / "g.o"), str(tmp / "g.S")], check=True)
+    subprocess.run(["ld", "-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o", str(tmp / "g.bin"),
+                    str(tmp / "g.o")], check=True)
+    return (tmp / "g.bin").read_bytes()[:512]
+
+
+class Run:
+    def __init__(self, image: bytes) -> None:
+        from emu.cpu import VCPU
+
+        self.machine = find_machine("pc")(64 << 20, manual_clock=False)
+        self.machine.boot_image = image
+        self.serial = bytearray()
+        self.changed = threading.Condition()
+        self.machine.add_serial(0, self._out)
+        self.machine.boot()
+        self.vm = VM(self.machine, start_paused=False, qtest_accel=False)
+        self.vcpu = VCPU(self.vm)
+        self.vm.attach_vcpu(self.vcpu)
+
+    def _out(self, data: bytes) -> None:
+        with self.changed:
+            self.serial += data
+            self.changed.notify_all()
+
+    def wait_for(self, text: bytes, timeout: float = 30) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: text in self.serial, timeout), bytes(self.serial)
+
+    def key(self, byte: int) -> None:
+        with self.vm.lock:  # what qtest's outb does
+            self.machine.address_space_io.write_uint(0x64, 0xD2, 1)
+            self.machine.address_space_io.write_uint(0x60, byte, 1)
+
+    def close(self) -> None:
+        self.vcpu.quit()
+
+
+@pytest.mark.parametrize("source,ready", [(PIC_GUEST, b"R"), (IOAPIC_GUEST, b"P")], ids=["pic-real-mode", "ioapic-flat-pm"])
+def test_keyboard_interrupt_reaches_the_guest_handler(tmp_path, source, ready):
+    run = Run(assemble(source, tmp_path))
+    try:
+        run.wait_for(ready)
+        for ch in b"XYZ":
+            run.key(ch)
+            run.wait_for(ready + b"XYZ"[: b"XYZ".index(ch) + 1])
+        assert bytes(run.serial) == ready + b"XYZ"
+    finally:
+        run.close()
+
+
+def test_masked_pic_input_is_not_delivered(tmp_path):
+    run = Run(assemble(PIC_GUEST, tmp_path))
+    try:
+        run.wait_for(b"R")
+        with run.vm.lock:
+            run.machine.address_space_io.write_uint(0x21, 0xFF, 1)  # mask IRQ1 behind the guest's back
+        run.key(ord("X"))
+        with run.vm.lock:
+            assert run.machine.pic.master.irr & 0x02  # latched...
+            assert not run.machine.interrupt_pending()  # ...but not offered to the CPU
+        assert bytes(run.serial) == b"R"
+        with run.vm.lock:
+            run.machine.address_space_io.write_uint(0x21, 0xFD, 1)  # unmask: the latched edge fires
+        run.wait_for(b"RX")
+    finally:
+        run.close()
