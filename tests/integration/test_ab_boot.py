@@ -70,3 +70,68 @@ def test_kvm_is_reported_unavailable_and_tcg_used(tmp):
         assert "emu-system-x86_64: failed to initialize kvm: Operation not supported" in m.stderr_text()
     else:
         assert "Could not access KVM kernel module: No such file or directory" in m.stderr_text()
+
+
+QEMU_STYLE_SECTOR = r"""
+# The shape of the boot sector QEMU's own migration test uses: no stack, only DS loaded after the
+# switch to protected mode, a 32-bit far jump from 16-bit code, no wait on the UART, and a byte
+# counter that prints B every 256 passes. Written here from that description.
+.code16
+start:
+    cli
+    lgdt gdtdesc
+    mov $1, %eax
+    mov %eax, %cr0
+    data32 ljmp $8, $pm
+.code32
+pm:
+    inb $0x92, %al
+    or $2, %al
+    outb %al, $0x92
+    mov $16, %eax
+    mov %eax, %ds
+    mov $65, %ax
+    mov $0x3f8, %dx
+    outb %al, %dx
+    mov $0, %bl
+pass:
+    mov $(1024*1024), %eax
+page:
+    incb (%eax)
+    add $4096, %eax
+    cmp $(100*1024*1024), %eax
+    jl page
+    inc %bl
+    jnz pass
+    mov $66, %ax
+    mov $0x3f8, %dx
+    outb %al, %dx
+    jmp pass
+.p2align 2
+gdt:
+    .quad 0
+    .quad 0x00cf9a000000ffff
+    .quad 0x00cf92000000ffff
+gdtdesc:
+    .word 23
+    .long gdt
+.org 510
+.byte 0x55, 0xaa
+"""
+
+
+@pytest.mark.skipif(not (shutil.which("as") and shutil.which("ld")), reason="GNU binutils are needed")
+def test_a_qemu_style_boot_sector_runs_and_passes_the_memory_check(tmp):
+    import subprocess
+
+    (tmp / "q.S").write_text(QEMU_STYLE_SECTOR)
+    subprocess.run(["as", "--32", "-o", str(tmp / "q.o"), str(tmp / "q.S")], check=True)
+    subprocess.run(["ld", "-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o", str(tmp / "bootsect"),
+                    str(tmp / "q.o")], check=True)
+    args = ["-accel", "kvm", "-accel", "tcg", "-m", "150M", "-serial", f"file:{tmp}/serial",
+            "-drive", f"file={tmp}/bootsect,format=raw"]
+    with QTestMachine(BIN, args, accel_qtest=True) as m:
+        wait_for_serial(tmp / "serial", timeout=120)
+        m.qmp.cmd("stop")
+        m.qmp.wait_event("STOP", timeout=30)
+        check_guests_ram(m.qtest)
