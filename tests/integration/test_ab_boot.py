@@ -135,3 +135,16 @@ def test_a_qemu_style_boot_sector_runs_and_passes_the_memory_check(tmp):
         m.qmp.cmd("stop")
         m.qmp.wait_event("STOP", timeout=30)
         check_guests_ram(m.qtest)
+
+
+def test_guest_waits_for_cont_under_dash_s(tmp):
+    image = ab_bootsect(tmp / "bootsect", 1)
+    args = ["-accel", "tcg", "-M", "pc", "-m", "150M", "-S", "-serial", f"file:{tmp}/serial",
+            "-drive", f"file={image},format=raw"]
+    with QTestMachine(BIN, args, accel_qtest=True) as m:
+        assert m.qmp.cmd("query-status") == {"running": False, "status": "prelaunch"}
+        assert m.qtest.readb(TEST_MEM_START) == 0 and (tmp / "serial").read_bytes() == b""
+        m.qmp.cmd("cont")
+        wait_for_serial(tmp / "serial", timeout=60)
+        m.qmp.cmd("stop")
+        check_guests_ram(m.qtest)
