@@ -44,7 +44,7 @@ class VCPU:
         # Parking waits release the machine lock (QEMU's BQL does the same in pause_all_vcpus):
         # the vCPU may need it to finish the I/O access it is in.
         self._cond = threading.Condition(vm.lock)
-        self._pause_requested = False
+        self._pause_requested = True  # until the VM runs (resume)
         self._paused = True
         self._quit = False
         self._halted = False
