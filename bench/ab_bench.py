@@ -111,7 +111,7 @@ def main() -> int:
         rows.append(("ours, no dirty tracking (in-process)", run_in_process(a.seconds, False)))
         rows.append(("ours, dirty tracking (in-process)", run_in_process(a.seconds, True)))
     qemu = rows[0][1] if a.qemu else None
-    print(f"| run | B/s | passes/s | pages dirtied/s | ratio to QEMU |")
+    print("| run | B/s | passes/s | pages dirtied/s | ratio to QEMU |")
     print("|---|--:|--:|--:|--:|")
     for name, bps in rows:
         passes = bps * PASSES_PER_B

@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from qtest.client import QTestClient, QTestEOF, QTestError
+from qtest.client import QTestClient, QTestError
 
 __all__ = [
     "DEFAULT_BINARY_NAME",

@@ -7,7 +7,6 @@ devices plug in through ``add_device`` and the ``memory``/``io`` regions.
 """
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 from emu.devices.i440fx import CONFIG_ADDR_PORT, CONFIG_DATA_PORT, I440FXHost

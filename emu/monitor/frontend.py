@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from emu.monitor.fds import NamedFds
 from emu.monitor.protocol import QmpError, QmpServer, QmpSession
-from emu.vm import VM, VMError
+from emu.vm import VMError
 
 if TYPE_CHECKING:
     from emu.chardev import Chardev

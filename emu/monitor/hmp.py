@@ -229,7 +229,7 @@ def _xp(machine: Any, args: list[str], state: dict[str, Any]) -> str:
     try:
         addr = int(args[0], 0) & ((1 << 64) - 1)
     except ValueError:
-        raise HmpError(f"invalid char in expression\nTry \"help xp\" for more information\n") from None
+        raise HmpError("invalid char in expression\nTry \"help xp\" for more information\n") from None
     if fmt == "c":
         size = 1
     digits = {"x": size * 2, "o": (size * 8 + 2) // 3, "u": (size * 80 + 32) // 33, "d": (size * 80 + 32) // 33}

@@ -6,7 +6,7 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from emu.memory import AccessRules, AddressSpace, CallbackOps, MemoryRegion
+from emu.memory import AccessRules, AddressSpace, MemoryRegion
 
 
 class Recorder:

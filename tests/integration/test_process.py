@@ -3,7 +3,6 @@ exit status, logs, reconnects, backpressure and QEMU-style command-line errors."
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
