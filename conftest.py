@@ -32,3 +32,22 @@ def vectors_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared vectors not found at {path}")
     return path
+
+
+@pytest.fixture
+def assemble(tmp_path: Path):
+    """Assembles a 16/32-bit x86 boot sector written in GNU as syntax (linked at 0x7c00) and
+    returns its first 512 bytes; skips the test where GNU binutils are missing."""
+    import subprocess
+
+    if not (shutil.which("as") and shutil.which("ld")):
+        pytest.skip("GNU binutils (as, ld) are needed to assemble test guests")
+
+    def run(source: str) -> bytes:
+        (tmp_path / "g.S").write_text(source)
+        subprocess.run(["as", "--32", "-o", str(tmp_path / "g.o"), str(tmp_path / "g.S")], check=True)
+        subprocess.run(["ld", "-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o",
+                        str(tmp_path / "g.bin"), str(tmp_path / "g.o")], check=True)
+        return (tmp_path / "g.bin").read_bytes()[:512]
+
+    return run

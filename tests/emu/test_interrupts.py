@@ -1,19 +1,14 @@
 """Interrupts into the vCPU: the 8259 PIC in real mode and the IOAPIC in flat protected mode.
 
-The guests are assembled here with GNU binutils (skipped without them); the interrupt source is
+The guests are assembled with GNU binutils (the ``assemble`` fixture); the interrupt source is
 the i8042, as in QEMU's transcripts: ``outb 0x64 0xd2`` then ``outb 0x60 X`` raises IRQ 1."""
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("unicorn")
-if not (shutil.which("as") and shutil.which("ld")):
-    pytest.skip("GNU binutils (as, ld) are needed to assemble the test guests", allow_module_level=True)
 
 from emu.machine import find_machine  # noqa: E402
 from emu.vm import VM  # noqa: E402
@@ -123,14 +118,6 @@ idt:
 """
 
 
-def assemble(source: str, tmp: Path) -> bytes:
-    (tmp / "g.S").write_text(source)
-    subprocess.run(["as", "--32", "-o", str(tmp / "g.o"), str(tmp / "g.S")], check=True)
-    subprocess.run(["ld", "-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o", str(tmp / "g.bin"),
-                    str(tmp / "g.o")], check=True)
-    return (tmp / "g.bin").read_bytes()[:512]
-
-
 class Run:
     def __init__(self, image: bytes) -> None:
         from emu.cpu import VCPU
@@ -164,8 +151,8 @@ class Run:
 
 
 @pytest.mark.parametrize("source,ready", [(PIC_GUEST, b"R"), (IOAPIC_GUEST, b"P")], ids=["pic-real-mode", "ioapic-flat-pm"])
-def test_keyboard_interrupt_reaches_the_guest_handler(tmp_path, source, ready):
-    run = Run(assemble(source, tmp_path))
+def test_keyboard_interrupt_reaches_the_guest_handler(assemble, source, ready):
+    run = Run(assemble(source))
     try:
         run.wait_for(ready)
         for ch in b"XYZ":
@@ -176,8 +163,8 @@ def test_keyboard_interrupt_reaches_the_guest_handler(tmp_path, source, ready):
         run.close()
 
 
-def test_masked_pic_input_is_not_delivered(tmp_path):
-    run = Run(assemble(PIC_GUEST, tmp_path))
+def test_masked_pic_input_is_not_delivered(assemble):
+    run = Run(assemble(PIC_GUEST))
     try:
         run.wait_for(b"R")
         with run.vm.lock:
