@@ -25,6 +25,7 @@ class Guest:
         self.machine.boot_image = bytes(image)
         self.serial = bytearray()
         self.got_b = threading.Event()
+        self.changed = threading.Condition()
         self.machine.add_serial(0, self._out)
         self.machine.boot()
         self.vm = VM(self.machine, start_paused=False, qtest_accel=False)
@@ -32,7 +33,9 @@ class Guest:
         self.vm.attach_vcpu(self.vcpu)
 
     def _out(self, data: bytes) -> None:
-        self.serial += data
+        with self.changed:
+            self.serial += data
+            self.changed.notify_all()
         if b"B" in data:
             self.got_b.set()
 
@@ -100,8 +103,10 @@ def test_guest_writes_mark_exactly_the_pages_they_touch(guest):
 def test_reset_restarts_the_guest(guest):
     guest.wait_b(1)
     guest.vm.reset("host-qmp-system-reset")
+    with guest.changed:  # the restarted guest prints A again
+        assert guest.changed.wait_for(lambda: guest.serial.count(b"A") == 2, 60), bytes(guest.serial)
     guest.wait_b(1)
-    assert guest.serial.count(b"A") == 2
+    assert guest.serial.count(b"A") == 2 and guest.serial.rindex(b"B") > guest.serial.rindex(b"A")
 
 
 def test_qom_cpu_reports_the_vcpu_thread(guest):

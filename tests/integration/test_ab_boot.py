@@ -23,6 +23,19 @@ def tmp():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def wait_for_text(path: Path, text: bytes, start: int = 0, timeout: float = 60) -> int:
+    """Offset just past the first ``text`` at or after ``start`` in a file the guest writes."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        pos = path.read_bytes().find(text, start)
+        if pos >= 0:
+            return pos + len(text)
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.001)  # a file has nothing to wait on
+
+
 def launch(tmp: Path, passes: int | None = 1, drive: str = "plain") -> QTestMachine:
     image = ab_bootsect(tmp / "bootsect", passes)
     disk = (["-drive", f"file={image},format=raw"] if drive == "plain" else
@@ -55,7 +68,9 @@ def test_system_reset_restarts_the_guest(tmp):
         pos = wait_for_serial(tmp / "serial", timeout=60)
         m.qmp.cmd("system_reset")
         m.qmp.wait_event("RESET", timeout=30)
-        wait_for_serial(tmp / "serial", timeout=60, start=pos)
+        # Bs of the old run may still precede the restart: wait for the new A, then its B
+        again = wait_for_text(tmp / "serial", b"A", start=pos)
+        wait_for_serial(tmp / "serial", timeout=60, start=again)
         assert (tmp / "serial").read_bytes().count(b"A") == 2
         cpus = m.qmp.cmd("query-cpus-fast")
         assert cpus[0]["thread-id"] != m.pid  # the vCPU thread, not the main thread

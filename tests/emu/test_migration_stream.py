@@ -1,0 +1,383 @@
+"""The migration stream layer against real QEMU 7.2 data (../shared/vectors)."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from emu.migration import vmstate as vms
+from emu.migration.stream import (
+    StreamEOFError,
+    StreamError,
+    StreamReader,
+    StreamWriter,
+    load_stream,
+    parse_stream,
+    save_stream,
+    xbzrle_decode,
+    xbzrle_encode,
+)
+from emu.ram import RamBlock
+
+VECTORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors"
+MIG = VECTORS / "qemu72-none-16M.mig"
+CASES = json.loads((VECTORS / "qemu72-load-errors.json").read_text())
+PREFIX = "qemu-system-x86_64: "
+MiB = 1 << 20
+
+# ---------------------------------------------------------------- building blocks (vectors README §2.1)
+PAT1 = bytes((i * 7 + 1) & 0xFF for i in range(4096))
+PAT2 = b"QEMU-EMU" * 512
+PAT2_NEW = bytearray(PAT2)
+PAT2_NEW[100:104] = bytes.fromhex("deadbeef")
+PAT2_NEW[4000] = 0x55
+PAT2_NEW = bytes(PAT2_NEW)
+DELTA = bytes.fromhex("6404deadbeefb81e0155")
+
+H = bytes.fromhex("5145564d00000003")
+EOF = b"\x00"
+
+
+def be32(v: int) -> bytes:
+    return struct.pack(">I", v)
+
+
+def be64(v: int) -> bytes:
+    return struct.pack(">Q", v)
+
+
+def C(name: bytes) -> bytes:
+    return b"\x07" + be32(len(name)) + name
+
+
+def counted(s: bytes) -> bytes:
+    return bytes((len(s),)) + s
+
+
+EOS = be64(0x10)
+MEM_SIZE = be64(0x1000004) + counted(b"ram") + be64(0x1000000)
+
+
+def foot(sid: int) -> bytes:
+    return b"\x7e" + be32(sid)
+
+
+def hdr(kind: int, sid: int, idstr: bytes = b"ram", inst: int = 0, ver: int = 4) -> bytes:
+    if kind in (1, 4):
+        return bytes((kind,)) + be32(sid) + counted(idstr) + be32(inst) + be32(ver)
+    return bytes((kind,)) + be32(sid)
+
+
+def page1(name: bytes = b"ram") -> bytes:
+    return be64(0x1008) + counted(name) + PAT1
+
+
+def zero2(fill: int = 0) -> bytes:
+    return be64(0x2022) + bytes((fill,))
+
+
+PAGE2 = be64(0x3028) + PAT2
+XBZ = be64(0x3060) + b"\x01" + struct.pack(">H", len(DELTA)) + DELTA
+
+
+def RS(sid: int = 2, ver: int = 4, mem: bytes = MEM_SIZE, footer: int | None = None) -> bytes:
+    return hdr(1, sid, ver=ver) + mem + EOS + foot(sid if footer is None else footer)
+
+
+def RP(sid: int = 2, name: bytes = b"ram", fill: int = 0, xbz: bool = True) -> bytes:
+    return hdr(2, sid) + page1(name) + zero2(fill) + PAGE2 + (XBZ if xbz else b"") + EOS + foot(sid)
+
+
+def RE(sid: int = 2) -> bytes:
+    return hdr(3, sid) + EOS + foot(sid)
+
+
+def GS(rs: bytes) -> bytes:
+    return hdr(4, 4, b"globalstate", 0, 1) + be32(len(rs) + 1) + rs.ljust(100, b"\0") + foot(4)
+
+
+def no_footers(s: bytes, sid: int = 2) -> bytes:
+    return s.replace(foot(sid), b"")
+
+
+NONE = C(b"none")
+MINIMAL = H + NONE + RS() + RP() + RE() + EOF
+GS_DESC = (b'{"page_size": 4096, "devices": [{"name": "globalstate", "instance_id": 0, "vmsd_name": "globalstate", '
+           b'"version": 1, "fields": [{"name": "size", "type": "uint32", "size": 4}, {"name": "runstate", '
+           b'"type": "buffer", "size": 100}]}]}')
+INNER = RS() + RP() + RE() + EOF
+UUID_SUB = b"\x05" + counted(b"configuration/uuid") + be32(1) + bytes(range(16))
+RAM_BODY_RECS = page1() + zero2() + PAGE2
+
+
+def tail(*records: bytes) -> bytes:
+    return b"".join(records) + EOS + foot(2)
+
+
+STREAMS: dict[str, bytes] = {
+    # accepted (README §2.2)
+    "minimal": MINIMAL,
+    "minimal_vmdesc": H + NONE + RS() + RP() + RE() + GS(b"paused") + EOF + b"\x06" + be32(len(GS_DESC)) + GS_DESC,
+    "ram_single_full": H + NONE + hdr(4, 7) + MEM_SIZE + RAM_BODY_RECS + XBZ + EOS + foot(7) + EOF,
+    "ram_start_only": H + NONE + hdr(1, 2) + MEM_SIZE + RAM_BODY_RECS + EOS + foot(2) + EOF,
+    "no_mem_size": H + NONE + hdr(1, 2) + RAM_BODY_RECS + EOS + foot(2) + EOF,
+    "no_ram_at_all": H + NONE + EOF,
+    "machine_prefix": H + C(b"no") + RS() + RP() + RE() + EOF,
+    "machine_empty": H + C(b"") + RS() + RP() + RE() + EOF,
+    "zero_fill_nonzero": H + NONE + RS() + RP(fill=0xAB) + RE() + EOF,
+    "cmd_packaged": H + NONE + bytes.fromhex("0800070004") + be32(len(INNER)) + INNER + EOF,
+    "config_subsection_uuid": H + NONE + UUID_SUB + RS() + RP() + RE() + EOF,
+    "trailing_garbage": MINIMAL + b"\x99garbage",
+    "globalstate_running": H + NONE + RS() + RP() + RE() + GS(b"running") + EOF,
+    "devices_before_ram": H + NONE + GS(b"paused") + RS() + RP() + RE() + EOF,
+    "section_id_arbitrary": H + NONE + RS(1234) + RP(1234) + RE(1234) + EOF,
+    # refused (README §2.3)
+    "no_config": H + RS() + RP() + RE() + EOF,
+    "wrong_machine": H + C(b"pc-i440fx-7.2") + RS() + RP() + RE() + EOF,
+    "machine_longer": H + C(b"none-extra") + RS() + RP() + RE() + EOF,
+    "bad_magic": bytes.fromhex("5145560000000003") + NONE + EOF,
+    "version2": bytes.fromhex("5145564d00000002") + NONE + EOF,
+    "version4": bytes.fromhex("5145564d00000004") + NONE + EOF,
+    "no_footers": no_footers(MINIMAL),
+    "wrong_footer_id": H + NONE + RS(footer=9) + EOF,
+    "unknown_section": H + NONE + hdr(4, 3, b"foo", 0, 1) + be32(0) + foot(3) + EOF,
+    "unknown_instance": H + NONE + hdr(4, 3, b"timer", 1, 2) + bytes(24) + foot(3) + EOF,
+    "ram_version5": H + NONE + RS(ver=5) + EOF,
+    "ram_version3": H + NONE + RS(ver=3) + EOF,
+    "part_unknown_id": H + NONE + RP(9) + EOF,
+    "unknown_block": H + NONE + RS(mem=be64(0x1000004) + counted(b"pc.ram") + be64(0x1000000)) + EOF,
+    "wrong_block_size": H + NONE + RS(mem=be64(0x2000004) + counted(b"ram") + be64(0x2000000)) + EOF,
+    "page_unknown_block": H + NONE + RS() + RP(name=b"nosuch", xbz=False) + EOF,
+    "page_out_of_range": H + NONE + RS() + hdr(2, 2) + tail(be64(0x1000008) + counted(b"ram") + PAT1) + EOF,
+    "continue_first": H + NONE + RS() + hdr(2, 2) + tail(be64(0x1028) + PAT1) + EOF,
+    "unknown_ram_flag": H + NONE + RS() + hdr(2, 2) + be64(0x1100) + counted(b"ram") + be32(4) + be32(0)
+    + EOS + foot(2) + EOF,
+    "multifd_flush_flag": H + NONE + RS() + hdr(2, 2) + tail(be64(0x200), page1()) + EOF,
+    "xbzrle_bad_encoding": H + NONE + RS() + hdr(2, 2)
+    + tail(be64(0x3008) + counted(b"ram") + PAT2, be64(0x3060) + bytes.fromhex("020003000100")) + EOF,
+    "missing_eof": MINIMAL[:-1],
+    "missing_ram_eos": H + NONE + RS() + hdr(2, 2) + page1() + foot(2) + EOF,
+    "truncated_page": H + NONE + RS() + hdr(2, 2) + page1()[:2000],
+    "unknown_section_type": H + NONE + b"\x42" + EOF,
+    "subsection_type_toplevel": H + NONE + b"\x05" + EOF,
+    "cmd_unknown": H + NONE + bytes.fromhex("0800500000") + EOF,
+    "cmd_ping_no_rp": H + NONE + bytes.fromhex("080002000400000007") + EOF,
+    "cmd_ping_badlen": H + NONE + bytes.fromhex("08000200020007") + EOF,
+    "config_subsection_unknown": H + NONE + b"\x05" + counted(b"configuration/bogus") + be32(1) + EOF,
+}
+
+
+def fresh_ram() -> RamBlock:
+    return RamBlock("ram", 16 * MiB)
+
+
+def expected_lines(case: dict) -> list[str]:
+    return [ln.removeprefix(PREFIX) for ln in case["stderr"].split("\n") if ln]
+
+
+# ---------------------------------------------------------------- the real stream (vectors README §1)
+
+def test_save_is_byte_exact_against_qemu72_vector():
+    out = io.BytesIO()
+    stats = save_stream(out, [fresh_ram()], None, "none", "prelaunch")
+    assert out.getvalue() == MIG.read_bytes()
+    assert stats == {"zero_pages": 4096, "normal_pages": 0, "bytes": 37645}
+
+
+def test_save_through_short_writes():
+    class Trickle:
+        def __init__(self):
+            self.buf = bytearray()
+
+        def write(self, b):
+            n = min(len(b), 1000)
+            self.buf += bytes(b[:n])
+            return n
+
+    sink = Trickle()
+    save_stream(StreamWriter(sink, buffer_size=4096), [fresh_ram()], None, "none", "prelaunch")
+    assert bytes(sink.buf) == MIG.read_bytes()
+
+
+def test_parse_vector_structure():
+    items = parse_stream(MIG.read_bytes())
+    got = [(i.kind, i.offset, i.section_id, i.idstr, i.instance_id, i.version_id, i.body_size) for i in items]
+    assert got == [
+        ("header", 0x0, None, None, None, 3, None),
+        ("config", 0x8, None, None, None, None, None),
+        ("START", 0x11, 2, "ram", 0, 4, 28),
+        ("PART", 0x43, 2, "ram", None, None, 36876),
+        ("END", 0x9059, 2, "ram", None, None, 8),
+        ("FULL", 0x906B, 0, "timer", 0, 2, 24),
+        ("FULL", 0x909B, 4, "globalstate", 0, 1, 104),
+        ("EOF", 0x9121, None, None, None, None, None),
+        ("vmdesc", 0x9122, None, None, None, None, None),
+    ]
+    assert items[1].name == "none"
+    assert items[2].ram["mem_size"] == [("ram", 16 * MiB)] and items[2].ram["eos"] == 1
+    part = items[3].ram
+    assert (part["zero"], part["page"], part["xbzrle"], part["named"], part["continue"]) == (4096, 0, 0, 1, 4095)
+    assert items[4].ram["eos"] == 1 and items[4].ram["zero"] == 0
+    assert items[8].length == 486
+    desc = json.loads(items[8].value)
+    assert [d["name"] for d in desc["devices"]] == ["timer", "globalstate"]
+
+
+def test_vmdesc_entries_match_vector():
+    js = json.dumps({"page_size": 4096, "devices": [vms.vmdesc_device(vms.timer_entry()),
+                                                     vms.vmdesc_device(vms.globalstate_entry("prelaunch"))]})
+    assert js.encode() == MIG.read_bytes()[0x9127:]
+
+
+def test_load_vector_into_fresh_ram():
+    ram = fresh_ram()
+    res = load_stream(io.BytesIO(MIG.read_bytes()), {"ram": ram}, None, "none")
+    assert res.runstate == "prelaunch" and res.received_runstate == "prelaunch"
+    assert res.warnings == []
+    assert res.zero_pages == 4096 and res.normal_pages == 0
+    assert ram.populated_pages() == 0
+    assert ram.zero_pages(0, ram.pages) == b"\x01" * ram.pages
+
+
+def test_load_vector_through_one_byte_reads():
+    class Drip:
+        def __init__(self, data):
+            self.b = io.BytesIO(data)
+
+        def read(self, n):
+            return self.b.read(1)
+
+    res = load_stream(StreamReader(Drip(MIG.read_bytes())), {"ram": fresh_ram()}, None, "none")
+    assert res.runstate == "prelaunch"
+
+
+def test_load_zero_record_clears_a_dirty_page():
+    ram = fresh_ram()
+    ram.write(0x5000, b"\x01" * 4096)
+    load_stream(io.BytesIO(MIG.read_bytes()), {"ram": ram}, None, "none")
+    assert ram.read(0x5000, 4096) == bytes(4096)
+
+
+# ---------------------------------------------------------------- the 45 hand-made streams (vectors README §2)
+
+def test_every_case_is_rebuilt():
+    assert set(STREAMS) == set(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_qemu72_load_case(name):
+    case = CASES[name]
+    stream = STREAMS[name]
+    assert len(stream) == case["bytes"]
+    ram = fresh_ram()
+    if case["status"] == "completed":
+        res = load_stream(io.BytesIO(stream), {"ram": ram}, None, "none")
+        assert res.warnings == expected_lines(case)
+        assert res.runstate == case["runstate"]
+        fill = 0xAB if name == "zero_fill_nonzero" else 0
+        p1, p2, p3 = ram.read(0x1000, 4096), ram.read(0x2000, 4096), ram.read(0x3000, 4096)
+        assert {
+            "page1000==PAT1": p1 == PAT1,
+            "page2000==fill": p2 == bytes((fill,)) * 4096,
+            "page3000==PAT2_NEW(xbzrle)": p3 == PAT2_NEW,
+            "page3000==PAT2": p3 == PAT2,
+        } == case["mem"]
+    else:
+        with pytest.raises(StreamError) as ei:
+            load_stream(io.BytesIO(stream), {"ram": ram}, None, "none")
+        lines = expected_lines(case)
+        assert ei.value.messages == lines
+        strerror = lines[-1].split(": ", 1)[1]
+        assert {"Invalid argument": "EINVAL", "Operation not supported": "ENOTSUP", "Input/output error": "EIO",
+                "Operation not permitted": "EPERM", "Numerical result out of range": "ERANGE",
+                "No such file or directory": "ENOENT"}[strerror] == ei.value.errno_name
+
+
+# ---------------------------------------------------------------- RAM state after a refused load
+
+def test_ram_state_after_error_keeps_pages_before_the_failing_record():
+    ram = fresh_ram()
+    with pytest.raises(StreamError) as ei:
+        load_stream(io.BytesIO(STREAMS["xbzrle_bad_encoding"]), {"ram": ram}, None, "none")
+    assert ram.read(0x3000, 4096) == PAT2  # the PAGE before the bad XBZRLE record is loaded
+    assert ei.value.records_applied == 1
+
+    ram = fresh_ram()
+    with pytest.raises(StreamError):
+        load_stream(io.BytesIO(STREAMS["missing_ram_eos"]), {"ram": ram}, None, "none")
+    assert ram.read(0x1000, 4096) == PAT1
+
+    ram = fresh_ram()
+    with pytest.raises(StreamError) as ei:
+        load_stream(io.BytesIO(STREAMS["truncated_page"]), {"ram": ram}, None, "none")
+    assert ei.value.records_applied == 0 and ram.populated_pages() == 0
+    assert ram.read(0x1000, 4096) == bytes(4096)  # the truncated page is not half-written
+
+
+# ---------------------------------------------------------------- round trips, XBZRLE, reader
+
+def test_round_trip_with_data_pages():
+    src = fresh_ram()
+    src.write(0x1000, PAT1)
+    src.write(0xFFF000, PAT2)
+    out = io.BytesIO()
+    stats = save_stream(out, [src], None, "none", "paused")
+    assert stats["normal_pages"] == 2 and stats["zero_pages"] == 4094
+    items = parse_stream(out.getvalue())
+    part = next(i for i in items if i.kind == "PART").ram
+    assert (part["page"], part["zero"], part["named"]) == (2, 4094, 1)
+    dst = fresh_ram()
+    res = load_stream(io.BytesIO(out.getvalue()), {"ram": dst}, None, "none")
+    assert res.runstate == "paused" and res.warnings == []
+    assert dst.read(0x1000, 4096) == PAT1 and dst.read(0xFFF000, 4096) == PAT2
+    assert dst.populated_pages() == 2
+
+
+def test_xbzrle_codec_matches_readme_delta():
+    assert xbzrle_encode(PAT2, PAT2_NEW) == DELTA
+    page = bytearray(PAT2)
+    assert xbzrle_decode(DELTA, page) == 4001 and bytes(page) == PAT2_NEW
+    assert xbzrle_encode(PAT2, PAT2) == b""
+    assert xbzrle_encode(bytes(4096), bytes(range(256)) * 16) is None  # overflow -> normal page
+    assert xbzrle_decode(b"\x00\x00", bytearray(16)) == -1  # nonzero-run of 0
+    assert xbzrle_decode(b"\x01", bytearray(16)) == -1  # fewer than 2 bytes left
+    assert xbzrle_decode(b"\x80\x80\x01\x01\x01", bytearray(16)) == -1  # 3-byte uleb
+
+
+def test_xbzrle_decode_error_message():
+    bad = H + NONE + RS() + hdr(2, 2) + tail(page1(), be64(0x1060) + b"\x01" + struct.pack(">H", 2) + b"\x00\x00") + EOF
+    with pytest.raises(StreamError) as ei:
+        load_stream(io.BytesIO(bad), {"ram": fresh_ram()}, None, "none")
+    assert ei.value.messages == ["Failed to load XBZRLE page - decode error!", "Failed to decompress XBZRLE page at 1000",
+                                 "error while loading state section id 2(ram)",
+                                 "load of migration failed: Invalid argument"]
+
+
+def test_globalstate_invalid_runstate():
+    s = H + NONE + GS(b"bogus") + EOF
+    with pytest.raises(StreamError) as ei:
+        load_stream(io.BytesIO(s), {"ram": fresh_ram()}, None, "none")
+    assert ei.value.messages == ["invalid parameter value: bogus",
+                                 "error while loading state for instance 0x0 of device 'globalstate'",
+                                 "load of migration failed: Invalid argument"]
+
+
+def test_uuid_mismatch_and_autostart_off():
+    s = H + NONE + UUID_SUB + EOF
+    with pytest.raises(StreamError) as ei:
+        load_stream(io.BytesIO(s), {"ram": fresh_ram()}, None, "none", uuid=bytes(16))
+    assert ei.value.messages[0] == ("UUID received is 00010203-0405-0607-0809-0a0b0c0d0e0f and local is "
+                                    "00000000-0000-0000-0000-000000000000")
+    res = load_stream(io.BytesIO(H + NONE + EOF), {"ram": fresh_ram()}, None, "none", autostart=False)
+    assert res.runstate == "paused"
+
+
+def test_reader_eof_error_is_clear():
+    r = StreamReader.from_bytes(b"abc")
+    assert r.read(2) == b"ab"
+    with pytest.raises(StreamEOFError) as ei:
+        r.read(4)
+    assert ei.value.partial == b"c" and ei.value.wanted == 4 and "offset 3" in str(ei.value)
