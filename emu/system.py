@@ -81,6 +81,9 @@ class System:
         for key, value in cfg.machine_props.items():
             _set_machine_prop(machine, key, value)
         vm = VM(machine, start_paused=cfg.start_paused, qtest_accel=qtest_accel, name=cfg.name, uuid=cfg.uuid)
+        if cfg.incoming is not None:
+            vm.runstate = "inmigrate"  # waits for the stream; autostart stays as -S says
+            machine.clock.enable(False)
         vm.defer = self.loop.call_soon_threadsafe
         vm.on_shutdown_request(self.loop.stop)
         from emu.drives import DriveError, boot_disk
@@ -160,10 +163,13 @@ class System:
                 raise StartupError(f"-chardev {chardev.backend},id={chr_id}: {e}") from None
         for opts in cfg.add_fds:
             self.fdsets.add(int(opts["fd"]), int(opts["set"]), opts.get("opaque"))
+        self._setup_migration()
         self._setup_monitors()
         self._setup_serials()
         self._setup_qtest()
         self._setup_vcpu()
+        if cfg.incoming is not None and cfg.incoming != "defer":
+            self._start_incoming(cfg.incoming)
 
     def _setup_monitors(self) -> None:
         cfg = self.cfg
@@ -185,6 +191,30 @@ class System:
         self.qmp_server = make_qmp_server(self)
         for chardev, pretty in targets:
             attach_monitor(self.qmp_server, chardev, pretty)
+
+    def _setup_migration(self) -> None:
+        from emu.migration.manager import MigrationManager
+
+        def named_fds() -> Any:
+            # QEMU looks names up in the current monitor; -incoming fd:N has none
+            session = next(iter(self.qmp_server.sessions), None) if self.qmp_server else None
+            return getattr(session, "named_fds", None)
+
+        def fatal(status: int) -> None:
+            self.vm.exit_code = status
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+        self.migration = MigrationManager(self.vm, named_fds=named_fds, fdsets=self.fdsets, fatal=fatal,
+                                          prog=self.prog)
+
+    def _start_incoming(self, uri: str) -> None:
+        from emu.migration.address import MigrationAddressError, parse_migration_uri
+        from emu.migration.manager import MigrationError
+
+        try:
+            self.migration.incoming(parse_migration_uri(uri))
+        except (MigrationAddressError, MigrationError) as e:
+            raise StartupError(str(e)) from None
 
     def _setup_serials(self) -> None:
         """Opens each ``-serial`` chardev now (a test may be waiting for us to connect); the 16550

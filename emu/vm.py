@@ -137,6 +137,21 @@ class VM:
 
         self.defer(stop)
 
+    def set_runstate(self, state: str) -> None:
+        """Enters a run state that stops the VM without a command (``postmigrate``...)."""
+        with self.lock:
+            if self.running:
+                self.stop()
+            self.runstate = state
+
+    def finish_incoming(self, received: str) -> None:
+        """An incoming migration completed: run if the source ran and autostart allows it, else
+        enter the state received (QEMU's process_incoming_migration_bh)."""
+        with self.lock:
+            self.runstate = "paused" if received == "running" else received
+            if received == "running" and self.autostart:
+                self.cont()
+
     def powerdown(self) -> None:
         """``system_powerdown``: the ACPI power button; a guest without ACPI ignores it."""
         self.emit("POWERDOWN")

@@ -89,12 +89,19 @@ class VmControl:
                 for label, chardev in self.system.chardevs.items()]
 
     @property
+    def migration(self) -> Any:
+        """The VM's MigrationManager."""
+        return self.system.migration
+
+    @property
     def memory(self) -> Any:
         """The machine, for HMP's memory and tree dumps."""
         return self.vm.machine
 
 
 def make_qmp_server(system: System) -> QmpServer:
+    import emu.migration.commands  # noqa: F401 - registers the migration commands
+
     server = QmpServer(VmControl(system))
     system.vm.add_event_sink(server.emit_event)
     return server

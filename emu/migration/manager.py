@@ -1,0 +1,234 @@
+"""Migration state and the outgoing/incoming runs (QEMU's MigrationState, in small).
+
+This first slice migrates by stop-and-copy: the source stops its VM and sends one complete
+stream (RAM pages, zero pages found in C, device sections, globalstate). The destination loads
+it and resumes as QEMU does (autostart, or the received run state). Status transitions and
+MIGRATION/MIGRATION_PASS events (when the ``events`` capability is on) follow QEMU 9.1; iterative
+precopy with dirty-page rounds comes next.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from emu.migration.address import MigrationAddress
+from emu.migration.params import MigrationConfig
+from emu.migration.stream import StreamError, StreamReader, StreamWriter, load_stream, machine_none_devices, save_stream
+from emu.migration.transport import Listener, TransportError, listen_incoming, open_outgoing
+
+ACTIVE = frozenset({"setup", "active", "postcopy-active", "postcopy-paused", "postcopy-recover",
+                    "postcopy-recover-setup", "pre-switchover", "device", "wait-unplug", "cancelling"})
+PAGE = 4096
+
+
+class MigrationError(Exception):
+    """A QMP-level refusal; the text is QEMU's."""
+
+
+class _Sink:
+    """StreamWriter's ``write`` on a transport channel (which writes everything or raises)."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+
+    def write(self, data: Any) -> None:
+        self.channel.write_all(data)
+
+
+class MigrationManager:
+    """The VM's migration state: one outgoing and one incoming side, as in QEMU."""
+
+    def __init__(self, vm: Any, *, named_fds: Callable[[], Any], fdsets: Any,
+                 fatal: Callable[[int], None], prog: str) -> None:
+        self.vm = vm
+        self.config = MigrationConfig()
+        self.named_fds = named_fds
+        self.fdsets = fdsets
+        self.fatal = fatal  # ends the process with a status (exit-on-error)
+        self.prog = prog
+        self.status = "none"
+        self.in_status = "none"
+        self.error_desc: str | None = None
+        self.incoming_started = False
+        self.socket_addresses: list[dict[str, Any]] = []
+        self.stats: dict[str, Any] = {}
+        self.start_time = self.setup_time = self.downtime = self.end_time = 0.0
+        self._channel: Any = None
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+
+    # ---- events
+    def _set(self, status: str, incoming: bool = False) -> None:
+        if incoming:
+            self.in_status = status
+        else:
+            self.status = status
+        if self.config.capability("events"):
+            self.vm.emit("MIGRATION", {"status": status})
+
+    def _pass(self, n: int) -> None:
+        if self.config.capability("events"):
+            self.vm.emit("MIGRATION_PASS", {"pass": n})
+
+    # ---- outgoing
+    def migrate(self, addr: MigrationAddress) -> None:
+        """QMP ``migrate`` after the address preamble: checks, then the run on its own thread."""
+        with self._lock:
+            if self.status in ACTIVE:
+                raise MigrationError("There's a migration process in progress")
+            if self.vm.runstate == "inmigrate":
+                raise MigrationError("Guest is waiting for an incoming migration")
+            if self.vm.runstate == "postmigrate":
+                raise MigrationError("Can't migrate the vm that was paused due to previous migration")
+            self.error_desc = None
+            self.stats = {}
+            self._cancel.clear()
+            self.start_time = time.monotonic()
+            self._set("setup")
+        try:
+            channel = open_outgoing(addr, named_fds=self.named_fds(), fdsets=self.fdsets,
+                                    warn=lambda m: sys.stderr.write(f"{self.prog}: warning: {m}\n"))
+        except TransportError as e:
+            self.error_desc = str(e)
+            self._set("failed")
+            raise MigrationError(str(e)) from None
+        self._channel = channel
+        threading.Thread(target=self._run_outgoing, args=(channel,), name="migration", daemon=True).start()
+
+    def _run_outgoing(self, channel: Any) -> None:
+        machine = self.vm.machine
+        try:
+            self.setup_time = time.monotonic()
+            self._pass(1)
+            self._set("active")
+            # stop-and-copy: the VM stops (STOP event) and everything goes in one pass
+            was_running = self.vm.running
+            stop_at = time.monotonic()
+            self.vm.stop()
+            self._pass(2)
+            writer = StreamWriter(_Sink(channel))
+            counts = save_stream(writer, machine.ram_blocks, machine_none_devices(), machine.name,
+                                 "running" if was_running else self.vm.runstate)
+            writer.flush()
+            if self._cancel.is_set():
+                raise TransportError("Migration cancelled")
+            self.downtime = time.monotonic() - stop_at
+            self._record(counts)
+            self.end_time = time.monotonic()
+            self.vm.set_runstate("postmigrate")
+            self._set("completed")
+        except (TransportError, OSError, StreamError) as e:
+            if self._cancel.is_set():
+                self._set("cancelled")
+            else:
+                self.error_desc = str(e)
+                self._set("failed")
+        finally:
+            try:
+                channel.close()
+            except Exception:  # noqa: BLE001 - closing a broken channel must not mask the result
+                pass
+            self._channel = None
+
+    def _record(self, counts: dict[str, Any]) -> None:
+        total = sum(b.size for b in self.vm.machine.ram_blocks)
+        elapsed = max(time.monotonic() - self.setup_time, 1e-6)
+        transferred = int(counts.get("bytes", 0))
+        normal = int(counts.get("normal_pages", 0))
+        self.stats = {
+            "transferred": transferred, "remaining": 0, "total": total,
+            "duplicate": int(counts.get("zero_pages", 0)), "normal": normal, "normal-bytes": normal * PAGE,
+            "dirty-pages-rate": 0, "mbps": transferred * 8 / 1e6 / elapsed, "dirty-sync-count": 2,
+            "postcopy-requests": 0, "page-size": PAGE, "multifd-bytes": 0,
+            "pages-per-second": int((normal + int(counts.get("zero_pages", 0))) / elapsed),
+            "precopy-bytes": transferred, "downtime-bytes": transferred, "postcopy-bytes": 0,
+            "dirty-sync-missed-zero-copy": 0,
+        }
+
+    def cancel(self) -> None:
+        """``migrate_cancel``: always succeeds; a running migration goes cancelling, cancelled."""
+        if self.status in ACTIVE and self.status != "cancelling":
+            self._cancel.set()
+            self._set("cancelling")
+            channel = self._channel
+            if channel is not None:
+                channel.shutdown()
+
+    # ---- incoming
+    def incoming(self, addr: MigrationAddress, exit_on_error: bool = True) -> None:
+        """``migrate-incoming`` (and ``-incoming URI``): listen, then load on a thread."""
+        if self.incoming_started:
+            raise MigrationError("The incoming migration has already been started")
+        if self.vm.runstate != "inmigrate":
+            raise MigrationError("'-incoming' was not specified on the command line")
+        try:
+            listener = listen_incoming(addr, named_fds=self.named_fds(), fdsets=self.fdsets,
+                                       warn=lambda m: sys.stderr.write(f"{self.prog}: warning: {m}\n"))
+        except TransportError as e:
+            raise MigrationError(str(e)) from None
+        self.incoming_started = True
+        self.socket_addresses = listener.socket_address()
+        self._set("setup", incoming=True)
+        threading.Thread(target=self._run_incoming, args=(listener, exit_on_error), name="migration-incoming",
+                         daemon=True).start()
+
+    def _run_incoming(self, listener: Listener, exit_on_error: bool) -> None:
+        machine = self.vm.machine
+        try:
+            channel = listener.accept()
+        except TransportError as e:
+            self._incoming_failed([str(e)], exit_on_error)
+            return
+        finally:
+            listener.close()
+        self._set("active", incoming=True)
+        try:
+            result = load_stream(StreamReader(channel), {b.name: b for b in machine.ram_blocks},
+                                 machine_none_devices(), machine.name, autostart=self.vm.autostart)
+        except StreamError as e:
+            self._incoming_failed(e.messages, exit_on_error)
+            return
+        except (TransportError, OSError) as e:
+            self._incoming_failed([f"load of migration failed: {e}"], exit_on_error)
+            return
+        finally:
+            channel.close()
+        for line in result.warnings:
+            sys.stderr.write(f"{self.prog}: {line}\n")
+        self.vm.finish_incoming(result.runstate)  # run state first, then completed, as QEMU's bottom half
+        self._set("completed", incoming=True)
+
+    def _incoming_failed(self, messages: list[str], exit_on_error: bool) -> None:
+        for line in messages:
+            sys.stderr.write(f"{self.prog}: {line}\n")
+        self.error_desc = messages[-1] if messages else "load of migration failed"
+        self._set("failed", incoming=True)
+        if exit_on_error:
+            self.fatal(1)
+
+    # ---- query-migrate
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        if self.in_status != "none":
+            info["status"] = self.in_status
+        if self.socket_addresses and self.in_status in ("setup", "active"):
+            info["socket-address"] = self.socket_addresses
+        status = self.status
+        if status != "none":
+            info.pop("socket-address", None) if self.in_status == "none" else None
+            info["status"] = status
+            now = self.end_time if status == "completed" else time.monotonic()
+            if status in ACTIVE and status != "setup" or status == "completed":
+                info["setup-time"] = int((self.setup_time - self.start_time) * 1000)
+                info["total-time"] = int((now - self.start_time) * 1000)
+                if status == "completed":
+                    info["downtime"] = int(self.downtime * 1000)
+                else:
+                    info["expected-downtime"] = 300
+                if self.stats:
+                    info["ram"] = dict(self.stats)
+        if self.error_desc is not None:
+            info["error-desc"] = self.error_desc
+        return info
