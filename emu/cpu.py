@@ -122,6 +122,32 @@ class VCPU:
         self._halted = False
         self.error = None
 
+    # ---- state for migration (the "cpu" section of our pc streams)
+    _REGS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags", "cr0", "cr3", "cr4",
+             "cs", "ds", "es", "fs", "gs", "ss")
+
+    def get_state(self) -> dict[str, int]:
+        """Registers a destination needs to continue the guest (the vCPU must be paused)."""
+        x86 = self._x86
+        state = {r: int(self.uc.reg_read(getattr(x86, f"UC_X86_REG_{r.upper()}"))) for r in self._REGS}
+        _, state["gdt_base"], state["gdt_limit"], _ = self.uc.reg_read(x86.UC_X86_REG_GDTR)
+        _, state["idt_base"], state["idt_limit"], _ = self.uc.reg_read(x86.UC_X86_REG_IDTR)
+        state["halted"] = int(self._halted)
+        return state
+
+    def set_state(self, state: dict[str, int]) -> None:
+        """Loads registers saved by ``get_state``: descriptor tables and control registers first,
+        so that segment selectors load their descriptors from the (already migrated) GDT."""
+        x86 = self._x86
+        uc = self.uc
+        uc.reg_write(x86.UC_X86_REG_GDTR, (0, state["gdt_base"], state["gdt_limit"], 0))
+        uc.reg_write(x86.UC_X86_REG_IDTR, (0, state["idt_base"], state["idt_limit"], 0))
+        for r in ("cr0", "cr3", "cr4", "cs", "ss", "ds", "es", "fs", "gs", "eax", "ebx", "ecx", "edx", "esi",
+                  "edi", "ebp", "esp", "eflags", "eip"):
+            uc.reg_write(getattr(x86, f"UC_X86_REG_{r.upper()}"), state[r])
+        self._halted = bool(state.get("halted"))
+        self.error = None
+
     # ---- interrupts
     def interrupt_request(self) -> None:
         """The machine has an interrupt for the CPU (any thread): it is taken at the next block

@@ -107,6 +107,16 @@ class Machine(QObject):
     def boot(self) -> None:
         """What the firmware would do before the guest runs; nothing on a bare board."""
 
+    # ---- migration: the non-RAM sections this board saves and loads
+    def migration_entries(self, saving: bool) -> list:
+        """SaveStateEntry handlers (``timer`` on every board, as QEMU's ``-M none`` has)."""
+        from emu.migration.vmstate import timer_entry
+
+        return [timer_entry()]
+
+    def migration_loaded(self, entries: list) -> None:
+        """Applies the loaded sections (after RAM is in place)."""
+
     # ---- interrupts to the CPU (boards with interrupt controllers override these)
     def interrupt_pending(self) -> bool:
         return False

@@ -140,6 +140,21 @@ class PcMachine(Machine):
 
     boot_image: bytes | None = None  # sector 0 of the boot disk, if there is one
 
+    # ---- migration: the vCPU's registers travel in a "cpu" section
+    def migration_entries(self, saving: bool) -> list:
+        from emu.migration.vmstate import cpu_entry
+
+        entries = super().migration_entries(saving)
+        vcpu = getattr(self.cpus[0], "vcpu", None)
+        entries.append(cpu_entry(vcpu.get_state() if saving and vcpu is not None else None))
+        return entries
+
+    def migration_loaded(self, entries: list) -> None:
+        vcpu = getattr(self.cpus[0], "vcpu", None)
+        for e in entries:
+            if e.idstr == "cpu" and vcpu is not None and e.state:
+                vcpu.set_state(e.state)
+
     # ---- interrupts: PIC INTR and IOAPIC fixed-delivery messages to CPU 0
     def _kick_cpu(self) -> None:
         vcpu = getattr(self.cpus[0], "vcpu", None) if self.cpus else None

@@ -13,14 +13,22 @@ import threading
 import time
 from typing import Any, Callable
 
+import numpy as np
+
 from emu.migration.address import MigrationAddress
 from emu.migration.params import MigrationConfig
-from emu.migration.stream import StreamError, StreamReader, StreamWriter, load_stream, machine_none_devices, save_stream
+from emu.migration.precopy import PrecopySaver, RateLimiter
+from emu.migration.stream import QEMU_VM_SECTION_PART, StreamError, StreamReader, StreamWriter, load_stream
 from emu.migration.transport import Listener, TransportError, listen_incoming, open_outgoing
 
 ACTIVE = frozenset({"setup", "active", "postcopy-active", "postcopy-paused", "postcopy-recover",
                     "postcopy-recover-setup", "pre-switchover", "device", "wait-unplug", "cancelling"})
 PAGE = 4096
+
+
+def _count_pages(dirty: dict[Any, Any]) -> int:
+    """Dirty pages in a round's bitmaps (a popcount over the words, in numpy)."""
+    return int(sum(int(np.unpackbits(words.view(np.uint8)).sum()) for words in dirty.values()))
 
 
 class MigrationError(Exception):
@@ -58,6 +66,7 @@ class MigrationManager:
         self._channel: Any = None
         self._cancel = threading.Event()
         self._lock = threading.Lock()
+        self.sync_count = 0
 
     # ---- events
     def _set(self, status: str, incoming: bool = False) -> None:
@@ -100,22 +109,51 @@ class MigrationManager:
     def _run_outgoing(self, channel: Any) -> None:
         machine = self.vm.machine
         try:
+            saver = PrecopySaver(StreamWriter(_Sink(channel)), machine.ram_blocks, machine.name)
+            saver.start()
             self.setup_time = time.monotonic()
-            self._pass(1)
+            self.sync_count = 1
+            self._pass(1)  # the setup sync: every page is dirty for the bulk round
             self._set("active")
-            # stop-and-copy: the VM stops (STOP event) and everything goes in one pass
+            limiter = RateLimiter(self.config.parameter("max-bandwidth"), self._cancel.is_set)
+            dirty = PrecopySaver.all_pages(machine.ram_blocks)
+            bandwidth = 0.0
+            while True:
+                if self._cancel.is_set():
+                    raise TransportError("migration cancelled")
+                limiter.limit = self.config.parameter("max-bandwidth")
+                limiter.reset_round()
+                started = time.monotonic()
+                sent = saver.send_pages(dirty, QEMU_VM_SECTION_PART, limiter)
+                spent = time.monotonic() - started
+                if spent > 0:
+                    bandwidth = sent / spent  # QEMU's estimate: what the last round achieved
+                self._update_stats(saver, remaining=0)
+                if not self.vm.running:
+                    break  # a stopped guest dirties nothing: straight to completion
+                dirty = saver.sync()
+                self.sync_count += 1
+                self._pass(self.sync_count)
+                remaining = _count_pages(dirty) * PAGE
+                self._update_stats(saver, remaining)
+                downtime_limit = self.config.parameter("downtime-limit") / 1000
+                if remaining == 0 or remaining <= bandwidth * downtime_limit:
+                    break
+            # stop and copy: what is still dirty goes out with the VM stopped
             was_running = self.vm.running
             stop_at = time.monotonic()
             self.vm.stop()
-            self._pass(2)
-            writer = StreamWriter(_Sink(channel))
-            counts = save_stream(writer, machine.ram_blocks, machine_none_devices(), machine.name,
-                                 "running" if was_running else self.vm.runstate)
-            writer.flush()
+            final = saver.sync()
+            self.sync_count += 1
+            self._pass(self.sync_count)
+            if was_running:
+                final = {b: final[b] | dirty[b] for b in final}
+            devices = machine.migration_entries(saving=True)
+            saver.finish(final, devices, "running" if was_running else self.vm.runstate)
             if self._cancel.is_set():
-                raise TransportError("Migration cancelled")
+                raise TransportError("migration cancelled")
             self.downtime = time.monotonic() - stop_at
-            self._record(counts)
+            self._update_stats(saver, remaining=0)
             self.end_time = time.monotonic()
             self.vm.set_runstate("postmigrate")
             self._set("completed")
@@ -132,6 +170,12 @@ class MigrationManager:
                 pass
             self._channel = None
 
+    def _update_stats(self, saver: PrecopySaver, remaining: int) -> None:
+        normal, zero = saver.sent_normal, saver.sent_zero
+        self._record({"bytes": saver.w.offset, "normal_pages": normal, "zero_pages": zero})
+        self.stats["remaining"] = remaining
+        self.stats["dirty-sync-count"] = self.sync_count
+
     def _record(self, counts: dict[str, Any]) -> None:
         total = sum(b.size for b in self.vm.machine.ram_blocks)
         elapsed = max(time.monotonic() - self.setup_time, 1e-6)
@@ -140,7 +184,7 @@ class MigrationManager:
         self.stats = {
             "transferred": transferred, "remaining": 0, "total": total,
             "duplicate": int(counts.get("zero_pages", 0)), "normal": normal, "normal-bytes": normal * PAGE,
-            "dirty-pages-rate": 0, "mbps": transferred * 8 / 1e6 / elapsed, "dirty-sync-count": 2,
+            "dirty-pages-rate": 0, "mbps": transferred * 8 / 1e6 / elapsed, "dirty-sync-count": self.sync_count,
             "postcopy-requests": 0, "page-size": PAGE, "multifd-bytes": 0,
             "pages-per-second": int((normal + int(counts.get("zero_pages", 0))) / elapsed),
             "precopy-bytes": transferred, "downtime-bytes": transferred, "postcopy-bytes": 0,
@@ -184,9 +228,10 @@ class MigrationManager:
         finally:
             listener.close()
         self._set("active", incoming=True)
+        devices = machine.migration_entries(saving=False)
         try:
             result = load_stream(StreamReader(channel), {b.name: b for b in machine.ram_blocks},
-                                 machine_none_devices(), machine.name, autostart=self.vm.autostart)
+                                 devices, machine.name, autostart=self.vm.autostart)
         except StreamError as e:
             self._incoming_failed(e.messages, exit_on_error)
             return
@@ -197,6 +242,8 @@ class MigrationManager:
             channel.close()
         for line in result.warnings:
             sys.stderr.write(f"{self.prog}: {line}\n")
+        with self.vm.lock:
+            machine.migration_loaded(devices)
         self.vm.finish_incoming(result.runstate)  # run state first, then completed, as QEMU's bottom half
         self._set("completed", incoming=True)
 

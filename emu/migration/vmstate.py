@@ -437,3 +437,22 @@ VMSTATE_CONFIGURATION = VMStateDescription(
                            needed=lambda s: False, post_load=_uuid_post_load),
     ],
 )
+
+
+# ---------------------------------------------------------------- this emulator's own sections
+
+#: The x86 CPU as this emulator migrates it between its own processes (not QEMU's "cpu" format:
+#: streams of the ``none`` machine, the one shared with QEMU, have no CPU section).
+VMSTATE_X86_CPU = VMStateDescription(
+    name="emu-x86-cpu",
+    version_id=1,
+    minimum_version_id=1,
+    fields=[Field(name, "uint64") for name in (
+        "eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags", "cr0", "cr3", "cr4",
+        "cs", "ds", "es", "fs", "gs", "ss", "gdt_base", "gdt_limit", "idt_base", "idt_limit", "halted")],
+)
+
+
+def cpu_entry(state: dict | None = None, section_id: int | None = None) -> SaveStateEntry:
+    """The ``cpu`` handler, instance 0."""
+    return SaveStateEntry("cpu", 0, VMSTATE_X86_CPU, dict(state or {}), section_id)
