@@ -7,6 +7,7 @@ use QEMU's wording.
 from __future__ import annotations
 
 from emu.chardev import parse_opts
+from emu.devices import migration_fault as fault_device
 
 DRIVE_OPTS = frozenset({"file", "format", "if", "id", "index", "media", "cache", "aio", "readonly", "snapshot",
                         "bus", "unit", "discard", "werror", "rerror", "node-name", "auto-read-only"})
@@ -30,8 +31,9 @@ def _check_file(option: str, path: str) -> None:
         raise DriveError(option, f"Could not open '{path}': {e.strerror}") from None
 
 
-def boot_disk(drives: list[str], devices: list[str]) -> str | None:
-    """The path of the boot disk image (or None), checking every -drive and -device."""
+def boot_disk(drives: list[str], devices: list[str], faults: list | None = None) -> str | None:
+    """The path of the boot disk image (or None), checking every -drive and -device; test-only
+    ``migration-fault`` devices are appended to ``faults``."""
     named: dict[str, str] = {}
     ide: list[str] = []
     for spec in drives:
@@ -62,6 +64,14 @@ def boot_disk(drives: list[str], devices: list[str]) -> str | None:
         pairs, _ = parse_opts(spec, implied="driver")
         opts = dict(pairs)
         driver = opts.pop("driver", "")
+        if driver == fault_device.DRIVER:
+            try:
+                fault = fault_device.parse_fault(opts)
+            except ValueError as e:
+                raise DriveError(option, str(e)) from None
+            if faults is not None:
+                faults.append(fault)
+            continue
         if driver != "ide-hd":
             raise DriveError(option, f"'{driver}' is not a valid device model name")
         for key in opts:

@@ -89,7 +89,7 @@ class System:
         from emu.drives import DriveError, boot_disk
 
         try:
-            disk = boot_disk(cfg.drives, cfg.devices)
+            disk = boot_disk(cfg.drives, cfg.devices, machine.migration_faults)
         except DriveError as e:
             raise StartupError(str(e)) from None
         if disk is not None and hasattr(machine, "boot_image"):

@@ -5,6 +5,7 @@ from typing import Callable
 
 from emu.clock import VirtualClock
 from emu.devices.base import Device
+from emu.devices.migration_fault import MigrationFault
 from emu.memory import AccessRules, AddressSpace, CallbackOps, MemoryRegion
 from emu.qom import Container, QObject
 from emu.ram import RamBlock
@@ -50,6 +51,7 @@ class Machine(QObject):
     def __init__(self, ram_size: int | None, manual_clock: bool, bios: str | None = None) -> None:
         super().__init__()
         self.bios_path = bios
+        self.migration_faults: list[MigrationFault] = []  # test-only -device migration-fault
         self.root = Container()  # the QOM root "/"
         self.root.add_child("machine", self)
         for name in ("unattached", "peripheral", "peripheral-anon"):
@@ -116,6 +118,11 @@ class Machine(QObject):
 
     def migration_loaded(self, entries: list) -> None:
         """Applies the loaded sections (after RAM is in place)."""
+
+    def migration_setup(self, stage: str) -> None:
+        """Each handler's ``save-setup``/``load-setup`` step; raises ``MigrationSetupError``."""
+        for fault in self.migration_faults:
+            fault.check(stage)
 
     # ---- interrupts to the CPU (boards with interrupt controllers override these)
     def interrupt_pending(self) -> bool:

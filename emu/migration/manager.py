@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from emu.devices.migration_fault import MigrationSetupError
 from emu.migration.address import MigrationAddress
 from emu.migration.params import MigrationConfig
 from emu.migration.precopy import PrecopySaver, RateLimiter
@@ -108,7 +109,9 @@ class MigrationManager:
 
     def _run_outgoing(self, channel: Any) -> None:
         machine = self.vm.machine
+        stopped_by_us = False
         try:
+            machine.migration_setup("save-setup")  # each handler's save_setup, before any byte goes out
             saver = PrecopySaver(StreamWriter(_Sink(channel)), machine.ram_blocks, machine.name)
             saver.start()
             self.setup_time = time.monotonic()
@@ -143,6 +146,7 @@ class MigrationManager:
             was_running = self.vm.running
             stop_at = time.monotonic()
             self.vm.stop()
+            stopped_by_us = was_running
             final = saver.sync()
             self.sync_count += 1
             self._pass(self.sync_count)
@@ -157,7 +161,9 @@ class MigrationManager:
             self.end_time = time.monotonic()
             self.vm.set_runstate("postmigrate")
             self._set("completed")
-        except (TransportError, OSError, StreamError) as e:
+        except (TransportError, OSError, StreamError, MigrationSetupError) as e:
+            if stopped_by_us:
+                self.vm.cont()  # as QEMU: a migration that did not complete leaves the guest running
             if self._cancel.is_set():
                 self._set("cancelled")
             else:
@@ -230,12 +236,13 @@ class MigrationManager:
         self._set("active", incoming=True)
         devices = machine.migration_entries(saving=False)
         try:
+            machine.migration_setup("load-setup")
             result = load_stream(StreamReader(channel), {b.name: b for b in machine.ram_blocks},
                                  devices, machine.name, autostart=self.vm.autostart)
         except StreamError as e:
             self._incoming_failed(e.messages, exit_on_error)
             return
-        except (TransportError, OSError) as e:
+        except (TransportError, OSError, MigrationSetupError) as e:
             self._incoming_failed([f"load of migration failed: {e}"], exit_on_error)
             return
         finally:

@@ -129,6 +129,35 @@ def test_our_source_into_qemu_72_destination(tmp):
         assert dst.qmp.cmd("query-status")["status"] == "prelaunch"
 
 
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed (CI installs it)")
+def test_qemu_72_source_into_our_destination_byte_for_byte(tmp):
+    """A real QEMU 7.2 (-M none -m 16M) migrates over a unix socket into ours; all 16 MiB compare
+    equal. Debian's QEMU has no qtest accelerator and crashes on qtest writes without a CPU, so its
+    RAM is filled the only way it can be: by loading our stream first (a round trip ours→QEMU→ours)."""
+    import random
+
+    rng = random.Random(5)
+    stream = tmp / "stream"
+    with QTestMachine(BIN, [*NONE16, "-S"]) as origin:
+        for addr, n in ((0, 4096), (0x1234, 777), (0x300000, 1 << 20), (0xFFF000, 4096)):
+            origin.qtest.memwrite(addr, rng.randbytes(n))
+        origin.qtest.memset(0x800000, 0xAB, 3 * 4096)
+        expected = origin.qtest.bufread(0, 16 << 20)
+        origin.qmp.cmd("migrate", uri=f"exec:cat > {stream}")
+        wait_completed(origin)
+    # -nodefaults: no default NIC, whose "slirp" section a -M none destination does not have
+    with QTestMachine(QEMU, [*NONE16, "-nodefaults", "-S", "-incoming", f"exec:cat {stream}"],
+                      accel_qtest=False) as src, \
+            QTestMachine(BIN, [*NONE16, "-S", "-incoming", "defer"]) as dst:
+        wait_completed(src)
+        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m.sock")
+        src.qmp.cmd("migrate", uri=f"unix:{tmp}/m.sock")
+        wait_completed(src)
+        wait_completed(dst)
+        assert dst.qmp.cmd("query-status") == {"status": "prelaunch", "running": False}
+        assert dst.qtest.bufread(0, 16 << 20) == expected
+
+
 @pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="needs unicorn")
 def test_live_precopy_of_the_ab_guest_keeps_memory_consistent_and_the_guest_running(tmp):
     """QEMU's precopy test shape: the A-B guest runs on the source, migrates while dirtying RAM, and
@@ -167,3 +196,86 @@ def test_live_precopy_of_the_ab_guest_keeps_memory_consistent_and_the_guest_runn
         assert (tmp / "dst-serial").read_bytes().startswith(b"B")
         dst.qmp.cmd("stop")
         check_guests_ram(dst.qtest)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="needs unicorn")
+def test_cancel_keeps_the_source_running_and_a_second_migration_completes(tmp):
+    """QEMU's cancel case: a live migration cancelled mid-stream ends cancelling → cancelled, the
+    guest runs on at the source, the half-fed destination fails, and migrating again succeeds."""
+    from qtest.migration import ab_bootsect, check_guests_ram, wait_for_serial
+
+    image = ab_bootsect(tmp / "bootsect")
+    common = ["-accel", "tcg", "-M", "pc", "-m", "150M", "-drive", f"file={image},format=raw"]
+    with QTestMachine(BIN, [*common, "-serial", f"file:{tmp}/src-serial"]) as src, \
+            QTestMachine(BIN, [*common, "-serial", f"file:{tmp}/dst1-serial", "-incoming", "defer"]) as dst1:
+        pos = wait_for_serial(tmp / "src-serial", timeout=60)
+        events_on(src)
+        events_on(dst1)
+        # 1 MB/s: the bulk round alone takes minutes, so the cancel lands mid-stream
+        src.qmp.cmd("migrate-set-parameters", **{"downtime-limit": 1, "max-bandwidth": 1 << 20})
+        dst1.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m1.sock", **{"exit-on-error": False})
+        src.qmp.cmd("migrate", uri=f"unix:{tmp}/m1.sock")
+        assert src.qmp.wait_event("MIGRATION", timeout=30)["data"]["status"] == "setup"
+        assert src.qmp.wait_event("MIGRATION", timeout=30)["data"]["status"] == "active"
+        src.qmp.cmd("migrate_cancel")
+        assert statuses(src, until="cancelled") == ["cancelling", "cancelled"]
+        assert src.qmp.cmd("query-migrate")["status"] == "cancelled"
+        assert src.qmp.cmd("query-status") == {"status": "running", "running": True}
+        assert statuses(dst1, until="failed")[-1] == "failed"
+        assert dst1.qmp.cmd("query-status")["status"] == "inmigrate"
+        wait_for_serial(tmp / "src-serial", timeout=60, start=pos)  # still running at the source
+
+        with QTestMachine(BIN, [*common, "-serial", f"file:{tmp}/dst2-serial", "-incoming", "defer"]) as dst2:
+            src.qmp.cmd("migrate-set-parameters", **{"downtime-limit": 30000, "max-bandwidth": 4 << 30})
+            dst2.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m2.sock")
+            src.qmp.cmd("migrate", uri=f"unix:{tmp}/m2.sock")
+            wait_completed(src)
+            wait_completed(dst2)
+            wait_for_serial(tmp / "dst2-serial", timeout=60)
+            dst2.qmp.cmd("stop")
+            check_guests_ram(dst2.qtest)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="needs unicorn")
+def test_save_setup_error_fails_the_migration_and_the_source_runs_on(tmp):
+    """A handler whose save_setup fails (test-only -device migration-fault): the migration goes
+    setup → failed with that message as error-desc, and the guest keeps running at the source."""
+    from qtest.migration import ab_bootsect, wait_for_serial
+
+    image = ab_bootsect(tmp / "bootsect")
+    common = ["-accel", "tcg", "-M", "pc", "-m", "150M", "-drive", f"file={image},format=raw"]
+    with QTestMachine(BIN, [*common, "-serial", f"file:{tmp}/src-serial", "-device",
+                            "migration-fault,stage=save-setup"]) as src:
+        pos = wait_for_serial(tmp / "src-serial", timeout=60)
+        events_on(src)
+        src.qmp.cmd("migrate", uri=f"exec:cat > {tmp}/stream")
+        assert statuses(src, until="failed") == ["setup", "failed"]
+        info = src.qmp.cmd("query-migrate")
+        assert info["status"] == "failed"
+        assert info["error-desc"] == "migration-fault: injected save_setup failure"
+        assert src.qmp.cmd("query-status") == {"status": "running", "running": True}
+        wait_for_serial(tmp / "src-serial", timeout=60, start=pos)
+
+
+def test_load_setup_error_fails_the_destination_with_the_message(tmp):
+    with QTestMachine(BIN, [*NONE16, "-S"]) as src, \
+            QTestMachine(BIN, [*NONE16, "-incoming", "defer", "-device", "migration-fault,stage=load-setup"]) as dst:
+        events_on(dst)
+        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m.sock", **{"exit-on-error": False})
+        src.qmp.cmd("migrate", uri=f"unix:{tmp}/m.sock")
+        assert statuses(dst, until="failed") == ["setup", "active", "failed"]
+        assert dst.qmp.cmd("query-migrate")["error-desc"] == \
+            "load of migration failed: migration-fault: injected load_setup failure"
+        assert dst.qmp.cmd("query-status")["status"] == "inmigrate"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("migration-fault,stage=later", "Parameter 'stage' does not accept value 'later'"),
+    ("migration-fault,when=now", "Property 'migration-fault.when' not found"),
+])
+def test_migration_fault_device_options_are_checked(spec, message):
+    import subprocess
+
+    out = subprocess.run([BIN, *NONE16, "-device", spec], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert out.stderr == f"emu-system-x86_64: -device {spec}: {message}\n"
