@@ -265,13 +265,112 @@ int mc_is_zero(const uint8_t *p, uint64_t len)
 
 int mc_zero_pages(mc_block *b, uint64_t page, uint64_t npages, uint8_t *out)
 {
+    return mc_zero_pages_pm(b, page, npages, -1, NULL, out);
+}
+
+int mc_zero_pages_pm(mc_block *b, uint64_t page, uint64_t npages, int pagemap_fd, uint64_t *scratch, uint8_t *out)
+{
     if (page > b->pages || npages > b->pages - page) {
         return MC_EINVAL;
     }
+    /* never-populated pages (neither present nor swapped) are zero: no need to read (and map) them */
+    int have_pm = 0;
+    if (pagemap_fd >= 0 && scratch && npages) {
+        uint64_t vpn = ((uintptr_t)b->host >> MC_PAGE_BITS) + page;
+        have_pm = pread(pagemap_fd, scratch, npages * 8, (off_t)(vpn * 8)) == (ssize_t)(npages * 8);
+    }
     for (uint64_t i = 0; i < npages; i++) {
+        if (have_pm && !((scratch[i] >> 62) & 3)) {
+            out[i] = 1;
+            continue;
+        }
         out[i] = (uint8_t)mc_is_zero(b->host + ((page + i) << MC_PAGE_BITS), MC_PAGE_SIZE);
     }
     return 0;
+}
+
+/* ---------------------------------------------------------------- migration: RAM records */
+
+#define RAM_FLAG_ZERO 0x02u
+#define RAM_FLAG_PAGE 0x08u
+#define RAM_FLAG_CONTINUE 0x20u
+
+/* One pass over the buffered records: how far the run goes and the span of its zero-fill pages. */
+static uint64_t ram_run_scan(mc_block *b, const uint8_t *buf, uint64_t len, uint64_t rmap_len,
+                             uint64_t *zmin, uint64_t *zmax)
+{
+    uint64_t pos = 0;
+    *zmin = UINT64_MAX;
+    *zmax = 0;
+    while (len - pos >= 8) {
+        uint64_t word = 0;
+        for (int i = 0; i < 8; i++) {
+            word = (word << 8) | buf[pos + i];
+        }
+        uint64_t flags = word & (MC_PAGE_SIZE - 1);
+        uint64_t page = word >> MC_PAGE_BITS;
+        if (page >= b->pages || page >= rmap_len) {
+            break;
+        }
+        if (flags == (RAM_FLAG_ZERO | RAM_FLAG_CONTINUE) && len - pos >= 9) {
+            if (buf[pos + 8] == 0) {
+                *zmin = page < *zmin ? page : *zmin;
+                *zmax = page > *zmax ? page : *zmax;
+            }
+            pos += 9;
+        } else if (flags == (RAM_FLAG_PAGE | RAM_FLAG_CONTINUE) && len - pos >= 8 + MC_PAGE_SIZE) {
+            pos += 8 + MC_PAGE_SIZE;
+        } else {
+            break;
+        }
+    }
+    return pos;
+}
+
+uint64_t mc_ram_load_run(mc_block *b, const uint8_t *buf, uint64_t len, uint8_t *rmap, uint64_t rmap_len,
+                         int pagemap_fd, uint64_t *counts)
+{
+    uint64_t zmin, zmax;
+    uint64_t end = ram_run_scan(b, buf, len, rmap_len, &zmin, &zmax);
+    /* Pages never populated (neither present nor swapped, per /proc/self/pagemap) read as zero:
+     * a zero fill leaves them alone without touching (and so populating) them. */
+    uint64_t *pm = NULL;
+    if (pagemap_fd >= 0 && zmin <= zmax && zmax - zmin < (1u << 20)) {
+        uint64_t n = zmax - zmin + 1;
+        pm = malloc(n * 8);
+        uint64_t vpn = ((uintptr_t)b->host >> MC_PAGE_BITS) + zmin;
+        if (pm && pread(pagemap_fd, pm, n * 8, (off_t)(vpn * 8)) != (ssize_t)(n * 8)) {
+            free(pm);
+            pm = NULL;
+        }
+    }
+    uint64_t pos = 0;
+    while (pos < end) {
+        uint64_t word = 0;
+        for (int i = 0; i < 8; i++) {
+            word = (word << 8) | buf[pos + i];
+        }
+        uint64_t off = word & ~(uint64_t)(MC_PAGE_SIZE - 1);
+        uint64_t page = off >> MC_PAGE_BITS;
+        if ((word & (MC_PAGE_SIZE - 1)) == (RAM_FLAG_ZERO | RAM_FLAG_CONTINUE)) {
+            uint8_t fill = buf[pos + 8];
+            int untouched = fill == 0 && pm && !((pm[page - zmin] >> 62) & 3);
+            if (!untouched && (fill != 0 || !mc_is_zero(b->host + off, MC_PAGE_SIZE))) {
+                memset(b->host + off, fill, MC_PAGE_SIZE);
+                dirty_mark(b, off, MC_PAGE_SIZE);
+            }
+            counts[0]++;
+            pos += 9;
+        } else {
+            memcpy(b->host + off, buf + pos + 8, MC_PAGE_SIZE);
+            dirty_mark(b, off, MC_PAGE_SIZE);
+            counts[1]++;
+            pos += 8 + MC_PAGE_SIZE;
+        }
+        rmap[page] = 1;
+    }
+    free(pm);
+    return end;
 }
 
 /* ---------------------------------------------------------------- flat views */

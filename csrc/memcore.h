@@ -73,6 +73,20 @@ int mc_block_discard(mc_block *b, uint64_t page, uint64_t npages);
 int mc_is_zero(const uint8_t *p, uint64_t len);
 /* For pages [page, page+npages) of b, writes out[i] = 1 if page is all zero else 0. */
 int mc_zero_pages(mc_block *b, uint64_t page, uint64_t npages, uint8_t *out);
+/* The same, using /proc/self/pagemap (an open fd, or -1) to answer for never-populated pages
+ * without reading them; scratch: npages words. */
+int mc_zero_pages_pm(mc_block *b, uint64_t page, uint64_t npages, int pagemap_fd, uint64_t *scratch, uint8_t *out);
+
+/* ---- migration: loading runs of RAM page records ---- */
+/* Applies, from buf[0..len), consecutive records of QEMU's RAM section that continue the current
+ * block: a big-endian u64 (page offset | flags) with flags exactly ZERO|CONTINUE (then one fill
+ * byte) or PAGE|CONTINUE (then 4096 bytes), offset inside the block. Stops before the first record
+ * that is anything else, out of range, or not complete in buf (the caller's parser handles it, with
+ * its exact errors). A zero fill on a page that is already zero is not written, as QEMU 7.2.
+ * rmap (one byte per page, rmap_len bytes) gets 1 for each page received.
+ * counts[0] += zero records, counts[1] += page records. Returns the bytes consumed. */
+uint64_t mc_ram_load_run(mc_block *b, const uint8_t *buf, uint64_t len, uint8_t *rmap, uint64_t rmap_len,
+                         int pagemap_fd, uint64_t *counts);
 
 /* ---- flat views ---- */
 mc_flat *mc_flat_new(void);

@@ -1,6 +1,7 @@
 """Guest RAM blocks: anonymous mmap memory owned by the C core, with a dirty bitmap per block."""
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from emu._native import ffi, lib
@@ -9,6 +10,20 @@ if TYPE_CHECKING:
     import numpy
 
 PAGE_SIZE = 4096
+
+
+_PAGEMAP_FD: int | None = None
+
+
+def _pagemap_fd() -> int:
+    """This process's ``/proc/self/pagemap``, opened once (-1 where there is none)."""
+    global _PAGEMAP_FD
+    if _PAGEMAP_FD is None:
+        try:
+            _PAGEMAP_FD = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            _PAGEMAP_FD = -1
+    return _PAGEMAP_FD
 
 
 class RamError(ValueError):
@@ -108,11 +123,24 @@ class RamBlock:
             raise RamError(f"discard of pages {page}+{npages} out of range for {self.name!r}")
 
     def zero_pages(self, page: int, npages: int) -> bytes:
-        """One byte per page: 1 if the page is all zero."""
+        """One byte per page: 1 if the page is all zero (never-populated pages are recognised
+        through ``/proc/self/pagemap`` without being read, so scanning does not populate them)."""
         out = ffi.new("uint8_t[]", max(npages, 1))
-        if lib.mc_zero_pages(self._ptr, page, npages, out) < 0:
+        scratch = ffi.new("uint64_t[]", max(npages, 1))
+        if lib.mc_zero_pages_pm(self._ptr, page, npages, _pagemap_fd(), scratch, out) < 0:
             raise RamError(f"pages {page}+{npages} out of range for {self.name!r}")
         return bytes(ffi.buffer(out, npages))
+
+    def load_page_records(self, buf: bytearray, pos: int, received: bytearray,
+                          pagemap_fd: int = -1) -> tuple[int, int, int]:
+        """Applies the run of CONTINUE ZERO/PAGE records of a migration stream starting at
+        ``buf[pos]`` (in C, without the GIL); returns (bytes consumed, zero records, page records).
+        Stops before anything else, which the caller's parser then handles. ``pagemap_fd``: an
+        open ``/proc/self/pagemap`` so that zero records leave never-populated pages untouched."""
+        counts = ffi.new("uint64_t[2]")
+        with ffi.from_buffer(buf) as src, ffi.from_buffer(received) as rmap:
+            n = lib.mc_ram_load_run(self._ptr, src + pos, len(buf) - pos, rmap, len(received), pagemap_fd, counts)
+        return int(n), int(counts[0]), int(counts[1])
 
     def _check(self, rc: int, offset: int, length: int) -> None:
         if rc < 0:

@@ -79,6 +79,18 @@ def test_dirty_bitmap_of_odd_page_count_never_reports_phantom_pages():
         b.is_dirty(65)
 
 
+def test_zero_scan_does_not_populate_untouched_pages():
+    """Never-populated pages are known zero from pagemap; populated ones are read (zero or not)."""
+    b = RamBlock("ram", 1024 * PAGE_SIZE)
+    assert b.zero_pages(0, 1024) == b"\x01" * 1024
+    assert b.populated_pages() == 0
+    b.fill(5 * PAGE_SIZE, 0, PAGE_SIZE)  # populated, yet zero
+    b.write(9 * PAGE_SIZE + 17, b"\x02")
+    flags = b.zero_pages(0, 1024)
+    assert [i for i, z in enumerate(flags) if not z] == [9]
+    assert b.populated_pages() == 2
+
+
 def test_zero_detection_and_discard():
     b = RamBlock("ram", 16 * PAGE_SIZE)
     b.write(3 * PAGE_SIZE + 4095, b"\x01")
