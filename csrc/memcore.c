@@ -373,6 +373,50 @@ uint64_t mc_ram_load_run(mc_block *b, const uint8_t *buf, uint64_t len, uint8_t 
     return end;
 }
 
+static uint8_t *put_be64(uint8_t *o, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        *o++ = (uint8_t)(v >> (i * 8));
+    }
+    return o;
+}
+
+int64_t mc_ram_encode_run(mc_block *b, uint64_t page, uint64_t npages, const uint8_t *zero_map,
+                          const uint8_t *name, uint64_t name_len, uint8_t *out, uint64_t cap)
+{
+    if (page > b->pages || npages > b->pages - page || name_len > 255) {
+        return MC_EINVAL;
+    }
+    uint64_t need = name ? 1 + name_len : 0;
+    for (uint64_t i = 0; i < npages; i++) {
+        need += zero_map[i] ? 9 : 8 + MC_PAGE_SIZE;
+    }
+    if (cap < need) {
+        return MC_EINVAL;
+    }
+    uint8_t *o = out;
+    for (uint64_t i = 0; i < npages; i++) {
+        uint64_t off = (page + i) << MC_PAGE_BITS;
+        int zero = zero_map[i] != 0;
+        uint64_t flags = zero ? RAM_FLAG_ZERO : RAM_FLAG_PAGE;
+        if (i == 0 && name) {
+            o = put_be64(o, off | flags);
+            *o++ = (uint8_t)name_len;
+            memcpy(o, name, name_len);
+            o += name_len;
+        } else {
+            o = put_be64(o, off | flags | RAM_FLAG_CONTINUE);
+        }
+        if (zero) {
+            *o++ = 0;
+        } else {
+            memcpy(o, b->host + off, MC_PAGE_SIZE);
+            o += MC_PAGE_SIZE;
+        }
+    }
+    return (int64_t)(o - out);
+}
+
 /* ---------------------------------------------------------------- flat views */
 
 mc_flat *mc_flat_new(void)

@@ -88,6 +88,13 @@ int mc_zero_pages_pm(mc_block *b, uint64_t page, uint64_t npages, int pagemap_fd
 uint64_t mc_ram_load_run(mc_block *b, const uint8_t *buf, uint64_t len, uint8_t *rmap, uint64_t rmap_len,
                          int pagemap_fd, uint64_t *counts);
 
+/* Encodes RAM records for pages [page, page+npages) of b into out (cap bytes: at least 9 per
+ * zero page, 4104 per other page, plus 1 + name_len): ZERO records (fill 0) where zero_map[i],
+ * else PAGE records with the page's bytes. The first record names the block when name is given;
+ * all others CONTINUE. Returns the bytes written, or MC_EINVAL. */
+int64_t mc_ram_encode_run(mc_block *b, uint64_t page, uint64_t npages, const uint8_t *zero_map,
+                          const uint8_t *name, uint64_t name_len, uint8_t *out, uint64_t cap);
+
 /* ---- flat views ---- */
 mc_flat *mc_flat_new(void);
 void mc_flat_free(mc_flat *f);

@@ -142,6 +142,21 @@ class RamBlock:
             n = lib.mc_ram_load_run(self._ptr, src + pos, len(buf) - pos, rmap, len(received), pagemap_fd, counts)
         return int(n), int(counts[0]), int(counts[1])
 
+    def encode_page_records(self, page: int, npages: int, zero_map: bytes, name: bytes | None) -> bytearray:
+        """Migration RAM records for ``npages`` pages from ``page`` (encoded in C): ZERO where
+        ``zero_map`` says so, else PAGE with the bytes; the first names the block if ``name``."""
+        if len(zero_map) < npages:
+            raise RamError(f"zero map of {len(zero_map)} bytes for {npages} pages")
+        zeros = zero_map[:npages].count(1)
+        cap = zeros * 9 + (npages - zeros) * (8 + PAGE_SIZE) + (1 + len(name) if name is not None else 0)
+        out = bytearray(cap)
+        with ffi.from_buffer(out) as dst:
+            n = lib.mc_ram_encode_run(self._ptr, page, npages, zero_map,
+                                      name if name is not None else ffi.NULL, len(name or b""), dst, cap)
+        if n < 0:
+            raise RamError(f"pages {page}+{npages} out of range for {self.name!r}")
+        return out
+
     def _check(self, rc: int, offset: int, length: int) -> None:
         if rc < 0:
             raise RamError(f"offset {offset:#x} length {length:#x} out of range for {self.name!r} ({self.size:#x})")

@@ -125,6 +125,10 @@ class StreamReader:
     def __init__(self, source: Any, chunk: int = 1 << 20) -> None:
         self._src = source
         self._read = getattr(source, "read1", None) or source.read
+        # sources with readinto (transport channels) fill one reused scratch buffer: a fresh
+        # 1 MiB bytes object per read would cost page faults on every read
+        self._readinto = getattr(source, "readinto", None) if hasattr(source, "read_exactly") else None
+        self._scratch = bytearray(chunk) if self._readinto is not None else None
         self._chunk = chunk
         self._buf = bytearray()
         self._pos = 0
@@ -146,6 +150,15 @@ class StreamReader:
                 del self._buf[: self._pos]
                 self._pos = 0
             want = max(n - len(self._buf), self._chunk)
+            if self._scratch is not None:
+                if len(self._scratch) < want:
+                    self._scratch = bytearray(want)
+                k = self._readinto(memoryview(self._scratch)[:want])
+                if not k:
+                    self._eof = True
+                    return False
+                self._buf += memoryview(self._scratch)[:k]
+                continue
             data = self._read(want)
             if not data:
                 self._eof = True
@@ -345,48 +358,15 @@ def xbzrle_encode(old: bytes, new: bytes, limit: int = PAGE_SIZE) -> bytes | Non
 
 # ================================================================ saving
 
-def encode_page_records(block: Any, first_page: int, npages: int, zero_map: bytes, named_first: bool) -> bytes:
-    """RAM page records for pages ``first_page .. first_page+npages-1`` of ``block``.
+def encode_page_records(block: Any, first_page: int, npages: int, zero_map: bytes, named_first: bool) -> bytearray:
+    """RAM page records for pages ``first_page .. first_page+npages-1`` of ``block``, encoded in C.
 
-    ``zero_map`` has one byte per page (1 = all zero, from ``RamBlock.zero_pages``). The first
-    record carries the block name if ``named_first``; every other record uses CONTINUE. ZERO records
-    are built vectorized (9 bytes each: ``be64 offset|0x22``, fill 0); PAGE records copy the page
-    straight from the block's memory. This is the single place a C batch encoder would replace.
+    ``zero_map`` has one byte per page (1 = all zero, from ``RamBlock.zero_pages``): those become
+    ZERO records (fill 0), the others PAGE records with the page's bytes. The first record carries
+    the block name if ``named_first``; every other record uses CONTINUE.
     """
-    import numpy as np
-
-    out: list[bytes] = []
-    view = block.view()
-    name = _counted(block.name)
-    zm = np.frombuffer(zero_map, dtype=np.uint8)[:npages]
-    p = 0
-    if named_first and npages:
-        off = (first_page << 12)
-        if zm[0]:
-            out.append(struct.pack(">Q", off | RAM_SAVE_FLAG_ZERO) + name + b"\0")
-        else:
-            out.append(struct.pack(">Q", off | RAM_SAVE_FLAG_PAGE) + name)
-            out.append(view[off:off + PAGE_SIZE])
-        p = 1
-    while p < npages:
-        # one run of equal zero-ness
-        is_zero = bool(zm[p])
-        diff = np.flatnonzero(zm[p:] != zm[p])
-        end = p + int(diff[0]) if len(diff) else npages
-        if is_zero:
-            n = end - p
-            rec = np.zeros((n, 9), dtype=np.uint8)
-            words = ((np.arange(first_page + p, first_page + end, dtype=np.uint64) << np.uint64(12))
-                     | np.uint64(RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE))
-            rec[:, :8] = words.astype(">u8").view(np.uint8).reshape(n, 8)
-            out.append(rec.tobytes())
-        else:
-            for q in range(p, end):
-                off = (first_page + q) << 12
-                out.append(struct.pack(">Q", off | RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE))
-                out.append(view[off:off + PAGE_SIZE])
-        p = end
-    return b"".join(out)
+    name = block.name.encode() if named_first else None
+    return block.encode_page_records(first_page, npages, zero_map, name)
 
 
 def save_stream(

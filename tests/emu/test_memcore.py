@@ -217,3 +217,17 @@ def test_resumable_base64_decoder_equals_one_shot(text, cuts, cap):
         total = lib.mc_glib_b64_decode_step(state, text[a:b], b - a, ffi.from_buffer(out), cap)
     assert total == n
     assert out[: min(n, cap)] == whole[: min(n, cap)]
+
+
+def test_page_record_encoder_checks_its_arguments_and_encodes_both_kinds():
+    b = RamBlock("ram", 4 * PAGE_SIZE)
+    b.write(PAGE_SIZE, b"\x07" * PAGE_SIZE)
+    zmap = b.zero_pages(0, 4)
+    out = b.encode_page_records(0, 2, zmap, b"ram")
+    # named ZERO record for page 0 (no CONTINUE), then a CONTINUE PAGE record for page 1
+    assert out == (0x02).to_bytes(8, "big") + b"\x03ram" + b"\x00" + (0x1000 | 0x28).to_bytes(8, "big") \
+        + b"\x07" * PAGE_SIZE
+    with pytest.raises(RamError):
+        b.encode_page_records(3, 2, zmap, None)  # past the end of the block
+    with pytest.raises(RamError):
+        b.encode_page_records(0, 4, zmap[:2], None)  # zero map shorter than the run
