@@ -112,7 +112,8 @@ class MigrationManager:
         stopped_by_us = False
         try:
             machine.migration_setup("save-setup")  # each handler's save_setup, before any byte goes out
-            saver = PrecopySaver(StreamWriter(_Sink(channel)), machine.ram_blocks, machine.name)
+            uuid = self._uuid_bytes() if self.config.capability("validate-uuid") else None
+            saver = PrecopySaver(StreamWriter(_Sink(channel)), machine.ram_blocks, machine.name, uuid)
             saver.start()
             self.setup_time = time.monotonic()
             self.sync_count = 1
@@ -176,6 +177,12 @@ class MigrationManager:
                 pass
             self._channel = None
 
+    def _uuid_bytes(self) -> bytes | None:
+        """The VM's -uuid as 16 raw bytes (None when it was not given)."""
+        import uuid
+
+        return uuid.UUID(self.vm.uuid).bytes if self.vm.uuid else None
+
     def _update_stats(self, saver: PrecopySaver, remaining: int) -> None:
         normal, zero = saver.sent_normal, saver.sent_zero
         self._record({"bytes": saver.w.offset, "normal_pages": normal, "zero_pages": zero})
@@ -238,7 +245,7 @@ class MigrationManager:
         try:
             machine.migration_setup("load-setup")
             result = load_stream(StreamReader(channel), {b.name: b for b in machine.ram_blocks},
-                                 devices, machine.name, autostart=self.vm.autostart)
+                                 devices, machine.name, autostart=self.vm.autostart, uuid=self._uuid_bytes())
         except StreamError as e:
             self._incoming_failed(e.messages, exit_on_error)
             return

@@ -17,7 +17,7 @@ import numpy as np
 from emu.migration import vmstate as vms
 from emu.migration.stream import (PAGE_SIZE, QEMU_VM_CONFIGURATION, QEMU_VM_EOF, QEMU_VM_FILE_MAGIC,
                                   QEMU_VM_FILE_VERSION, QEMU_VM_SECTION_END, QEMU_VM_SECTION_FULL,
-                                  QEMU_VM_SECTION_START, QEMU_VM_VMDESCRIPTION,
+                                  QEMU_VM_SECTION_START, QEMU_VM_SUBSECTION, QEMU_VM_VMDESCRIPTION,
                                   RAM_IDSTR, RAM_SAVE_FLAG_EOS, RAM_SAVE_FLAG_MEM_SIZE, RAM_VERSION,
                                   StreamWriter, _counted, _footer, _section_header, encode_page_records)
 
@@ -27,17 +27,24 @@ RAM_SECTION_ID = 2
 class PrecopySaver:
     """Writes one precopy stream; ``send_dirty`` is called once per round."""
 
-    def __init__(self, writer: StreamWriter, blocks: Sequence[Any], machine_name: str) -> None:
+    def __init__(self, writer: StreamWriter, blocks: Sequence[Any], machine_name: str,
+                 uuid: bytes | None = None) -> None:
+        """``uuid``: sent in a ``configuration/uuid`` subsection (the source's -uuid, when the
+        validate-uuid capability is on)."""
         self.w = writer
         self.blocks = list(blocks)
         self.sent_zero = self.sent_normal = 0
         self.machine_name = machine_name
+        self.uuid = uuid
 
     def start(self) -> None:
         w = self.w
         w.write(struct.pack(">II", QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION))
         name = self.machine_name.encode()
         w.write(struct.pack(">BI", QEMU_VM_CONFIGURATION, len(name)) + name)
+        if self.uuid is not None:
+            sub = b"configuration/uuid"
+            w.write(struct.pack(">BB", QEMU_VM_SUBSECTION, len(sub)) + sub + struct.pack(">I", 1) + self.uuid)
         total = sum(b.used_length for b in self.blocks)
         body = bytearray(struct.pack(">Q", total | RAM_SAVE_FLAG_MEM_SIZE))
         for b in self.blocks:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,54 @@ def test_migration_fault_device_options_are_checked(spec, message):
     out = subprocess.run([BIN, *NONE16, "-device", spec], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert out.stderr == f"emu-system-x86_64: -device {spec}: {message}\n"
+
+
+UUID_A = "11111111-1111-1111-1111-111111111111"
+UUID_B = "22222222-2222-2222-2222-222222222222"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="needs unicorn")
+@pytest.mark.parametrize("src_uuid, dst_uuid", [(UUID_A, UUID_A), (None, UUID_A), (UUID_A, None)],
+                         ids=["validate_uuid", "src_not_set", "dst_not_set"])
+def test_validate_uuid_cases_that_complete(tmp, src_uuid, dst_uuid):
+    """QEMU's /migration/validate_uuid{,_src_not_set,_dst_not_set}: validate-uuid on the source;
+    the A-B guest arrives and passes the memory check (a destination without -uuid only warns)."""
+    from qtest.migration import ab_bootsect, check_guests_ram, wait_for_serial
+
+    image = ab_bootsect(tmp / "bootsect")
+    common = ["-accel", "tcg", "-M", "pc", "-m", "150M", "-drive", f"file={image},format=raw"]
+    with QTestMachine(BIN, [*common, *(["-uuid", src_uuid] if src_uuid else []),
+                            "-serial", f"file:{tmp}/src-serial"]) as src, \
+            QTestMachine(BIN, [*common, *(["-uuid", dst_uuid] if dst_uuid else []),
+                               "-serial", f"file:{tmp}/dst-serial", "-incoming", "defer"]) as dst:
+        wait_for_serial(tmp / "src-serial", timeout=60)
+        src.qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "validate-uuid", "state": True}])
+        src.qmp.cmd("migrate-set-parameters", **{"downtime-limit": 1000000})
+        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/migsocket")
+        src.qmp.cmd("migrate", uri=f"unix:{tmp}/migsocket")
+        wait_completed(src)
+        wait_completed(dst)
+        wait_for_serial(tmp / "dst-serial", timeout=60)
+        dst.qmp.cmd("stop")
+        check_guests_ram(dst.qtest)
+        warning = f"emu-system-x86_64: warning: UUID is received {UUID_A}, but local uuid isn't set\n"
+        assert (warning in dst.stderr_text()) == (src_uuid is not None and dst_uuid is None)
+
+
+def test_validate_uuid_error_ends_the_destination_and_fails_the_source(tmp):
+    """/migration/validate_uuid_error: mismatched -uuid; the destination exits 1 with QEMU's text
+    and the source's migration fails."""
+    with QTestMachine(BIN, [*NONE16, "-uuid", UUID_A]) as src, \
+            QTestMachine(BIN, [*NONE16, "-uuid", UUID_B, "-incoming", "defer"]) as dst:
+        src.qtest.memset(0, 0x5A, 16 << 20)  # enough data that the source is still sending
+        src.qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "validate-uuid", "state": True}])
+        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/migsocket")
+        dst.set_expected_status(1)
+        src.qmp.cmd("migrate", uri=f"unix:{tmp}/migsocket")
+        assert dst.wait(timeout=30, check=False) == 1
+        assert f"UUID received is {UUID_A} and local is {UUID_B}" in dst.stderr_text()
+        deadline = time.monotonic() + 30
+        while (status := src.qmp.cmd("query-migrate")["status"]) not in ("failed", "completed"):
+            assert time.monotonic() < deadline
+        assert status == "failed"
+        assert src.qmp.cmd("query-status") == {"status": "running", "running": True}
