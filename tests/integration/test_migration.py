@@ -94,7 +94,10 @@ def test_destination_loads_qemu_72_saved_stream(tmp, vectors_dir):
 
 @pytest.mark.parametrize("args,message", [
     ({"uri": "foo:bar"}, "unknown migration protocol: foo:bar"),
-    ({}, "need either 'uri' or 'channels' argument"),
+    ({}, "need either 'uri' or 'channels' argument"),  # validate_uri/channels/none_set
+    ({"uri": "tcp:127.0.0.1:0", "channels": [{"channel-type": "main", "addr": {  # .../both_set
+        "transport": "socket", "type": "inet", "host": "127.0.0.1", "port": "0"}}]},
+     "need either 'uri' or 'channels' argument"),
 ])
 def test_migrate_argument_errors_leave_state_untouched(args, message):
     with QTestMachine(BIN, NONE16) as m:
@@ -331,3 +334,25 @@ def test_validate_uuid_error_ends_the_destination_and_fails_the_source(tmp):
             assert time.monotonic() < deadline
         assert status == "failed"
         assert src.qmp.cmd("query-status") == {"status": "running", "running": True}
+
+
+def test_migration_through_channels_equals_through_uri(tmp):
+    """The same source state sent once with ``uri`` and once with the equivalent ``channels``
+    (socket/unix on both sides) arrives identically: same RAM and the same page counts."""
+    results = []
+    for how in ("uri", "channels"):
+        sock = f"{tmp}/{how}.sock"
+        addr = ({"uri": f"unix:{sock}"} if how == "uri" else
+                {"channels": [{"channel-type": "main", "addr": {"transport": "socket", "type": "unix",
+                                                                "path": sock}}]})
+        with QTestMachine(BIN, [*NONE16, "-S"]) as src, \
+                QTestMachine(BIN, [*NONE16, "-S", "-incoming", "defer"]) as dst:
+            src.qtest.memset(0x4000, 0x11, 5 * 4096)
+            src.qtest.memwrite(0xABC000, b"channels" * 512)
+            dst.qmp.cmd("migrate-incoming", **addr)
+            src.qmp.cmd("migrate", **addr)
+            info = wait_completed(src)
+            wait_completed(dst)
+            results.append((dst.qtest.bufread(0, 16 << 20), info["ram"]["normal"], info["ram"]["duplicate"]))
+    assert results[0] == results[1]
+    assert results[0][1] == 6 and results[0][0][0x4000:0x9000] == b"\x11" * 5 * 4096
