@@ -97,15 +97,39 @@ class MigrationManager:
             self._cancel.clear()
             self.start_time = time.monotonic()
             self._set("setup")
+        if addr.transport == "socket" and addr.socket.type in ("inet", "unix", "vsock"):
+            # QEMU connects these asynchronously: migrate succeeds, a failure shows up as "failed"
+            threading.Thread(target=self._connect_and_run, args=(addr,), name="migration", daemon=True).start()
+            return
         try:
-            channel = open_outgoing(addr, named_fds=self.named_fds(), fdsets=self.fdsets,
-                                    warn=lambda m: sys.stderr.write(f"{self.prog}: warning: {m}\n"))
+            channel = self._open(addr)
         except TransportError as e:
             self.error_desc = str(e)
             self._set("failed")
             raise MigrationError(str(e)) from None
         self._channel = channel
         threading.Thread(target=self._run_outgoing, args=(channel,), name="migration", daemon=True).start()
+
+    def _open(self, addr: MigrationAddress) -> Any:
+        return open_outgoing(addr, named_fds=self.named_fds(), fdsets=self.fdsets,
+                             warn=lambda m: sys.stderr.write(f"{self.prog}: warning: {m}\n"))
+
+    def _connect_and_run(self, addr: MigrationAddress) -> None:
+        try:
+            channel = self._open(addr)
+        except TransportError as e:
+            if self._cancel.is_set():
+                self._set("cancelled")
+            else:
+                self.error_desc = str(e)
+                self._set("failed")
+            return
+        self._channel = channel
+        if self._cancel.is_set():
+            channel.close()
+            self._set("cancelled")
+            return
+        self._run_outgoing(channel)
 
     def _run_outgoing(self, channel: Any) -> None:
         machine = self.vm.machine

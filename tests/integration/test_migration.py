@@ -356,3 +356,39 @@ def test_migration_through_channels_equals_through_uri(tmp):
             results.append((dst.qtest.bufread(0, 16 << 20), info["ram"]["normal"], info["ram"]["duplicate"]))
     assert results[0] == results[1]
     assert results[0][1] == 6 and results[0][0][0x4000:0x9000] == b"\x11" * 5 * 4096
+
+
+def test_bad_dest_fails_and_the_source_runs_on():
+    """/migration/bad_dest: connecting to tcp port 0 fails; setup → failed, the VM still runs."""
+    with QTestMachine(BIN, NONE16) as src:
+        events_on(src)
+        src.qmp.cmd("migrate", uri="tcp:127.0.0.1:0")
+        assert statuses(src, until="failed") == ["setup", "failed"]
+        info = src.qmp.cmd("query-migrate")
+        assert info["status"] == "failed" and info["error-desc"].startswith("Failed to connect")
+        assert src.qmp.cmd("query-status") == {"status": "running", "running": True}
+
+
+@pytest.mark.parametrize("suffix, offset", [("", 0), (",offset=4096", 4096)], ids=["file", "file_offset"])
+def test_precopy_file_and_file_offset(tmp, suffix, offset):
+    """/migration/precopy/file and /file/offset: the stopped source saves to a file (bytes before the
+    offset are left alone) and a destination loads it with the same URI."""
+    path = tmp / "migfile"
+    path.write_bytes(b"\xEE" * offset)
+    with QTestMachine(BIN, [*NONE16, "-S"]) as src:
+        src.qtest.memwrite(0x3000, b"file migration")
+        src.qmp.cmd("migrate", uri=f"file:{path}{suffix}")
+        wait_completed(src)
+    assert path.read_bytes()[:offset] == b"\xEE" * offset
+    assert path.read_bytes()[offset:offset + 4] == b"QEVM"
+    with QTestMachine(BIN, [*NONE16, "-S", "-incoming", f"file:{path}{suffix}"]) as dst:
+        wait_completed(dst)
+        assert dst.qtest.memread(0x3000, 14) == b"file migration"
+
+
+def test_precopy_file_offset_bad(tmp):
+    """/migration/precopy/file/offset/bad: 0x20M is no size; migrate fails with QEMU's text."""
+    with QTestMachine(BIN, [*NONE16, "-S"]) as src:
+        with pytest.raises(Exception, match=r"file URI has bad offset 0x20M: Invalid argument"):
+            src.qmp.cmd("migrate", uri=f"file:{tmp}/migfile,offset=0x20M")
+        assert src.qmp.cmd("query-migrate") == {}
