@@ -163,7 +163,8 @@ def test_qemu_72_source_into_our_destination_byte_for_byte(tmp):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="needs unicorn")
-def test_live_precopy_of_the_ab_guest_keeps_memory_consistent_and_the_guest_running(tmp):
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_live_precopy_of_the_ab_guest_keeps_memory_consistent_and_the_guest_running(tmp, transport):
     """QEMU's precopy test shape: the A-B guest runs on the source, migrates while dirtying RAM, and
     carries on at the destination (its CPU state travels too); the memory check passes there."""
     from qtest.migration import ab_bootsect, check_guests_ram, wait_for_serial
@@ -175,8 +176,15 @@ def test_live_precopy_of_the_ab_guest_keeps_memory_consistent_and_the_guest_runn
         wait_for_serial(tmp / "src-serial", timeout=60)
         events_on(src)
         src.qmp.cmd("migrate-set-parameters", **{"downtime-limit": 1, "max-bandwidth": 4 << 30})
-        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m.sock")
-        src.qmp.cmd("migrate", uri=f"unix:{tmp}/m.sock")
+        if transport == "unix":
+            dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m.sock")
+            uri = f"unix:{tmp}/m.sock"
+        else:  # port 0: the destination reports the port it got, as QEMU's tests read it
+            dst.qmp.cmd("migrate-incoming", uri="tcp:127.0.0.1:0")
+            (sa,) = dst.qmp.cmd("query-migrate")["socket-address"]
+            assert sa["type"] == "inet" and sa["host"] == "127.0.0.1" and int(sa["port"]) > 0
+            uri = f"tcp:127.0.0.1:{sa['port']}"
+        src.qmp.cmd("migrate", uri=uri)
         passes = []
         while len(passes) < 2:  # as migrate_ensure_non_converge: a 1 ms downtime cannot be met
             ev = src.qmp.wait_event("MIGRATION_PASS", timeout=120)
@@ -392,3 +400,65 @@ def test_precopy_file_offset_bad(tmp):
         with pytest.raises(Exception, match=r"file URI has bad offset 0x20M: Invalid argument"):
             src.qmp.cmd("migrate", uri=f"file:{tmp}/migfile,offset=0x20M")
         assert src.qmp.cmd("query-migrate") == {}
+
+
+@pytest.mark.parametrize("kind", ["socketpair", "file"])
+def test_precopy_fd_then_closefd_fails_on_both_sides(tmp, kind):
+    """/migration/precopy/fd/tcp and /fd/file: the stream goes through an fd passed with getfd
+    (a socket pair's ends, or one regular file written then read); the migration consumes the
+    named fd, so closefd afterwards fails with QEMU's text."""
+    import os
+    import socket
+
+    with QTestMachine(BIN, [*NONE16, "-S"]) as src, \
+            QTestMachine(BIN, [*NONE16, "-S", "-incoming", "defer"]) as dst:
+        src.qtest.memwrite(0x5000, b"through an fd")
+        if kind == "socketpair":
+            a, b = socket.socketpair()
+            fd_src, fd_dst = a.fileno(), b.fileno()
+        else:
+            path = tmp / "migfile"
+            fd_src = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            src.qmp.cmd_fds("getfd", [fd_src], fdname="fd-mig")
+            if kind == "socketpair":
+                dst.qmp.cmd_fds("getfd", [fd_dst], fdname="fd-mig")
+                dst.qmp.cmd("migrate-incoming", uri="fd:fd-mig")
+            src.qmp.cmd("migrate", uri="fd:fd-mig")
+            wait_completed(src)
+            if kind == "file":
+                fd_dst = os.open(path, os.O_RDONLY)
+                try:
+                    dst.qmp.cmd_fds("getfd", [fd_dst], fdname="fd-mig")
+                finally:
+                    os.close(fd_dst)
+                dst.qmp.cmd("migrate-incoming", uri="fd:fd-mig")
+            wait_completed(dst)
+        finally:
+            if kind == "socketpair":
+                a.close()
+                b.close()
+            else:
+                os.close(fd_src)
+        assert dst.qtest.memread(0x5000, 13) == b"through an fd"
+        for m in (src, dst):
+            with pytest.raises(Exception, match="File descriptor named 'fd-mig' not found"):
+                m.qmp.cmd("closefd", fdname="fd-mig")
+        if kind == "file":
+            warning = "fd: migration to a file is deprecated. Use file: instead."
+            assert warning in src.stderr_text() and warning in dst.stderr_text()
+
+
+def test_precopy_exec(tmp):
+    """exec: on both sides, the stream through shell commands joined by a fifo."""
+    import os
+
+    os.mkfifo(tmp / "fifo")
+    with QTestMachine(BIN, [*NONE16, "-S"]) as src, \
+            QTestMachine(BIN, [*NONE16, "-S", "-incoming", "defer"]) as dst:
+        src.qtest.memwrite(0x6000, b"through exec")
+        dst.qmp.cmd("migrate-incoming", uri=f"exec:cat {tmp}/fifo")
+        src.qmp.cmd("migrate", uri=f"exec:cat > {tmp}/fifo")
+        wait_completed(src)
+        wait_completed(dst)
+        assert dst.qtest.memread(0x6000, 12) == b"through exec"
