@@ -10,11 +10,21 @@ from pathlib import Path
 import pytest
 
 from qtest.machine import QTestMachine, short_tempdir
+from qtest.migration import ab_bootsect, check_guests_ram, wait_for_serial
 
 BIN = shutil.which("emu-system-x86_64")
 QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
 NONE16 = ["-M", "none", "-m", "16M"]
+
+
+needs_unicorn = pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="needs unicorn")
+
+
+def ab_args(tmp: Path) -> list[str]:
+    """A pc machine booting the A-B guest (written to ``tmp``), as QEMU's migration tests run it."""
+    image = ab_bootsect(tmp / "bootsect")
+    return ["-accel", "tcg", "-M", "pc", "-m", "150M", "-drive", f"file={image},format=raw"]
 
 
 @pytest.fixture
@@ -162,15 +172,12 @@ def test_qemu_72_source_into_our_destination_byte_for_byte(tmp):
         assert dst.qtest.bufread(0, 16 << 20) == expected
 
 
-@pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="needs unicorn")
+@needs_unicorn
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_live_precopy_of_the_ab_guest_keeps_memory_consistent_and_the_guest_running(tmp, transport):
     """QEMU's precopy test shape: the A-B guest runs on the source, migrates while dirtying RAM, and
     carries on at the destination (its CPU state travels too); the memory check passes there."""
-    from qtest.migration import ab_bootsect, check_guests_ram, wait_for_serial
-
-    image = ab_bootsect(tmp / "bootsect")
-    common = ["-accel", "tcg", "-M", "pc", "-m", "150M", "-drive", f"file={image},format=raw"]
+    common = ab_args(tmp)
     with QTestMachine(BIN, [*common, "-serial", f"file:{tmp}/src-serial"]) as src, \
             QTestMachine(BIN, [*common, "-serial", f"file:{tmp}/dst-serial", "-incoming", "defer"]) as dst:
         wait_for_serial(tmp / "src-serial", timeout=60)
@@ -210,14 +217,11 @@ def test_live_precopy_of_the_ab_guest_keeps_memory_consistent_and_the_guest_runn
         check_guests_ram(dst.qtest)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="needs unicorn")
+@needs_unicorn
 def test_cancel_keeps_the_source_running_and_a_second_migration_completes(tmp):
     """QEMU's cancel case: a live migration cancelled mid-stream ends cancelling → cancelled, the
     guest runs on at the source, the half-fed destination fails, and migrating again succeeds."""
-    from qtest.migration import ab_bootsect, check_guests_ram, wait_for_serial
-
-    image = ab_bootsect(tmp / "bootsect")
-    common = ["-accel", "tcg", "-M", "pc", "-m", "150M", "-drive", f"file={image},format=raw"]
+    common = ab_args(tmp)
     with QTestMachine(BIN, [*common, "-serial", f"file:{tmp}/src-serial"]) as src, \
             QTestMachine(BIN, [*common, "-serial", f"file:{tmp}/dst1-serial", "-incoming", "defer"]) as dst1:
         pos = wait_for_serial(tmp / "src-serial", timeout=60)
@@ -248,14 +252,11 @@ def test_cancel_keeps_the_source_running_and_a_second_migration_completes(tmp):
             check_guests_ram(dst2.qtest)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="needs unicorn")
+@needs_unicorn
 def test_save_setup_error_fails_the_migration_and_the_source_runs_on(tmp):
     """A handler whose save_setup fails (test-only -device migration-fault): the migration goes
     setup → failed with that message as error-desc, and the guest keeps running at the source."""
-    from qtest.migration import ab_bootsect, wait_for_serial
-
-    image = ab_bootsect(tmp / "bootsect")
-    common = ["-accel", "tcg", "-M", "pc", "-m", "150M", "-drive", f"file={image},format=raw"]
+    common = ab_args(tmp)
     with QTestMachine(BIN, [*common, "-serial", f"file:{tmp}/src-serial", "-device",
                             "migration-fault,stage=save-setup"]) as src:
         pos = wait_for_serial(tmp / "src-serial", timeout=60)
@@ -297,16 +298,13 @@ UUID_A = "11111111-1111-1111-1111-111111111111"
 UUID_B = "22222222-2222-2222-2222-222222222222"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="needs unicorn")
+@needs_unicorn
 @pytest.mark.parametrize("src_uuid, dst_uuid", [(UUID_A, UUID_A), (None, UUID_A), (UUID_A, None)],
                          ids=["validate_uuid", "src_not_set", "dst_not_set"])
 def test_validate_uuid_cases_that_complete(tmp, src_uuid, dst_uuid):
     """QEMU's /migration/validate_uuid{,_src_not_set,_dst_not_set}: validate-uuid on the source;
     the A-B guest arrives and passes the memory check (a destination without -uuid only warns)."""
-    from qtest.migration import ab_bootsect, check_guests_ram, wait_for_serial
-
-    image = ab_bootsect(tmp / "bootsect")
-    common = ["-accel", "tcg", "-M", "pc", "-m", "150M", "-drive", f"file={image},format=raw"]
+    common = ab_args(tmp)
     with QTestMachine(BIN, [*common, *(["-uuid", src_uuid] if src_uuid else []),
                             "-serial", f"file:{tmp}/src-serial"]) as src, \
             QTestMachine(BIN, [*common, *(["-uuid", dst_uuid] if dst_uuid else []),
