@@ -131,15 +131,14 @@ class RamBlock:
             raise RamError(f"pages {page}+{npages} out of range for {self.name!r}")
         return bytes(ffi.buffer(out, npages))
 
-    def load_page_records(self, buf: bytearray, pos: int, received: bytearray,
-                          pagemap_fd: int = -1) -> tuple[int, int, int]:
+    def load_page_records(self, buf: bytearray, pos: int, received: bytearray) -> tuple[int, int, int]:
         """Applies the run of CONTINUE ZERO/PAGE records of a migration stream starting at
         ``buf[pos]`` (in C, without the GIL); returns (bytes consumed, zero records, page records).
-        Stops before anything else, which the caller's parser then handles. ``pagemap_fd``: an
-        open ``/proc/self/pagemap`` so that zero records leave never-populated pages untouched."""
+        Stops before anything else, which the caller's parser then handles. Zero records leave
+        never-populated pages untouched (recognised through ``/proc/self/pagemap``)."""
         counts = ffi.new("uint64_t[2]")
         with ffi.from_buffer(buf) as src, ffi.from_buffer(received) as rmap:
-            n = lib.mc_ram_load_run(self._ptr, src + pos, len(buf) - pos, rmap, len(received), pagemap_fd, counts)
+            n = lib.mc_ram_load_run(self._ptr, src + pos, len(buf) - pos, rmap, len(received), _pagemap_fd(), counts)
         return int(n), int(counts[0]), int(counts[1])
 
     def encode_page_records(self, page: int, npages: int, zero_map: bytes, name: bytes | None) -> bytearray:

@@ -146,6 +146,7 @@ class MigrationManager:
             limiter = RateLimiter(self.config.parameter("max-bandwidth"), self._cancel.is_set)
             dirty = PrecopySaver.all_pages(machine.ram_blocks)
             bandwidth = 0.0
+            unsent: dict[Any, Any] | None = None  # synced but not yet sent when the loop ends
             while True:
                 if self._cancel.is_set():
                     raise TransportError("migration cancelled")
@@ -166,6 +167,7 @@ class MigrationManager:
                 self._update_stats(saver, remaining)
                 downtime_limit = self.config.parameter("downtime-limit") / 1000
                 if remaining == 0 or remaining <= bandwidth * downtime_limit:
+                    unsent = dirty
                     break
             # stop and copy: what is still dirty goes out with the VM stopped
             was_running = self.vm.running
@@ -175,8 +177,8 @@ class MigrationManager:
             final = saver.sync()
             self.sync_count += 1
             self._pass(self.sync_count)
-            if was_running:
-                final = {b: final[b] | dirty[b] for b in final}
+            if unsent is not None:
+                final = {b: final[b] | unsent[b] for b in final}
             devices = machine.migration_entries(saving=True)
             saver.finish(final, devices, "running" if was_running else self.vm.runstate)
             if self._cancel.is_set():

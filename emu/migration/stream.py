@@ -149,10 +149,9 @@ class StreamReader:
             if self._pos:
                 del self._buf[: self._pos]
                 self._pos = 0
-            want = max(n - len(self._buf), self._chunk)
+            # bounded: a length read from the stream must not decide how much memory one read takes
+            want = min(max(n - len(self._buf), self._chunk), 16 << 20)
             if self._scratch is not None:
-                if len(self._scratch) < want:
-                    self._scratch = bytearray(want)
                 k = self._readinto(memoryview(self._scratch)[:want])
                 if not k:
                     self._eof = True
@@ -522,10 +521,6 @@ class _PageMap:
         except OSError:
             self._fd = None
 
-    @property
-    def fd(self) -> int:
-        return -1 if self._fd is None else self._fd
-
     def untouched(self, block: Any, page: int) -> bool:
         if self._fd is None:
             return False
@@ -628,7 +623,7 @@ class _RamHandler:
         counts = [0, 0]
 
         def apply(buf: bytearray, pos: int) -> int:
-            n, counts[0], counts[1] = fast(buf, pos, rmap, self.pagemap.fd)
+            n, counts[0], counts[1] = fast(buf, pos, rmap)
             return n
 
         if f.r.consume_buffered(apply):
