@@ -511,35 +511,6 @@ class _QFile:
         return d, len(d) == n
 
 
-class _PageMap:
-    """Finds pages that were never populated (they read as zero) without touching them, via
-    ``/proc/self/pagemap`` (present or swapped bit). Falls back to "assume populated"."""
-
-    def __init__(self) -> None:
-        try:
-            self._fd: int | None = os.open("/proc/self/pagemap", os.O_RDONLY)
-        except OSError:
-            self._fd = None
-
-    def untouched(self, block: Any, page: int) -> bool:
-        if self._fd is None:
-            return False
-        vpage = (block.host_address >> 12) + page
-        try:
-            e = os.pread(self._fd, 8, vpage * 8)
-        except OSError:
-            return False
-        if len(e) != 8:
-            return False
-        v = struct.unpack("<Q", e)[0]
-        return not (v >> 62) & 3
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
 class _RamHandler:
     """QEMU 7.2 ``ram_load`` / ``ram_load_precopy`` over ``emu.ram.RamBlock`` objects."""
 
@@ -551,7 +522,6 @@ class _RamHandler:
         self.blocks = blocks
         self.last_block: Any | None = None
         self.stats = stats
-        self.pagemap = _PageMap()
         #: QEMU's receivedmap: one byte per page, set by every ZERO/PAGE/XBZRLE record
         self.received: dict[str, bytearray] = {}
 
@@ -666,8 +636,8 @@ class _RamHandler:
         self.stats["zero_pages"] += 1
         page = addr >> 12
         # 7.2 writes only if the fill is non-zero or the page is not already zero; an untouched page
-        # is zero and is left unpopulated (checked without reading it)
-        if ch == 0 and (self.pagemap.untouched(block, page) or block.zero_pages(page, 1) == b"\x01"):
+        # is zero and is left unpopulated (zero_pages answers it from pagemap without reading it)
+        if ch == 0 and block.zero_pages(page, 1) == b"\x01":
             return
         block.fill(addr, ch, PAGE_SIZE)
 
@@ -937,10 +907,7 @@ def load_stream(
     gs.state.clear()
     loader = _Loader(ram_blocks_by_name, devices, machine_name, uuid, capabilities, return_path)
     f = _QFile(reader)
-    try:
-        ret = loader.run(f)
-    finally:
-        loader.ram.pagemap.close()
+    ret = loader.run(f)
     lines = loader.ctx.lines
     if ret < 0:
         code = -ret

@@ -6,53 +6,29 @@ import time
 
 import pytest
 
-from emu.machine import find_machine
-from emu.vm import VM
+from pc_guest import PcGuest
 from qtest.migration import AB_BOOTSECT, AB_PASSES_OFFSET, PAGE, TEST_MEM_END, TEST_MEM_START
 
 pytest.importorskip("unicorn")
 
 
-class Guest:
+class Guest(PcGuest):
     """A pc machine running the A-B sector (one pass per B unless told otherwise)."""
 
     def __init__(self, passes: int = 1) -> None:
-        from emu.cpu import VCPU
-
-        self.machine = find_machine("pc")(150 << 20, manual_clock=False)
         image = bytearray(AB_BOOTSECT.read_bytes())
         image[AB_PASSES_OFFSET:AB_PASSES_OFFSET + 4] = passes.to_bytes(4, "little")
-        self.machine.boot_image = bytes(image)
-        self.serial = bytearray()
-        self.got_b = threading.Event()
-        self.changed = threading.Condition()
-        self.machine.add_serial(0, self._out)
-        self.machine.boot()
-        self.vm = VM(self.machine, start_paused=False, qtest_accel=False)
-        self.vcpu = VCPU(self.vm)
-        self.vm.attach_vcpu(self.vcpu)
-
-    def _out(self, data: bytes) -> None:
-        with self.changed:
-            self.serial += data
-            self.changed.notify_all()
-        if b"B" in data:
-            self.got_b.set()
+        super().__init__(bytes(image), 150 << 20)
 
     def wait_b(self, count: int = 1, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
         target = self.serial.count(b"B") + count
-        while self.serial.count(b"B") < target:
-            self.got_b.clear()
-            assert self.got_b.wait(max(0.0, deadline - time.monotonic())), bytes(self.serial)
+        self.wait_until(lambda out: out.count(b"B") >= target, timeout)
 
     def pages(self) -> bytes:
         block = self.machine.ram_blocks[0]
         view = block.view()
         return bytes(view[TEST_MEM_START:TEST_MEM_END:PAGE])
 
-    def close(self) -> None:
-        self.vcpu.quit()
 
 
 @pytest.fixture

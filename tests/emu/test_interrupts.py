@@ -4,14 +4,12 @@ The guests are assembled with GNU binutils (the ``assemble`` fixture); the inter
 the i8042, as in QEMU's transcripts: ``outb 0x64 0xd2`` then ``outb 0x60 X`` raises IRQ 1."""
 from __future__ import annotations
 
-import threading
 
 import pytest
 
 pytest.importorskip("unicorn")
 
-from emu.machine import find_machine  # noqa: E402
-from emu.vm import VM  # noqa: E402
+from pc_guest import PcGuest  # noqa: E402
 
 PIC_GUEST = r"""
 .code16
@@ -118,36 +116,18 @@ idt:
 """
 
 
-class Run:
+class Run(PcGuest):
     def __init__(self, image: bytes) -> None:
-        from emu.cpu import VCPU
-
-        self.machine = find_machine("pc")(64 << 20, manual_clock=False)
-        self.machine.boot_image = image
-        self.serial = bytearray()
-        self.changed = threading.Condition()
-        self.machine.add_serial(0, self._out)
-        self.machine.boot()
-        self.vm = VM(self.machine, start_paused=False, qtest_accel=False)
-        self.vcpu = VCPU(self.vm)
-        self.vm.attach_vcpu(self.vcpu)
-
-    def _out(self, data: bytes) -> None:
-        with self.changed:
-            self.serial += data
-            self.changed.notify_all()
+        super().__init__(image, 64 << 20)
 
     def wait_for(self, text: bytes, timeout: float = 30) -> None:
-        with self.changed:
-            assert self.changed.wait_for(lambda: text in self.serial, timeout), bytes(self.serial)
+        self.wait_until(lambda out: text in out, timeout)
 
     def key(self, byte: int) -> None:
         with self.vm.lock:  # what qtest's outb does
             self.machine.address_space_io.write_uint(0x64, 0xD2, 1)
             self.machine.address_space_io.write_uint(0x60, byte, 1)
 
-    def close(self) -> None:
-        self.vcpu.quit()
 
 
 @pytest.mark.parametrize("source,ready", [(PIC_GUEST, b"R"), (IOAPIC_GUEST, b"P")], ids=["pic-real-mode", "ioapic-flat-pm"])

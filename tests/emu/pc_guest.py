@@ -1,0 +1,40 @@
+"""An in-process ``pc`` machine running a boot sector on the Unicorn vCPU, for the vCPU tests.
+
+Serial output is collected; waits use a condition on it, never sleeps.
+"""
+from __future__ import annotations
+
+import threading
+
+from emu.machine import find_machine
+from emu.vm import VM
+
+
+class PcGuest:
+    """A pc machine with ``ram`` bytes of RAM booting ``image`` (sector 0), running at once."""
+
+    def __init__(self, image: bytes, ram: int) -> None:
+        from emu.cpu import VCPU
+
+        self.machine = find_machine("pc")(ram, manual_clock=False)
+        self.machine.boot_image = image
+        self.serial = bytearray()
+        self.changed = threading.Condition()
+        self.machine.add_serial(0, self._out)
+        self.machine.boot()
+        self.vm = VM(self.machine, start_paused=False, qtest_accel=False)
+        self.vcpu = VCPU(self.vm)
+        self.vm.attach_vcpu(self.vcpu)
+
+    def _out(self, data: bytes) -> None:
+        with self.changed:
+            self.serial += data
+            self.changed.notify_all()
+
+    def wait_until(self, ready, timeout: float) -> None:
+        """Waits until ``ready(serial)`` holds; fails with what the guest printed."""
+        with self.changed:
+            assert self.changed.wait_for(lambda: ready(self.serial), timeout), bytes(self.serial)
+
+    def close(self) -> None:
+        self.vcpu.quit()
