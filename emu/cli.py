@@ -31,7 +31,7 @@ ARG_OPTIONS = frozenset({
 })
 # Options accepted and ignored: they only affect things this emulator does not model.
 IGNORED_OPTIONS = frozenset({
-    "audio", "audiodev", "trace", "D", "d", "msg", "sandbox", "overcommit", "k", "rtc", "global", "boot", "action",
+    "audio", "audiodev", "trace", "D", "d", "msg", "sandbox", "overcommit", "k", "rtc", "boot", "action",
     "compat", "seed", "watchdog-action", "no-user-config", "nographic", "full-screen", "no-hpet", "mem-prealloc",
     "no-reboot", "no-shutdown", "only-migratable", "no-fd-bootchk", "usbdevice", "numa", "smbios",
 })
@@ -82,6 +82,8 @@ class Config:
         self.name: str | None = None
         self.uuid: str | None = None
         self.add_fds: list[dict[str, str]] = []
+        #: ``-global DRIVER.PROP=VALUE``: {(driver, prop): value}; only ``migration.*`` is used
+        self.globals: dict[tuple[str, str], str] = {}
         self.exit_with_parent = False
         self.drives: list[str] = []
         self.devices: list[str] = []
@@ -240,6 +242,15 @@ def _apply(cfg: Config, name: str, value: str) -> None:
         if not UUID_RE.match(value):
             raise CliError("failed to parse UUID string: wrong format")
         cfg.uuid = value.lower()
+    elif name == "global":
+        # qemu_global_option: DRIVER.PROPERTY=VALUE, or driver=,property=,value=
+        key, eq, val = value.partition("=")
+        if eq and "." in key and not key.startswith(("driver", "property", "value")):
+            driver, prop = key.split(".", 1)
+        else:
+            opts = _opts(value)
+            driver, prop, val = opts.get("driver", ""), opts.get("property", ""), opts.get("value", "")
+        cfg.globals[(driver, prop)] = val
     elif name == "add-fd":
         opts = _opts(value)
         for key in ("fd", "set"):

@@ -206,6 +206,14 @@ class System:
 
         self.migration = MigrationManager(self.vm, named_fds=named_fds, fdsets=self.fdsets, fatal=fatal,
                                           prog=self.prog)
+        for (driver, prop), value in self.cfg.globals.items():
+            if driver == "migration" and prop == "multifd-flush-after-each-section":
+                flag = {"on": True, "yes": True, "true": True, "y": True,
+                        "off": False, "no": False, "false": False, "n": False}.get(value)
+                if flag is None:
+                    raise StartupError(f"can't apply global migration.{prop}={value}: "
+                                       f"Parameter '{prop}' expects 'on' or 'off'")
+                self.migration.flush_after_each_section = flag
 
     def _start_incoming(self, uri: str) -> None:
         from emu.migration.address import MigrationAddressError, parse_migration_uri

@@ -68,7 +68,7 @@ def query_migrate(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
 @command("migrate-set-capabilities")
 def migrate_set_capabilities(ctx: CommandContext, args: dict[str, Any]) -> None:
     mgr = _manager(ctx)
-    mgr.config.set_capabilities(args["capabilities"], mgr.status, incoming_started=mgr.incoming_started,
+    mgr.config.set_capabilities(args["capabilities"], mgr.status, incoming_started=mgr.incoming_listening,
                                 inmigrate=ctx.machine.runstate == "inmigrate")
 
 

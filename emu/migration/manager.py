@@ -1,10 +1,11 @@
 """Migration state and the outgoing/incoming runs (QEMU's MigrationState, in small).
 
-This first slice migrates by stop-and-copy: the source stops its VM and sends one complete
-stream (RAM pages, zero pages found in C, device sections, globalstate). The destination loads
-it and resumes as QEMU does (autostart, or the received run state). Status transitions and
-MIGRATION/MIGRATION_PASS events (when the ``events`` capability is on) follow QEMU 9.1; iterative
-precopy with dirty-page rounds comes next.
+The source runs precopy (``precopy.PrecopySaver``) on a migration thread: rounds of dirty pages
+while the guest runs, then stop-and-copy when what is left fits the downtime limit, optionally
+with multifd channels beside the main stream. The destination accepts the main channel (and the
+multifd channels), loads the stream and resumes as QEMU does (autostart, or the received run
+state). Status transitions and MIGRATION/MIGRATION_PASS events (when the ``events`` capability is
+on) follow QEMU 9.1.
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import numpy as np
 
 from emu.devices.migration_fault import MigrationSetupError
 from emu.migration.address import MigrationAddress
+from emu.migration.multifd import MultifdError, MultifdReceiver, MultifdSender
 from emu.migration.params import MigrationConfig
 from emu.migration.precopy import PrecopySaver, RateLimiter
-from emu.migration.stream import QEMU_VM_SECTION_PART, StreamError, StreamReader, StreamWriter, load_stream
+from emu.migration.stream import (QEMU_VM_FILE_MAGIC, QEMU_VM_SECTION_PART, StreamError, StreamReader, StreamWriter,
+                                  load_stream)
 from emu.migration.transport import Listener, TransportError, listen_incoming, open_outgoing
 
 ACTIVE = frozenset({"setup", "active", "postcopy-active", "postcopy-paused", "postcopy-recover",
@@ -61,10 +64,17 @@ class MigrationManager:
         self.in_status = "none"
         self.error_desc: str | None = None
         self.incoming_started = False
+        #: QEMU's ``transport_data``: a socket listener of an incoming migration is up (multifd and
+        #: postcopy-preempt can no longer be switched on); cleared when that migration ends
+        self.incoming_listening = False
         self.socket_addresses: list[dict[str, Any]] = []
         self.stats: dict[str, Any] = {}
         self.start_time = self.setup_time = self.downtime = self.end_time = 0.0
         self._channel: Any = None
+        self._multifd: MultifdSender | None = None
+        #: the ``migration.multifd-flush-after-each-section`` property (-global): sync multifd at
+        #: every RAM EOS as 7.2 does, instead of once per round with MULTIFD_FLUSH records
+        self.flush_after_each_section = False
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.sync_count = 0
@@ -129,15 +139,41 @@ class MigrationManager:
             channel.close()
             self._set("cancelled")
             return
-        self._run_outgoing(channel)
+        multifd = None
+        if self.config.capability("multifd"):
+            try:
+                multifd = self._open_multifd(addr)
+            except TransportError as e:
+                channel.close()
+                self.error_desc = str(e)
+                self._set("cancelled" if self._cancel.is_set() else "failed")
+                return
+        self._run_outgoing(channel, multifd)
 
-    def _run_outgoing(self, channel: Any) -> None:
+    def _open_multifd(self, addr: MigrationAddress) -> MultifdSender:
+        """The multifd channels: ``multifd-channels`` more connections to the same address, each
+        announcing itself with an init packet carrying this VM's uuid."""
+        channels: list[Any] = []
+        try:
+            for _ in range(self.config.parameter("multifd-channels")):
+                channels.append(self._open(addr))
+        except TransportError:
+            for c in channels:
+                c.close()
+            raise
+        method = self.config.parameter("multifd-compression")
+        level = self.config.parameter(f"multifd-{method}-level") if method in ("zlib", "zstd") else 0
+        self._multifd = MultifdSender(channels, self._uuid_bytes() or bytes(16), method, level)
+        return self._multifd
+
+    def _run_outgoing(self, channel: Any, multifd: MultifdSender | None = None) -> None:
         machine = self.vm.machine
         stopped_by_us = False
         try:
             machine.migration_setup("save-setup")  # each handler's save_setup, before any byte goes out
             uuid = self._uuid_bytes() if self.config.capability("validate-uuid") else None
-            saver = PrecopySaver(StreamWriter(_Sink(channel)), machine.ram_blocks, machine.name, uuid)
+            saver = PrecopySaver(StreamWriter(_Sink(channel)), machine.ram_blocks, machine.name, uuid, multifd,
+                                 self.config.parameter("zero-page-detection"), self.flush_after_each_section)
             saver.start()
             self.setup_time = time.monotonic()
             self.sync_count = 1
@@ -188,7 +224,7 @@ class MigrationManager:
             self.end_time = time.monotonic()
             self.vm.set_runstate("postmigrate")
             self._set("completed")
-        except (TransportError, OSError, StreamError, MigrationSetupError) as e:
+        except (TransportError, OSError, StreamError, MigrationSetupError, MultifdError) as e:
             if stopped_by_us:
                 self.vm.cont()  # as QEMU: a migration that did not complete leaves the guest running
             if self._cancel.is_set():
@@ -197,6 +233,11 @@ class MigrationManager:
                 self.error_desc = str(e)
                 self._set("failed")
         finally:
+            if multifd is not None:
+                if self.status != "completed":
+                    multifd.shutdown()
+                multifd.close()
+                self._multifd = None
             try:
                 channel.close()
             except Exception:  # noqa: BLE001 - closing a broken channel must not mask the result
@@ -211,7 +252,9 @@ class MigrationManager:
 
     def _update_stats(self, saver: PrecopySaver, remaining: int) -> None:
         normal, zero = saver.sent_normal, saver.sent_zero
-        self._record({"bytes": saver.w.offset, "normal_pages": normal, "zero_pages": zero})
+        multifd = saver.multifd.bytes_sent if saver.multifd is not None else 0
+        self._record({"bytes": saver.bytes_sent, "normal_pages": normal, "zero_pages": zero,
+                      "multifd_bytes": multifd})
         self.stats["remaining"] = remaining
         self.stats["dirty-sync-count"] = self.sync_count
 
@@ -224,7 +267,8 @@ class MigrationManager:
             "transferred": transferred, "remaining": 0, "total": total,
             "duplicate": int(counts.get("zero_pages", 0)), "normal": normal, "normal-bytes": normal * PAGE,
             "dirty-pages-rate": 0, "mbps": transferred * 8 / 1e6 / elapsed, "dirty-sync-count": self.sync_count,
-            "postcopy-requests": 0, "page-size": PAGE, "multifd-bytes": 0,
+            "postcopy-requests": 0, "page-size": PAGE,
+            "multifd-bytes": int(counts.get("multifd_bytes", 0)),
             "pages-per-second": int((normal + int(counts.get("zero_pages", 0))) / elapsed),
             "precopy-bytes": transferred, "downtime-bytes": transferred, "postcopy-bytes": 0,
             "dirty-sync-missed-zero-copy": 0,
@@ -238,6 +282,9 @@ class MigrationManager:
             channel = self._channel
             if channel is not None:
                 channel.shutdown()
+            multifd = self._multifd
+            if multifd is not None:
+                multifd.shutdown()
 
     # ---- incoming
     def incoming(self, addr: MigrationAddress, exit_on_error: bool = True) -> None:
@@ -247,11 +294,14 @@ class MigrationManager:
         if self.vm.runstate != "inmigrate":
             raise MigrationError("'-incoming' was not specified on the command line")
         try:
-            listener = listen_incoming(addr, named_fds=self.named_fds(), fdsets=self.fdsets,
+            # QEMU's listen queue: 1, or the multifd channel count (the main channel comes too)
+            backlog = self.config.parameter("multifd-channels") if self.config.capability("multifd") else 1
+            listener = listen_incoming(addr, named_fds=self.named_fds(), fdsets=self.fdsets, backlog=backlog,
                                        warn=lambda m: sys.stderr.write(f"{self.prog}: warning: {m}\n"))
         except TransportError as e:
             raise MigrationError(str(e)) from None
         self.incoming_started = True
+        self.incoming_listening = addr.transport == "socket" and addr.socket.type in ("inet", "unix", "vsock")
         self.socket_addresses = listener.socket_address()
         self._set("setup", incoming=True)
         threading.Thread(target=self._run_incoming, args=(listener, exit_on_error), name="migration-incoming",
@@ -259,9 +309,14 @@ class MigrationManager:
 
     def _run_incoming(self, listener: Listener, exit_on_error: bool) -> None:
         machine = self.vm.machine
+        receiver: MultifdReceiver | None = None
+        prefix = b""
         try:
             channel = listener.accept()
-        except TransportError as e:
+            if self.config.capability("multifd"):
+                channel, prefix, receiver = self._accept_multifd(listener, channel)
+        except (TransportError, MultifdError) as e:
+            self.incoming_listening = False
             self._incoming_failed([str(e)], exit_on_error)
             return
         finally:
@@ -270,8 +325,9 @@ class MigrationManager:
         devices = machine.migration_entries(saving=False)
         try:
             machine.migration_setup("load-setup")
-            result = load_stream(StreamReader(channel), {b.name: b for b in machine.ram_blocks},
-                                 devices, machine.name, autostart=self.vm.autostart, uuid=self._uuid_bytes())
+            result = load_stream(StreamReader(channel, prefix=prefix), {b.name: b for b in machine.ram_blocks},
+                                 devices, machine.name, autostart=self.vm.autostart, uuid=self._uuid_bytes(),
+                                 multifd=receiver)
         except StreamError as e:
             self._incoming_failed(e.messages, exit_on_error)
             return
@@ -279,13 +335,51 @@ class MigrationManager:
             self._incoming_failed([f"load of migration failed: {e}"], exit_on_error)
             return
         finally:
+            if receiver is not None:
+                receiver.close()
             channel.close()
+            self.incoming_listening = False
         for line in result.warnings:
             sys.stderr.write(f"{self.prog}: {line}\n")
         with self.vm.lock:
             machine.migration_loaded(devices)
         self.vm.finish_incoming(result.runstate)  # run state first, then completed, as QEMU's bottom half
         self._set("completed", incoming=True)
+
+    def _accept_multifd(self, listener: Listener, first: Any) -> tuple[Any, bytes, MultifdReceiver]:
+        """Sorts the incoming connections as 8.0+ does, by their first 4 bytes (the main stream's
+        magic, else a multifd channel), until the main channel and every multifd channel are in.
+        A 7.2 source connects the main channel first, which this also handles."""
+        machine = self.vm.machine
+        receiver = MultifdReceiver(
+            {b.name: b for b in machine.ram_blocks},
+            {b.name: bytearray(b.used_length // PAGE) for b in machine.ram_blocks},
+            self.config.parameter("multifd-channels"), self._uuid_bytes() or bytes(16),
+            self.config.parameter("multifd-compression"), self.flush_after_each_section)
+        main: Any = None
+        prefix = b""
+        chan = first
+        count = 0
+        try:
+            while True:
+                head = chan.read_exactly(4)
+                if main is None and int.from_bytes(head, "big") == QEMU_VM_FILE_MAGIC:
+                    main, prefix = chan, head
+                else:
+                    try:
+                        receiver.add_channel(chan, head)
+                    except MultifdError as e:
+                        chan.close()
+                        raise MultifdError(f"failed to receive packet via multifd channel {count}: {e}") from None
+                    count += 1
+                if main is not None and receiver.complete:
+                    return main, prefix, receiver
+                chan = listener.accept()
+        except BaseException:
+            receiver.close()
+            if main is not None:
+                main.close()
+            raise
 
     def _incoming_failed(self, messages: list[str], exit_on_error: bool) -> None:
         for line in messages:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import struct
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -18,17 +18,41 @@ from emu.migration import vmstate as vms
 from emu.migration.stream import (PAGE_SIZE, QEMU_VM_CONFIGURATION, QEMU_VM_EOF, QEMU_VM_FILE_MAGIC,
                                   QEMU_VM_FILE_VERSION, QEMU_VM_SECTION_END, QEMU_VM_SECTION_FULL,
                                   QEMU_VM_SECTION_START, QEMU_VM_SUBSECTION, QEMU_VM_VMDESCRIPTION,
-                                  RAM_IDSTR, RAM_SAVE_FLAG_EOS, RAM_SAVE_FLAG_MEM_SIZE, RAM_VERSION,
-                                  StreamWriter, _counted, _footer, _section_header, encode_page_records)
+                                  RAM_IDSTR, RAM_SAVE_FLAG_CONTINUE, RAM_SAVE_FLAG_EOS, RAM_SAVE_FLAG_MEM_SIZE,
+                                  RAM_SAVE_FLAG_MULTIFD_FLUSH, RAM_SAVE_FLAG_ZERO, RAM_VERSION, StreamWriter,
+                                  _counted, _footer, _section_header, encode_page_records)
+
+if TYPE_CHECKING:
+    from emu.migration.multifd import MultifdSender
 
 RAM_SECTION_ID = 2
 
 
+def _zero_records(pages: np.ndarray, name: bytes | None) -> bytes:
+    """ZERO records (fill 0) for ``pages``, built in numpy: CONTINUE after the first, which names
+    the block if ``name`` is given."""
+    offs = (pages.astype(np.uint64) << np.uint64(12)) | np.uint64(RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE)
+    recs = np.zeros((len(pages), 9), dtype=np.uint8)
+    recs[:, :8] = offs.astype(">u8").view(np.uint8).reshape(-1, 8)
+    out = recs.tobytes()
+    if name is None:
+        return out
+    first = struct.pack(">Q", (int(pages[0]) << 12) | RAM_SAVE_FLAG_ZERO) + _counted(name) + b"\0"
+    return first + out[9:]
+
+
 class PrecopySaver:
-    """Writes one precopy stream; ``send_dirty`` is called once per round."""
+    """Writes one precopy stream; ``send_pages`` is called once per round.
+
+    With ``multifd``, page data goes to the multifd channels: zero pages stay on the main stream as
+    ZERO records (``zero-page-detection`` ``legacy``), travel as zero entries of the packets
+    (``multifd``, 9.1's default), or are sent as data (``none``). Sync points follow
+    ``flush_after_each_section``: every RAM EOS (7.2), or a MULTIFD_FLUSH record after each round.
+    """
 
     def __init__(self, writer: StreamWriter, blocks: Sequence[Any], machine_name: str,
-                 uuid: bytes | None = None) -> None:
+                 uuid: bytes | None = None, multifd: MultifdSender | None = None,
+                 zero_page_detection: str = "multifd", flush_after_each_section: bool = False) -> None:
         """``uuid``: sent in a ``configuration/uuid`` subsection (the source's -uuid, when the
         validate-uuid capability is on)."""
         self.w = writer
@@ -36,6 +60,28 @@ class PrecopySaver:
         self.sent_zero = self.sent_normal = 0
         self.machine_name = machine_name
         self.uuid = uuid
+        self.multifd = multifd
+        self.zero_page_detection = zero_page_detection
+        self.flush_after_each_section = flush_after_each_section
+
+    @property
+    def bytes_sent(self) -> int:
+        """Everything written so far: the main stream and the multifd channels."""
+        return self.w.offset + (self.multifd.bytes_sent if self.multifd is not None else 0)
+
+    def _sync_point(self, end_of_round: bool) -> bytes:
+        """Before a RAM EOS: the multifd sync (and, per round, the MULTIFD_FLUSH record)."""
+        if self.multifd is None:
+            return b""
+        if self.flush_after_each_section:
+            self.w.flush()
+            self.multifd.sync()
+            return b""
+        if not end_of_round:
+            return b""
+        self.w.flush()
+        self.multifd.sync()
+        return struct.pack(">Q", RAM_SAVE_FLAG_MULTIFD_FLUSH)
 
     def start(self) -> None:
         w = self.w
@@ -49,9 +95,9 @@ class PrecopySaver:
         body = bytearray(struct.pack(">Q", total | RAM_SAVE_FLAG_MEM_SIZE))
         for b in self.blocks:
             body += _counted(b.name) + struct.pack(">Q", b.used_length)
-        body += struct.pack(">Q", RAM_SAVE_FLAG_EOS)
-        w.write(_section_header(QEMU_VM_SECTION_START, RAM_SECTION_ID, RAM_IDSTR, 0, RAM_VERSION) + body
-                + _footer(RAM_SECTION_ID))
+        w.write(_section_header(QEMU_VM_SECTION_START, RAM_SECTION_ID, RAM_IDSTR, 0, RAM_VERSION) + body)
+        w.write(self._sync_point(end_of_round=True) + struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(RAM_SECTION_ID))
+        w.flush()  # the destination's channels wait at this sync point until it reads the FLUSH
         for b in self.blocks:
             b.fetch_and_clear_dirty()  # start tracking: the first round sends every page anyway
 
@@ -66,7 +112,7 @@ class PrecopySaver:
     def send_pages(self, dirty: dict[Any, np.ndarray], kind: int, throttle: Callable[[int], None]) -> int:
         """One PART (or the END) section with every page set in ``dirty``; returns bytes written."""
         w = self.w
-        before = w.offset
+        before = self.bytes_sent
         w.write(_section_header(kind, RAM_SECTION_ID))
         for block, words in dirty.items():
             bits = np.unpackbits(words.view(np.uint8), bitorder="little")[: block.pages]
@@ -80,16 +126,44 @@ class PrecopySaver:
                 first, n = int(run[0]), len(run)
                 for chunk in range(first, first + n, 4096):
                     m = min(4096, first + n - chunk)
-                    zmap = block.zero_pages(chunk, m)
-                    zero = zmap.count(1)
-                    self.sent_zero += zero
-                    self.sent_normal += m - zero
-                    w.write(encode_page_records(block, chunk, m, zmap, named))
-                    named = False
-                    throttle(w.offset - before)
-        w.write(struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(RAM_SECTION_ID))
+                    if self.multifd is not None:
+                        named = self._send_multifd(block, chunk, m, named)
+                    else:
+                        zmap = block.zero_pages(chunk, m)
+                        zero = zmap.count(1)
+                        self.sent_zero += zero
+                        self.sent_normal += m - zero
+                        w.write(encode_page_records(block, chunk, m, zmap, named))
+                        named = False
+                    throttle(self.bytes_sent - before)
+        w.write(self._sync_point(end_of_round=True) + struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(RAM_SECTION_ID))
         w.flush()
-        return w.offset - before
+        return self.bytes_sent - before
+
+    def _send_multifd(self, block: Any, first: int, m: int, named: bool) -> bool:
+        """Pages ``first .. first+m-1`` through multifd, 128 per packet; returns ``named``."""
+        assert self.multifd is not None
+        pages = np.arange(first, first + m, dtype=np.uint64)
+        if self.zero_page_detection == "none":
+            zero = np.zeros(m, dtype=bool)
+        else:
+            zero = np.frombuffer(block.zero_pages(first, m), dtype=np.uint8).astype(bool)
+        self.sent_zero += int(zero.sum())
+        self.sent_normal += m - int(zero.sum())
+        if self.zero_page_detection == "legacy":
+            if zero.any():  # found by the main thread, sent on the main stream
+                self.w.write(_zero_records(pages[zero], block.name.encode() if named else None))
+                named = False
+            normal = pages[~zero]
+            for i in range(0, len(normal), 128):
+                group = normal[i:i + 128]
+                self.multifd.send(block, group, len(group))
+            return named
+        for i in range(0, m, 128):  # each packet lists its normal pages first, then its zero pages
+            z = zero[i:i + 128]
+            group = pages[i:i + 128]
+            self.multifd.send(block, np.concatenate((group[~z], group[z])), int((~z).sum()))
+        return named
 
     def finish(self, dirty: dict[Any, np.ndarray], devices: list[vms.SaveStateEntry], runstate: str) -> None:
         """The END section with the last dirty pages, then devices, globalstate, EOF, vmdesc."""

@@ -122,7 +122,8 @@ class StreamReader:
     means end of stream). Uses ``read1`` when the source has it so a pipe or socket never blocks for
     more than is available. ``offset`` counts consumed bytes."""
 
-    def __init__(self, source: Any, chunk: int = 1 << 20) -> None:
+    def __init__(self, source: Any, chunk: int = 1 << 20, prefix: bytes = b"") -> None:
+        """``prefix``: bytes already taken from ``source`` (a peeked magic) that come first."""
         self._src = source
         self._read = getattr(source, "read1", None) or source.read
         # sources with readinto (transport channels) fill one reused scratch buffer: a fresh
@@ -130,7 +131,7 @@ class StreamReader:
         self._readinto = getattr(source, "readinto", None) if hasattr(source, "read_exactly") else None
         self._scratch = bytearray(chunk) if self._readinto is not None else None
         self._chunk = chunk
-        self._buf = bytearray()
+        self._buf = bytearray(prefix)
         self._pos = 0
         self._eof = False
         self.offset = 0
@@ -518,12 +519,15 @@ class _RamHandler:
     idstr = RAM_IDSTR
     instance_id = 0
 
-    def __init__(self, blocks: dict[str, Any], stats: dict) -> None:
+    def __init__(self, blocks: dict[str, Any], stats: dict, multifd: Any = None) -> None:
         self.blocks = blocks
         self.last_block: Any | None = None
         self.stats = stats
-        #: QEMU's receivedmap: one byte per page, set by every ZERO/PAGE/XBZRLE record
-        self.received: dict[str, bytearray] = {}
+        #: the multifd channels (``emu.migration.multifd.MultifdReceiver``), when enabled
+        self.multifd = multifd
+        #: QEMU's receivedmap: one byte per page, set by every ZERO/PAGE/XBZRLE record (and by
+        #: the multifd channels, which share it)
+        self.received: dict[str, bytearray] = multifd.received if multifd is not None else {}
 
     def load(self, f: _QFile, version_id: int, ctx: LoadContext) -> int:
         if version_id != RAM_VERSION:
@@ -569,7 +573,11 @@ class _RamHandler:
                     ret = -errno.EINVAL
                     break
             elif kind == RAM_SAVE_FLAG_EOS:
-                pass
+                if self.multifd is not None and self.multifd.flush_after_each_section:
+                    ret = self._multifd_sync(ctx)
+            elif kind == RAM_SAVE_FLAG_MULTIFD_FLUSH and self.multifd is not None:
+                # 8.0+: the sync point once per round (7.2, without multifd, rejects the flag below)
+                ret = self._multifd_sync(ctx)
             elif flags & RAM_SAVE_FLAG_HOOK:
                 f.set_error(-errno.EINVAL)  # a hook without RDMA: silent EINVAL
             else:
@@ -580,6 +588,17 @@ class _RamHandler:
             if not ret and kind in (RAM_SAVE_FLAG_ZERO, RAM_SAVE_FLAG_PAGE, RAM_SAVE_FLAG_XBZRLE):
                 self.stats["records_applied"] += 1
         return ret
+
+    def _multifd_sync(self, ctx: LoadContext) -> int:
+        """Waits until every multifd channel has delivered its pages up to this sync point."""
+        from emu.migration.multifd import MultifdError
+
+        try:
+            self.multifd.sync()
+        except MultifdError as e:
+            ctx.error(str(e))
+            return -errno.EIO
+        return 0
 
     def _apply_buffered_run(self, f: _QFile) -> None:
         """The fast path: well-formed CONTINUE ZERO/PAGE records already buffered are applied in one
@@ -689,10 +708,10 @@ class LoadResult:
 
 class _Loader:
     def __init__(self, blocks: dict[str, Any], devices: Sequence[SaveStateEntry], machine_name: str,
-                 uuid: bytes | None, capabilities: Iterable[str], return_path: Any) -> None:
+                 uuid: bytes | None, capabilities: Iterable[str], return_path: Any, multifd: Any = None) -> None:
         self.ctx = LoadContext()
         self.stats = {"zero_pages": 0, "normal_pages": 0, "xbzrle_pages": 0, "records_applied": 0}
-        self.ram = _RamHandler(blocks, self.stats)
+        self.ram = _RamHandler(blocks, self.stats, multifd)
         self.handlers: list[Any] = [self.ram] + [_DeviceHandler(e) for e in devices]
         self.loadvm: list[tuple[int, Any, int]] = []  # (section_id, handler, version), newest first
         self.machine_name = machine_name
@@ -886,6 +905,7 @@ def load_stream(
     uuid: bytes | None = None,
     capabilities: Iterable[str] = (),
     return_path: Any = None,
+    multifd: Any = None,
 ) -> LoadResult:
     """Loads a precopy stream like a QEMU 7.2 destination (``-incoming``).
 
@@ -893,6 +913,7 @@ def load_stream(
     ``globalstate`` handler is always registered. ``uuid``: the local ``-uuid`` (None = not set).
     ``capabilities``: enabled migration capabilities (only ``x-ignore-shared`` is validated).
     ``return_path``: callable ``(msg_type, payload)`` if a return path exists (PING answers PONG).
+    ``multifd``: the ``MultifdReceiver`` whose channels carry pages beside this stream.
     Returns :class:`LoadResult`; raises :class:`StreamError` with QEMU's exact messages.
     """
     if not isinstance(reader, StreamReader):
@@ -905,7 +926,7 @@ def load_stream(
         gs = vms.SaveStateEntry("globalstate", 0, vms.VMSTATE_GLOBALSTATE, {})
         devices.append(gs)
     gs.state.clear()
-    loader = _Loader(ram_blocks_by_name, devices, machine_name, uuid, capabilities, return_path)
+    loader = _Loader(ram_blocks_by_name, devices, machine_name, uuid, capabilities, return_path, multifd)
     f = _QFile(reader)
     ret = loader.run(f)
     lines = loader.ctx.lines

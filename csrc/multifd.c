@@ -1,0 +1,67 @@
+#include "multifd.h"
+
+#include <string.h>
+
+static void put_be64(uint8_t *o, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        o[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+int mf_fill_packet(mc_block *b, const uint64_t *pages, uint64_t n, uint64_t normal, uint8_t *table,
+                   uint8_t *data)
+{
+    uint64_t npages = mc_block_pages(b);
+    if (normal > n) {
+        return MC_EINVAL;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        if (pages[i] >= npages) {
+            return MC_EINVAL;
+        }
+    }
+    const uint8_t *host = mc_block_host(b);
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t off = pages[i] << MC_PAGE_BITS;
+        put_be64(table + 8 * i, off);
+        if (i < normal) {
+            memcpy(data + i * MC_PAGE_SIZE, host + off, MC_PAGE_SIZE);
+        }
+    }
+    return 0;
+}
+
+int64_t mf_apply_packet(mc_block *b, uint64_t limit, const uint8_t *table, uint64_t n, uint64_t normal,
+                        const uint8_t *data, uint8_t *received)
+{
+    uint64_t size = mc_block_size(b);
+    if (limit > size) {
+        limit = size;
+    }
+    uint8_t *host = mc_block_host(b);
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t off = get_be64(table + 8 * i);
+        if (off >= limit || (off & (MC_PAGE_SIZE - 1))) {
+            return -(int64_t)(17 + i);
+        }
+        uint64_t page = off >> MC_PAGE_BITS;
+        if (i < normal) {
+            memcpy(host + off, data + i * MC_PAGE_SIZE, MC_PAGE_SIZE);
+        } else if (received[page] && !mc_is_zero(host + off, MC_PAGE_SIZE)) {
+            memset(host + off, 0, MC_PAGE_SIZE);
+        }
+        received[page] = 1;
+    }
+    return 0;
+}
