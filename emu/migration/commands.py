@@ -60,6 +60,14 @@ def migrate_cancel(ctx: CommandContext, args: dict[str, Any]) -> None:
     _manager(ctx).cancel()
 
 
+@command("migrate-continue")
+def migrate_continue(ctx: CommandContext, args: dict[str, Any]) -> None:
+    try:
+        _manager(ctx).continue_from(args["state"])
+    except MigrationError as e:
+        raise QmpError(str(e)) from None
+
+
 @command("query-migrate")
 def query_migrate(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
     return _manager(ctx).info()

@@ -21,6 +21,7 @@ from emu.migration.address import MigrationAddress
 from emu.migration.multifd import MultifdError, MultifdReceiver, MultifdSender
 from emu.migration.params import MigrationConfig
 from emu.migration.precopy import PrecopySaver, RateLimiter
+from emu.migration.throttle import AutoConverge
 from emu.migration.stream import (QEMU_VM_FILE_MAGIC, QEMU_VM_SECTION_PART, StreamError, StreamReader, StreamWriter,
                                   load_stream)
 from emu.migration.transport import Listener, TransportError, listen_incoming, open_outgoing
@@ -76,6 +77,8 @@ class MigrationManager:
         #: every RAM EOS as 7.2 does, instead of once per round with MULTIFD_FLUSH records
         self.flush_after_each_section = False
         self._cancel = threading.Event()
+        self._continue = threading.Event()  # migrate-continue in pre-switchover
+        self.autoconverge = AutoConverge(self.config.parameter, lambda: self.config.capability("auto-converge"))
         self._lock = threading.Lock()
         self.sync_count = 0
 
@@ -105,6 +108,8 @@ class MigrationManager:
             self.error_desc = None
             self.stats = {}
             self._cancel.clear()
+            self._continue.clear()
+            self.autoconverge.reset()
             self.start_time = time.monotonic()
             self._set("setup")
         if addr.transport == "socket" and addr.socket.type in ("inet", "unix", "vsock"):
@@ -169,6 +174,7 @@ class MigrationManager:
     def _run_outgoing(self, channel: Any, multifd: MultifdSender | None = None) -> None:
         machine = self.vm.machine
         stopped_by_us = False
+        old_state: str | None = None
         try:
             machine.migration_setup("save-setup")  # each handler's save_setup, before any byte goes out
             uuid = self._uuid_bytes() if self.config.capability("validate-uuid") else None
@@ -177,6 +183,7 @@ class MigrationManager:
             saver.start()
             self.setup_time = time.monotonic()
             self.sync_count = 1
+            self._throttle_check(0, saver)  # the setup sync starts the first measuring period
             self._pass(1)  # the setup sync: every page is dirty for the bulk round
             self._set("active")
             limiter = RateLimiter(self.config.parameter("max-bandwidth"), self._cancel.is_set)
@@ -198,8 +205,9 @@ class MigrationManager:
                     break  # a stopped guest dirties nothing: straight to completion
                 dirty = saver.sync()
                 self.sync_count += 1
-                self._pass(self.sync_count)
                 remaining = _count_pages(dirty) * PAGE
+                self._throttle_check(remaining // PAGE, saver)
+                self._pass(self.sync_count)
                 self._update_stats(saver, remaining)
                 downtime_limit = self.config.parameter("downtime-limit") / 1000
                 if remaining == 0 or remaining <= bandwidth * downtime_limit:
@@ -207,26 +215,33 @@ class MigrationManager:
                     break
             # stop and copy: what is still dirty goes out with the VM stopped
             was_running = self.vm.running
+            old_state = self.vm.runstate
             stop_at = time.monotonic()
-            self.vm.stop()
+            self.vm.set_runstate("finish-migrate")  # QEMU's migration_stop_vm
             stopped_by_us = was_running
             final = saver.sync()
             self.sync_count += 1
             self._pass(self.sync_count)
             if unsent is not None:
                 final = {b: final[b] | unsent[b] for b in final}
+            self._maybe_pause()
             devices = machine.migration_entries(saving=True)
-            saver.finish(final, devices, "running" if was_running else self.vm.runstate)
+            saver.finish(final, devices, "running" if was_running else old_state)
             if self._cancel.is_set():
                 raise TransportError("migration cancelled")
             self.downtime = time.monotonic() - stop_at
             self._update_stats(saver, remaining=0)
             self.end_time = time.monotonic()
+            self._throttle_stop()
             self.vm.set_runstate("postmigrate")
             self._set("completed")
         except (TransportError, OSError, StreamError, MigrationSetupError, MultifdError) as e:
+            self._throttle_stop()
+            # as QEMU's migrate_fd_cleanup: a migration that did not complete leaves the guest as it was
             if stopped_by_us:
-                self.vm.cont()  # as QEMU: a migration that did not complete leaves the guest running
+                self.vm.cont()
+            elif old_state is not None and self.vm.runstate == "finish-migrate":
+                self.vm.set_runstate(old_state)
             if self._cancel.is_set():
                 self._set("cancelled")
             else:
@@ -243,6 +258,38 @@ class MigrationManager:
             except Exception:  # noqa: BLE001 - closing a broken channel must not mask the result
                 pass
             self._channel = None
+
+    def _throttle_check(self, new_dirty_pages: int, saver: PrecopySaver) -> None:
+        """After a bitmap sync: auto-converge may throttle the vCPU down (QEMU's
+        migration_trigger_throttle)."""
+        pct = self.autoconverge.on_sync(time.monotonic(), new_dirty_pages, saver.bytes_sent)
+        vcpu = self.vm.vcpu
+        if pct is not None and vcpu is not None:
+            vcpu.set_throttle(pct)
+
+    def _throttle_stop(self) -> None:
+        """cpu_throttle_stop: whatever the outcome, the guest runs at full speed again."""
+        self.autoconverge.reset()
+        if self.vm.vcpu is not None:
+            self.vm.vcpu.set_throttle(0)
+
+    def _maybe_pause(self) -> None:
+        """pause-before-switchover: with the VM stopped, wait in pre-switchover for
+        ``migrate-continue``, then go on in ``device`` (QEMU's migration_maybe_pause)."""
+        if not self.config.capability("pause-before-switchover") or self._cancel.is_set():
+            return
+        self._set("pre-switchover")
+        while not self._continue.wait(0.1):
+            if self._cancel.is_set():
+                raise TransportError("migration cancelled")
+        self._continue.clear()
+        self._set("device")
+
+    def continue_from(self, state: str) -> None:
+        """``migrate-continue``: releases a migration paused in ``state``."""
+        if self.status != state:
+            raise MigrationError(f"Migration not in expected state: {self.status}")
+        self._continue.set()
 
     def _uuid_bytes(self) -> bytes | None:
         """The VM's -uuid as 16 raw bytes (None when it was not given)."""
@@ -266,7 +313,7 @@ class MigrationManager:
         self.stats = {
             "transferred": transferred, "remaining": 0, "total": total,
             "duplicate": int(counts.get("zero_pages", 0)), "normal": normal, "normal-bytes": normal * PAGE,
-            "dirty-pages-rate": 0, "mbps": transferred * 8 / 1e6 / elapsed, "dirty-sync-count": self.sync_count,
+            "dirty-pages-rate": self.autoconverge.dirty_pages_rate, "mbps": transferred * 8 / 1e6 / elapsed, "dirty-sync-count": self.sync_count,
             "postcopy-requests": 0, "page-size": PAGE,
             "multifd-bytes": int(counts.get("multifd_bytes", 0)),
             "pages-per-second": int((normal + int(counts.get("zero_pages", 0))) / elapsed),
@@ -410,6 +457,8 @@ class MigrationManager:
                     info["expected-downtime"] = 300
                 if self.stats:
                     info["ram"] = dict(self.stats)
+                if self.autoconverge.active:
+                    info["cpu-throttle-percentage"] = self.autoconverge.percentage
         if self.error_desc is not None:
             info["error-desc"] = self.error_desc
         return info

@@ -272,8 +272,8 @@ class MultifdReceiver:
             raise MultifdError(f"multifd: received uuid '{_uuid_text(uuid)}' and expected uuid "
                                f"'{_uuid_text(self.uuid)}' for channel {cid}")
         if cid >= self.expected:
-            raise MultifdError(f"multifd: received channel id {cid} is greater than number of channels "
-                               f"{self.expected}")
+            # QEMU's text names the version (sic); it also lets id == channels through, past its array
+            raise MultifdError(f"multifd: received channel version {version} expected {MULTIFD_VERSION}")
         if cid in self._ids:
             raise MultifdError(f"multifd: received id '{cid}' already setup'")
         self._ids.add(cid)

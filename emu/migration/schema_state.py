@@ -28,6 +28,7 @@ SCHEMA: list[dict[str, Any]] = [
               '*dirty-limit-ring-full-time': 'uint64'}},
     {'command': 'query-migrate', 'returns': 'MigrationInfo'},
     {'command': 'migrate_cancel'},
+    {'command': 'migrate-continue', 'data': {'state': 'MigrationStatus'}},
     {'event': 'MIGRATION', 'data': {'status': 'MigrationStatus'}},
     {'event': 'MIGRATION_PASS', 'data': {'pass': 'int'}},
 ]
