@@ -78,6 +78,8 @@ class MigrationManager:
         self.flush_after_each_section = False
         self._cancel = threading.Event()
         self._continue = threading.Event()  # migrate-continue in pre-switchover
+        self._xbzrle: Any = None  # the XBZRLE cache of the current outgoing migration
+        self._rates_at = 0.0
         self.autoconverge = AutoConverge(self.config.parameter, lambda: self.config.capability("auto-converge"))
         self._lock = threading.Lock()
         self.sync_count = 0
@@ -110,6 +112,8 @@ class MigrationManager:
             self._cancel.clear()
             self._continue.clear()
             self.autoconverge.reset()
+            self._xbzrle = None
+            self._rates_at = time.monotonic()
             self.start_time = time.monotonic()
             self._set("setup")
         if addr.transport == "socket" and addr.socket.type in ("inet", "unix", "vsock"):
@@ -178,8 +182,15 @@ class MigrationManager:
         try:
             machine.migration_setup("save-setup")  # each handler's save_setup, before any byte goes out
             uuid = self._uuid_bytes() if self.config.capability("validate-uuid") else None
+            xbzrle = None
+            if self.config.capability("xbzrle"):  # xbzrle_init: the cache for this migration
+                from emu.migration.xbzrle import XbzrleCache
+
+                xbzrle = XbzrleCache(self.config.parameter("xbzrle-cache-size"))
+            self._xbzrle = xbzrle
             saver = PrecopySaver(StreamWriter(_Sink(channel)), machine.ram_blocks, machine.name, uuid, multifd,
-                                 self.config.parameter("zero-page-detection"), self.flush_after_each_section)
+                                 self.config.parameter("zero-page-detection"), self.flush_after_each_section,
+                                 xbzrle)
             saver.start()
             self.setup_time = time.monotonic()
             self.sync_count = 1
@@ -188,18 +199,23 @@ class MigrationManager:
             self._set("active")
             limiter = RateLimiter(self.config.parameter("max-bandwidth"), self._cancel.is_set)
             dirty = PrecopySaver.all_pages(machine.ram_blocks)
+            # QEMU's estimate: bytes over time in windows of at least 100 ms (BUFFER_DELAY); until
+            # the first window closes it is 0, so only a clean bitmap completes
             bandwidth = 0.0
+            window_start, window_bytes = time.monotonic(), saver.bytes_sent
             unsent: dict[Any, Any] | None = None  # synced but not yet sent when the loop ends
             while True:
                 if self._cancel.is_set():
                     raise TransportError("migration cancelled")
                 limiter.limit = self.config.parameter("max-bandwidth")
                 limiter.reset_round()
-                started = time.monotonic()
-                sent = saver.send_pages(dirty, QEMU_VM_SECTION_PART, limiter)
-                spent = time.monotonic() - started
-                if spent > 0:
-                    bandwidth = sent / spent  # QEMU's estimate: what the last round achieved
+                saver.generation = self.sync_count
+                saver.send_pages(dirty, QEMU_VM_SECTION_PART, limiter)
+                saver.xbzrle_started = True  # a round is complete: XBZRLE from now on
+                now = time.monotonic()
+                if now - window_start >= RateLimiter.WINDOW:
+                    bandwidth = (saver.bytes_sent - window_bytes) / (now - window_start)
+                    window_start, window_bytes = now, saver.bytes_sent
                 self._update_stats(saver, remaining=0)
                 if not self.vm.running:
                     break  # a stopped guest dirties nothing: straight to completion
@@ -221,6 +237,7 @@ class MigrationManager:
             stopped_by_us = was_running
             final = saver.sync()
             self.sync_count += 1
+            saver.generation = self.sync_count
             self._pass(self.sync_count)
             if unsent is not None:
                 final = {b: final[b] | unsent[b] for b in final}
@@ -262,7 +279,11 @@ class MigrationManager:
     def _throttle_check(self, new_dirty_pages: int, saver: PrecopySaver) -> None:
         """After a bitmap sync: auto-converge may throttle the vCPU down (QEMU's
         migration_trigger_throttle)."""
-        pct = self.autoconverge.on_sync(time.monotonic(), new_dirty_pages, saver.bytes_sent)
+        now = time.monotonic()
+        pct = self.autoconverge.on_sync(now, new_dirty_pages, saver.bytes_sent)
+        if saver.xbzrle is not None and now - self._rates_at >= 1.0:  # migration_update_rates' period
+            saver.xbzrle.update_rates()
+            self._rates_at = now
         vcpu = self.vm.vcpu
         if pct is not None and vcpu is not None:
             vcpu.set_throttle(pct)
@@ -457,6 +478,8 @@ class MigrationManager:
                     info["expected-downtime"] = 300
                 if self.stats:
                     info["ram"] = dict(self.stats)
+                if self._xbzrle is not None:
+                    info["xbzrle-cache"] = self._xbzrle.query()
                 if self.autoconverge.active:
                     info["cpu-throttle-percentage"] = self.autoconverge.percentage
         if self.error_desc is not None:

@@ -24,6 +24,7 @@ from emu.migration.stream import (PAGE_SIZE, QEMU_VM_CONFIGURATION, QEMU_VM_EOF,
 
 if TYPE_CHECKING:
     from emu.migration.multifd import MultifdSender
+    from emu.migration.xbzrle import XbzrleCache
 
 RAM_SECTION_ID = 2
 
@@ -52,9 +53,12 @@ class PrecopySaver:
 
     def __init__(self, writer: StreamWriter, blocks: Sequence[Any], machine_name: str,
                  uuid: bytes | None = None, multifd: MultifdSender | None = None,
-                 zero_page_detection: str = "multifd", flush_after_each_section: bool = False) -> None:
+                 zero_page_detection: str = "multifd", flush_after_each_section: bool = False,
+                 xbzrle: XbzrleCache | None = None) -> None:
         """``uuid``: sent in a ``configuration/uuid`` subsection (the source's -uuid, when the
-        validate-uuid capability is on)."""
+        validate-uuid capability is on). ``xbzrle``: the page cache when the capability is on;
+        pages go through it (in C) and, once ``xbzrle_started`` (after the first complete round),
+        changed pages it holds are sent as XBZRLE deltas."""
         self.w = writer
         self.blocks = list(blocks)
         self.sent_zero = self.sent_normal = 0
@@ -63,6 +67,13 @@ class PrecopySaver:
         self.multifd = multifd
         self.zero_page_detection = zero_page_detection
         self.flush_after_each_section = flush_after_each_section
+        self.xbzrle = xbzrle
+        self.xbzrle_started = False
+        self.generation = 0  # the dirty-sync count: the cache's page ages
+        if xbzrle is not None:
+            from emu.migration.xbzrle import key_bases
+
+            self._key_base = dict(zip(self.blocks, key_bases(self.blocks)))
 
     @property
     def bytes_sent(self) -> int:
@@ -128,6 +139,8 @@ class PrecopySaver:
                     m = min(4096, first + n - chunk)
                     if self.multifd is not None:
                         named = self._send_multifd(block, chunk, m, named)
+                    elif self.xbzrle is not None:
+                        named = self._send_xbzrle(block, chunk, m, named, kind == QEMU_VM_SECTION_END)
                     else:
                         zmap = block.zero_pages(chunk, m)
                         zero = zmap.count(1)
@@ -139,6 +152,20 @@ class PrecopySaver:
         w.write(self._sync_point(end_of_round=True) + struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(RAM_SECTION_ID))
         w.flush()
         return self.bytes_sent - before
+
+    def _send_xbzrle(self, block: Any, first: int, m: int, named: bool, last_stage: bool) -> bool:
+        """Pages through the XBZRLE cache (encoded in C); returns whether the name is still due."""
+        assert self.xbzrle is not None
+        zmap = block.zero_pages(first, m)
+        before = self.xbzrle.stats
+        records, pending = self.xbzrle.encode_run(block, self._key_base[block], first, m, zmap,
+                                                  block.name.encode() if named else None, self.generation,
+                                                  self.xbzrle_started, last_stage)
+        after = self.xbzrle.stats
+        self.sent_zero += after.zero - before.zero
+        self.sent_normal += after.normal - before.normal
+        self.w.write(records)
+        return pending
 
     def _send_multifd(self, block: Any, first: int, m: int, named: bool) -> bool:
         """Pages ``first .. first+m-1`` through multifd, 128 per packet; returns ``named``."""
