@@ -9,7 +9,9 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 struct mc_block {
@@ -415,6 +417,99 @@ int64_t mc_ram_encode_run(mc_block *b, uint64_t page, uint64_t npages, const uin
         }
     }
     return (int64_t)(o - out);
+}
+
+/* Writes iov[0..n) completely, waiting for POLLOUT on a non-blocking fd; 0, -ECANCELED when
+ * wake_fd turns readable (the channel was shut down), or -errno. */
+static int64_t writev_all(int fd, int wake_fd, struct iovec *iov, int n)
+{
+    while (n > 0) {
+        ssize_t k = writev(fd, iov, n);
+        if (k < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                return -errno;
+            }
+            struct pollfd p[2] = {{.fd = fd, .events = POLLOUT}, {.fd = wake_fd, .events = POLLIN}};
+            if (poll(p, wake_fd >= 0 ? 2 : 1, -1) < 0 && errno != EINTR) {
+                return -errno;
+            }
+            if (wake_fd >= 0 && (p[1].revents & POLLIN)) {
+                return -ECANCELED;
+            }
+            continue;
+        }
+        while (n > 0 && (size_t)k >= iov->iov_len) {
+            k -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + k;
+            iov->iov_len -= (size_t)k;
+        }
+    }
+    return 0;
+}
+
+#define SEND_IOV 1024
+
+int64_t mc_ram_send_run(mc_block *b, uint64_t page, uint64_t npages, const uint8_t *zero_map,
+                        const uint8_t *name, uint64_t name_len, int fd, int wake_fd)
+{
+    if (page > b->pages || npages > b->pages - page || name_len > 255) {
+        return MC_EINVAL;
+    }
+    /* headers of one batch: at most SEND_IOV records of 9 bytes, plus the name */
+    uint8_t hdr[SEND_IOV * 9 + 256 + 8];
+    struct iovec iov[SEND_IOV];
+    int64_t total = 0;
+    uint64_t i = 0;
+    while (i < npages) {
+        int n = 0;
+        uint8_t *h = hdr;
+        uint64_t end = npages - i > SEND_IOV ? i + SEND_IOV : npages;  /* hdr holds SEND_IOV records */
+        /* room for one more record: a header iov (merged with the previous header bytes when
+         * they are contiguous) and a page iov */
+        while (i < end && n <= SEND_IOV - 2) {
+            uint64_t off = (page + i) << MC_PAGE_BITS;
+            int zero = zero_map[i] != 0;
+            uint8_t *start = h;
+            uint64_t flags = zero ? RAM_FLAG_ZERO : RAM_FLAG_PAGE;
+            if (i == 0 && name) {
+                h = put_be64(h, off | flags);
+                *h++ = (uint8_t)name_len;
+                memcpy(h, name, name_len);
+                h += name_len;
+            } else {
+                h = put_be64(h, off | flags | RAM_FLAG_CONTINUE);
+            }
+            if (zero) {
+                *h++ = 0;
+            }
+            if (n > 0 && (uint8_t *)iov[n - 1].iov_base + iov[n - 1].iov_len == start) {
+                iov[n - 1].iov_len += (size_t)(h - start);
+            } else {
+                iov[n].iov_base = start;
+                iov[n].iov_len = (size_t)(h - start);
+                n++;
+            }
+            if (!zero) {
+                iov[n].iov_base = b->host + off;
+                iov[n].iov_len = MC_PAGE_SIZE;
+                n++;
+            }
+            total += (int64_t)(h - start) + (zero ? 0 : (int64_t)MC_PAGE_SIZE);
+            i++;
+        }
+        int64_t r = writev_all(fd, wake_fd, iov, n);
+        if (r < 0) {
+            return r;
+        }
+    }
+    return total;
 }
 
 /* ---------------------------------------------------------------- flat views */

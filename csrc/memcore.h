@@ -88,6 +88,13 @@ int mc_zero_pages_pm(mc_block *b, uint64_t page, uint64_t npages, int pagemap_fd
 uint64_t mc_ram_load_run(mc_block *b, const uint8_t *buf, uint64_t len, uint8_t *rmap, uint64_t rmap_len,
                          int pagemap_fd, uint64_t *counts);
 
+/* Writes the records mc_ram_encode_run would encode for pages [page, page+npages) straight from
+ * guest memory to fd with writev (no copy), waiting with poll() while a non-blocking fd is full.
+ * Returns the bytes written (the whole run), -ECANCELED (negated errno value) when wake_fd becomes
+ * readable, another negated errno, or MC_EINVAL for a bad range. */
+int64_t mc_ram_send_run(mc_block *b, uint64_t page, uint64_t npages, const uint8_t *zero_map,
+                        const uint8_t *name, uint64_t name_len, int fd, int wake_fd);
+
 /* Encodes RAM records for pages [page, page+npages) of b into out (cap bytes: at least 9 per
  * zero page, 4104 per other page, plus 1 + name_len): ZERO records (fill 0) where zero_map[i],
  * else PAGE records with the page's bytes. The first record names the block when name is given;

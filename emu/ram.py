@@ -141,6 +141,19 @@ class RamBlock:
             n = lib.mc_ram_load_run(self._ptr, src + pos, len(buf) - pos, rmap, len(received), _pagemap_fd(), counts)
         return int(n), int(counts[0]), int(counts[1])
 
+    def send_page_records(self, fd: int, wake_fd: int, page: int, npages: int, zero_map: bytes,
+                          name: bytes | None) -> int:
+        """Writes the records ``encode_page_records`` would build straight from guest memory to
+        ``fd`` (writev in C, no copy; waits while a non-blocking fd is full). Returns the bytes
+        written, or a negated errno (``-ECANCELED`` once ``wake_fd`` is readable)."""
+        if len(zero_map) < npages:
+            raise RamError(f"zero map of {len(zero_map)} bytes for {npages} pages")
+        n = lib.mc_ram_send_run(self._ptr, page, npages, zero_map, name if name is not None else ffi.NULL,
+                                len(name or b""), fd, wake_fd)
+        if n == lib.MC_EINVAL:
+            raise RamError(f"pages {page}+{npages} out of range for {self.name!r}")
+        return int(n)
+
     def encode_page_records(self, page: int, npages: int, zero_map: bytes, name: bytes | None) -> bytearray:
         """Migration RAM records for ``npages`` pages from ``page`` (encoded in C): ZERO where
         ``zero_map`` says so, else PAGE with the bytes; the first names the block if ``name``."""

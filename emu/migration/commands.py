@@ -32,9 +32,9 @@ def _address(ctx: CommandContext, args: dict[str, Any], incoming: bool) -> Any:
 
 @command("migrate")
 def migrate(ctx: CommandContext, args: dict[str, Any]) -> None:
-    if args.get("resume"):
+    addr = _address(ctx, args, incoming=False)  # 9.1: the uri/channels preamble comes first
+    if args.get("resume"):  # migrate_prepare: no postcopy here, so nothing is ever paused
         raise QmpError("Cannot resume if there is no paused migration")
-    addr = _address(ctx, args, incoming=False)
     try:
         _manager(ctx).migrate(addr)
     except MigrationError as e:

@@ -190,7 +190,7 @@ class MigrationManager:
             self._xbzrle = xbzrle
             saver = PrecopySaver(StreamWriter(_Sink(channel)), machine.ram_blocks, machine.name, uuid, multifd,
                                  self.config.parameter("zero-page-detection"), self.flush_after_each_section,
-                                 xbzrle)
+                                 xbzrle, channel.send_page_records)
             saver.start()
             self.setup_time = time.monotonic()
             self.sync_count = 1

@@ -54,11 +54,14 @@ class PrecopySaver:
     def __init__(self, writer: StreamWriter, blocks: Sequence[Any], machine_name: str,
                  uuid: bytes | None = None, multifd: MultifdSender | None = None,
                  zero_page_detection: str = "multifd", flush_after_each_section: bool = False,
-                 xbzrle: XbzrleCache | None = None) -> None:
+                 xbzrle: XbzrleCache | None = None,
+                 direct: Callable[[Any, int, int, bytes, bytes | None], int] | None = None) -> None:
         """``uuid``: sent in a ``configuration/uuid`` subsection (the source's -uuid, when the
         validate-uuid capability is on). ``xbzrle``: the page cache when the capability is on;
         pages go through it (in C) and, once ``xbzrle_started`` (after the first complete round),
-        changed pages it holds are sent as XBZRLE deltas."""
+        changed pages it holds are sent as XBZRLE deltas. ``direct``: writes a run of page records
+        from guest memory to the channel and returns the byte count (``Channel.send_page_records``);
+        without it records are encoded into the writer."""
         self.w = writer
         self.blocks = list(blocks)
         self.sent_zero = self.sent_normal = 0
@@ -68,6 +71,7 @@ class PrecopySaver:
         self.zero_page_detection = zero_page_detection
         self.flush_after_each_section = flush_after_each_section
         self.xbzrle = xbzrle
+        self.direct = direct
         self.xbzrle_started = False
         self.generation = 0  # the dirty-sync count: the cache's page ages
         if xbzrle is not None:
@@ -146,7 +150,12 @@ class PrecopySaver:
                         zero = zmap.count(1)
                         self.sent_zero += zero
                         self.sent_normal += m - zero
-                        w.write(encode_page_records(block, chunk, m, zmap, named))
+                        name = block.name.encode() if named else None
+                        if self.direct is not None:  # from guest memory to the channel, no copy
+                            w.flush()
+                            w.offset += self.direct(block, chunk, m, zmap, name)
+                        else:
+                            w.write(encode_page_records(block, chunk, m, zmap, named))
                         named = False
                     throttle(self.bytes_sent - before)
         w.write(self._sync_point(end_of_round=True) + struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(RAM_SECTION_ID))

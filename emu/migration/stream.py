@@ -120,19 +120,21 @@ class StreamEOFError(EOFError):
 class StreamReader:
     """Buffered exact reads over any object with ``read(n) -> bytes`` (short reads allowed; ``b""``
     means end of stream). Uses ``read1`` when the source has it so a pipe or socket never blocks for
-    more than is available. ``offset`` counts consumed bytes."""
+    more than is available. ``offset`` counts consumed bytes.
+
+    Sources with ``readinto`` (transport channels) read straight into the one buffer, which is
+    reused: no per-read allocation (each would cost page faults) and no second copy."""
 
     def __init__(self, source: Any, chunk: int = 1 << 20, prefix: bytes = b"") -> None:
         """``prefix``: bytes already taken from ``source`` (a peeked magic) that come first."""
         self._src = source
         self._read = getattr(source, "read1", None) or source.read
-        # sources with readinto (transport channels) fill one reused scratch buffer: a fresh
-        # 1 MiB bytes object per read would cost page faults on every read
         self._readinto = getattr(source, "readinto", None) if hasattr(source, "read_exactly") else None
-        self._scratch = bytearray(chunk) if self._readinto is not None else None
         self._chunk = chunk
-        self._buf = bytearray(prefix)
-        self._pos = 0
+        self._buf = bytearray(max(chunk, len(prefix)))
+        self._buf[:len(prefix)] = prefix
+        self._pos = 0  # next byte to consume
+        self._end = len(prefix)  # end of the bytes read so far
         self._eof = False
         self.offset = 0
 
@@ -144,26 +146,31 @@ class StreamReader:
 
     def _fill(self, n: int) -> bool:
         """Makes at least ``n`` bytes available if possible; False at end of stream."""
-        while len(self._buf) - self._pos < n:
+        while self._end - self._pos < n:
             if self._eof:
                 return False
-            if self._pos:
-                del self._buf[: self._pos]
-                self._pos = 0
-            # bounded: a length read from the stream must not decide how much memory one read takes
-            want = min(max(n - len(self._buf), self._chunk), 16 << 20)
-            if self._scratch is not None:
-                k = self._readinto(memoryview(self._scratch)[:want])
+            have = self._end - self._pos
+            if self._pos and len(self._buf) - self._end < self._chunk // 2:
+                self._buf[:have] = self._buf[self._pos:self._end]  # the unconsumed tail to the front
+                self._pos, self._end = 0, have
+            room = len(self._buf) - self._end
+            if room < n - have:
+                # bounded: a length read from the stream must not decide how much memory a read takes
+                self._buf.extend(bytes(min(n - have - room, 16 << 20)))
+                room = len(self._buf) - self._end
+            if self._readinto is not None:
+                k = self._readinto(memoryview(self._buf)[self._end:])
                 if not k:
                     self._eof = True
                     return False
-                self._buf += memoryview(self._scratch)[:k]
+                self._end += k
                 continue
-            data = self._read(want)
+            data = self._read(min(room, max(n - have, self._chunk)))
             if not data:
                 self._eof = True
                 return False
-            self._buf += data
+            self._buf[self._end:self._end + len(data)] = data
+            self._end += len(data)
         return True
 
     def read(self, n: int) -> bytes:
@@ -171,8 +178,8 @@ class StreamReader:
         if n <= 0:
             return b""
         if not self._fill(n):
-            partial = bytes(self._buf[self._pos:])
-            self._pos = len(self._buf)
+            partial = bytes(self._buf[self._pos:self._end])
+            self._pos = self._end
             err = StreamEOFError(n, partial, self.offset)
             self.offset += len(partial)
             raise err
@@ -184,15 +191,18 @@ class StreamReader:
     def peek(self, n: int, offset: int = 0) -> bytes:
         """Up to ``n`` bytes at ``offset`` from the current position, without consuming them."""
         self._fill(offset + n)
-        return bytes(self._buf[self._pos + offset:self._pos + offset + n])
+        return bytes(self._buf[self._pos + offset:min(self._pos + offset + n, self._end)])
 
     def at_eof(self) -> bool:
         return not self._fill(1)
 
-    def consume_buffered(self, apply: Callable[[bytearray, int], int]) -> int:
+    def consume_buffered(self, apply: Callable[[Any, int], int]) -> int:
         """Lets ``apply(buffer, position)`` consume a prefix of what is already buffered (no read);
-        it returns how many bytes it used."""
-        n = apply(self._buf, self._pos) if len(self._buf) > self._pos else 0
+        it returns how many bytes it used. ``buffer`` ends where the buffered bytes end."""
+        if self._end <= self._pos:
+            return 0
+        with memoryview(self._buf) as view:
+            n = apply(view[:self._end], self._pos)
         self._pos += n
         self.offset += n
         return n

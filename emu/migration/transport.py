@@ -256,6 +256,18 @@ class Channel:
                 raise TransportError(_errno_text(f"Unable to write to {self.kind}", err)) from None
             view = view[k:]
 
+    def send_page_records(self, block: Any, page: int, npages: int, zero_map: bytes, name: bytes | None) -> int:
+        """RAM page records written from guest memory without a copy (``RamBlock.send_page_records``);
+        the byte count, or ``TransportError`` as ``write_all`` reports it."""
+        self._check_open()
+        if self._shut:
+            raise TransportError(_errno_text(f"Unable to write to {self.kind}", _errno.EPIPE))
+        n = block.send_page_records(self._wfd, self._wake_r, page, npages, zero_map, name)
+        if n < 0:
+            err = _errno.EPIPE if self._shut or n == -_errno.ECANCELED else -n
+            raise TransportError(_errno_text(f"Unable to write to {self.kind}", err))
+        return n
+
     def flush(self) -> None:
         """Nothing is buffered; present for file-like callers."""
 
@@ -432,6 +444,15 @@ class Listener:
         the listener is or gets closed (``close()`` from another thread wakes it at once)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._ready is not None:
+            # QEMU watches fd/exec/file channels for G_IO_IN: the migration starts with the data
+            ready = select.poll()
+            ready.register(self._ready.fileno(), select.POLLIN)
+            ready.register(self._wake_r, select.POLLIN)
+            while not self._closed and not ready.poll(self._slice(deadline, cancel)):
+                if cancel is not None and cancel.is_set():
+                    raise AcceptCancelled("Incoming migration was cancelled")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise AcceptTimeout("Timed out waiting for an incoming migration connection")
             with self._lock:
                 chan, self._ready = self._ready, None
             if chan is not None:

@@ -74,15 +74,17 @@ class FdSets:
             return out
 
     def dup_member(self, fdset_id: int, flags: int) -> int:
-        """A dup of a member whose access mode matches ``flags`` (for ``/dev/fdset/N``)."""
+        """A dup of a member whose flags match ``flags`` (for ``/dev/fdset/N``): the same access
+        mode and the same O_DIRECT, as QEMU's monitor_fdset_flags_match (an O_RDWR member does
+        not serve an O_WRONLY open)."""
         import fcntl
 
-        want = flags & os.O_ACCMODE
+        direct = getattr(os, "O_DIRECT", 0)
+        want = flags & (os.O_ACCMODE | direct)
         with self._lock:
             fdset = self._sets.get(fdset_id)
             for fd in fdset.fds if fdset else []:
-                mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
-                if mode == want or mode == os.O_RDWR:
+                if fcntl.fcntl(fd, fcntl.F_GETFL) & (os.O_ACCMODE | direct) == want:
                     return os.dup(fd)
         raise OSError(f"fdset {fdset_id} has no fd with matching access mode")
 

@@ -212,9 +212,25 @@ def test_fd_socketpair(payload: bytes) -> None:
     # the names are consumed, so a later closefd fails (spec §12.2 precopy/fd/tcp)
     assert src_fds.take("fd-mig") is None and dst_fds.take("fd-mig") is None
     assert src.warnings == []
+    t = write_in_thread(src, payload)  # accept waits for the first bytes, as QEMU's G_IO_IN watch
     dst = lst.accept(timeout=10)
-    transfer(src, dst, payload)
+    got = read_all(dst, len(payload))
+    t.join(30)
+    dst.close()
     lst.close()
+    assert not t.errors and got == payload  # type: ignore[attr-defined]
+
+
+def test_fd_destination_is_taken_only_once_data_is_there() -> None:
+    a, b = socket.socketpair()
+    with listen_incoming(Socket(Fd(str(b.detach())))) as lst:
+        with pytest.raises(AcceptTimeout):
+            lst.accept(timeout=0.05)
+        a.sendall(b"x")
+        dst = lst.accept(timeout=10)
+        assert dst.read(1) == b"x"
+        dst.close()
+    a.close()
 
 
 def test_fd_regular_file(tmp: str, payload: bytes) -> None:
@@ -271,9 +287,9 @@ def test_fd_errors() -> None:
 def test_fd_number_on_destination() -> None:
     a, b = socket.socketpair()
     with listen_incoming(Socket(Fd(str(b.detach())))) as lst:
-        dst = lst.accept(timeout=10)
         a.sendall(b"num")
         a.close()
+        dst = lst.accept(timeout=10)
         assert read_all(dst) == b"num"
         dst.close()
 
@@ -475,8 +491,9 @@ def test_shutdown_unblocks_socket_write() -> None:
 
 
 def test_shutdown_unblocks_exec_read() -> None:
-    lst = listen_incoming(Exec(["/bin/sh", "-c", "exec cat"]))  # waits for stdin forever
+    lst = listen_incoming(Exec(["/bin/sh", "-c", "echo go; exec cat"]))  # then waits for stdin forever
     dst = lst.accept(timeout=10)
+    assert dst.read_exactly(3) == b"go\n"
     t, result = _blocked_read(dst)
     dst.shutdown()
     t.join(10)
