@@ -299,11 +299,13 @@ int mc_zero_pages_pm(mc_block *b, uint64_t page, uint64_t npages, int pagemap_fd
 
 /* One pass over the buffered records: how far the run goes and the span of its zero-fill pages. */
 static uint64_t ram_run_scan(mc_block *b, const uint8_t *buf, uint64_t len, uint64_t rmap_len,
-                             uint64_t *zmin, uint64_t *zmax)
+                             uint64_t *zmin, uint64_t *zmax, int *ascending)
 {
     uint64_t pos = 0;
+    uint64_t prev = 0;
     *zmin = UINT64_MAX;
     *zmax = 0;
+    *ascending = 1;
     while (len - pos >= 8) {
         uint64_t word = 0;
         for (int i = 0; i < 8; i++) {
@@ -314,6 +316,10 @@ static uint64_t ram_run_scan(mc_block *b, const uint8_t *buf, uint64_t len, uint
         if (page >= b->pages || page >= rmap_len) {
             break;
         }
+        if (pos && page <= prev) {
+            *ascending = 0;
+        }
+        prev = page;
         if (flags == (RAM_FLAG_ZERO | RAM_FLAG_CONTINUE) && len - pos >= 9) {
             if (buf[pos + 8] == 0) {
                 *zmin = page < *zmin ? page : *zmin;
@@ -329,11 +335,97 @@ static uint64_t ram_run_scan(mc_block *b, const uint8_t *buf, uint64_t len, uint
     return pos;
 }
 
+/* One stretch [start, end) of a scanned run of CONTINUE ZERO/PAGE records. */
+typedef struct {
+    mc_block *b;
+    const uint8_t *buf;
+    uint64_t start, end;
+    const uint64_t *pm;  /* pagemap words from page zmin, or NULL */
+    uint64_t zmin;
+    uint8_t *rmap;
+    uint64_t counts[2];
+} load_job;
+
+static void load_apply(load_job *j)
+{
+    mc_block *b = j->b;
+    const uint8_t *buf = j->buf;
+    uint64_t pos = j->start;
+    while (pos < j->end) {
+        uint64_t word = 0;
+        for (int i = 0; i < 8; i++) {
+            word = (word << 8) | buf[pos + i];
+        }
+        uint64_t off = word & ~(uint64_t)(MC_PAGE_SIZE - 1);
+        uint64_t page = off >> MC_PAGE_BITS;
+        if ((word & (MC_PAGE_SIZE - 1)) == (RAM_FLAG_ZERO | RAM_FLAG_CONTINUE)) {
+            uint8_t fill = buf[pos + 8];
+            int untouched = fill == 0 && j->pm && !((j->pm[page - j->zmin] >> 62) & 3);
+            if (!untouched && (fill != 0 || !mc_is_zero(b->host + off, MC_PAGE_SIZE))) {
+                memset(b->host + off, fill, MC_PAGE_SIZE);
+                dirty_mark(b, off, MC_PAGE_SIZE);
+            }
+            j->counts[0]++;
+            pos += 9;
+        } else {
+            memcpy(b->host + off, buf + pos + 8, MC_PAGE_SIZE);
+            dirty_mark(b, off, MC_PAGE_SIZE);
+            j->counts[1]++;
+            pos += 8 + MC_PAGE_SIZE;
+        }
+        j->rmap[page] = 1;
+    }
+}
+
+/* A helper thread that applies the second half of large runs: most of the cost of loading pages
+ * is the kernel populating fresh guest memory on first touch, and two threads fault in parallel.
+ * One caller at a time (helper_user); a busy helper means the caller applies the run alone. */
+static pthread_mutex_t helper_user = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t helper_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t helper_cv = PTHREAD_COND_INITIALIZER;
+static load_job *helper_job;
+static int helper_running;
+
+static void *helper_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&helper_mu);
+    for (;;) {
+        while (!helper_job) {
+            pthread_cond_wait(&helper_cv, &helper_mu);
+        }
+        load_job *j = helper_job;
+        pthread_mutex_unlock(&helper_mu);
+        load_apply(j);
+        pthread_mutex_lock(&helper_mu);
+        helper_job = NULL;
+        pthread_cond_broadcast(&helper_cv);
+    }
+    return NULL;
+}
+
+static int helper_start(void)
+{
+    if (helper_running) {
+        return 1;
+    }
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    helper_running = pthread_create(&t, &attr, helper_main, NULL) == 0;
+    pthread_attr_destroy(&attr);
+    return helper_running;
+}
+
+#define PARALLEL_MIN_BYTES (256u << 10)
+
 uint64_t mc_ram_load_run(mc_block *b, const uint8_t *buf, uint64_t len, uint8_t *rmap, uint64_t rmap_len,
                          int pagemap_fd, uint64_t *counts)
 {
     uint64_t zmin, zmax;
-    uint64_t end = ram_run_scan(b, buf, len, rmap_len, &zmin, &zmax);
+    int ascending;
+    uint64_t end = ram_run_scan(b, buf, len, rmap_len, &zmin, &zmax, &ascending);
     /* Pages never populated (neither present nor swapped, per /proc/self/pagemap) read as zero:
      * a zero fill leaves them alone without touching (and so populating) them. */
     uint64_t *pm = NULL;
@@ -346,31 +438,43 @@ uint64_t mc_ram_load_run(mc_block *b, const uint8_t *buf, uint64_t len, uint8_t 
             pm = NULL;
         }
     }
-    uint64_t pos = 0;
-    while (pos < end) {
-        uint64_t word = 0;
-        for (int i = 0; i < 8; i++) {
-            word = (word << 8) | buf[pos + i];
+    load_job first = {b, buf, 0, end, pm, zmin, rmap, {0, 0}};
+    load_job second = first;
+    /* Two halves in parallel only when no page can be in both (strictly ascending pages): the
+     * result is then the same as applying the records in order. */
+    int parallel = end >= PARALLEL_MIN_BYTES && ascending && pthread_mutex_trylock(&helper_user) == 0;
+    if (parallel) {
+        pthread_mutex_lock(&helper_mu);
+        parallel = helper_start();
+        pthread_mutex_unlock(&helper_mu);
+        if (!parallel) {
+            pthread_mutex_unlock(&helper_user);
         }
-        uint64_t off = word & ~(uint64_t)(MC_PAGE_SIZE - 1);
-        uint64_t page = off >> MC_PAGE_BITS;
-        if ((word & (MC_PAGE_SIZE - 1)) == (RAM_FLAG_ZERO | RAM_FLAG_CONTINUE)) {
-            uint8_t fill = buf[pos + 8];
-            int untouched = fill == 0 && pm && !((pm[page - zmin] >> 62) & 3);
-            if (!untouched && (fill != 0 || !mc_is_zero(b->host + off, MC_PAGE_SIZE))) {
-                memset(b->host + off, fill, MC_PAGE_SIZE);
-                dirty_mark(b, off, MC_PAGE_SIZE);
-            }
-            counts[0]++;
-            pos += 9;
-        } else {
-            memcpy(b->host + off, buf + pos + 8, MC_PAGE_SIZE);
-            dirty_mark(b, off, MC_PAGE_SIZE);
-            counts[1]++;
-            pos += 8 + MC_PAGE_SIZE;
-        }
-        rmap[page] = 1;
     }
+    if (parallel) {
+        uint64_t mid = 0;
+        while (mid < end / 2) {
+            uint64_t flags = buf[mid + 7] & 0xff;
+            flags |= (uint64_t)(buf[mid + 6] & 0x0f) << 8;
+            mid += flags == (RAM_FLAG_ZERO | RAM_FLAG_CONTINUE) ? 9 : 8 + MC_PAGE_SIZE;
+        }
+        first.end = second.start = mid;
+        pthread_mutex_lock(&helper_mu);
+        helper_job = &second;
+        pthread_cond_broadcast(&helper_cv);
+        pthread_mutex_unlock(&helper_mu);
+        load_apply(&first);
+        pthread_mutex_lock(&helper_mu);
+        while (helper_job) {
+            pthread_cond_wait(&helper_cv, &helper_mu);
+        }
+        pthread_mutex_unlock(&helper_mu);
+        pthread_mutex_unlock(&helper_user);
+    } else {
+        load_apply(&first);
+    }
+    counts[0] += first.counts[0] + (parallel ? second.counts[0] : 0);
+    counts[1] += first.counts[1] + (parallel ? second.counts[1] : 0);
     free(pm);
     return end;
 }

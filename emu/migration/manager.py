@@ -393,7 +393,8 @@ class MigrationManager:
         devices = machine.migration_entries(saving=False)
         try:
             machine.migration_setup("load-setup")
-            result = load_stream(StreamReader(channel, prefix=prefix), {b.name: b for b in machine.ram_blocks},
+            result = load_stream(StreamReader(channel, prefix=prefix, prefetch=True),
+                                 {b.name: b for b in machine.ram_blocks},
                                  devices, machine.name, autostart=self.vm.autostart, uuid=self._uuid_bytes(),
                                  multifd=receiver)
         except StreamError as e:

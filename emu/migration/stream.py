@@ -117,6 +117,71 @@ class StreamEOFError(EOFError):
 
 # ================================================================ reader / writer
 
+class _Prefetcher:
+    """Reads a channel ahead on its own thread into recycled buffers, so the sender is never held
+    up by a full socket while the loader applies pages (a socket buffers only ~200 KB).
+
+    Each buffer keeps ``HEAD`` bytes free in front: the reader's unconsumed tail is copied there
+    when it moves on to the next buffer, so the bytes themselves are read once and never copied.
+    ``get`` returns ``(buffer, end)`` with data in ``buffer[HEAD:end]``, or ``None`` at the end."""
+
+    HEAD = 64 << 10
+    SIZE = 1 << 20
+    COUNT = 16  # at most 16 MiB read ahead; allocated as needed (a new buffer costs page faults)
+
+    def __init__(self, readinto: Callable[[Any], int], fileno: int) -> None:
+        import queue
+        import select
+        import threading
+
+        self._readinto = readinto
+        # a buffer is handed over as soon as nothing more is readable: the reader must never
+        # block while it holds bytes the loader may be waiting for
+        self._more = select.poll()
+        self._more.register(fileno, select.POLLIN)
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        self._full: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
+        self._allocated = 0
+        threading.Thread(target=self._run, name="migration-prefetch", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                if self._free.empty() and self._allocated < self.COUNT:
+                    self._allocated += 1
+                    buf = bytearray(self.HEAD + self.SIZE)
+                else:
+                    buf = self._free.get()
+                end = self.HEAD
+                with memoryview(buf) as view:
+                    while end < len(buf):
+                        k = self._readinto(view[end:])
+                        if not k:
+                            break
+                        end += k
+                        if end - self.HEAD >= self.SIZE // 4 or not self._more.poll(0):
+                            break
+                if end > self.HEAD:
+                    self._full.put((buf, end))
+                if end == self.HEAD or not k:
+                    self._full.put(None)
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the loader, which raises it
+            self._full.put(e)
+
+    def get(self) -> tuple[bytearray, int] | None:
+        item = self._full.get()
+        if isinstance(item, BaseException):
+            raise item
+        if item is None:
+            self._full.put(None)  # stays at the end
+        return item
+
+    def recycle(self, buf: bytearray) -> None:
+        if len(buf) == self.HEAD + self.SIZE:
+            self._free.put(buf)
+
+
 class StreamReader:
     """Buffered exact reads over any object with ``read(n) -> bytes`` (short reads allowed; ``b""``
     means end of stream). Uses ``read1`` when the source has it so a pipe or socket never blocks for
@@ -125,8 +190,10 @@ class StreamReader:
     Sources with ``readinto`` (transport channels) read straight into the one buffer, which is
     reused: no per-read allocation (each would cost page faults) and no second copy."""
 
-    def __init__(self, source: Any, chunk: int = 1 << 20, prefix: bytes = b"") -> None:
-        """``prefix``: bytes already taken from ``source`` (a peeked magic) that come first."""
+    def __init__(self, source: Any, chunk: int = 1 << 20, prefix: bytes = b"", prefetch: bool = False) -> None:
+        """``prefix``: bytes already taken from ``source`` (a peeked magic) that come first.
+        ``prefetch``: read a channel ahead on a thread (``_Prefetcher``); the reader then owns
+        the channel's reading side."""
         self._src = source
         self._read = getattr(source, "read1", None) or source.read
         self._readinto = getattr(source, "readinto", None) if hasattr(source, "read_exactly") else None
@@ -137,6 +204,8 @@ class StreamReader:
         self._end = len(prefix)  # end of the bytes read so far
         self._eof = False
         self.offset = 0
+        self._ahead = (_Prefetcher(self._readinto, source.fileno())
+                       if self._readinto is not None and prefetch else None)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> StreamReader:
@@ -146,6 +215,8 @@ class StreamReader:
 
     def _fill(self, n: int) -> bool:
         """Makes at least ``n`` bytes available if possible; False at end of stream."""
+        if self._ahead is not None:
+            return self._fill_ahead(n)
         while self._end - self._pos < n:
             if self._eof:
                 return False
@@ -171,6 +242,34 @@ class StreamReader:
                 return False
             self._buf[self._end:self._end + len(data)] = data
             self._end += len(data)
+        return True
+
+    def _fill_ahead(self, n: int) -> bool:
+        """``_fill`` from the prefetcher: the next buffer becomes the current one, with the
+        unconsumed tail copied in front of its data (or, for a tail longer than the room there,
+        the two joined)."""
+        ahead = self._ahead
+        assert ahead is not None
+        while self._end - self._pos < n:
+            if self._eof:
+                return False
+            item = ahead.get()
+            if item is None:
+                self._eof = True
+                return False
+            nbuf, nend = item
+            tail = self._end - self._pos
+            old = self._buf
+            if tail <= _Prefetcher.HEAD:
+                start = _Prefetcher.HEAD - tail
+                nbuf[start:_Prefetcher.HEAD] = old[self._pos:self._end]
+                self._buf, self._pos, self._end = nbuf, start, nend
+            else:  # a long item spans buffers: join (bounded by what was asked for)
+                joined = bytearray(old[self._pos:self._end])
+                joined += memoryview(nbuf)[_Prefetcher.HEAD:nend]
+                ahead.recycle(nbuf)
+                self._buf, self._pos, self._end = joined, 0, len(joined)
+            ahead.recycle(old)
         return True
 
     def read(self, n: int) -> bytes:
