@@ -29,6 +29,9 @@ from emu.migration.transport import Listener, TransportError, listen_incoming, o
 ACTIVE = frozenset({"setup", "active", "postcopy-active", "postcopy-paused", "postcopy-recover",
                     "postcopy-recover-setup", "pre-switchover", "device", "wait-unplug", "cancelling"})
 PAGE = 4096
+#: mapped-ram's file layout (pages at fixed offsets) is not implemented: refuse rather than write
+#: or expect a plain stream that a QEMU with the capability would misread
+MAPPED_RAM_UNSUPPORTED = "mapped-ram migration is not supported by this emulator"
 
 
 def _count_pages(dirty: dict[Any, Any]) -> int:
@@ -107,6 +110,8 @@ class MigrationManager:
                 raise MigrationError("Guest is waiting for an incoming migration")
             if self.vm.runstate == "postmigrate":
                 raise MigrationError("Can't migrate the vm that was paused due to previous migration")
+            if self.config.capability("mapped-ram"):
+                raise MigrationError(MAPPED_RAM_UNSUPPORTED)
             self.error_desc = None
             self.stats = {}
             self._cancel.clear()
@@ -306,6 +311,12 @@ class MigrationManager:
         self._continue.clear()
         self._set("device")
 
+    def resize_xbzrle_cache(self, size: int) -> None:
+        """A new ``xbzrle-cache-size`` while migrating: the cache starts over at that size (9.1)."""
+        cache = self._xbzrle
+        if cache is not None and size != cache.cache_size:
+            cache.resize(size)
+
     def continue_from(self, state: str) -> None:
         """``migrate-continue``: releases a migration paused in ``state``."""
         if self.status != state:
@@ -361,6 +372,8 @@ class MigrationManager:
             raise MigrationError("The incoming migration has already been started")
         if self.vm.runstate != "inmigrate":
             raise MigrationError("'-incoming' was not specified on the command line")
+        if self.config.capability("mapped-ram"):
+            raise MigrationError(MAPPED_RAM_UNSUPPORTED)
         try:
             # QEMU's listen queue: 1, or the multifd channel count (the main channel comes too)
             backlog = self.config.parameter("multifd-channels") if self.config.capability("multifd") else 1

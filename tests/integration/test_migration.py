@@ -460,3 +460,19 @@ def test_precopy_exec(tmp):
         wait_completed(src)
         wait_completed(dst)
         assert dst.qtest.memread(0x6000, 12) == b"through exec"
+
+
+def test_mapped_ram_is_refused_before_anything_starts(tmp):
+    """mapped-ram's file layout is not implemented: migrate and migrate-incoming refuse it with a
+    clear error and change nothing (a plain stream would be misread by a QEMU using it)."""
+    with QTestMachine(BIN, NONE16) as src, QTestMachine(BIN, [*NONE16, "-incoming", "defer"]) as dst:
+        for m in (src, dst):
+            events_on(m)
+            m.qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "mapped-ram", "state": True}])
+        with pytest.raises(Exception, match="^GenericError: mapped-ram migration is not supported by this emulator$"):
+            src.qmp.cmd("migrate", uri=f"file:{tmp}/f")
+        with pytest.raises(Exception, match="^GenericError: mapped-ram migration is not supported by this emulator$"):
+            dst.qmp.cmd("migrate-incoming", uri=f"file:{tmp}/f")
+        assert src.qmp.cmd("query-migrate") == {} and dst.qmp.cmd("query-migrate") == {}
+        assert not [e for m in (src, dst) for e in m.qmp.get_events() if e["event"] == "MIGRATION"]
+        assert not (tmp / "f").exists()

@@ -50,6 +50,8 @@ def test_precopy_unix_xbzrle_live_ab_guest(tmp):
             passes += 1
         info = src.qmp.cmd("query-migrate")
         assert info["xbzrle-cache"]["cache-size"] == CACHE
+        src.qmp.cmd("migrate-set-parameters", **{"xbzrle-cache-size": CACHE // 2})  # resized while running
+        assert src.qmp.cmd("query-migrate")["xbzrle-cache"]["cache-size"] == CACHE // 2
         src.qmp.cmd("migrate-set-parameters", **{"downtime-limit": 30000})
         info = wait_completed(src, timeout=120)
         cache = info["xbzrle-cache"]
