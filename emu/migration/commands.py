@@ -87,10 +87,7 @@ def query_migrate_capabilities(ctx: CommandContext, args: dict[str, Any]) -> lis
 
 @command("migrate-set-parameters")
 def migrate_set_parameters(ctx: CommandContext, args: dict[str, Any]) -> None:
-    mgr = _manager(ctx)
-    mgr.config.set_parameters(args)
-    if "xbzrle-cache-size" in args:  # xbzrle_cache_resize: a running migration's cache too
-        mgr.resize_xbzrle_cache(mgr.config.parameter("xbzrle-cache-size"))
+    _manager(ctx).config.set_parameters(args)
 
 
 @command("query-migrate-parameters")

@@ -189,9 +189,12 @@ class MigrationManager:
             uuid = self._uuid_bytes() if self.config.capability("validate-uuid") else None
             xbzrle = None
             if self.config.capability("xbzrle"):  # xbzrle_init: the cache for this migration
-                from emu.migration.xbzrle import XbzrleCache
+                from emu.migration.xbzrle import XbzrleCache, XbzrleError
 
-                xbzrle = XbzrleCache(self.config.parameter("xbzrle-cache-size"))
+                try:
+                    xbzrle = XbzrleCache(self.config.parameter("xbzrle-cache-size"))
+                except (MemoryError, XbzrleError):
+                    raise MigrationSetupError("Failed to allocate page cache") from None
             self._xbzrle = xbzrle
             saver = PrecopySaver(StreamWriter(_Sink(channel)), machine.ram_blocks, machine.name, uuid, multifd,
                                  self.config.parameter("zero-page-detection"), self.flush_after_each_section,
@@ -240,13 +243,13 @@ class MigrationManager:
             stop_at = time.monotonic()
             self.vm.set_runstate("finish-migrate")  # QEMU's migration_stop_vm
             stopped_by_us = was_running
+            self._maybe_pause()  # before the last sync: what changes while paused still goes out
             final = saver.sync()
             self.sync_count += 1
             saver.generation = self.sync_count
             self._pass(self.sync_count)
             if unsent is not None:
                 final = {b: final[b] | unsent[b] for b in final}
-            self._maybe_pause()
             devices = machine.migration_entries(saving=True)
             saver.finish(final, devices, "running" if was_running else old_state)
             if self._cancel.is_set():
@@ -257,7 +260,9 @@ class MigrationManager:
             self._throttle_stop()
             self.vm.set_runstate("postmigrate")
             self._set("completed")
-        except (TransportError, OSError, StreamError, MigrationSetupError, MultifdError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever went wrong, the migration must end failed
+            if not isinstance(e, (TransportError, OSError, StreamError, MigrationSetupError, MultifdError)):
+                sys.stderr.write(f"{self.prog}: migration: unexpected {type(e).__name__}: {e}\n")
             self._throttle_stop()
             # as QEMU's migrate_fd_cleanup: a migration that did not complete leaves the guest as it was
             if stopped_by_us:
@@ -310,12 +315,6 @@ class MigrationManager:
                 raise TransportError("migration cancelled")
         self._continue.clear()
         self._set("device")
-
-    def resize_xbzrle_cache(self, size: int) -> None:
-        """A new ``xbzrle-cache-size`` while migrating: the cache starts over at that size (9.1)."""
-        cache = self._xbzrle
-        if cache is not None and size != cache.cache_size:
-            cache.resize(size)
 
     def continue_from(self, state: str) -> None:
         """``migrate-continue``: releases a migration paused in ``state``."""
@@ -404,19 +403,26 @@ class MigrationManager:
             listener.close()
         self._set("active", incoming=True)
         devices = machine.migration_entries(saving=False)
+        reader = StreamReader(channel, prefix=prefix, prefetch=True)
+        if receiver is not None:
+            # a failed multifd channel ends the whole load (multifd_recv_terminate_threads): the
+            # main stream is shut down too, so nothing waits on data that will not come
+            receiver.on_error = channel.shutdown
         try:
             machine.migration_setup("load-setup")
-            result = load_stream(StreamReader(channel, prefix=prefix, prefetch=True),
-                                 {b.name: b for b in machine.ram_blocks},
-                                 devices, machine.name, autostart=self.vm.autostart, uuid=self._uuid_bytes(),
-                                 multifd=receiver)
-        except StreamError as e:
-            self._incoming_failed(e.messages, exit_on_error)
-            return
-        except (TransportError, OSError, MigrationSetupError) as e:
-            self._incoming_failed([f"load of migration failed: {e}"], exit_on_error)
+            result = load_stream(reader, {b.name: b for b in machine.ram_blocks}, devices, machine.name,
+                                 autostart=self.vm.autostart, uuid=self._uuid_bytes(), multifd=receiver)
+        except Exception as e:  # noqa: BLE001 - every failure ends the load with its message
+            if receiver is not None and receiver.error is not None:
+                self._incoming_failed([receiver.error, "load of migration failed: Input/output error"],
+                                      exit_on_error, desc=receiver.error)
+            elif isinstance(e, StreamError):
+                self._incoming_failed(e.messages, exit_on_error)
+            else:
+                self._incoming_failed([f"load of migration failed: {e}"], exit_on_error)
             return
         finally:
+            reader.close()
             if receiver is not None:
                 receiver.close()
             channel.close()
@@ -463,10 +469,11 @@ class MigrationManager:
                 main.close()
             raise
 
-    def _incoming_failed(self, messages: list[str], exit_on_error: bool) -> None:
+    def _incoming_failed(self, messages: list[str], exit_on_error: bool, desc: str | None = None) -> None:
+        """Prints QEMU's lines; ``error-desc`` is ``desc``, else the last line."""
         for line in messages:
             sys.stderr.write(f"{self.prog}: {line}\n")
-        self.error_desc = messages[-1] if messages else "load of migration failed"
+        self.error_desc = desc or (messages[-1] if messages else "load of migration failed")
         self._set("failed", incoming=True)
         if exit_on_error:
             self.fatal(1)
@@ -493,7 +500,11 @@ class MigrationManager:
                 if self.stats:
                     info["ram"] = dict(self.stats)
                 if self._xbzrle is not None:
-                    info["xbzrle-cache"] = self._xbzrle.query()
+                    # QEMU reports the parameter; a running migration keeps the cache it started
+                    # with (migrate_params_apply stores the new size before xbzrle_cache_resize,
+                    # which then finds nothing to do)
+                    info["xbzrle-cache"] = dict(self._xbzrle.query(),
+                                                **{"cache-size": self.config.parameter("xbzrle-cache-size")})
                 if self.autoconverge.active:
                     info["cpu-throttle-percentage"] = self.autoconverge.percentage
         if self.error_desc is not None:

@@ -71,7 +71,28 @@ class _Compressor:
         return self._z.compress(data) + self._z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
 
 
+class _FeedEmpty(Exception):
+    """The current packet's compressed bytes are used up (not the end of the stream)."""
+
+
+class _Feed:
+    """The compressed bytes of the current packet, as a source for zstd's stream reader. It
+    raises when they are used up instead of answering b"", which would end the stream."""
+
+    def __init__(self) -> None:
+        self.data = memoryview(b"")
+
+    def read(self, n: int) -> bytes:
+        if not len(self.data):
+            raise _FeedEmpty
+        chunk, self.data = self.data[:n], self.data[n:]
+        return bytes(chunk)
+
+
 class _Decompressor:
+    """One channel's persistent zlib/zstd stream. Output is bounded by what the packet header
+    announced, so a small hostile packet cannot inflate into gigabytes."""
+
     def __init__(self, method: str) -> None:
         self.method = method
         if method == "zlib":
@@ -79,12 +100,30 @@ class _Decompressor:
         elif method == "zstd":
             import zstandard
 
-            self._z = zstandard.ZstdDecompressor().decompressobj()
+            self._feed = _Feed()
+            self._r = zstandard.ZstdDecompressor().stream_reader(self._feed, read_size=1 << 16,
+                                                                 read_across_frames=True)
 
     def decompress(self, data: bytes, expect: int) -> bytes:
-        out = self._z.decompress(data)
-        if len(out) != expect:
-            raise MultifdError(f"multifd: decompressed {len(out)} bytes, expected {expect}")
+        if self.method == "zlib":
+            out = self._z.decompress(data, expect)
+            left = len(self._z.unconsumed_tail)
+        else:
+            self._feed.data = memoryview(data)
+            parts, got = [], 0
+            try:
+                while got < expect:
+                    chunk = self._r.read(expect - got)
+                    if not chunk:
+                        break
+                    parts.append(chunk)
+                    got += len(chunk)
+                left = len(self._r.read(1)) + len(self._feed.data)  # more output than announced?
+            except _FeedEmpty:
+                left = 0
+            out = b"".join(parts)
+        if len(out) != expect or left:
+            raise MultifdError(f"multifd: packet of {len(data)} compressed bytes does not hold {expect} bytes")
         return out
 
 
@@ -132,6 +171,8 @@ class MultifdSender:
     def send(self, block: Any, pages: np.ndarray, normal: int) -> None:
         """One packet: ``pages`` (page numbers in ``block``, at most 128), the first ``normal`` of
         them sent with their bytes, the rest listed as zero pages."""
+        if len(pages) > PAGE_COUNT or not 0 <= normal <= len(pages):
+            raise MultifdError(f"multifd: a packet holds at most {PAGE_COUNT} pages")
         i = self._next
         self._next = (i + 1) % len(self.channels)
         self._put(i, _Job(block, np.ascontiguousarray(pages, dtype=np.uint64), normal, False))
@@ -176,30 +217,36 @@ class MultifdSender:
         n = 0 if job.pages is None else len(job.pages)
         normal = job.normal
         buf[:HEADER_SIZE] = bytes(HEADER_SIZE)
+        pages_ptr = ffi.NULL
         if n:
             name = job.block.name.encode()[:255]
             buf[64:64 + len(name)] = name
-            with ffi.from_buffer(job.pages) as pages, ffi.from_buffer(buf) as out:
-                rc = lib.mf_fill_packet(job.block.ptr, ffi.cast("uint64_t *", pages), n, normal, out + 320,
-                                        out + HEADER_SIZE)
+            pages_buf = ffi.from_buffer(job.pages)  # keeps the pointer's buffer referenced
+            pages_ptr = ffi.cast("uint64_t *", pages_buf)
+            with ffi.from_buffer(buf) as out:
+                # without compression only the table: the pages go from guest memory by writev
+                rc = lib.mf_fill_packet(job.block.ptr, pages_ptr, n, normal, out + 320,
+                                        out + HEADER_SIZE if comp is not None else ffi.NULL)
             if rc < 0:
                 raise MultifdError(f"multifd: page outside block {job.block.name}")
-        payload = view[HEADER_SIZE:HEADER_SIZE + normal * PAGE_SIZE]
-        if comp is not None and normal:
-            data: Any = comp.compress(payload)
-        else:
-            data = payload
         flags = self.flags | (FLAG_SYNC if job.sync else 0)
-        _PREFIX.pack_into(buf, 0, MULTIFD_MAGIC, MULTIFD_VERSION, flags, PAGE_COUNT, normal, len(data), num,
-                          n - normal, 0)
         if comp is None:
-            chan.write_all(view[:HEADER_SIZE + len(data)])
+            size = normal * PAGE_SIZE
+            _PREFIX.pack_into(buf, 0, MULTIFD_MAGIC, MULTIFD_VERSION, flags, PAGE_COUNT, normal, size, num,
+                              n - normal, 0)
+            with ffi.from_buffer(buf) as hdr:
+                chan.c_io(lambda fd, wake: lib.mf_send_packet(job.block.ptr if n else ffi.NULL, pages_ptr, normal,
+                                                              hdr, HEADER_SIZE, fd, wake))
         else:
+            data = comp.compress(view[HEADER_SIZE:HEADER_SIZE + normal * PAGE_SIZE]) if normal else b""
+            size = len(data)
+            _PREFIX.pack_into(buf, 0, MULTIFD_MAGIC, MULTIFD_VERSION, flags, PAGE_COUNT, normal, size, num,
+                              n - normal, 0)
             chan.write_all(view[:HEADER_SIZE])
-            if len(data):
+            if size:
                 chan.write_all(data)
         with self._lock:
-            self.bytes_sent += HEADER_SIZE + len(data)
+            self.bytes_sent += HEADER_SIZE + size
 
     def _fail(self, e: BaseException) -> None:
         if self.error is None:
@@ -252,7 +299,10 @@ class MultifdReceiver:
         self._cond = threading.Condition()
         self._synced = 0
         self._generation = 0
+        self._ended = 0  # channels whose source closed them (no SYNC can come from those)
         self._closing = False
+        #: called (once) when a channel fails: the owner shuts the main stream down with it
+        self.on_error: Callable[[], None] | None = None
 
     @property
     def complete(self) -> bool:
@@ -290,16 +340,32 @@ class MultifdReceiver:
         try:
             while True:
                 if not self._read_into(chan, header, eof_ok=True):
-                    return  # the source closed the channel: the migration is over
+                    with self._cond:  # the source closed the channel: normal after the last sync
+                        self._ended += 1
+                        self._cond.notify_all()
+                    return
                 sync = self._apply(chan, cid, header, data, decomp, expect_flags)
                 if sync:
                     self._wait_release()
         except Exception as e:  # noqa: BLE001 - any failure ends the load with its message
-            if not self._closing:
-                with self._cond:
-                    if self.error is None:
-                        self.error = str(e)
-                    self._cond.notify_all()
+            self._fail(str(e))
+
+    def _fail(self, message: str) -> None:
+        """QEMU's multifd_recv_terminate_threads: the first error is kept, every channel is shut
+        down (so the source's writes fail instead of filling a buffer no one reads) and the owner
+        is told, so the main stream stops too."""
+        with self._cond:
+            if self._closing or self.error is not None:
+                return
+            self.error = message
+            self._cond.notify_all()
+        for c in self._chans:
+            try:
+                c.shutdown()
+            except Exception:  # noqa: BLE001 - best effort on a broken channel
+                pass
+        if self.on_error is not None:
+            self.on_error()
 
     def _read_into(self, chan: Any, buf: bytearray, eof_ok: bool = False, size: int | None = None) -> bool:
         view = memoryview(buf)[: len(buf) if size is None else size]
@@ -339,21 +405,24 @@ class MultifdReceiver:
             comp = flags & COMPRESSION_MASK
             if comp != expect_flags:
                 raise MultifdError(f"multifd {cid}: flags received {comp:x} flags expected {expect_flags:x}")
-            if decomp is None:
-                self._read_into(chan, data, size=normal * PAGE_SIZE)
-            else:
-                if next_size > 2 * PAGE_COUNT * PAGE_SIZE:
-                    raise MultifdError(f"multifd {cid}: compressed packet of {next_size} bytes is too large")
-                out = decomp.decompress(chan.read_exactly(next_size), normal * PAGE_SIZE)
-                data[: len(out)] = out
         if n:
             rmap = self.received.get(block.name)
             if rmap is None:
                 raise MultifdError(f"multifd: unknown ram block {block.name}")
-            with ffi.from_buffer(header) as hdr, ffi.from_buffer(data) as src, ffi.from_buffer(rmap) as rm:
-                rc = lib.mf_apply_packet(block.ptr, block.used_length, hdr + 320, n, normal, src, rm)
-            if rc < 0:
-                bad = -rc - 17
+            if decomp is None:  # the pages go from the socket straight into guest memory (readv)
+                with ffi.from_buffer(header) as hdr, ffi.from_buffer(rmap) as rm:
+                    rc = chan.c_io(lambda fd, wake: lib.mf_recv_packet(block.ptr, block.used_length, hdr + 320, n,
+                                                                       normal, fd, wake, rm), write=False)
+            else:
+                if next_size > 2 * PAGE_COUNT * PAGE_SIZE:
+                    raise MultifdError(f"multifd {cid}: compressed packet of {next_size} bytes is too large")
+                if normal:
+                    out = decomp.decompress(chan.read_exactly(next_size), normal * PAGE_SIZE)
+                    data[: len(out)] = out
+                with ffi.from_buffer(header) as hdr, ffi.from_buffer(data) as src, ffi.from_buffer(rmap) as rm:
+                    rc = lib.mf_apply_packet(block.ptr, block.used_length, hdr + 320, n, normal, src, rm)
+            if rc <= -lib.MF_BADOFF_BASE:
+                bad = -rc - lib.MF_BADOFF_BASE
                 off = int.from_bytes(header[320 + 8 * bad:328 + 8 * bad], "big")
                 raise MultifdError(f"multifd: offset too long {off} (max {block.used_length:x})")
             with self._cond:
@@ -377,6 +446,8 @@ class MultifdReceiver:
                     raise MultifdError(self.error)
                 if cancelled() or self._closing:
                     raise MultifdError("multifd: receive cancelled")
+                if self._synced + self._ended >= self.expected and self._ended:
+                    raise MultifdError("multifd: a channel was closed before its sync packet")
                 self._cond.wait(0.1)
             self._synced -= self.expected
             self._generation += 1

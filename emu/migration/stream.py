@@ -139,47 +139,58 @@ class _Prefetcher:
         # block while it holds bytes the loader may be waiting for
         self._more = select.poll()
         self._more.register(fileno, select.POLLIN)
-        self._free: queue.Queue[bytearray] = queue.Queue()
+        self._free: queue.Queue[bytearray | None] = queue.Queue()
         self._full: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
         self._allocated = 0
-        threading.Thread(target=self._run, name="migration-prefetch", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="migration-prefetch", daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
-        try:
-            while True:
-                if self._free.empty() and self._allocated < self.COUNT:
-                    self._allocated += 1
-                    buf = bytearray(self.HEAD + self.SIZE)
-                else:
-                    buf = self._free.get()
-                end = self.HEAD
-                with memoryview(buf) as view:
-                    while end < len(buf):
+        while True:
+            if self._free.empty() and self._allocated < self.COUNT:
+                self._allocated += 1
+                buf: bytearray | None = bytearray(self.HEAD + self.SIZE)
+            else:
+                buf = self._free.get()
+            if buf is None:  # stop()
+                return
+            end = self.HEAD
+            k = 0
+            error: BaseException | None = None
+            with memoryview(buf) as view:
+                while end < len(buf):
+                    try:
                         k = self._readinto(view[end:])
-                        if not k:
-                            break
-                        end += k
-                        if end - self.HEAD >= self.SIZE // 4 or not self._more.poll(0):
-                            break
-                if end > self.HEAD:
-                    self._full.put((buf, end))
-                if end == self.HEAD or not k:
-                    self._full.put(None)
-                    return
-        except BaseException as e:  # noqa: BLE001 - handed to the loader, which raises it
-            self._full.put(e)
+                    except BaseException as e:  # noqa: BLE001 - handed to the loader, which raises it
+                        error = e
+                        break
+                    if not k:
+                        break
+                    end += k
+                    if end - self.HEAD >= self.SIZE // 4 or not self._more.poll(0):
+                        break
+            if end > self.HEAD:
+                self._full.put((buf, end))  # what arrived before an error or the end still counts
+            if error is not None or not k:
+                self._full.put(error)  # None: end of stream
+                return
 
     def get(self) -> tuple[bytearray, int] | None:
         item = self._full.get()
+        if isinstance(item, BaseException) or item is None:
+            self._full.put(item)  # the end, or the error, stays for every later read
         if isinstance(item, BaseException):
             raise item
-        if item is None:
-            self._full.put(None)  # stays at the end
         return item
 
     def recycle(self, buf: bytearray) -> None:
         if len(buf) == self.HEAD + self.SIZE:
             self._free.put(buf)
+
+    def stop(self, timeout: float = 5) -> None:
+        """Ends the thread (its channel must be shut down first, to wake a blocked read)."""
+        self._free.put(None)
+        self._thread.join(timeout)
 
 
 class StreamReader:
@@ -294,6 +305,15 @@ class StreamReader:
 
     def at_eof(self) -> bool:
         return not self._fill(1)
+
+    def close(self) -> None:
+        """Stops reading ahead: shuts the channel down (waking a blocked read) and ends the
+        thread. Without a prefetcher there is nothing to do; closing the source is the owner's."""
+        if self._ahead is not None:
+            shutdown = getattr(self._src, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+            self._ahead.stop()
 
     def consume_buffered(self, apply: Callable[[Any, int], int]) -> int:
         """Lets ``apply(buffer, position)`` consume a prefix of what is already buffered (no read);

@@ -199,6 +199,7 @@ class Channel:
                 return os.read(self._rfd, n)
             except (BlockingIOError, InterruptedError):
                 self._wait(self._rfd, select.POLLIN)
+                self._check_open()  # closed meanwhile: the fd number may belong to another file
             except OSError as e:
                 if self._shut:
                     return b""
@@ -219,6 +220,7 @@ class Channel:
                 return os.readv(self._rfd, [view])
             except (BlockingIOError, InterruptedError):
                 self._wait(self._rfd, select.POLLIN)
+                self._check_open()  # closed meanwhile: the fd number may belong to another file
             except OSError as e:
                 if self._shut:
                     return 0
@@ -256,17 +258,28 @@ class Channel:
                 raise TransportError(_errno_text(f"Unable to write to {self.kind}", err)) from None
             view = view[k:]
 
+    def c_io(self, op: Callable[[int, int], int], write: bool = True) -> int:
+        """Runs a C routine ``op(fd, wake_fd)`` that does this channel's I/O itself (writev/readv
+        on the fd, waiting with poll() and giving up with -ECANCELED when shut down) and returns
+        its result. A negated errno (-4095..-1) becomes the ``TransportError`` that ``write_all``
+        would raise; for a read, -EPIPE (end of stream) is QEMU's short-read error. Other values
+        (the routine's own codes) are returned as they are."""
+        self._check_open()
+        verb = f"Unable to write to {self.kind}" if write else f"Unable to read from {self.kind}"
+        if self._shut:
+            raise TransportError(_errno_text(verb, _errno.EPIPE))
+        n = op(self._wfd if write else self._rfd, self._wake_r)
+        if -4096 < n < 0:
+            if not write and n == -_errno.EPIPE and not self._shut:
+                raise TransportError("Unexpected end-of-file before all data were read")
+            err = _errno.EPIPE if self._shut or n == -_errno.ECANCELED else -n
+            raise TransportError(_errno_text(verb, err))
+        return n
+
     def send_page_records(self, block: Any, page: int, npages: int, zero_map: bytes, name: bytes | None) -> int:
         """RAM page records written from guest memory without a copy (``RamBlock.send_page_records``);
-        the byte count, or ``TransportError`` as ``write_all`` reports it."""
-        self._check_open()
-        if self._shut:
-            raise TransportError(_errno_text(f"Unable to write to {self.kind}", _errno.EPIPE))
-        n = block.send_page_records(self._wfd, self._wake_r, page, npages, zero_map, name)
-        if n < 0:
-            err = _errno.EPIPE if self._shut or n == -_errno.ECANCELED else -n
-            raise TransportError(_errno_text(f"Unable to write to {self.kind}", err))
-        return n
+        the byte count."""
+        return self.c_io(lambda fd, wake: block.send_page_records(fd, wake, page, npages, zero_map, name))
 
     def flush(self) -> None:
         """Nothing is buffered; present for file-like callers."""

@@ -335,7 +335,9 @@ def test_round_trip_with_data_pages():
     res = load_stream(io.BytesIO(out.getvalue()), {"ram": dst}, None, "none")
     assert res.runstate == "paused" and res.warnings == []
     assert dst.read(0x1000, 4096) == PAT1 and dst.read(0xFFF000, 4096) == PAT2
-    assert dst.populated_pages() == 2
+    # the 4094 ZERO records populate nothing: the destination holds what the source's two writes
+    # populated (two pages, or their two huge pages with THP)
+    assert dst.populated_pages() == src.populated_pages() in (2, 1024)
 
 
 class _Trickle(io.RawIOBase):

@@ -199,3 +199,58 @@ def test_a_channel_closed_at_a_packet_boundary_ends_quietly_but_mid_packet_is_an
     with pytest.raises(MultifdError, match="unexpected end of channel"):
         rx.sync()
     rx.close()
+
+
+def test_a_channel_that_ends_without_its_sync_fails_the_sync_point():
+    rx = receiver(2)
+    (a1, b1), (a2, b2) = pair(), pair()
+    a1.write_all(init_packet(UUID, 0) + raw_packet(flags=FLAG_SYNC, name=b""))
+    a2.write_all(init_packet(UUID, 1))
+    rx.add_channel(b1, b1.read_exactly(4))
+    rx.add_channel(b2, b2.read_exactly(4))
+    a2.close()  # channel 1 is gone: its SYNC can never come
+    with pytest.raises(MultifdError, match="^multifd: a channel was closed before its sync packet$"):
+        rx.sync()
+    rx.close()
+
+
+def test_a_failing_channel_shuts_every_channel_and_tells_the_owner():
+    rx = receiver(2)
+    (a1, b1), (a2, b2) = pair(), pair()
+    told = threading.Event()
+    rx.on_error = told.set
+    a1.write_all(init_packet(UUID, 0))
+    a2.write_all(init_packet(UUID, 1) + raw_packet(magic=1))
+    rx.add_channel(b1, b1.read_exactly(4))
+    rx.add_channel(b2, b2.read_exactly(4))
+    assert told.wait(10)
+    assert rx.error == "multifd: received packet magic 1 and expected magic 11223344"
+    assert a1.read(1) == b""  # the healthy channel was shut down too: its source sees the end
+    rx.close()
+
+
+@pytest.mark.parametrize("method", ["zlib", "zstd"])
+def test_a_compressed_packet_may_not_inflate_past_its_page_count(method):
+    """1 page announced, 64 MiB of zeros compressed into a few KiB: refused, not inflated."""
+    import zlib
+
+    import zstandard
+
+    if method == "zlib":
+        comp = zlib.compressobj(9)
+        payload = comp.compress(bytes(64 << 20)) + comp.flush(zlib.Z_SYNC_FLUSH)
+        flags = 2
+    else:
+        comp = zstandard.ZstdCompressor(level=19).compressobj()
+        payload = comp.compress(bytes(64 << 20)) + comp.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        flags = 4
+    assert len(payload) < 1 << 20
+    block = RamBlock("ram", 1 << 16)
+    rx = MultifdReceiver({"ram": block}, {"ram": bytearray(16)}, 1, UUID, method)
+    a, b = pair()
+    a.write_all(init_packet(UUID, 0) + raw_packet(flags=flags, normal=1, offsets=(0,), next_size=len(payload))
+                + payload)
+    rx.add_channel(b, b.read_exactly(4))
+    with pytest.raises(MultifdError, match="compressed bytes does not hold 4096 bytes"):
+        rx.sync()
+    rx.close()

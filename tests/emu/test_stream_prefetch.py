@@ -91,3 +91,44 @@ def test_a_read_error_reaches_the_loader():
     r = StreamReader(Broken(), prefetch=True)
     with pytest.raises(TransportError, match="Connection reset by peer"):
         r.read(1)
+
+
+def test_bytes_before_an_error_still_count_and_the_error_stays():
+    class Flaky:
+        def __init__(self) -> None:
+            self.r, self.w = os.pipe()
+            self.calls = 0
+
+        def readinto(self, buf) -> int:
+            self.calls += 1
+            if self.calls == 1:
+                buf[:100] = bytes(range(100))
+                os.write(self.w, b"x")  # "more is readable": the reader goes on in the same buffer
+                return 100
+            raise TransportError("Unable to read from socket: Connection reset by peer")
+
+        def read_exactly(self, n: int) -> bytes:
+            raise AssertionError
+
+        def read(self, n: int) -> bytes:
+            raise AssertionError
+
+        def fileno(self) -> int:
+            return self.r
+
+    r = StreamReader(Flaky(), prefetch=True)
+    assert r.read(100) == bytes(range(100))
+    for _ in range(2):  # not only once: a later read must not block
+        with pytest.raises(TransportError, match="Connection reset by peer"):
+            r.read(1)
+
+
+def test_close_ends_the_reading_thread():
+    src, dst = pair()
+    r = StreamReader(dst, prefetch=True)
+    src.write_all(b"abc")
+    assert r.read(3) == b"abc"
+    r.close()  # the thread was blocked reading more: shut down and joined
+    assert not r._ahead._thread.is_alive()
+    src.close()
+    dst.close()

@@ -93,3 +93,20 @@ def test_pause_before_switchover_then_cancel_leaves_the_source_running(tmp):
         src.qmp.cmd("migrate_cancel")
         assert statuses(src, until="cancelled") == ["cancelling", "cancelled"]
         assert src.qmp.cmd("query-status") == {"status": "running", "running": True}
+
+
+def test_writes_while_paused_before_switchover_still_reach_the_destination(tmp):
+    """QEMU syncs the dirty bitmap for the last time after the pause: memory changed in
+    pre-switchover (here through qtest) goes out with the END section."""
+    with QTestMachine(BIN, NONE16) as src, QTestMachine(BIN, [*NONE16, "-incoming", "defer"]) as dst:
+        src.qmp.cmd("migrate-set-capabilities",
+                    capabilities=[{"capability": "pause-before-switchover", "state": True}])
+        events_on(src)
+        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m.sock")
+        src.qmp.cmd("migrate", uri=f"unix:{tmp}/m.sock")
+        assert statuses(src, until="pre-switchover")[-1] == "pre-switchover"
+        src.qtest.memwrite(0x4000, b"written while paused")
+        src.qmp.cmd("migrate-continue", state="pre-switchover")
+        assert statuses(src) == ["device", "completed"]
+        wait_completed(dst)
+        assert dst.qtest.memread(0x4000, 20) == b"written while paused"

@@ -204,3 +204,22 @@ def test_multifd_flush_property_value_is_checked():
     assert out.returncode == 1
     assert out.stderr == ("emu-system-x86_64: can't apply global migration.multifd-flush-after-each-section=maybe: "
                           "Parameter 'multifd-flush-after-each-section' expects 'on' or 'off'\n")
+
+
+def test_a_failing_multifd_channel_fails_both_sides_instead_of_hanging(tmp):
+    """zlib on the source, none on the destination: the destination's channel refuses the packet
+    flags with QEMU's text and shuts every channel down, so the source's writes fail too."""
+    with QTestMachine(BIN, [*NONE64, "-S"]) as src, QTestMachine(BIN, [*NONE64, "-incoming", "defer"]) as dst:
+        fill_random(src, 3)
+        multifd_on(src, 2, "zlib")
+        multifd_on(dst, 2, "none")
+        events_on(dst)
+        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m.sock", **{"exit-on-error": False})
+        src.qmp.cmd("migrate", uri=f"unix:{tmp}/m.sock")
+        assert statuses(dst, until="failed")[-1] == "failed"
+        desc = dst.qmp.cmd("query-migrate")["error-desc"]
+        assert desc in ("multifd 0: flags received 2 flags expected 0", "multifd 1: flags received 2 flags expected 0")
+        while (status := src.qmp.cmd("query-migrate")["status"]) not in ("failed", "completed"):
+            pass
+        assert status == "failed"
+        assert src.qmp.cmd("query-status")["status"] == "prelaunch"  # as it was before the migration
