@@ -7,20 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from qtest.machine import QTestMachine, short_tempdir
+from qtest.machine import QTestMachine
 from qtest.migration import (TEST_MEM_START, ab_bootsect, check_guests_ram, guest_page_bytes,
                              wait_for_serial)
 
 BIN = shutil.which("emu-system-x86_64")
 pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
 pytest.importorskip("unicorn")
-
-
-@pytest.fixture
-def tmp():
-    d = Path(short_tempdir("ab"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def wait_for_text(path: Path, text: bytes, start: int = 0, timeout: float = 60) -> int:

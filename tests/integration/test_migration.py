@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qtest.machine import QTestMachine, short_tempdir
+from qtest.machine import QTestMachine
 from qtest.migration import ab_bootsect, check_guests_ram, wait_for_serial
 
 BIN = shutil.which("emu-system-x86_64")
@@ -25,13 +25,6 @@ def ab_args(tmp: Path) -> list[str]:
     """A pc machine booting the A-B guest (written to ``tmp``), as QEMU's migration tests run it."""
     image = ab_bootsect(tmp / "bootsect")
     return ["-accel", "tcg", "-M", "pc", "-m", "150M", "-drive", f"file={image},format=raw"]
-
-
-@pytest.fixture
-def tmp():
-    d = Path(short_tempdir("mg"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def events_on(m: QTestMachine) -> None:

@@ -2,23 +2,14 @@
 /migration/auto_converge on the live A-B guest, and migrate-continue's checks."""
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 import pytest
 from test_migration import BIN, NONE16, ab_args, events_on, needs_unicorn, statuses, wait_completed
 
-from qtest.machine import QTestMachine, short_tempdir
+from qtest.machine import QTestMachine
 from qtest.migration import check_guests_ram, wait_for_serial
 
 pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
-
-
-@pytest.fixture
-def tmp():
-    d = Path(short_tempdir("ac"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def set_params(m: QTestMachine, **params: object) -> None:

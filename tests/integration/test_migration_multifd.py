@@ -5,26 +5,17 @@ QEMU 7.2, whose per-section sync rule our side selects with
 from __future__ import annotations
 
 import random
-import shutil
-from pathlib import Path
 
 import pytest
 from test_migration import BIN, QEMU, ab_args, events_on, needs_unicorn, statuses, wait_completed
 
-from qtest.machine import QTestMachine, short_tempdir
+from qtest.machine import QTestMachine
 from qtest.migration import check_guests_ram, wait_for_serial
 
 pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
 needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed (CI installs it)")
 NONE64 = ["-M", "none", "-m", "64M"]
 FLUSH_EACH_SECTION = ["-global", "migration.multifd-flush-after-each-section=on"]
-
-
-@pytest.fixture
-def tmp():
-    d = Path(short_tempdir("mf"))  # short: unix socket paths must fit
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def multifd_on(m: QTestMachine, channels: int = 16, compression: str = "none") -> None:

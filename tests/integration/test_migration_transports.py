@@ -40,13 +40,6 @@ STABLE_RAM = ("total", "duplicate", "normal", "normal-bytes", "page-size", "tran
               "dirty-sync-count", "postcopy-requests", "dirty-pages-rate", "dirty-sync-missed-zero-copy")
 
 
-@pytest.fixture
-def tmp():
-    d = Path(short_tempdir("mt"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 def events_on(m: QTestMachine) -> None:
     m.qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
 

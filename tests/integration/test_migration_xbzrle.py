@@ -3,25 +3,17 @@ processes, and a multi-round XBZRLE stream from our saver loaded by ours and by 
 (which decodes XBZRLE without the capability)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 from test_migration import BIN, QEMU, ab_args, events_on, needs_unicorn, wait_completed
 
-from qtest.machine import QTestMachine, short_tempdir
+from qtest.machine import QTestMachine
 from qtest.migration import check_guests_ram, wait_for_serial
 
 pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
 NONE16 = ["-M", "none", "-m", "16M"]
 CACHE = 33554432
-
-
-@pytest.fixture
-def tmp():
-    d = Path(short_tempdir("xb"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def xbzrle_on(m: QTestMachine) -> None:

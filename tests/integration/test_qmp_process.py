@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,13 +17,6 @@ import pytest
 BIN = shutil.which("emu-system-x86_64")
 pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
 TIMEOUT = 30
-
-
-@pytest.fixture
-def tmp():
-    d = Path(tempfile.mkdtemp(prefix="qm", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
