@@ -21,9 +21,9 @@ from emu.migration.address import MigrationAddress
 from emu.migration.multifd import MultifdError, MultifdReceiver, MultifdSender
 from emu.migration.params import MigrationConfig
 from emu.migration.precopy import PrecopySaver, RateLimiter
-from emu.migration.throttle import AutoConverge
 from emu.migration.stream import (QEMU_VM_FILE_MAGIC, QEMU_VM_SECTION_PART, StreamError, StreamReader, StreamWriter,
                                   load_stream)
+from emu.migration.throttle import AutoConverge
 from emu.migration.transport import Listener, TransportError, listen_incoming, open_outgoing
 
 ACTIVE = frozenset({"setup", "active", "postcopy-active", "postcopy-paused", "postcopy-recover",
@@ -344,7 +344,8 @@ class MigrationManager:
         self.stats = {
             "transferred": transferred, "remaining": 0, "total": total,
             "duplicate": int(counts.get("zero_pages", 0)), "normal": normal, "normal-bytes": normal * PAGE,
-            "dirty-pages-rate": self.autoconverge.dirty_pages_rate, "mbps": transferred * 8 / 1e6 / elapsed, "dirty-sync-count": self.sync_count,
+            "dirty-pages-rate": self.autoconverge.dirty_pages_rate, "mbps": transferred * 8 / 1e6 / elapsed,
+            "dirty-sync-count": self.sync_count,
             "postcopy-requests": 0, "page-size": PAGE,
             "multifd-bytes": int(counts.get("multifd_bytes", 0)),
             "pages-per-second": int((normal + int(counts.get("zero_pages", 0))) / elapsed),

@@ -84,19 +84,14 @@ class PrecopySaver:
         """Everything written so far: the main stream and the multifd channels."""
         return self.w.offset + (self.multifd.bytes_sent if self.multifd is not None else 0)
 
-    def _sync_point(self, end_of_round: bool) -> bytes:
-        """Before a RAM EOS: the multifd sync (and, per round, the MULTIFD_FLUSH record)."""
+    def _sync_point(self) -> bytes:
+        """Before a RAM EOS: the multifd sync, and the MULTIFD_FLUSH record in per-round mode (each
+        section here ends a round: START, every PART, END)."""
         if self.multifd is None:
-            return b""
-        if self.flush_after_each_section:
-            self.w.flush()
-            self.multifd.sync()
-            return b""
-        if not end_of_round:
             return b""
         self.w.flush()
         self.multifd.sync()
-        return struct.pack(">Q", RAM_SAVE_FLAG_MULTIFD_FLUSH)
+        return b"" if self.flush_after_each_section else struct.pack(">Q", RAM_SAVE_FLAG_MULTIFD_FLUSH)
 
     def start(self) -> None:
         w = self.w
@@ -111,7 +106,7 @@ class PrecopySaver:
         for b in self.blocks:
             body += _counted(b.name) + struct.pack(">Q", b.used_length)
         w.write(_section_header(QEMU_VM_SECTION_START, RAM_SECTION_ID, RAM_IDSTR, 0, RAM_VERSION) + body)
-        w.write(self._sync_point(end_of_round=True) + struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(RAM_SECTION_ID))
+        w.write(self._sync_point() + struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(RAM_SECTION_ID))
         w.flush()  # the destination's channels wait at this sync point until it reads the FLUSH
         for b in self.blocks:
             b.fetch_and_clear_dirty()  # start tracking: the first round sends every page anyway
@@ -158,7 +153,7 @@ class PrecopySaver:
                             w.write(encode_page_records(block, chunk, m, zmap, named))
                         named = False
                     throttle(self.bytes_sent - before)
-        w.write(self._sync_point(end_of_round=True) + struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(RAM_SECTION_ID))
+        w.write(self._sync_point() + struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(RAM_SECTION_ID))
         w.flush()
         return self.bytes_sent - before
 
