@@ -127,6 +127,16 @@ class _Decompressor:
         return out
 
 
+def _each(channels: Sequence[Any], op: str) -> None:
+    """``shutdown`` or ``close`` on every channel, best effort: one broken channel must not keep
+    the others open."""
+    for c in channels:
+        try:
+            getattr(c, op)()
+        except Exception:  # noqa: BLE001
+            pass
+
+
 # ================================================================ sender
 
 class _Job:
@@ -254,11 +264,7 @@ class MultifdSender:
 
     def shutdown(self) -> None:
         """Unblocks every channel (cancel): writes fail, threads end."""
-        for c in self.channels:
-            try:
-                c.shutdown()
-            except Exception:  # noqa: BLE001 - best effort on a broken channel
-                pass
+        _each(self.channels, "shutdown")
 
     def close(self) -> None:
         """Ends the threads (after what is queued) and closes the channels."""
@@ -269,11 +275,7 @@ class MultifdSender:
                 self.shutdown()
         for t in self._threads:
             t.join(5)
-        for c in self.channels:
-            try:
-                c.close()
-            except Exception:  # noqa: BLE001
-                pass
+        _each(self.channels, "close")
 
 
 # ================================================================ receiver
@@ -359,11 +361,7 @@ class MultifdReceiver:
                 return
             self.error = message
             self._cond.notify_all()
-        for c in self._chans:
-            try:
-                c.shutdown()
-            except Exception:  # noqa: BLE001 - best effort on a broken channel
-                pass
+        _each(self._chans, "shutdown")
         if self.on_error is not None:
             self.on_error()
 
@@ -458,15 +456,7 @@ class MultifdReceiver:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        for c in self._chans:
-            try:
-                c.shutdown()
-            except Exception:  # noqa: BLE001
-                pass
+        _each(self._chans, "shutdown")
         for t in self._threads:
             t.join(5)
-        for c in self._chans:
-            try:
-                c.close()
-            except Exception:  # noqa: BLE001
-                pass
+        _each(self._chans, "close")
