@@ -23,6 +23,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from emu import cpu_state
 from emu._native import ffi, lib
 
 if TYPE_CHECKING:
@@ -60,6 +61,11 @@ class VCPU:
         import unicorn
         from unicorn import x86_const as x86
 
+        try:
+            cpu_state.check_layout(unicorn)
+        except cpu_state.CpuStateError as e:
+            raise VCPUError(str(e)) from None
+        self._unicorn = unicorn
         self.vm = vm
         self.machine = vm.machine
         self._x86 = x86
@@ -158,29 +164,20 @@ class VCPU:
         self.error = None
 
     # ---- state for migration (the "cpu" section of our pc streams)
-    _REGS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags", "cr0", "cr3", "cr4",
-             "cs", "ds", "es", "fs", "gs", "ss")
-
-    def get_state(self) -> dict[str, int]:
-        """Registers a destination needs to continue the guest (the vCPU must be paused)."""
-        x86 = self._x86
-        state = {r: int(self.uc.reg_read(getattr(x86, f"UC_X86_REG_{r.upper()}"))) for r in self._REGS}
-        _, state["gdt_base"], state["gdt_limit"], _ = self.uc.reg_read(x86.UC_X86_REG_GDTR)
-        _, state["idt_base"], state["idt_limit"], _ = self.uc.reg_read(x86.UC_X86_REG_IDTR)
+    def get_state(self) -> dict[str, Any]:
+        """The full architectural state (``emu.cpu_state``) plus the halted and pending-interrupt
+        flags; the vCPU must be paused."""
+        state: dict[str, Any] = cpu_state.read_state(self.uc, self._unicorn)
         state["halted"] = int(self._halted)
+        state["interrupt_request"] = int(self._ctl.want_if)
         return state
 
-    def set_state(self, state: dict[str, int]) -> None:
-        """Loads registers saved by ``get_state``: descriptor tables and control registers first,
-        so that segment selectors load their descriptors from the (already migrated) GDT."""
-        x86 = self._x86
-        uc = self.uc
-        uc.reg_write(x86.UC_X86_REG_GDTR, (0, state["gdt_base"], state["gdt_limit"], 0))
-        uc.reg_write(x86.UC_X86_REG_IDTR, (0, state["idt_base"], state["idt_limit"], 0))
-        for r in ("cr0", "cr3", "cr4", "cs", "ss", "ds", "es", "fs", "gs", "eax", "ebx", "ecx", "edx", "esi",
-                  "edi", "ebp", "esp", "eflags", "eip"):
-            uc.reg_write(getattr(x86, f"UC_X86_REG_{r.upper()}"), state[r])
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Loads a state saved by ``get_state``, in any mode (real, 16/32-bit protected, long),
+        hidden segment parts included; the vCPU must be paused."""
+        cpu_state.write_state(self.uc, self._unicorn, state)
         self._halted = bool(state.get("halted"))
+        self._ctl.want_if = 1 if state.get("interrupt_request") else 0
         self.error = None
 
     # ---- interrupts

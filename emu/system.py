@@ -5,6 +5,7 @@ is below them. ``run_system`` returns the process exit status.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
@@ -106,7 +107,12 @@ class System:
             if acc == "qtest":
                 return True
             if acc == "tcg":
-                return False
+                if importlib.util.find_spec("unicorn") is not None:
+                    return False
+                # the vCPU backend is a declared dependency; without it TCG is not available
+                sys.stderr.write(f"{self.prog}: -accel tcg: invalid accelerator tcg "
+                                 "(the vCPU backend, Python package 'unicorn', is not installed)\n")
+                continue
             if acc == "kvm":
                 # KVM is never used by this emulator: report it unavailable as QEMU does when
                 # kvm_init fails, then try the next accelerator.
@@ -118,7 +124,8 @@ class System:
                     sys.stderr.write(f"{self.prog}: failed to initialize kvm: Operation not supported\n")
                 continue
             raise StartupError(f"-accel {acc}: invalid accelerator {acc}")
-        raise StartupError("no accelerator found")
+        # each one that failed said why; QEMU adds "no accelerator found" only when none did
+        raise StartupError("")
 
     def _chardev(self, spec: str, owner: str) -> Chardev:
         """A chardev from a legacy spec or ``chardev:ID``."""
@@ -388,7 +395,7 @@ def run_system(cfg: Config, prog: str) -> int:
         return 0
     except (StartupError, ChardevError) as e:
         prefix = f"{prog}: " if getattr(e, "prefixed", True) else ""
-        text = "".join(f"{prefix}{line}\n" for line in str(e).split("\n"))
+        text = "".join(f"{prefix}{line}\n" for line in str(e).split("\n")) if str(e) else ""
         hint = getattr(e, "hint", "")
         sys.stderr.write(text + (hint + "\n" if hint else ""))
         return 1

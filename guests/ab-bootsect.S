@@ -7,7 +7,8 @@
 #   * loaded at 0x7c00 and entered in 16-bit real mode at 0000:7c00 (DL = 0x80, ignored);
 #     uses no BIOS service at all;
 #   * builds a flat 4 GiB GDT, enables A20 through port 0x92 ("fast A20"), enters 32-bit
-#     protected mode, loads flat data segments and a stack just below 0x7c00;
+#     protected mode, loads flat DS/FS/GS and leaves SS and ES as real mode left them (a 16-bit
+#     stack just below 0x7c00), as QEMU's guest does;
 #   * prints 'A' once on COM1 (0x3f8);
 #   * then forever: increments byte 0 of every 4 KiB page in [MEM_START, MEM_END) - one "pass" -
 #     and after every PASSES_PER_B passes prints 'B' on COM1.
@@ -72,13 +73,14 @@ _start:
 # ---------------------------------------------------------------------------------------------
         .code32
 pm_entry:
+        # SS and ES keep what real mode loaded (selector 0, base 0, limit 64 KiB, 16-bit), as in
+        # QEMU's guest: a state no selector load can recreate, which migration must carry as is.
+        # The stack is therefore 16-bit: SS:SP, just below the sector.
         movw    $DATA_SEL, %ax
         movw    %ax, %ds
-        movw    %ax, %es
         movw    %ax, %fs
         movw    %ax, %gs
-        movw    %ax, %ss
-        movl    $LOAD_ADDR, %esp           # stack grows down from just below the sector
+        movl    $LOAD_ADDR, %esp
 
         movb    $'A', %al
         call    putc

@@ -49,7 +49,6 @@ pytestmark = [
     pytest.mark.subprocess,
     pytest.mark.qemu,
     pytest.mark.skipif(not os.path.exists(QEMU), reason="real QEMU 7.2 (%s) is not installed" % QEMU),
-    pytest.mark.skipif(OURS is None, reason="emu-system-x86_64 is not installed"),
 ]
 
 EOF = "<EOF>"

@@ -11,9 +11,10 @@ from emu.vm import VM
 
 
 class PcGuest:
-    """A pc machine with ``ram`` bytes of RAM booting ``image`` (sector 0), running at once."""
+    """A pc machine with ``ram`` bytes of RAM booting ``image`` (sector 0), running at once
+    unless ``start_paused``."""
 
-    def __init__(self, image: bytes, ram: int) -> None:
+    def __init__(self, image: bytes, ram: int, start_paused: bool = False) -> None:
         from emu.cpu import VCPU
 
         self.machine = find_machine("pc")(ram, manual_clock=False)
@@ -22,7 +23,7 @@ class PcGuest:
         self.changed = threading.Condition()
         self.machine.add_serial(0, self._out)
         self.machine.boot()
-        self.vm = VM(self.machine, start_paused=False, qtest_accel=False)
+        self.vm = VM(self.machine, start_paused=start_paused, qtest_accel=False)
         self.vcpu = VCPU(self.vm)
         self.vm.attach_vcpu(self.vcpu)
 

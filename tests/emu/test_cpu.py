@@ -9,7 +9,6 @@ import pytest
 from pc_guest import PcGuest
 from qtest.migration import AB_BOOTSECT, AB_PASSES_OFFSET, PAGE, TEST_MEM_END, TEST_MEM_START
 
-pytest.importorskip("unicorn")
 
 
 class Guest(PcGuest):

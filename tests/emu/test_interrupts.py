@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("unicorn")
 
 from pc_guest import PcGuest  # noqa: E402
 

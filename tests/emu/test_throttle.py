@@ -7,7 +7,6 @@ lasts 99 s, far beyond any wait in the test.
 """
 from __future__ import annotations
 
-import importlib.util
 import struct
 from collections.abc import Callable
 from itertools import pairwise
@@ -18,7 +17,6 @@ import pytest
 from emu.migration.params import MigrationConfig
 from emu.migration.throttle import AutoConverge
 
-needs_unicorn = pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="needs unicorn")
 
 PAGE = 4096
 MB = 1_000_000
@@ -260,13 +258,11 @@ class Guest:
 
 @pytest.fixture
 def guest():
-    pytest.importorskip("unicorn")
     g = Guest()
     yield g
     g.close()
 
 
-@needs_unicorn
 def test_percentage_is_clamped_and_zero_turns_it_off(guest):
     vcpu = guest.vcpu
     assert vcpu.throttle_percentage == 0 and vcpu._throttle_thread is None
@@ -278,14 +274,12 @@ def test_percentage_is_clamped_and_zero_turns_it_off(guest):
     assert vcpu.throttle_percentage == 0
 
 
-@needs_unicorn
 def test_unthrottled_guest_never_sleeps(guest):
     guest.wait_b(3)
     assert guest.vcpu.throttle_sleeps == 0 and guest.vcpu.throttle_sleep_ns == 0
     assert guest.vcpu._throttle_thread is None
 
 
-@needs_unicorn
 def test_throttled_guest_sleeps_between_slices_and_still_progresses(guest):
     vcpu = guest.vcpu
     guest.wait_b(1)
@@ -298,7 +292,6 @@ def test_throttled_guest_sleeps_between_slices_and_still_progresses(guest):
     assert guest.pc.serial.startswith(b"AB")
 
 
-@needs_unicorn
 def test_set_throttle_zero_ends_the_sleep_and_stops_sleeping(guest):
     vcpu = guest.vcpu
     guest.wait_b(1)
@@ -317,7 +310,6 @@ def test_set_throttle_zero_ends_the_sleep_and_stops_sleeping(guest):
         assert vcpu._throttle_cond.wait_for(lambda: vcpu._throttle_thread is None, 30)  # timer gone
 
 
-@needs_unicorn
 def test_stop_during_a_throttle_sleep_returns_and_cont_runs_at_once(guest):
     vcpu = guest.vcpu
     guest.wait_b(1)
@@ -334,7 +326,6 @@ def test_stop_during_a_throttle_sleep_returns_and_cont_runs_at_once(guest):
     assert vcpu.throttle_percentage == 99  # a pause does not change the throttle
 
 
-@needs_unicorn
 def test_reset_during_a_throttle_sleep(guest):
     vcpu = guest.vcpu
     guest.wait_b(1)
@@ -345,7 +336,6 @@ def test_reset_during_a_throttle_sleep(guest):
     guest.pc.wait_until(lambda out: out.count(b"A") == 2, 30)  # restarted without waiting 99 s
 
 
-@needs_unicorn
 def test_quit_during_a_throttle_sleep_ends_the_vcpu_thread(guest):
     vcpu = guest.vcpu
     guest.wait_b(1)
@@ -358,7 +348,6 @@ def test_quit_during_a_throttle_sleep_ends_the_vcpu_thread(guest):
         assert vcpu._throttle_cond.wait_for(lambda: vcpu._throttle_thread is None, 30)
 
 
-@needs_unicorn
 def test_pausing_while_throttled_is_consistent(guest):
     """Stops still land on block boundaries with throttle ticks in between (memory check)."""
     vcpu = guest.vcpu

@@ -12,8 +12,6 @@ from qtest.migration import (TEST_MEM_START, ab_bootsect, check_guests_ram, gues
                              wait_for_serial)
 
 BIN = shutil.which("emu-system-x86_64")
-pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
-pytest.importorskip("unicorn")
 
 
 def wait_for_text(path: Path, text: bytes, start: int = 0, timeout: float = 60) -> int:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 
 import pytest
-from test_migration import BIN, NONE16, ab_args, events_on, needs_unicorn, statuses, wait_completed
+from test_migration import BIN, NONE16, ab_args, events_on, statuses, wait_completed
 
 from qtest.machine import QTestMachine
 from qtest.migration import check_guests_ram, wait_for_serial
 
-pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
 
 
 def set_params(m: QTestMachine, **params: object) -> None:
@@ -19,7 +18,6 @@ def set_params(m: QTestMachine, **params: object) -> None:
     assert {k: got[k] for k in params} == params
 
 
-@needs_unicorn
 def test_auto_converge_throttles_the_guest_and_the_migration_completes(tmp):
     """/migration/auto_converge: initial 5, increment 25, max 95, a bandwidth the guest outruns;
     the throttle appears while the source still runs (no STOP yet), stays within max through

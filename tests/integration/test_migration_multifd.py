@@ -7,12 +7,11 @@ from __future__ import annotations
 import random
 
 import pytest
-from test_migration import BIN, QEMU, ab_args, events_on, needs_unicorn, statuses, wait_completed
+from test_migration import BIN, QEMU, ab_args, events_on, statuses, wait_completed
 
 from qtest.machine import QTestMachine
 from qtest.migration import check_guests_ram, wait_for_serial
 
-pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
 needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed (CI installs it)")
 NONE64 = ["-M", "none", "-m", "64M"]
 FLUSH_EACH_SECTION = ["-global", "migration.multifd-flush-after-each-section=on"]
@@ -43,7 +42,6 @@ def run_live(src: QTestMachine, **migrate_args: object) -> dict:
     return wait_completed(src, timeout=120)
 
 
-@needs_unicorn
 @pytest.mark.parametrize("case", ["uri/plain/none", "channels/plain/none", "plain/zero-page/legacy",
                                   "plain/zero-page/none", "plain/zlib", "plain/zstd"])
 def test_multifd_tcp_live_ab_guest(tmp, case):
@@ -82,7 +80,6 @@ def test_multifd_tcp_live_ab_guest(tmp, case):
         check_guests_ram(dst.qtest)
 
 
-@needs_unicorn
 def test_multifd_tcp_cancel_then_migrate_again(tmp):
     """/migration/multifd/tcp/plain/cancel: cancel mid-stream; the first destination exits 1; a new
     destination takes a second migration to completion."""

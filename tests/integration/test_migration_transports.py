@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 from qtest.machine import QTestMachine, short_tempdir
 
 BIN = shutil.which("emu-system-x86_64")
-pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
 
 RAM = 16 << 20
 PAGE = 4096

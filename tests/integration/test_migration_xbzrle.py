@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_migration import BIN, QEMU, ab_args, events_on, needs_unicorn, wait_completed
+from test_migration import BIN, QEMU, ab_args, events_on, wait_completed
 
 from qtest.machine import QTestMachine
 from qtest.migration import check_guests_ram, wait_for_serial
 
-pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
 NONE16 = ["-M", "none", "-m", "16M"]
 CACHE = 33554432
 
@@ -22,7 +21,6 @@ def xbzrle_on(m: QTestMachine) -> None:
     m.qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "xbzrle", "state": True}])
 
 
-@needs_unicorn
 def test_precopy_unix_xbzrle_live_ab_guest(tmp):
     """/migration/precopy/unix/xbzrle: xbzrle on both sides, two passes before converging; the
     guest's one-byte-per-page increments travel as XBZRLE deltas and the memory check passes."""

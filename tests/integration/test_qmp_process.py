@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 BIN = shutil.which("emu-system-x86_64")
-pytestmark = pytest.mark.skipif(BIN is None, reason="emu-system-x86_64 is not installed")
 TIMEOUT = 30
 
 
