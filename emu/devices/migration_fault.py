@@ -1,15 +1,18 @@
-"""``-device migration-fault,stage=...``: a test-only device whose migration setup fails.
+"""``-device migration-fault,stage=...``: a test-only device whose migration fails on purpose.
 
 QEMU's setup steps (``save_setup``/``load_setup`` of each handler) return an ``Error`` rather than
 asserting; this device lets tests prove that path here: the migration ends ``failed`` with the
-device's message as ``error-desc`` and the source guest keeps running.
+device's message as ``error-desc`` and the source guest keeps running. The ``save-state`` and
+``post-load`` stages raise an unexpected exception instead (as a bug would), in the source's
+device-state collection and in the destination's post-load, to prove that a migration thread
+that raises still ends its migration ``failed`` and never hangs either side.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 DRIVER = "migration-fault"
-STAGES = ("save-setup", "load-setup")
+STAGES = ("save-setup", "load-setup", "save-state", "post-load")
 
 
 class MigrationSetupError(Exception):
@@ -25,7 +28,9 @@ class MigrationFault:
     def check(self, stage: str) -> None:
         """Raises the injected error when ``stage`` is the configured one."""
         if stage == self.stage:
-            raise MigrationSetupError(f"{DRIVER}: injected {stage.replace('-', '_')} failure")
+            if stage.endswith("-setup"):
+                raise MigrationSetupError(f"{DRIVER}: injected {stage.replace('-', '_')} failure")
+            raise RuntimeError(f"{DRIVER}: injected {stage} exception")
 
 
 def parse_fault(opts: dict[str, str]) -> MigrationFault:

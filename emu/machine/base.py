@@ -114,13 +114,17 @@ class Machine(QObject):
         """SaveStateEntry handlers (``timer`` on every board, as QEMU's ``-M none`` has)."""
         from emu.migration.vmstate import timer_entry
 
+        if saving:
+            self.migration_setup("save-state")
         return [timer_entry()]
 
     def migration_loaded(self, entries: list) -> None:
         """Applies the loaded sections (after RAM is in place)."""
+        self.migration_setup("post-load")
 
     def migration_setup(self, stage: str) -> None:
-        """Each handler's ``save-setup``/``load-setup`` step; raises ``MigrationSetupError``."""
+        """Each handler's ``save-setup``/``load-setup`` step (raises ``MigrationSetupError``), and
+        the test-only ``save-state``/``post-load`` fault points."""
         for fault in self.migration_faults:
             fault.check(stage)
 

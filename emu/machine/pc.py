@@ -150,6 +150,7 @@ class PcMachine(Machine):
         return entries
 
     def migration_loaded(self, entries: list) -> None:
+        super().migration_loaded(entries)
         vcpu = getattr(self.cpus[0], "vcpu", None)
         for e in entries:
             if e.idstr == "cpu" and vcpu is not None and e.state:

@@ -123,7 +123,7 @@ class MigrationManager:
             self._set("setup")
         if addr.transport == "socket" and addr.socket.type in ("inet", "unix", "vsock"):
             # QEMU connects these asynchronously: migrate succeeds, a failure shows up as "failed"
-            threading.Thread(target=self._connect_and_run, args=(addr,), name="migration", daemon=True).start()
+            self._spawn("migration", self._connect_and_run, addr)
             return
         try:
             channel = self._open(addr)
@@ -132,7 +132,29 @@ class MigrationManager:
             self._set("failed")
             raise MigrationError(str(e)) from None
         self._channel = channel
-        threading.Thread(target=self._run_outgoing, args=(channel,), name="migration", daemon=True).start()
+        self._spawn("migration", self._run_outgoing, channel)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        """Runs a migration thread that can never leave its side hanging: an exception that its
+        own handling missed ends that side ``failed`` with the error (and, incoming, exits as
+        ``exit-on-error`` says)."""
+        incoming = name == "migration-incoming"
+
+        def guarded() -> None:
+            try:
+                target(*args)
+            except Exception as e:  # noqa: BLE001 - reported, and the migration ends
+                sys.stderr.write(f"{self.prog}: {name}: unexpected {type(e).__name__}: {e}\n")
+                if incoming:
+                    if self.in_status not in ("completed", "failed"):
+                        self.incoming_listening = False
+                        self._incoming_failed([f"load of migration failed: {e}"], args[-1])
+                elif self.status in ACTIVE:
+                    self._throttle_stop()
+                    self.error_desc = str(e)
+                    self._set("failed")
+
+        threading.Thread(target=guarded, name=name, daemon=True).start()
 
     def _open(self, addr: MigrationAddress) -> Any:
         return open_outgoing(addr, named_fds=self.named_fds(), fdsets=self.fdsets,
@@ -205,7 +227,7 @@ class MigrationManager:
             self._throttle_check(0, saver)  # the setup sync starts the first measuring period
             self._pass(1)  # the setup sync: every page is dirty for the bulk round
             self._set("active")
-            limiter = RateLimiter(self.config.parameter("max-bandwidth"), self._cancel.is_set)
+            limiter = RateLimiter(self.config.parameter("max-bandwidth"), self._cancel.is_set, channel.peer_gone)
             dirty = PrecopySaver.all_pages(machine.ram_blocks)
             # QEMU's estimate: bytes over time in windows of at least 100 ms (BUFFER_DELAY); until
             # the first window closes it is 0, so only a clean bitmap completes
@@ -218,7 +240,7 @@ class MigrationManager:
                 limiter.limit = self.config.parameter("max-bandwidth")
                 limiter.reset_round()
                 saver.generation = self.sync_count
-                saver.send_pages(dirty, QEMU_VM_SECTION_PART, limiter)
+                saver.send_pages(dirty, QEMU_VM_SECTION_PART, limiter, limiter.chunk_pages)
                 saver.xbzrle_started = True  # a round is complete: XBZRLE from now on
                 now = time.monotonic()
                 if now - window_start >= RateLimiter.WINDOW:
@@ -385,8 +407,7 @@ class MigrationManager:
         self.incoming_listening = addr.transport == "socket" and addr.socket.type in ("inet", "unix", "vsock")
         self.socket_addresses = listener.socket_address()
         self._set("setup", incoming=True)
-        threading.Thread(target=self._run_incoming, args=(listener, exit_on_error), name="migration-incoming",
-                         daemon=True).start()
+        self._spawn("migration-incoming", self._run_incoming, listener, exit_on_error)
 
     def _run_incoming(self, listener: Listener, exit_on_error: bool) -> None:
         machine = self.vm.machine

@@ -42,6 +42,54 @@ def _zero_records(pages: np.ndarray, name: bytes | None) -> bytes:
     return first + out[9:]
 
 
+class RateLimiter:
+    """QEMU's migration rate limit: at most ``bytes_per_sec`` per 100 ms window (0: unlimited).
+
+    While it waits for the next window it watches the peer (``peer_gone(timeout)``, e.g.
+    ``Channel.peer_gone``), so that a destination that died is noticed at once, not after the
+    wait: the next write then fails with the channel's error."""
+
+    WINDOW = 0.1
+    MAX_CHUNK_PAGES = 4096
+
+    def __init__(self, bytes_per_sec: int, cancelled: Callable[[], bool],
+                 peer_gone: Callable[[float], bool] | None = None) -> None:
+        self.limit = bytes_per_sec
+        self.cancelled = cancelled
+        self.peer_gone = peer_gone
+        self.window_start = time.monotonic()
+        self.window_bytes = 0
+        self.last_total = 0
+
+    @property
+    def chunk_pages(self) -> int:
+        """How many pages go out between two checks: about one window's budget, so that a low
+        limit paces the stream smoothly instead of in bursts of many seconds."""
+        if not self.limit:
+            return self.MAX_CHUNK_PAGES
+        return max(1, min(self.MAX_CHUNK_PAGES, int(self.limit * self.WINDOW) // 4096))
+
+    def __call__(self, total: int) -> None:
+        self.window_bytes += total - self.last_total
+        self.last_total = total
+        if not self.limit:
+            return
+        budget = self.limit * self.WINDOW
+        while self.window_bytes >= budget and not self.cancelled():
+            now = time.monotonic()
+            if now - self.window_start >= self.WINDOW:
+                self.window_start, self.window_bytes = now, self.window_bytes - budget
+                continue
+            delay = self.window_start + self.WINDOW - now  # the rate limit itself
+            if self.peer_gone is None:
+                time.sleep(delay)
+            elif self.peer_gone(delay):
+                return  # the next write reports the broken channel
+
+    def reset_round(self) -> None:
+        self.last_total = 0
+
+
 class PrecopySaver:
     """Writes one precopy stream; ``send_pages`` is called once per round.
 
@@ -119,8 +167,10 @@ class PrecopySaver:
     def all_pages(blocks: Sequence[Any]) -> dict[Any, np.ndarray]:
         return {b: np.full((b.pages + 63) // 64, np.uint64(0xFFFFFFFFFFFFFFFF), dtype=np.uint64) for b in blocks}
 
-    def send_pages(self, dirty: dict[Any, np.ndarray], kind: int, throttle: Callable[[int], None]) -> int:
-        """One PART (or the END) section with every page set in ``dirty``; returns bytes written."""
+    def send_pages(self, dirty: dict[Any, np.ndarray], kind: int, throttle: Callable[[int], None],
+                   chunk_pages: int = RateLimiter.MAX_CHUNK_PAGES) -> int:
+        """One PART (or the END) section with every page set in ``dirty``, ``throttle`` called
+        with the bytes written so far after every ``chunk_pages`` pages; returns bytes written."""
         w = self.w
         before = self.bytes_sent
         w.write(_section_header(kind, RAM_SECTION_ID))
@@ -134,8 +184,8 @@ class PrecopySaver:
             named = True
             for run in np.split(pages, breaks):
                 first, n = int(run[0]), len(run)
-                for chunk in range(first, first + n, 4096):
-                    m = min(4096, first + n - chunk)
+                for chunk in range(first, first + n, chunk_pages):
+                    m = min(chunk_pages, first + n - chunk)
                     if self.multifd is not None:
                         named = self._send_multifd(block, chunk, m, named)
                     elif self.xbzrle is not None:
@@ -213,32 +263,3 @@ class PrecopySaver:
         js = json.dumps({"page_size": PAGE_SIZE, "devices": desc}).encode()
         self.w.write(struct.pack(">BI", QEMU_VM_VMDESCRIPTION, len(js)) + js)
         self.w.flush()
-
-
-class RateLimiter:
-    """QEMU's migration rate limit: at most ``bytes_per_sec`` per 100 ms window (0: unlimited)."""
-
-    WINDOW = 0.1
-
-    def __init__(self, bytes_per_sec: int, cancelled: Callable[[], bool]) -> None:
-        self.limit = bytes_per_sec
-        self.cancelled = cancelled
-        self.window_start = time.monotonic()
-        self.window_bytes = 0
-        self.last_total = 0
-
-    def __call__(self, total: int) -> None:
-        self.window_bytes += total - self.last_total
-        self.last_total = total
-        if not self.limit:
-            return
-        budget = self.limit * self.WINDOW
-        while self.window_bytes >= budget and not self.cancelled():
-            now = time.monotonic()
-            if now - self.window_start >= self.WINDOW:
-                self.window_start, self.window_bytes = now, self.window_bytes - budget
-                continue
-            time.sleep(self.window_start + self.WINDOW - now)  # the rate limit itself
-
-    def reset_round(self) -> None:
-        self.last_total = 0

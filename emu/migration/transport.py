@@ -258,6 +258,20 @@ class Channel:
                 raise TransportError(_errno_text(f"Unable to write to {self.kind}", err)) from None
             view = view[k:]
 
+    def peer_gone(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds; True as soon as the peer has hung up or reset the
+        connection (or this channel was shut down), so that a sender pacing itself notices a dead
+        destination at once. A peer that merely sends data does not count."""
+        if self._shut:
+            return True
+        poller = select.poll()
+        poller.register(self._wfd, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+        poller.register(self._wake_r, select.POLLIN)
+        try:
+            return bool(poller.poll(max(0, int(timeout * 1000)))) or self._shut
+        except InterruptedError:
+            return self._shut
+
     def c_io(self, op: Callable[[int, int], int], write: bool = True) -> int:
         """Runs a C routine ``op(fd, wake_fd)`` that does this channel's I/O itself (writev/readv
         on the fd, waiting with poll() and giving up with -ECANCELED when shut down) and returns
