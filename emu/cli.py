@@ -321,7 +321,8 @@ def prog_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point; returns (and exits with) the process status."""
+    """Console-script entry point. Returns the status for ``-version``/``-help``/command-line
+    errors; once a system ran, the process ends here with its status (``os._exit``)."""
     args = sys.argv[1:] if argv is None else argv
     prog = prog_name()
     try:
@@ -337,7 +338,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from emu.system import run_system
 
-    return run_system(cfg, prog)
+    status = run_system(cfg, prog)
+    # Exit at once, as QEMU does: Python's finalization (unmapping guest RAM, module teardown)
+    # took up to 0.2 s, a window in which a SIGTERM (libqtest's kill_qemu after a failed
+    # migration) found the default action back and killed the process by the signal.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,11 @@ from emu.migration.transport import Listener, TransportError, listen_incoming, o
 ACTIVE = frozenset({"setup", "active", "postcopy-active", "postcopy-paused", "postcopy-recover",
                     "postcopy-recover-setup", "pre-switchover", "device", "wait-unplug", "cancelling"})
 PAGE = 4096
+#: what switching on does something here; every other capability is refused when set (postcopy,
+#: background snapshots, return path, block and RDMA features...). mapped-ram is refused at
+#: migrate time, with its own message.
+IMPLEMENTED_CAPABILITIES = frozenset({"events", "xbzrle", "auto-converge", "multifd", "pause-before-switchover",
+                                      "validate-uuid", "mapped-ram"})
 #: mapped-ram's file layout (pages at fixed offsets) is not implemented: refuse rather than write
 #: or expect a plain stream that a QEMU with the capability would misread
 MAPPED_RAM_UNSUPPORTED = "mapped-ram migration is not supported by this emulator"
@@ -59,7 +64,7 @@ class MigrationManager:
     def __init__(self, vm: Any, *, named_fds: Callable[[], Any], fdsets: Any,
                  fatal: Callable[[int], None], prog: str) -> None:
         self.vm = vm
-        self.config = MigrationConfig()
+        self.config = MigrationConfig(implemented=IMPLEMENTED_CAPABILITIES)
         self.named_fds = named_fds
         self.fdsets = fdsets
         self.fatal = fatal  # ends the process with a status (exit-on-error)

@@ -182,7 +182,10 @@ class MigrationConfig:
 
     def __init__(self, *, replication: bool = False, kvm_dirty_ring: bool = False,
                  postcopy_unsupported_reason: str | None = None, write_tracking: str = "compatible",
-                 direct_io_supported: bool = True, target_page_size: int = TARGET_PAGE_SIZE) -> None:
+                 direct_io_supported: bool = True, target_page_size: int = TARGET_PAGE_SIZE,
+                 implemented: frozenset[str] | None = None) -> None:
+        """``implemented``: the capabilities the emulator really has; once QEMU's own checks pass,
+        switching on any other one is refused (None: every one, the pure QEMU model)."""
         if write_tracking not in WRITE_TRACKING_LEVELS:
             raise ValueError(f"write_tracking must be one of {WRITE_TRACKING_LEVELS}")
         self.replication = replication
@@ -191,6 +194,7 @@ class MigrationConfig:
         self.write_tracking = write_tracking
         self.direct_io_supported = direct_io_supported
         self.target_page_size = target_page_size
+        self.implemented = implemented
         self.capabilities: dict[str, bool] = dict.fromkeys(CAPABILITIES, False)
         self.parameters: dict[str, Any] = dict(DEFAULT_PARAMETERS)  # + block-bitmap-mapping once set
 
@@ -221,6 +225,10 @@ class MigrationConfig:
         for entry in caps:
             new[entry["capability"]] = bool(entry["state"])
         self._check_caps(self.capabilities, new, incoming_started, inmigrate)
+        if self.implemented is not None:
+            for cap in CAPABILITIES:
+                if new[cap] and not self.capabilities[cap] and cap not in self.implemented:
+                    raise QmpError(f"Capability '{cap}' is not supported by this emulator")
         self.capabilities = new
 
     def _check_caps(self, old: Mapping[str, bool], new: Mapping[str, bool], incoming_started: bool,

@@ -462,3 +462,26 @@ def test_mapped_ram_is_refused_before_anything_starts(tmp):
         assert src.qmp.cmd("query-migrate") == {} and dst.qmp.cmd("query-migrate") == {}
         assert not [e for m in (src, dst) for e in m.qmp.get_events() if e["event"] == "MIGRATION"]
         assert not (tmp / "f").exists()
+
+
+@pytest.mark.parametrize("cap", ["postcopy-ram", "background-snapshot", "return-path", "x-ignore-shared",
+                                 "late-block-activate", "dirty-bitmaps", "release-ram", "zero-blocks",
+                                 "rdma-pin-all", "postcopy-blocktime"])
+def test_capabilities_not_implemented_are_refused(cap):
+    """Nothing accepted and ignored: switching on a capability this emulator does not implement
+    is an error and leaves every capability as it was (QEMU's own checks come first)."""
+    with QTestMachine(BIN, NONE16) as m:
+        before = m.qmp.cmd("query-migrate-capabilities")
+        with pytest.raises(Exception, match=f"^GenericError: Capability '{cap}' is not supported by this emulator$"):
+            m.qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True},
+                                                                {"capability": cap, "state": True}])
+        assert m.qmp.cmd("query-migrate-capabilities") == before
+        # switching one off is always fine
+        m.qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": cap, "state": False}])
+
+
+def test_qemu_checks_come_before_the_refusal():
+    with QTestMachine(BIN, NONE16) as m:
+        with pytest.raises(Exception, match="^GenericError: Postcopy is not yet compatible with multifd$"):
+            m.qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "postcopy-ram", "state": True},
+                                                                {"capability": "multifd", "state": True}])
