@@ -87,6 +87,7 @@ class MigrationManager:
         self._cancel = threading.Event()
         self._continue = threading.Event()  # migrate-continue in pre-switchover
         self._xbzrle: Any = None  # the XBZRLE cache of the current outgoing migration
+        self._stop_bytes: int | None = None  # bytes sent when the VM stopped for the last pass
         self._rates_at = 0.0
         self.autoconverge = AutoConverge(self.config.parameter, lambda: self.config.capability("auto-converge"))
         self._lock = threading.Lock()
@@ -123,6 +124,7 @@ class MigrationManager:
             self._continue.clear()
             self.autoconverge.reset()
             self._xbzrle = None
+            self._stop_bytes = None
             self._rates_at = time.monotonic()
             self.start_time = time.monotonic()
             self._set("setup")
@@ -268,6 +270,7 @@ class MigrationManager:
             was_running = self.vm.running
             old_state = self.vm.runstate
             stop_at = time.monotonic()
+            self._stop_bytes = saver.bytes_sent  # what goes out from here on is downtime-bytes
             self.vm.set_runstate("finish-migrate")  # QEMU's migration_stop_vm
             stopped_by_us = was_running
             self._maybe_pause()  # before the last sync: what changes while paused still goes out
@@ -376,7 +379,10 @@ class MigrationManager:
             "postcopy-requests": 0, "page-size": PAGE,
             "multifd-bytes": int(counts.get("multifd_bytes", 0)),
             "pages-per-second": int((normal + int(counts.get("zero_pages", 0))) / elapsed),
-            "precopy-bytes": transferred, "downtime-bytes": transferred, "postcopy-bytes": 0,
+            # precopy-bytes: sent while the guest ran; downtime-bytes: sent while it was stopped
+            "precopy-bytes": transferred if self._stop_bytes is None else self._stop_bytes,
+            "downtime-bytes": 0 if self._stop_bytes is None else transferred - self._stop_bytes,
+            "postcopy-bytes": 0,
             "dirty-sync-missed-zero-copy": 0,
         }
 

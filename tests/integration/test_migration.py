@@ -197,6 +197,11 @@ def test_live_precopy_of_the_ab_guest_keeps_memory_consistent_and_the_guest_runn
         assert passes[:2] == [1, 2]  # setup sync, then at least one more round before completion
         info = src.qmp.cmd("query-migrate")
         assert info["ram"]["dirty-sync-count"] >= 3 and info["ram"]["normal"] > (100 << 20) // 4096
+        # downtime-bytes: only what went out with the guest stopped (the last dirty pages and the
+        # devices), precopy-bytes the rest
+        ram = info["ram"]
+        assert ram["precopy-bytes"] + ram["downtime-bytes"] == ram["transferred"]
+        assert 0 < ram["downtime-bytes"] < ram["precopy-bytes"]
         wait_completed(dst)
         assert dst.qmp.cmd("query-status") == {"status": "running", "running": True}
         wait_for_serial(tmp / "dst-serial", timeout=60)  # the guest goes on printing at the destination
