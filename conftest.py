@@ -58,3 +58,30 @@ def assemble(tmp_path: Path):
         return (tmp_path / "g.bin").read_bytes()[:512]
 
     return run
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Declares the options of tests/compat/test_qemu_qtests.py (here: pytest honours
+    pytest_addoption only in conftests it loads at startup)."""
+    group = parser.getgroup("qemu-qtests", "QEMU's own qtest programs (tests/compat/test_qemu_qtests.py)")
+    options = [
+        ("--qemu-qtests", dict(
+            metavar="DIR", default=os.environ.get("QEMU_QTESTS_DIR") or None,
+            help="QEMU build directory (or its tests/qtest directory) holding QEMU's qtest programs; "
+                 "runs each of their cases as one test [env QEMU_QTESTS_DIR]")),
+        ("--qemu-qtests-programs", dict(
+            metavar="A,B", default=os.environ.get("QEMU_QTESTS_PROGRAMS") or None,
+            help="comma-separated qtest programs to run (default: those of "
+                 "migration-test, fw_cfg-test, rtc-test, i440fx-test, endianness-test, boot-order-test "
+                 "that are built) [env QEMU_QTESTS_PROGRAMS]")),
+        ("--qemu-qtests-binary", dict(
+            metavar="PATH", default=os.environ.get("QEMU_QTESTS_BINARY") or None,
+            help="run the cases against this binary instead of our emu-system-x86_64, e.g. "
+                 "DIR/qemu-system-x86_64 for the comparison [env QEMU_QTESTS_BINARY]")),
+        ("--qemu-qtests-timeout", dict(
+            metavar="SECONDS", type=float, default=float(os.environ.get("QEMU_QTESTS_TIMEOUT") or 300),
+            help="per-case timeout; the case's whole process group is killed (default 300) "
+                 "[env QEMU_QTESTS_TIMEOUT]")),
+    ]
+    for name, kwargs in options:
+        group.addoption(name, **kwargs)
