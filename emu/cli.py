@@ -29,12 +29,42 @@ ARG_OPTIONS = frozenset({
     "watchdog-action", "compat", "plugin", "seed", "set", "readconfig", "writeconfig", "g", "debugcon", "option-rom",
     "loadvm", "gdb", "fsdev", "virtfs", "iscsi", "tpmdev", "spice", "vnc", "acpitable", "semihosting-config",
 })
-# Options accepted and ignored: they only affect things this emulator does not model.
+# Options accepted without effect because what they configure does not exist here, so the
+# result is what QEMU gives too: no display, sound, HPET, ACPI or firmware to configure, drives
+# are only read, every device migrates, memory and logging options only tune the host side.
 IGNORED_OPTIONS = frozenset({
-    "audio", "audiodev", "trace", "D", "d", "msg", "sandbox", "overcommit", "k", "rtc", "boot", "action",
-    "compat", "seed", "watchdog-action", "no-user-config", "nographic", "full-screen", "no-hpet", "mem-prealloc",
-    "no-reboot", "no-shutdown", "only-migratable", "no-fd-bootchk", "usbdevice", "numa", "smbios",
+    "audio", "audiodev", "msg", "sandbox", "overcommit", "k", "boot", "compat", "seed", "no-user-config",
+    "nographic", "full-screen", "no-hpet", "mem-prealloc", "only-migratable", "no-fd-bootchk", "L", "snapshot",
+    "old-param", "win2k-hack", "no-acpi", "D", "trace",
 })
+# Options accepted that configure something this emulator does not model: a warning says so.
+NOT_MODELLED = {
+    "cpu": "CPU models are not modelled: the vCPU is Unicorn's x86-64",
+    "smp": "one vCPU is emulated",
+    "icount": "instruction counting is not modelled: the clock follows host time",
+    "rtc": "RTC options are not modelled",
+    "mem-path": "guest RAM is anonymous memory",
+    "numa": "NUMA is not modelled",
+    "netdev": "there are no network devices", "net": "there are no network devices",
+    "parallel": "there is no parallel port", "debugcon": "there is no debug console",
+    "usbdevice": "there is no USB", "smbios": "there are no SMBIOS tables", "acpitable": "there is no ACPI",
+    "option-rom": "option ROMs are not loaded", "fw_cfg": "there is no fw_cfg device",
+    "tpmdev": "there is no TPM", "fsdev": "there is no 9p", "virtfs": "there is no 9p", "iscsi": "there is no iSCSI",
+    "spice": "there is no display", "vnc": "there is no display", "gdb": "there is no gdbstub",
+    "s": "there is no gdbstub", "plugin": "TCG plugins are not supported", "set": "ignored",
+    "action": "-action is not modelled (use -no-reboot/-no-shutdown)", "watchdog-action": "there is no watchdog",
+    "singlestep": "ignored", "semihosting": "there is no semihosting", "semihosting-config": "there is no semihosting",
+    "readconfig": "configuration files are not read", "writeconfig": "configuration files are not written",
+    "g": "there is no display", "d": "QEMU's debug log is not produced",
+}
+# Options that would change what the guest sees in a way we cannot honour: refused.
+REFUSED_OPTIONS = {
+    "kernel": "direct kernel boot is not supported by this emulator (boot from a disk image)",
+    "initrd": "direct kernel boot is not supported by this emulator (boot from a disk image)",
+    "append": "direct kernel boot is not supported by this emulator (boot from a disk image)",
+    "loadvm": "snapshots are not supported by this emulator",
+    "preconfig": "--preconfig is not supported by this emulator",
+}
 MACHINE_PROPS = frozenset({
     "type", "accel", "usb", "graphics", "dump-guest-core", "mem-merge", "memory-backend", "kernel_irqchip",
     "kernel-irqchip", "smm", "vmport", "hpet", "sata", "pit", "i8042", "acpi", "suppress-vmdesc", "firmware",
@@ -92,6 +122,10 @@ class Config:
         self.display = "none"
         self.pidfile: str | None = None
         self.action: str | None = None  # "help" / "version" when they were asked for
+        self.no_reboot = False
+        self.no_shutdown = False
+        #: ``-option value: text`` lines for options accepted but not modelled (printed as warnings)
+        self.warnings: list[str] = []
 
 
 def parse_size(text: str, default_suffix: str = "M") -> int:
@@ -168,9 +202,14 @@ def _apply_flag(cfg: Config, name: str) -> None:
         cfg.action = "help"
     elif name == "daemonize":
         raise _bare("-daemonize is not supported by this emulator")
-    elif name in IGNORED_OPTIONS or name in ("snapshot", "preconfig", "s", "old-param", "win2k-hack", "no-acpi",
-                                             "singlestep", "semihosting"):
-        pass
+    elif name == "no-reboot":
+        cfg.no_reboot = True
+    elif name == "no-shutdown":
+        cfg.no_shutdown = True
+    elif name in REFUSED_OPTIONS:
+        raise _bare(f"-{name}: {REFUSED_OPTIONS[name]}")
+    elif name in NOT_MODELLED:
+        cfg.warnings.append(f"-{name}: {NOT_MODELLED[name]}")
 
 
 def _apply(cfg: Config, name: str, value: str) -> None:
@@ -291,11 +330,16 @@ def _apply(cfg: Config, name: str, value: str) -> None:
         cfg.bios = value
     elif name == "pidfile":
         cfg.pidfile = value
-    elif name in ("cpu", "smp", "L", "parallel", "netdev", "net", "icount", "mem-path", "plugin", "set",
-                  "readconfig", "writeconfig", "g", "debugcon", "option-rom", "loadvm", "gdb", "fsdev", "virtfs",
-                  "iscsi", "tpmdev", "spice", "vnc", "acpitable", "semihosting-config", "kernel", "append", "initrd",
-                  "fw_cfg") or name in IGNORED_OPTIONS:
-        pass  # accepted; what they configure is not modelled yet
+    elif name == "smp":
+        cpus = _opts(value, implied="cpus").get("cpus", "1")
+        if cpus not in ("1", ""):
+            cfg.warnings.append(f"-smp {value}: {NOT_MODELLED['smp']}")
+    elif name in REFUSED_OPTIONS:
+        raise CliError(REFUSED_OPTIONS[name])
+    elif name in NOT_MODELLED:
+        cfg.warnings.append(f"-{name} {value}: {NOT_MODELLED[name]}")
+    elif name in IGNORED_OPTIONS:
+        pass  # nothing here for it to configure
 
 
 def usage(prog: str) -> str:

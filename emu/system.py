@@ -82,6 +82,7 @@ class System:
         for key, value in cfg.machine_props.items():
             _set_machine_prop(machine, key, value)
         vm = VM(machine, start_paused=cfg.start_paused, qtest_accel=qtest_accel, name=cfg.name, uuid=cfg.uuid)
+        vm.no_reboot, vm.no_shutdown = cfg.no_reboot, cfg.no_shutdown
         if cfg.incoming is not None:
             vm.runstate = "inmigrate"  # waits for the stream; autostart stays as -S says
             machine.clock.enable(False)
@@ -387,6 +388,8 @@ def _set_parent_death_signal() -> None:
 
 
 def run_system(cfg: Config, prog: str) -> int:
+    for line in cfg.warnings:  # options accepted, but configuring nothing that exists here
+        sys.stderr.write(f"{prog}: warning: {line}\n")
     try:
         system = System(cfg, prog)
         system.setup()

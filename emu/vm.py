@@ -41,6 +41,11 @@ class VM:
         self._event_sinks: list[EventSink] = []
         self._shutdown_hooks: list[Callable[[], None]] = []
         self.vcpu: Any = None  # emu.cpu.VCPU while an accelerator runs guest code (tcg)
+        #: -no-reboot: a guest reset shuts the VM down instead (QEMU's reboot action "shutdown")
+        self.no_reboot = False
+        #: -no-shutdown: a shutdown the guest (not the host) asks for stops the VM in the
+        #: ``shutdown`` run state instead of ending the process (QEMU's shutdown action "pause")
+        self.no_shutdown = False
         # How work is handed to the main loop (set by the system; direct call without one).
         self.defer: Callable[[Callable[[], None]], None] = lambda fn: fn()
         machine.clock.abort_check = lambda: self.shutdown_requested is not None
@@ -122,7 +127,10 @@ class VM:
     def request_reset(self, reason: str) -> None:
         """A reset asked for by a device (the guest): done by the main loop, after the access that
         asked for it, as QEMU's qemu_system_reset_request does."""
-        self.defer(lambda: self.reset(reason))
+        if self.no_reboot and reason != "subsystem-reset":
+            self.defer(lambda: self.request_shutdown(reason))
+        else:
+            self.defer(lambda: self.reset(reason))
 
     def guest_error(self, message: str) -> None:
         """The vCPU hit something it cannot execute: QEMU's ``internal-error`` run state."""
@@ -160,6 +168,11 @@ class VM:
         """Ends the process (QMP ``quit``, SIGTERM...): SHUTDOWN goes out at once (QEMU 7.2 sends it
         before the ``quit`` reply), then the main loop stops and the chardevs close."""
         if self.shutdown_requested is not None:
+            return
+        if self.no_shutdown and reason in GUEST_CAUSES | {"host-ui"}:
+            # QEMU's quit and signals always end the process; other shutdowns only stop the VM
+            self.emit("SHUTDOWN", {"guest": reason in GUEST_CAUSES, "reason": reason})
+            self.set_runstate("shutdown")
             return
         self.shutdown_requested = reason
         self.machine.clock.enable(False)

@@ -390,3 +390,71 @@ def test_missing_vcpu_backend_is_a_one_line_error(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr == ("emu-system-x86_64: -accel tcg: invalid accelerator tcg "
                            "(the vCPU backend, Python package 'unicorn', is not installed)\n")
+
+
+@pytest.mark.parametrize("args, warning", [
+    (["-smp", "2"], "-smp 2: one vCPU is emulated"),
+    (["-cpu", "max"], "-cpu max: CPU models are not modelled: the vCPU is Unicorn's x86-64"),
+    (["-netdev", "user,id=n0"], "-netdev user,id=n0: there are no network devices"),
+    (["-icount", "shift=auto"], "-icount shift=auto: instruction counting is not modelled: the clock follows host time"),
+])
+def test_options_accepted_but_not_modelled_warn(args, warning):
+    proc = subprocess.run([BIN, "-M", "none", "-display", "none", *args, "-version"], capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0  # -version answers after parsing: no warning yet
+    proc = subprocess.Popen([BIN, "-M", "none", "-display", "none", "-qmp", "stdio", *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _SPAWNED.append(proc)
+    out, err = proc.communicate('{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n', timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    assert err == f"emu-system-x86_64: warning: {warning}\n"
+
+
+@pytest.mark.parametrize("args", [["-smp", "1"], ["-smp", "cpus=1"], ["-no-hpet"], ["-nographic"], ["-snapshot"]])
+def test_options_that_are_already_true_here_are_silent(args):
+    proc = subprocess.Popen([BIN, "-M", "none", "-display", "none", "-qmp", "stdio", *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _SPAWNED.append(proc)
+    out, err = proc.communicate('{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n', timeout=TIMEOUT)
+    assert (proc.returncode, err) == (0, "")
+
+
+@pytest.mark.parametrize("option, value", [("-kernel", "/boot/vmlinuz"), ("-initrd", "/boot/initrd"),
+                                           ("-append", "console=ttyS0"), ("-loadvm", "snap")])
+def test_options_that_cannot_be_honoured_are_refused(option, value):
+    proc = subprocess.run([BIN, "-M", "none", "-display", "none", option, value], capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"emu-system-x86_64: {option} {value}: ")
+    assert "not supported by this emulator" in proc.stderr
+
+
+def test_no_reboot_turns_a_guest_reset_into_a_shutdown():
+    """-no-reboot: the guest's reset (i8042 pulse) is QEMU's guest-reset shutdown; the process exits 0."""
+    from qtest.machine import QTestMachine
+
+    with QTestMachine(BIN, ["-M", "pc", "-no-reboot"]) as m:
+        m.qtest.outb(0x64, 0xFE)
+        assert m.qmp.wait_event("SHUTDOWN", timeout=TIMEOUT)["data"] == {"guest": True, "reason": "guest-reset"}
+        assert m.wait(timeout=TIMEOUT) == 0
+
+
+def test_no_shutdown_stops_the_vm_instead_of_exiting():
+    """-no-reboot -no-shutdown: the guest-reset shutdown stops the VM in the shutdown state; quit
+    still ends the process."""
+    from qtest.machine import QTestMachine
+
+    with QTestMachine(BIN, ["-M", "pc", "-no-reboot", "-no-shutdown"]) as m:
+        m.qtest.outb(0x64, 0xFE)
+        assert m.qmp.wait_event("SHUTDOWN", timeout=TIMEOUT)["data"] == {"guest": True, "reason": "guest-reset"}
+        assert m.qmp.wait_event("STOP", timeout=TIMEOUT)["event"] == "STOP"
+        assert m.qmp.cmd("query-status") == {"status": "shutdown", "running": False}
+
+
+def test_without_no_reboot_a_guest_reset_resets():
+    from qtest.machine import QTestMachine
+
+    with QTestMachine(BIN, ["-M", "pc"]) as m:
+        m.qtest.outb(0x64, 0xFE)
+        assert m.qmp.wait_event("RESET", timeout=TIMEOUT)["data"] == {"guest": True, "reason": "guest-reset"}
+        assert m.qmp.cmd("query-status")["status"] == "running"
