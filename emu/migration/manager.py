@@ -233,6 +233,8 @@ class MigrationManager:
             self.sync_count = 1
             self._throttle_check(0, saver)  # the setup sync starts the first measuring period
             self._pass(1)  # the setup sync: every page is dirty for the bulk round
+            # the ram block is there from the first active report (QEMU's tests poll it)
+            self._update_stats(saver, remaining=sum(b.used_length for b in machine.ram_blocks))
             self._set("active")
             limiter = RateLimiter(self.config.parameter("max-bandwidth"), self._cancel.is_set, channel.peer_gone)
             dirty = PrecopySaver.all_pages(machine.ram_blocks)
@@ -241,13 +243,19 @@ class MigrationManager:
             bandwidth = 0.0
             window_start, window_bytes = time.monotonic(), saver.bytes_sent
             unsent: dict[Any, Any] | None = None  # synced but not yet sent when the loop ends
+
+            def progress(sent: int) -> None:
+                """After each chunk: the rate limit, and live counters (QEMU's tests poll them)."""
+                limiter(sent)
+                self._update_stats(saver, self.stats.get("remaining", 0))
+
             while True:
                 if self._cancel.is_set():
                     raise TransportError("migration cancelled")
                 limiter.limit = self.config.parameter("max-bandwidth")
                 limiter.reset_round()
                 saver.generation = self.sync_count
-                saver.send_pages(dirty, QEMU_VM_SECTION_PART, limiter, limiter.chunk_pages)
+                saver.send_pages(dirty, QEMU_VM_SECTION_PART, progress, limiter.chunk_pages)
                 saver.xbzrle_started = True  # a round is complete: XBZRLE from now on
                 now = time.monotonic()
                 if now - window_start >= RateLimiter.WINDOW:
