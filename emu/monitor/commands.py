@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import emu.tls.registry  # noqa: F401 - registers the user-creatable QOM types (qom-list-types)
 from emu.monitor.protocol import Arg, CommandContext, CommandRegistry, QmpError
 from emu.monitor.qapi import Schema
 from emu.monitor.schema_core import SCHEMA
@@ -215,6 +216,39 @@ def qom_list_types(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, 
             info["parent"] = parent
         out.append(info)
     return out
+
+
+# ---- qom.json: user-creatable objects (emu.tls: TLS credentials, authz-simple)
+
+
+def _objects(ctx: CommandContext) -> Any:
+    """The ``/objects`` registry of the machine's QOM root (``emu.tls.objects_registry``)."""
+    from emu.tls import objects_registry
+
+    return objects_registry(ctx.machine.qom_root)
+
+
+@command("object-add")
+def object_add(ctx: CommandContext, args: dict[str, Any]) -> None:
+    """Create, add under ``/objects/<id>`` and complete (load) a user-creatable object."""
+    from emu.tls import TlsError
+
+    props = dict(args)
+    qom_type, obj_id = props.pop("qom-type"), props.pop("id")
+    try:
+        _objects(ctx).create(qom_type, obj_id, props)
+    except TlsError as e:
+        raise QmpError(str(e)) from None
+
+
+@command("object-del")
+def object_del(ctx: CommandContext, args: dict[str, Any]) -> None:
+    from emu.tls import TlsError
+
+    try:
+        _objects(ctx).delete(args["id"])
+    except TlsError as e:
+        raise QmpError(str(e)) from None
 
 
 # ---- misc.json: file descriptors

@@ -9,8 +9,8 @@ transitively:
             query-qmp-schema, query-status, stop, cont, system_reset,
             system_powerdown, quit, query-name, query-uuid, query-machines,
             query-cpus-fast, query-chardev, qom-list, qom-get, qom-set,
-            qom-list-types, getfd, closefd, add-fd, remove-fd, query-fdsets,
-            human-monitor-command
+            qom-list-types, object-add, object-del, getfd, closefd, add-fd,
+            remove-fd, query-fdsets, human-monitor-command
   events:   STOP, RESUME, RESET, SHUTDOWN, POWERDOWN
 
 Rules applied while transcribing:
@@ -44,7 +44,12 @@ development commits; see docs/qmp-facts.md §0):
   has **no** ``'gen': false``.  It is an ordinary generated command with
   ``'allow-preconfig': true``.  QEMU builds its answer by running the
   generated QLIT table through the SchemaInfoList visitor.
-* qapi/qom.json         @ 3becc9390810 (July 2024)
+* qapi/crypto.json, qapi/authz.json: only the TLS credentials and
+  authz-simple property types, which object-add's ObjectOptions uses; their
+  content is unchanged from 7.2 (``loaded`` kept with its 'deprecated'
+  feature).
+* qapi/qom.json         @ 3becc9390810 (July 2024).  ObjectOptions has only
+  the branches of the object types implemented here (see the entry).
 * qapi/machine-common.json  9.1 content: ``CpuS390Entitlement`` with
   ``'prefix': 'S390_CPU_ENTITLEMENT'``.  machine.json @01bed0ff refers to it
   by that name.  It was renamed S390CpuEntitlement later, in 9.2/10.x.
@@ -172,6 +177,36 @@ SCHEMA: list[dict[str, Any]] = [
      'data': {'arg-type': 'str'}},
 
     # ------------------------------------------------------------------
+    # qapi/crypto.json (the TLS credentials types)
+    # ------------------------------------------------------------------
+    {'enum': 'QCryptoTLSCredsEndpoint',
+     'prefix': 'QCRYPTO_TLS_CREDS_ENDPOINT',
+     'data': ['client', 'server']},
+    {'struct': 'TlsCredsProperties',
+     'data': {'*verify-peer': 'bool',
+              '*dir': 'str',
+              '*endpoint': 'QCryptoTLSCredsEndpoint',
+              '*priority': 'str'}},
+    {'struct': 'TlsCredsAnonProperties',
+     'base': 'TlsCredsProperties',
+     'data': {'*loaded': {'type': 'bool', 'features': ['deprecated']}}},
+    {'struct': 'TlsCredsPskProperties',
+     'base': 'TlsCredsProperties',
+     'data': {'*loaded': {'type': 'bool', 'features': ['deprecated']},
+              '*username': 'str'}},
+    {'struct': 'TlsCredsX509Properties',
+     'base': 'TlsCredsProperties',
+     'data': {'*loaded': {'type': 'bool', 'features': ['deprecated']},
+              '*sanity-check': 'bool',
+              '*passwordid': 'str'}},
+
+    # ------------------------------------------------------------------
+    # qapi/authz.json (authz-simple)
+    # ------------------------------------------------------------------
+    {'struct': 'AuthZSimpleProperties',
+     'data': {'identity': 'str'}},
+
+    # ------------------------------------------------------------------
     # qapi/qom.json
     # ------------------------------------------------------------------
     {'struct': 'ObjectPropertyInfo',
@@ -197,6 +232,47 @@ SCHEMA: list[dict[str, Any]] = [
     {'command': 'qom-list-types',
      'data': {'*implements': 'str', '*abstract': 'bool'},
      'returns': ['ObjectTypeInfo'],
+     'allow-preconfig': True},
+    # ObjectType as in 9.1, 'if' conditions resolved for x86_64 Linux (all
+    # true: CONFIG_LINUX, CONFIG_POSIX, CONFIG_VHOST_CRYPTO,
+    # CONFIG_SECRET_KEYRING); member features ('unstable') are not kept.
+    {'enum': 'ObjectType',
+     'data': ['acpi-generic-initiator', 'authz-list', 'authz-listfile',
+              'authz-pam', 'authz-simple', 'can-bus', 'can-host-socketcan',
+              'colo-compare', 'cryptodev-backend',
+              'cryptodev-backend-builtin', 'cryptodev-backend-lkcf',
+              'cryptodev-vhost-user', 'dbus-vmstate', 'filter-buffer',
+              'filter-dump', 'filter-mirror', 'filter-redirector',
+              'filter-replay', 'filter-rewriter', 'input-barrier',
+              'input-linux', 'iommufd', 'iothread', 'main-loop',
+              'memory-backend-epc', 'memory-backend-file',
+              'memory-backend-memfd', 'memory-backend-ram',
+              'memory-backend-shm', 'pef-guest', 'pr-manager-helper',
+              'qtest', 'rng-builtin', 'rng-egd', 'rng-random', 'secret',
+              'secret_keyring', 'sev-guest', 'sev-snp-guest',
+              'thread-context', 's390-pv-guest', 'throttle-group',
+              'tls-creds-anon', 'tls-creds-psk', 'tls-creds-x509',
+              'tls-cipher-suites', 'x-remote-object', 'x-vfio-user-server']},
+    # Only the branches of the types this emulator implements (emu.tls) and
+    # qtest are transcribed; the others have no branch here, so their
+    # properties are reported unexpected (object-add refuses them anyway).
+    {'struct': 'QtestProperties',
+     'data': {'chardev': 'str',
+              '*log': 'str'}},
+    {'union': 'ObjectOptions',
+     'base': {'qom-type': 'ObjectType',
+              'id': 'str'},
+     'discriminator': 'qom-type',
+     'data': {
+         'authz-simple': 'AuthZSimpleProperties',
+         'qtest': 'QtestProperties',
+         'tls-creds-anon': 'TlsCredsAnonProperties',
+         'tls-creds-psk': 'TlsCredsPskProperties',
+         'tls-creds-x509': 'TlsCredsX509Properties',
+         'tls-cipher-suites': 'TlsCredsProperties'}},
+    {'command': 'object-add', 'data': 'ObjectOptions', 'boxed': True,
+     'allow-preconfig': True},
+    {'command': 'object-del', 'data': {'id': 'str'},
      'allow-preconfig': True},
 
     # ------------------------------------------------------------------
