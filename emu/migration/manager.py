@@ -9,6 +9,7 @@ on) follow QEMU 9.1.
 """
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 import time
@@ -24,7 +25,7 @@ from emu.migration.precopy import PrecopySaver, RateLimiter
 from emu.migration.stream import (QEMU_VM_FILE_MAGIC, QEMU_VM_SECTION_PART, StreamError, StreamReader, StreamWriter,
                                   load_stream)
 from emu.migration.throttle import AutoConverge
-from emu.migration.transport import Listener, TransportError, listen_incoming, open_outgoing
+from emu.migration.transport import Listener, TransportError, listen_incoming, open_outgoing, tls_upgrade
 
 ACTIVE = frozenset({"setup", "active", "postcopy-active", "postcopy-paused", "postcopy-recover",
                     "postcopy-recover-setup", "pre-switchover", "device", "wait-unplug", "cancelling"})
@@ -139,7 +140,7 @@ class MigrationManager:
             self._set("failed")
             raise MigrationError(str(e)) from None
         self._channel = channel
-        self._spawn("migration", self._run_outgoing, channel)
+        self._spawn("migration", self._start_outgoing, addr, channel)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
         """Runs a migration thread that can never leave its side hanging: an exception that its
@@ -177,21 +178,46 @@ class MigrationManager:
                 self.error_desc = str(e)
                 self._set("failed")
             return
+        self._start_outgoing(addr, channel)
+
+    def _start_outgoing(self, addr: MigrationAddress, channel: Any) -> None:
+        """The connected main channel: TLS if asked for, the multifd channels, then precopy."""
         self._channel = channel
         if self._cancel.is_set():
             channel.close()
             self._set("cancelled")
             return
         multifd = None
-        if self.config.capability("multifd"):
-            try:
+        try:
+            channel = self._channel = self._secure(channel, addr)
+            if self.config.capability("multifd"):
                 multifd = self._open_multifd(addr)
-            except TransportError as e:
-                channel.close()
+        except TransportError as e:
+            self._channel.close()
+            if not self._cancel.is_set():
                 self.error_desc = str(e)
-                self._set("cancelled" if self._cancel.is_set() else "failed")
-                return
+            self._set("cancelled" if self._cancel.is_set() else "failed")
+            return
         self._run_outgoing(channel, multifd)
+
+    def _secure(self, channel: Any, addr: MigrationAddress) -> Any:
+        """QEMU's migration_tls_channel_connect: with ``tls-creds`` set, the TLS handshake as a
+        client, checking the server against ``tls-hostname`` or else the URI's host (inet only);
+        the plaintext channel on success, ``TransportError`` with QEMU's text otherwise."""
+        if not self.config.tls_enabled:
+            return channel
+        from emu.tls import TlsError, get_tls_creds, objects_registry
+
+        try:
+            creds = get_tls_creds(objects_registry(self.vm.machine.root), self.config.parameter("tls-creds"),
+                                  "client")
+        except TlsError as e:
+            channel.close()
+            raise TransportError(str(e)) from None
+        hostname = self.config.parameter("tls-hostname") or None
+        if hostname is None and addr.transport == "socket" and addr.socket.type == "inet":
+            hostname = addr.socket.host
+        return tls_upgrade(channel, creds, hostname=hostname)
 
     def _open_multifd(self, addr: MigrationAddress) -> MultifdSender:
         """The multifd channels: ``multifd-channels`` more connections to the same address, each
@@ -199,7 +225,7 @@ class MigrationManager:
         channels: list[Any] = []
         try:
             for _ in range(self.config.parameter("multifd-channels")):
-                channels.append(self._open(addr))
+                channels.append(self._secure(self._open(addr), addr))
         except TransportError:
             for c in channels:
                 c.close()
@@ -433,7 +459,7 @@ class MigrationManager:
         receiver: MultifdReceiver | None = None
         prefix = b""
         try:
-            channel = listener.accept()
+            channel = self._accept(listener)
             if self.config.capability("multifd"):
                 channel, prefix, receiver = self._accept_multifd(listener, channel)
         except (TransportError, MultifdError) as e:
@@ -475,6 +501,31 @@ class MigrationManager:
         self.vm.finish_incoming(result.runstate)  # run state first, then completed, as QEMU's bottom half
         self._set("completed", incoming=True)
 
+    def _accept(self, listener: Listener) -> Any:
+        """The next incoming channel, through the TLS handshake when ``tls-creds`` is set (QEMU's
+        migration_tls_channel_process_incoming): a connection whose handshake or credential
+        check fails is reported and dropped, and a socket listener waits for the next one, as
+        QEMU keeps listening."""
+        while True:
+            channel = listener.accept()
+            if not self.config.tls_enabled:
+                return channel
+            from emu.tls import TlsError, get_tls_creds, objects_registry
+
+            registry = objects_registry(self.vm.machine.root)
+            try:
+                try:
+                    creds = get_tls_creds(registry, self.config.parameter("tls-creds"), "server")
+                except TlsError as e:
+                    channel.close()
+                    raise TransportError(str(e)) from None
+                return tls_upgrade(channel, creds, authz=self.config.parameter("tls-authz") or None,
+                                   registry=registry)
+            except TransportError as e:
+                if not self.incoming_listening:
+                    raise
+                sys.stderr.write(f"{self.prog}: {e}\n")
+
     def _accept_multifd(self, listener: Listener, first: Any) -> tuple[Any, bytes, MultifdReceiver]:
         """Sorts the incoming connections as 8.0+ does, by their first 4 bytes (the main stream's
         magic, else a multifd channel), until the main channel and every multifd channel are in.
@@ -489,6 +540,20 @@ class MigrationManager:
         prefix = b""
         chan = first
         count = 0
+        # The other connections are accepted on their own thread: with TLS each needs its
+        # handshake done while this one waits for a first read (the source sends the main
+        # stream only once every multifd channel is up).
+        incoming: queue.Queue[Any] = queue.Queue()
+
+        def accept_rest() -> None:
+            for _ in range(self.config.parameter("multifd-channels")):
+                try:
+                    incoming.put(self._accept(listener))
+                except Exception as e:  # noqa: BLE001 - handed to the sorting loop
+                    incoming.put(e)
+                    return
+
+        threading.Thread(target=accept_rest, name="migration-accept", daemon=True).start()
         try:
             while True:
                 head = chan.read_exactly(4)
@@ -503,11 +568,17 @@ class MigrationManager:
                     count += 1
                 if main is not None and receiver.complete:
                     return main, prefix, receiver
-                chan = listener.accept()
+                chan = incoming.get()
+                if isinstance(chan, Exception):
+                    raise chan
         except BaseException:
             receiver.close()
             if main is not None:
                 main.close()
+            while not incoming.empty():  # accepted but never sorted
+                left = incoming.get()
+                if not isinstance(left, Exception):
+                    left.close()
             raise
 
     def _incoming_failed(self, messages: list[str], exit_on_error: bool, desc: str | None = None) -> None:

@@ -1036,3 +1036,66 @@ def listen_incoming(addr: MigrationAddress, *, named_fds: Any = None, fdsets: An
         return Listener(ready=_file_incoming(addr, fdsets), name="migration-file-incoming")
     # Rdma without CONFIG_RDMA: qemu_start_incoming_migration's fallback
     raise TransportError(f"unknown migration protocol: {uri if uri is not None else '(null)'}")
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS (QEMU's migration_tls_channel_connect / migration_tls_channel_process_incoming)
+# ---------------------------------------------------------------------------------------------
+
+class TlsChannel(Channel):
+    """The plaintext end of a TLS tunnel, as a socket channel (the C paths keep their fd I/O).
+    It keeps the channel the handshake ran on: its wake pipe is the tunnel's cancel fd."""
+
+    def __init__(self, sock: socket.socket, tunnel: Any, under: Channel) -> None:
+        sock.setblocking(False)
+        super().__init__("socket", sock.fileno(), sock=sock, name=f"{under.name}-tls")
+        self.tunnel = tunnel
+        self.under = under
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self.tunnel.shutdown()
+
+    #: how long a normal close waits for the tunnel to deliver what is still buffered
+    DRAIN_TIMEOUT = 30.0
+
+    def close(self) -> None:
+        """A normal close first lets the tunnel encrypt and send everything written (and the TLS
+        close_notify) until the peer closes too: the stream's last bytes may still sit in the
+        socketpair. A channel shut down (cancel, failure) closes at once."""
+        if not self.closed and not self.shut_down:
+            try:
+                self._sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+            except OSError:
+                pass
+            self.tunnel.wait(self.DRAIN_TIMEOUT)
+        super().close()
+        self.tunnel.close()
+        self.under.close()
+
+
+def tls_upgrade(channel: Channel, creds: Any, *, hostname: str | None = None, authz: str | None = None,
+                registry: Any = None) -> Channel:
+    """Runs the TLS handshake on ``channel`` (client when ``creds`` is a client endpoint, with
+    ``hostname`` for certificate checks; server with the ``authz`` object id) and returns the
+    channel carrying the plaintext, which owns ``channel`` from then on; on failure ``channel`` is
+    closed. A ``shutdown()`` of ``channel`` during the handshake cancels it. Raises
+    ``TransportError`` with QEMU's text."""
+    from emu.tls import TlsError, tls_wrap_fd
+
+    if channel.kind != "socket":
+        channel.close()
+        raise TransportError("TLS migration is only supported over sockets by this emulator")
+    try:
+        fd = os.dup(channel.fileno())  # the tunnel owns this one
+    except OSError as e:
+        channel.close()
+        raise TransportError(_errno_text("Unable to duplicate socket", e)) from None
+    try:
+        tunnel = tls_wrap_fd(fd, creds, hostname=hostname, authz=authz, cancel_fd=channel._wake_r,
+                             registry=registry)
+    except TlsError as e:
+        os.close(fd)
+        channel.close()
+        raise TransportError(str(e)) from None
+    return TlsChannel(socket.socket(fileno=tunnel.plain_fd), tunnel, channel)
