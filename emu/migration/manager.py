@@ -546,7 +546,7 @@ class MigrationManager:
         incoming: queue.Queue[Any] = queue.Queue()
 
         def accept_rest() -> None:
-            for _ in range(self.config.parameter("multifd-channels")):
+            while True:  # until the listener closes (all channels in, or the load ended)
                 try:
                     incoming.put(self._accept(listener))
                 except Exception as e:  # noqa: BLE001 - handed to the sorting loop
@@ -556,7 +556,16 @@ class MigrationManager:
         threading.Thread(target=accept_rest, name="migration-accept", daemon=True).start()
         try:
             while True:
-                head = chan.read_exactly(4)
+                try:
+                    head = chan.read_exactly(4)
+                except TransportError:
+                    # a connection that ends before saying what it is (its source gave up, e.g.
+                    # on a certificate): QEMU has not started loading yet and keeps waiting
+                    chan.close()
+                    chan = incoming.get()
+                    if isinstance(chan, Exception):
+                        raise chan from None
+                    continue
                 if main is None and int.from_bytes(head, "big") == QEMU_VM_FILE_MAGIC:
                     main, prefix = chan, head
                 else:

@@ -72,7 +72,10 @@ def test_tls_migration_moves_ram(tmp, kind, transport, multifd):
 
 
 def test_unknown_creds_fail_the_source_with_qemus_text(tmp):
-    with QTestMachine(BIN, NONE16) as src, QTestMachine(BIN, [*NONE16, "-incoming", "defer"]) as dst:
+    """The source fails before sending a byte and closes the connection; the destination (without
+    TLS here) sees the stream end and exits 1, as QEMU's does."""
+    with QTestMachine(BIN, NONE16) as src, \
+            QTestMachine(BIN, [*NONE16, "-incoming", "defer"], expected_status=1) as dst:
         events_on(src)
         src.qmp.cmd("migrate-set-parameters", **{"tls-creds": "nope"})
         uri = incoming(dst, tmp, "unix")
@@ -80,6 +83,7 @@ def test_unknown_creds_fail_the_source_with_qemus_text(tmp):
         assert statuses(src, until="failed") == ["setup", "failed"]
         assert src.qmp.cmd("query-migrate")["error-desc"] == "No TLS credentials with id 'nope'"
         assert src.qmp.cmd("query-status")["status"] == "running"
+        assert dst.wait(timeout=30) == 1
 
 
 def test_psk_mismatch_fails_the_source_and_the_destination_keeps_listening(tmp):
