@@ -1058,17 +1058,20 @@ class TlsChannel(Channel):
 
     #: how long a normal close waits for the tunnel to deliver what is still buffered
     DRAIN_TIMEOUT = 30.0
+    #: then how long it waits for the peer to close too (a busy peer is not waited for longer)
+    PEER_CLOSE_TIMEOUT = 1.0
 
     def close(self) -> None:
-        """A normal close first lets the tunnel encrypt and send everything written (and the TLS
-        close_notify) until the peer closes too: the stream's last bytes may still sit in the
-        socketpair. A channel shut down (cancel, failure) closes at once."""
+        """A normal close first lets the tunnel encrypt and hand to the socket everything written
+        (and the TLS close_notify): the stream's last bytes may still sit in the socketpair. A
+        channel shut down (cancel, failure) closes at once."""
         if not self.closed and not self.shut_down:
             try:
                 self._sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
             except OSError:
                 pass
-            self.tunnel.wait(self.DRAIN_TIMEOUT)
+            if self.tunnel.wait_sent(self.DRAIN_TIMEOUT):
+                self.tunnel.wait(self.PEER_CLOSE_TIMEOUT)  # the peer's close_notify: nothing unread left
         super().close()
         self.tunnel.close()
         self.under.close()

@@ -85,6 +85,7 @@ class TlsTunnel:
         self._inner = inner
         self.plain_fd: int = outer.detach()
         self._done = threading.Event()
+        self._tx_done = threading.Event()  # the plaintext -> TLS pump has ended
         self._threads = [threading.Thread(target=self._tx, name="tls-tx", daemon=True),
                          threading.Thread(target=self._rx, name="tls-rx", daemon=True)]
         for t in self._threads:
@@ -96,6 +97,11 @@ class TlsTunnel:
         with self._lock:
             self._closing = True
         self._abort()
+
+    def wait_sent(self, timeout: float | None = None) -> bool:
+        """Wait until the plaintext -> TLS pump has ended (after the caller's EOF: everything it
+        wrote is encrypted and handed to the socket, close_notify too, or an error ended it)."""
+        return self._tx_done.wait(timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until both pumps have finished (True) or ``timeout`` passes (False)."""
@@ -206,6 +212,7 @@ class TlsTunnel:
         except Exception as e:  # never leave the other pump waiting forever
             self._fail(f"Cannot write to TLS channel: {e}")
         finally:
+            self._tx_done.set()
             self._thread_done()
 
     def _send_all(self, cbuf: Any, n: int) -> None:
