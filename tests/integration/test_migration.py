@@ -262,15 +262,18 @@ def test_save_setup_error_fails_the_migration_and_the_source_runs_on(tmp):
         wait_for_serial(tmp / "src-serial", timeout=60, start=pos)
 
 
-def test_load_setup_error_fails_the_destination_with_the_message(tmp):
+@pytest.mark.parametrize("stage, failure", [("load-setup", "injected load_setup failure"),
+                                            ("post-load", "injected post-load exception")])
+def test_load_error_fails_the_destination_with_the_message(tmp, stage, failure):
+    """A load_setup error, or an exception after the load (as a bug would raise): failed with the
+    message and MIGRATION events; with exit-on-error false it stays up (in inmigrate) and answers."""
     with QTestMachine(BIN, [*NONE16, "-S"]) as src, \
-            QTestMachine(BIN, [*NONE16, "-incoming", "defer", "-device", "migration-fault,stage=load-setup"]) as dst:
+            QTestMachine(BIN, [*NONE16, "-incoming", "defer", "-device", f"migration-fault,stage={stage}"]) as dst:
         events_on(dst)
         dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m.sock", **{"exit-on-error": False})
         src.qmp.cmd("migrate", uri=f"unix:{tmp}/m.sock")
         assert statuses(dst, until="failed") == ["setup", "active", "failed"]
-        assert dst.qmp.cmd("query-migrate")["error-desc"] == \
-            "load of migration failed: migration-fault: injected load_setup failure"
+        assert dst.qmp.cmd("query-migrate")["error-desc"] == f"load of migration failed: migration-fault: {failure}"
         assert dst.qmp.cmd("query-status")["status"] == "inmigrate"
 
 

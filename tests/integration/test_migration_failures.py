@@ -34,20 +34,6 @@ def test_exception_in_the_source_thread_fails_the_migration_and_the_guest_runs_o
         assert "load of migration failed" in dst.stderr_text()
 
 
-def test_exception_after_the_load_fails_the_destination(tmp):
-    """The destination's post-load raises: failed with the message and MIGRATION events; with
-    exit-on-error false it stays up (in inmigrate) and answers."""
-    with QTestMachine(BIN, [*NONE16, "-S"]) as src, \
-            QTestMachine(BIN, [*NONE16, "-incoming", "defer", "-device", "migration-fault,stage=post-load"]) as dst:
-        events_on(dst)
-        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m.sock", **{"exit-on-error": False})
-        src.qmp.cmd("migrate", uri=f"unix:{tmp}/m.sock")
-        assert statuses(dst, until="failed") == ["setup", "active", "failed"]
-        assert dst.qmp.cmd("query-migrate")["error-desc"] == \
-            "load of migration failed: migration-fault: injected post-load exception"
-        assert dst.qmp.cmd("query-status")["status"] == "inmigrate"
-
-
 def test_exception_after_the_load_exits_the_destination_by_default(tmp):
     with QTestMachine(BIN, [*NONE16, "-S"]) as src, \
             QTestMachine(BIN, [*NONE16, "-incoming", f"unix:{tmp}/m.sock",
