@@ -103,6 +103,8 @@ class Config:
         self.qtest: str | None = None
         self.qtest_log: str | None = None  # None: stderr, as QEMU without -qtest-log
         self.qtest_objects: list[dict[str, str]] = []
+        #: other ``-object``s (TLS credentials, authz): (the option text, its key=value pairs)
+        self.user_objects: list[tuple[str, dict[str, str]]] = []
         self.chardevs: list[ChardevSpec] = []
         self.monitors: list[dict[str, str]] = []  # -mon chardev=ID,mode=...,pretty=...
         self.qmp: list[tuple[str, bool]] = []  # (-qmp spec, pretty)
@@ -317,11 +319,16 @@ def _apply(cfg: Config, name: str, value: str) -> None:
     elif name == "object":
         opts = _opts(value, implied="qom-type")
         qom_type = opts.get("qom-type", "")
-        if qom_type != "qtest":
+        from emu.tls.registry import OBJECT_TYPES
+
+        if qom_type != "qtest" and qom_type not in OBJECT_TYPES:
             raise CliError(f"Parameter 'qom-type' does not accept value '{qom_type}'")
         if "id" not in opts:
             raise CliError("Parameter 'id' is missing")
-        cfg.qtest_objects.append(opts)
+        if qom_type == "qtest":
+            cfg.qtest_objects.append(opts)
+        else:  # TLS credentials and authz, created once the machine exists
+            cfg.user_objects.append((value, opts))
     elif name == "device":
         cfg.devices.append(value)
     elif name in ("drive", "hda", "hdb", "hdc", "hdd", "cdrom", "blockdev"):

@@ -171,6 +171,16 @@ class System:
                 raise StartupError(f"-chardev {chardev.backend},id={chr_id}: {e}") from None
         for opts in cfg.add_fds:
             self.fdsets.add(int(opts["fd"]), int(opts["set"]), opts.get("opaque"))
+        if cfg.user_objects:
+            from emu.tls import TlsError, objects_registry
+            from emu.tls.registry import create_from_keyval
+
+            registry = objects_registry(self.vm.machine.root)
+            for text, opts in cfg.user_objects:
+                try:
+                    create_from_keyval(registry, opts)
+                except TlsError as e:
+                    raise StartupError(f"-object {text}: {e}") from None
         self._setup_migration()
         self._setup_monitors()
         self._setup_serials()

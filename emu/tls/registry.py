@@ -133,3 +133,22 @@ def get_authz(registry: ObjectRegistry, authz_id: str) -> QAuthZ:
 
 def authz_is_allowed_by_id(registry: ObjectRegistry, authz_id: str, identity: str) -> bool:
     return get_authz(registry, authz_id).is_allowed(identity)
+
+
+def create_from_keyval(registry: ObjectRegistry, opts: Mapping[str, str]) -> UserObject:
+    """``-object TYPE,id=ID,prop=value...``: the command line's strings, with QEMU's keyval
+    spellings of booleans (on/off, yes/no, true/false), then ``registry.create``."""
+    props = dict(opts)
+    qom_type, obj_id = props.pop("qom-type", ""), props.pop("id", "")
+    cls = OBJECT_TYPES.get(qom_type)
+    typed: dict[str, Any] = {}
+    for name, text in props.items():
+        spec = cls.prop_spec(name) if cls is not None else None
+        if spec is not None and spec.qom_type == "bool":
+            flag = {"on": True, "yes": True, "true": True, "off": False, "no": False, "false": False}.get(text)
+            if flag is None:
+                raise TlsError(f"Parameter '{name}' expects 'on' or 'off'")
+            typed[name] = flag
+        else:
+            typed[name] = text
+    return registry.create(qom_type, obj_id, typed)

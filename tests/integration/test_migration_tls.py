@@ -135,3 +135,31 @@ def test_tls_over_a_non_socket_transport_is_refused(tmp):
             pass
         assert info["error-desc"] == "TLS migration is only supported over sockets by this emulator"
         assert (tmp / "stream").read_bytes() == b""  # nothing went out in plaintext
+
+
+def test_creds_from_the_command_line(tmp):
+    """-object tls-creds-psk,... on both command lines, as QEMU takes them."""
+    d = make_psk_dir(tmp / "psk")
+    with QTestMachine(BIN, [*NONE16, "-object", f"tls-creds-psk,id=c0,endpoint=client,dir={d},username=qemu"]) as src, \
+            QTestMachine(BIN, [*NONE16, "-incoming", "defer",
+                               "-object", f"tls-creds-psk,id=c0,endpoint=server,dir={d}"]) as dst:
+        for m in (src, dst):
+            m.qmp.cmd("migrate-set-parameters", **{"tls-creds": "c0"})
+        src.qtest.memwrite(0x1000, b"cmdline")
+        src.qmp.cmd("migrate", uri=incoming(dst, tmp, "unix"))
+        wait_completed(src)
+        wait_completed(dst)
+        assert dst.qtest.memread(0x1000, 7) == b"cmdline"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("tls-creds-x509,id=c0,endpoint=client,dir=/nonexistent",
+     "Unable to access credentials /nonexistent/ca-cert.pem: No such file or directory"),
+    ("tls-creds-x509,id=c0,endpoint=client,dir=/tmp,verify-peer=maybe", "Parameter 'verify-peer' expects 'on' or 'off'"),
+    ("authz-simple,id=a0", "The 'identity' property must be set"),
+])
+def test_bad_objects_on_the_command_line(spec, message):
+    import subprocess
+
+    out = subprocess.run([BIN, *NONE16, "-object", spec], capture_output=True, text=True, timeout=30)
+    assert (out.returncode, out.stderr) == (1, f"emu-system-x86_64: -object {spec}: {message}\n")
