@@ -206,18 +206,23 @@ class MigrationManager:
         the plaintext channel on success, ``TransportError`` with QEMU's text otherwise."""
         if not self.config.tls_enabled:
             return channel
-        from emu.tls import TlsError, get_tls_creds, objects_registry
-
-        try:
-            creds = get_tls_creds(objects_registry(self.vm.machine.root), self.config.parameter("tls-creds"),
-                                  "client")
-        except TlsError as e:
-            channel.close()
-            raise TransportError(str(e)) from None
+        _, creds = self._tls_creds(channel, "client")
         hostname = self.config.parameter("tls-hostname") or None
         if hostname is None and addr.transport == "socket" and addr.socket.type == "inet":
             hostname = addr.socket.host
         return tls_upgrade(channel, creds, hostname=hostname)
+
+    def _tls_creds(self, channel: Any, endpoint: str) -> tuple[Any, Any]:
+        """The object registry and the ``tls-creds`` object for ``endpoint`` (QEMU's
+        migration_tls_get_creds); on failure ``channel`` is closed and ``TransportError`` raised."""
+        from emu.tls import TlsError, get_tls_creds, objects_registry
+
+        registry = objects_registry(self.vm.machine.root)
+        try:
+            return registry, get_tls_creds(registry, self.config.parameter("tls-creds"), endpoint)
+        except TlsError as e:
+            channel.close()
+            raise TransportError(str(e)) from None
 
     def _open_multifd(self, addr: MigrationAddress) -> MultifdSender:
         """The multifd channels: ``multifd-channels`` more connections to the same address, each
@@ -510,15 +515,8 @@ class MigrationManager:
             channel = listener.accept()
             if not self.config.tls_enabled:
                 return channel
-            from emu.tls import TlsError, get_tls_creds, objects_registry
-
-            registry = objects_registry(self.vm.machine.root)
             try:
-                try:
-                    creds = get_tls_creds(registry, self.config.parameter("tls-creds"), "server")
-                except TlsError as e:
-                    channel.close()
-                    raise TransportError(str(e)) from None
+                registry, creds = self._tls_creds(channel, "server")
                 return tls_upgrade(channel, creds, authz=self.config.parameter("tls-authz") or None,
                                    registry=registry)
             except TransportError as e:

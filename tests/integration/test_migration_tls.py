@@ -48,6 +48,22 @@ def incoming(dst: QTestMachine, tmp: Path, transport: str) -> str:
     return f"tcp:127.0.0.1:{sa['port']}"
 
 
+def migrate_and_check(src: QTestMachine, dst: QTestMachine, uri: str, data: bytes) -> None:
+    """Writes ``data`` at 0x1000 on the source, migrates, and finds it at the destination."""
+    src.qtest.memwrite(0x1000, data)
+    src.qmp.cmd("migrate", uri=uri)
+    wait_completed(src)
+    wait_completed(dst)
+    assert dst.qtest.memread(0x1000, len(data)) == data
+
+
+def wait_failed(m: QTestMachine) -> dict:
+    """Polls query-migrate until failed (as QEMU's wait_for_migration_fail); the last answer."""
+    while (info := m.qmp.cmd("query-migrate"))["status"] != "failed":
+        pass
+    return info
+
+
 @pytest.mark.parametrize("kind, transport, multifd", [
     ("psk", "unix", False), ("psk", "tcp", True), ("x509", "tcp", False), ("x509", "tcp", True),
 ])
@@ -61,13 +77,8 @@ def test_tls_migration_moves_ram(tmp, kind, transport, multifd):
             for m in (src, dst):
                 m.qmp.cmd("migrate-set-parameters", **{"multifd-channels": 4})
                 m.qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "multifd", "state": True}])
-        src.qtest.memwrite(0x1000, b"over TLS")
         src.qtest.memset(0x300000, 0x5A, 0x20000)
-        uri = incoming(dst, tmp, transport)
-        src.qmp.cmd("migrate", uri=uri)
-        wait_completed(src)
-        wait_completed(dst)
-        assert dst.qtest.memread(0x1000, 8) == b"over TLS"
+        migrate_and_check(src, dst, incoming(dst, tmp, transport), b"over TLS")
         assert dst.qtest.memread(0x300000, 0x20000) == b"\x5a" * 0x20000
 
 
@@ -93,8 +104,7 @@ def test_psk_mismatch_fails_the_source_and_the_destination_keeps_listening(tmp):
         psk(src, dst, tmp, dst_key="cd" * 32)
         uri = incoming(dst, tmp, "tcp")
         src.qmp.cmd("migrate", uri=uri)
-        while (info := src.qmp.cmd("query-migrate"))["status"] != "failed":
-            pass
+        info = wait_failed(src)
         assert info["error-desc"].startswith("TLS handshake failed: ")
         assert dst.qmp.cmd("query-migrate")["status"] == "setup"
         assert "TLS handshake failed: " in dst.stderr_text()
@@ -107,8 +117,7 @@ def test_x509_over_unix_needs_a_hostname(tmp):
             QTestMachine(BIN, [*NONE16, "-incoming", "defer"], expected_status=1) as dst:
         x509(src, dst, tmp, ipaddr="127.0.0.1")
         src.qmp.cmd("migrate", uri=incoming(dst, tmp, "unix"))
-        while (info := src.qmp.cmd("query-migrate"))["status"] != "failed":
-            pass
+        info = wait_failed(src)
         assert info["error-desc"] == "No hostname for certificate validation"
         assert dst.wait(timeout=30) == 1
 
@@ -117,11 +126,7 @@ def test_tls_hostname_overrides_the_uri_host(tmp):
     with QTestMachine(BIN, NONE16) as src, QTestMachine(BIN, [*NONE16, "-incoming", "defer"]) as dst:
         x509(src, dst, tmp, hostname="qemu.org")
         src.qmp.cmd("migrate-set-parameters", **{"tls-hostname": "qemu.org"})
-        src.qtest.memwrite(0x2000, b"hostname")
-        src.qmp.cmd("migrate", uri=incoming(dst, tmp, "unix"))
-        wait_completed(src)
-        wait_completed(dst)
-        assert dst.qtest.memread(0x2000, 8) == b"hostname"
+        migrate_and_check(src, dst, incoming(dst, tmp, "unix"), b"hostname")
 
 
 def test_tls_over_a_non_socket_transport_is_refused(tmp):
@@ -131,8 +136,7 @@ def test_tls_over_a_non_socket_transport_is_refused(tmp):
                                      "dir": str(tmp / "psk"), "username": "qemu"})
         src.qmp.cmd("migrate-set-parameters", **{"tls-creds": "c0"})
         src.qmp.cmd("migrate", uri=f"exec:cat > {tmp}/stream")
-        while (info := src.qmp.cmd("query-migrate"))["status"] != "failed":
-            pass
+        info = wait_failed(src)
         assert info["error-desc"] == "TLS migration is only supported over sockets by this emulator"
         assert (tmp / "stream").read_bytes() == b""  # nothing went out in plaintext
 
@@ -145,11 +149,7 @@ def test_creds_from_the_command_line(tmp):
                                "-object", f"tls-creds-psk,id=c0,endpoint=server,dir={d}"]) as dst:
         for m in (src, dst):
             m.qmp.cmd("migrate-set-parameters", **{"tls-creds": "c0"})
-        src.qtest.memwrite(0x1000, b"cmdline")
-        src.qmp.cmd("migrate", uri=incoming(dst, tmp, "unix"))
-        wait_completed(src)
-        wait_completed(dst)
-        assert dst.qtest.memread(0x1000, 7) == b"cmdline"
+        migrate_and_check(src, dst, incoming(dst, tmp, "unix"), b"cmdline")
 
 
 @pytest.mark.parametrize("spec, message", [
