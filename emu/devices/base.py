@@ -1,8 +1,13 @@
 """The device base class: a QOM object with GPIO lists and a reset hook."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from emu.irq import GpioMixin
 from emu.qom import Property, QObject, QomError, register_type
+
+if TYPE_CHECKING:
+    from emu.migration.vmstate import VMStateDescription
 
 
 class Device(QObject, GpioMixin):
@@ -26,6 +31,23 @@ class Device(QObject, GpioMixin):
 
     def reset(self) -> None:
         """Puts the device in its power-on state (system_reset calls this)."""
+
+    # ---- migration: a device with a VMState description has one section in the stream.
+    #: QEMU's VMStateDescription for this device (section name, version, field layout), or None.
+    vmsd: VMStateDescription | None = None
+
+    def vmstate_id(self) -> tuple[str, int]:
+        """The section's (idstr, instance_id); ISA devices use the vmsd name and instance 0."""
+        assert self.vmsd is not None
+        return self.vmsd.name, 0
+
+    def save_vmstate(self) -> dict:
+        """The field values of ``vmsd`` (field name -> int or bytes) as the device is now."""
+        raise NotImplementedError(self.type_name)
+
+    def load_vmstate(self, state: dict) -> None:
+        """Takes over the state ``save_vmstate`` produced (called after RAM has loaded)."""
+        raise NotImplementedError(self.type_name)
 
 
 # Abstract intermediate types of the devices we model (QEMU's hierarchy).
