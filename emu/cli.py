@@ -34,7 +34,7 @@ ARG_OPTIONS = frozenset({
 # are only read, every device migrates, memory and logging options only tune the host side.
 IGNORED_OPTIONS = frozenset({
     "audio", "audiodev", "msg", "sandbox", "overcommit", "k", "boot", "compat", "seed", "no-user-config",
-    "nographic", "full-screen", "no-hpet", "mem-prealloc", "only-migratable", "no-fd-bootchk", "L", "snapshot",
+    "nographic", "full-screen", "no-hpet", "mem-prealloc", "only-migratable", "L", "snapshot",
     "old-param", "win2k-hack", "no-acpi", "D", "trace",
 })
 # Options accepted that configure something this emulator does not model: a warning says so.
@@ -42,7 +42,6 @@ NOT_MODELLED = {
     "cpu": "CPU models are not modelled: the vCPU is Unicorn's x86-64",
     "smp": "one vCPU is emulated",
     "icount": "instruction counting is not modelled: the clock follows host time",
-    "rtc": "RTC options are not modelled",
     "mem-path": "guest RAM is anonymous memory",
     "numa": "NUMA is not modelled",
     "netdev": "there are no network devices", "net": "there are no network devices",
@@ -119,6 +118,13 @@ class Config:
         self.exit_with_parent = False
         self.drives: list[str] = []
         self.devices: list[str] = []
+        #: the QemuOpts form of each ``-device`` (emu.devices.catalog.DeviceOpts), in order
+        self.device_opts: list = []
+        self.device_ids: set[str] = set()
+        #: stdout text of a ``-device help`` request (printed instead of running)
+        self.help_text: str | None = None
+        #: lines printed on stderr after the program name (e.g. ``-device X: warning: ...``)
+        self.notes: list[str] = []
         self.bios: str | None = None
         self.nodefaults = False
         self.display = "none"
@@ -126,6 +132,9 @@ class Config:
         self.action: str | None = None  # "help" / "version" when they were asked for
         self.no_reboot = False
         self.no_shutdown = False
+        self.fd_bootchk = True  # -no-fd-bootchk clears it
+        self.rtc_values: list[str] = []  # each -rtc, merged once all options are read
+        self.rtc: object | None = None  # emu.devices.rtc.RtcOptions
         #: ``-option value: text`` lines for options accepted but not modelled (printed as warnings)
         self.warnings: list[str] = []
 
@@ -181,7 +190,40 @@ def parse_args(argv: list[str]) -> Config:
             if getattr(e, "bare", False):
                 raise
             raise CliError(f"{arg} {value}: {e}") from None
+    _device_help(cfg)
+    if cfg.rtc_values:
+        _rtc(cfg)
     return cfg
+
+
+def _rtc(cfg: Config) -> None:
+    """All ``-rtc`` options merge into one, checked once all options are read (as QEMU does)."""
+    from emu.devices.rtc import RtcOptionError, parse_rtc_option
+
+    try:
+        cfg.rtc = parse_rtc_option(*cfg.rtc_values)
+    except RtcOptionError as e:
+        raise _bare(str(e) + ("\n" + e.hint.rstrip("\n") if e.hint else "")) from None
+    for message, hint in cfg.rtc.warnings:  # type: ignore[attr-defined]
+        cfg.notes.append(f"{message}\n{hint}".rstrip("\n"))
+
+
+def _device_help(cfg: Config) -> None:
+    """``-device help`` / ``-device NAME,help``: QEMU answers once all options are read, on
+    stdout (an unknown NAME is reported on stderr), and exits 0 without building a machine."""
+    from emu.devices.catalog import DeviceSpecError, device_help
+
+    for spec, opts in zip(cfg.devices, cfg.device_opts):
+        try:
+            text = device_help(opts)
+        except DeviceSpecError as e:
+            cfg.action = "device-help"
+            cfg.notes.append(f"-device {spec}: {e}")
+            return
+        if text is not None:
+            cfg.action = "device-help"
+            cfg.help_text = text
+            return
 
 
 def _bare(message: str) -> CliError:
@@ -208,6 +250,8 @@ def _apply_flag(cfg: Config, name: str) -> None:
         cfg.no_reboot = True
     elif name == "no-shutdown":
         cfg.no_shutdown = True
+    elif name == "no-fd-bootchk":
+        cfg.fd_bootchk = False
     elif name in REFUSED_OPTIONS:
         raise _bare(f"-{name}: {REFUSED_OPTIONS[name]}")
     elif name in NOT_MODELLED:
@@ -330,11 +374,22 @@ def _apply(cfg: Config, name: str, value: str) -> None:
         else:  # TLS credentials and authz, created once the machine exists
             cfg.user_objects.append((value, opts))
     elif name == "device":
+        from emu.devices.catalog import DeviceSpecError, parse_device_opts
+
+        try:
+            opts = parse_device_opts(value, cfg.device_ids)
+        except DeviceSpecError as e:
+            raise CliError(str(e) + (f"\n{e.hint}" if e.hint else "")) from None
+        for message, hint in opts.warnings:
+            cfg.notes.append(f"-device {value}: warning: {message}\n{hint}")
         cfg.devices.append(value)
+        cfg.device_opts.append(opts)
     elif name in ("drive", "hda", "hdb", "hdc", "hdd", "cdrom", "blockdev"):
         cfg.drives.append(value if name in ("drive", "blockdev") else f"file={value},index={ord(name[-1]) - ord('a')}")
     elif name == "bios":
         cfg.bios = value
+    elif name == "rtc":
+        cfg.rtc_values.append(value)
     elif name == "pidfile":
         cfg.pidfile = value
     elif name == "smp":
@@ -386,6 +441,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.action == "help":
         sys.stdout.write(usage(prog))
+        return 0
+    for note in cfg.notes:
+        sys.stderr.write(f"{prog}: {note}\n")
+    if cfg.action == "device-help":
+        sys.stdout.write(cfg.help_text or "")
         return 0
     from emu.system import run_system
 

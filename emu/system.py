@@ -14,6 +14,7 @@ from typing import Any, Callable
 from emu.chardev import Chardev, ChardevError, create_chardev, parse_legacy
 from emu.cli import Config
 from emu.machine import MACHINE_TYPES, MachineError, find_machine
+from emu.machine.options import BoardOptions
 from emu.main_loop import MainLoop
 from emu.vm import VM
 
@@ -76,7 +77,8 @@ class System:
             raise StartupError("unsupported machine type", hint="Use -machine help to list supported machines")
         qtest_accel = self._choose_accel()
         try:
-            machine = mcls(cfg.ram_size or None, manual_clock=qtest_accel, bios=cfg.bios)
+            machine = mcls(cfg.ram_size or None, manual_clock=qtest_accel, bios=cfg.bios,
+                           options=board_options(cfg))
         except MachineError as e:
             raise StartupError(str(e), prefixed=e.prefixed) from None
         for key, value in cfg.machine_props.items():
@@ -361,6 +363,12 @@ def _feed_qtest(server: Any, data: bytes, fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)  # qtest takes no fds
     server.feed(data)
+
+
+def board_options(cfg: Config) -> BoardOptions:
+    """What the board needs from the command line beyond RAM size and firmware."""
+    return BoardOptions(fd_bootchk=cfg.fd_bootchk, rtc=cfg.rtc, nodefaults=cfg.nodefaults,
+                        uuid=bytes.fromhex(cfg.uuid.replace("-", "")) if cfg.uuid else None)
 
 
 def _set_machine_prop(machine: Any, key: str, value: str) -> None:

@@ -6,6 +6,7 @@ from typing import Callable
 from emu.clock import VirtualClock
 from emu.devices.base import Device
 from emu.devices.migration_fault import MigrationFault
+from emu.machine.options import BoardOptions
 from emu.memory import AccessRules, AddressSpace, CallbackOps, MemoryRegion
 from emu.qom import Container, QObject
 from emu.ram import RamBlock
@@ -48,9 +49,11 @@ class Machine(QObject):
     acpi = False
     cpus: list  # the CPU devices (none on machines without one)
 
-    def __init__(self, ram_size: int | None, manual_clock: bool, bios: str | None = None) -> None:
+    def __init__(self, ram_size: int | None, manual_clock: bool, bios: str | None = None,
+                 options: BoardOptions | None = None) -> None:
         super().__init__()
         self.bios_path = bios
+        self.options = options or BoardOptions()
         self.migration_faults: list[MigrationFault] = []  # test-only -device migration-fault
         self.root = Container()  # the QOM root "/"
         self.root.add_child("machine", self)

@@ -27,6 +27,8 @@ PC_ROM_BASE = 0xC0000
 PC_ROM_SIZE = 0x20000
 LOWMEM_LIMIT = 0xE0000000
 LOWMEM_SPLIT = 0xC0000000
+CMOS_EQUIPMENT = 0x14
+BOOT_NIBBLES = {"a": 1, "b": 1, "c": 2, "d": 3, "n": 4}  # CMOS boot device codes
 
 # Where distributions install SeaBIOS; its image is plain ROM data for us (we never execute it).
 BIOS_SEARCH_PATH = (
@@ -123,12 +125,12 @@ class PcMachine(Machine):
         pic.intr.connect(IRQ(lambda n, level: self._kick_cpu() if level else None, 0))
         ioapic.deliver = self._ioapic_deliver
 
-        rtc = RTC()
+        rtc = RTC(self.clock, self.options.rtc, base_year=2000)
         self.add_device(rtc)
         rtc.irq.connect(self.gsi[8])
         self.system_io.add_subregion(0x70, rtc.io)
-        self._init_cmos(rtc, below, above)
         self.rtc = rtc
+        self._init_cmos(rtc, below, above)
 
         kbd = I8042()
         self.add_device(kbd)
@@ -203,11 +205,13 @@ class PcMachine(Machine):
         return bytes(BIOS_SIZE - len(data)) + data
 
     def _init_cmos(self, rtc: RTC, below: int, above: int) -> None:
-        """Memory sizes in the CMOS bytes the BIOS reads, as QEMU's pc_cmos_init writes them."""
+        """The CMOS bytes the BIOS reads (memory sizes, boot order, equipment), as QEMU's
+        pc_cmos_init writes them."""
         KiB, MiB = 1024, 1 << 20
-        rtc.set_cmos(0x15, 640 & 0xFF)
-        rtc.set_cmos(0x16, 640 >> 8)
-        ext = min(self.ram_size // KiB - 1024, 65535) if self.ram_size > MiB else 0
+        base = min(below // KiB, 640)
+        rtc.set_cmos(0x15, base & 0xFF)
+        rtc.set_cmos(0x16, base >> 8)
+        ext = min((below - MiB) // KiB, 65535) if below > MiB else 0
         for lo in (0x17, 0x30):
             rtc.set_cmos(lo, ext & 0xFF)
             rtc.set_cmos(lo + 1, ext >> 8)
@@ -217,3 +221,25 @@ class PcMachine(Machine):
         above_64k = above // (64 * KiB)
         for i, reg in enumerate((0x5B, 0x5C, 0x5D)):
             rtc.set_cmos(reg, (above_64k >> (8 * i)) & 0xFF)
+        opts = self.options
+        self.set_boot_order(opts.boot_once if opts.boot_once is not None else opts.boot_order)
+        self._restore_boot_order = opts.boot_once is not None
+        rtc.set_cmos(CMOS_EQUIPMENT, 0x02 | 0x04)  # FPU, PS/2 mouse
+
+    def set_boot_order(self, order: str) -> None:
+        """Boot devices in CMOS 0x3d/0x38 (QEMU's set_boot_dev): a/b floppy, c disk, d CD-ROM,
+        n network, at most three; bit 0 of 0x38 skips the floppy boot-sector check."""
+        if len(order) > 3:
+            raise MachineError("Too many boot devices for PC")
+        nibbles = [BOOT_NIBBLES.get(dev, 0) for dev in order] + [0, 0, 0]
+        for dev, nibble in zip(order, nibbles):
+            if not nibble:
+                raise MachineError(f"Invalid boot device for PC: '{dev}'")
+        self.rtc.set_cmos(0x3D, (nibbles[1] << 4) | nibbles[0])
+        self.rtc.set_cmos(0x38, (nibbles[2] << 4) | (0 if self.options.fd_bootchk else 1))
+
+    def reset(self) -> None:
+        super().reset()
+        if self._restore_boot_order:  # -boot once= applies to the first boot only
+            self._restore_boot_order = False
+            self.set_boot_order(self.options.boot_order)
