@@ -51,7 +51,7 @@ NOT_MODELLED = {
     "tpmdev": "there is no TPM", "fsdev": "there is no 9p", "virtfs": "there is no 9p", "iscsi": "there is no iSCSI",
     "spice": "there is no display", "vnc": "there is no display", "gdb": "there is no gdbstub",
     "s": "there is no gdbstub", "plugin": "TCG plugins are not supported", "set": "ignored",
-    "action": "-action is not modelled (use -no-reboot/-no-shutdown)", "watchdog-action": "there is no watchdog",
+    "action": "-action is not modelled (use -no-reboot/-no-shutdown)",
     "singlestep": "ignored", "semihosting": "there is no semihosting", "semihosting-config": "there is no semihosting",
     "readconfig": "configuration files are not read", "writeconfig": "configuration files are not written",
     "g": "there is no display", "d": "QEMU's debug log is not produced",
@@ -133,6 +133,8 @@ class Config:
         self.no_reboot = False
         self.no_shutdown = False
         self.fd_bootchk = True  # -no-fd-bootchk clears it
+        self.watchdog_actions: list[str] = []  # every -watchdog-action, first one's text locates errors
+        self.watchdog_action = "reset"
         self.rtc_values: list[str] = []  # each -rtc, merged once all options are read
         self.rtc: object | None = None  # emu.devices.rtc.RtcOptions
         #: ``-option value: text`` lines for options accepted but not modelled (printed as warnings)
@@ -193,7 +195,23 @@ def parse_args(argv: list[str]) -> Config:
     _device_help(cfg)
     if cfg.rtc_values:
         _rtc(cfg)
+    if cfg.watchdog_actions:
+        _watchdog_action(cfg)
     return cfg
+
+
+def _watchdog_action(cfg: Config) -> None:
+    """QEMU checks the last ``-watchdog-action`` once the options are read, and reports a bad
+    one at the first option's location."""
+    from emu.devices.ib700 import parse_watchdog_action
+
+    where = f"-watchdog-action {cfg.watchdog_actions[0]}"
+    try:
+        cfg.watchdog_action = parse_watchdog_action(cfg.watchdog_actions[-1])
+    except ValueError as e:
+        raise _bare(f"{where}: {e}") from None
+    if cfg.watchdog_action == "inject-nmi":
+        raise _bare(f"{where}: the watchdog action inject-nmi is not supported by this emulator (no NMI)")
 
 
 def _rtc(cfg: Config) -> None:
@@ -390,6 +408,8 @@ def _apply(cfg: Config, name: str, value: str) -> None:
         cfg.bios = value
     elif name == "rtc":
         cfg.rtc_values.append(value)
+    elif name == "watchdog-action":
+        cfg.watchdog_actions.append(value)
     elif name == "pidfile":
         cfg.pidfile = value
     elif name == "smp":

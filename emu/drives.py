@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from emu.chardev import parse_opts
 from emu.devices import migration_fault as fault_device
+from emu.devices.catalog import MODELS
 
 DRIVE_OPTS = frozenset({"file", "format", "if", "id", "index", "media", "cache", "aio", "readonly", "snapshot",
                         "bus", "unit", "discard", "werror", "rerror", "node-name", "auto-read-only"})
@@ -64,6 +65,8 @@ def boot_disk(drives: list[str], devices: list[str], faults: list | None = None)
         pairs, _ = parse_opts(spec, implied="driver")
         opts = dict(pairs)
         driver = opts.pop("driver", "")
+        if driver in MODELS and MODELS[driver].checked_here:
+            continue  # a device the board creates (emu.devices.catalog)
         if driver == fault_device.DRIVER:
             try:
                 fault = fault_device.parse_fault(opts)

@@ -85,6 +85,7 @@ class System:
             _set_machine_prop(machine, key, value)
         vm = VM(machine, start_paused=cfg.start_paused, qtest_accel=qtest_accel, name=cfg.name, uuid=cfg.uuid)
         vm.no_reboot, vm.no_shutdown = cfg.no_reboot, cfg.no_shutdown
+        vm.watchdog_action = cfg.watchdog_action
         if cfg.incoming is not None:
             vm.runstate = "inmigrate"  # waits for the stream; autostart stays as -S says
             machine.clock.enable(False)
@@ -99,9 +100,25 @@ class System:
         if disk is not None and hasattr(machine, "boot_image"):
             with open(disk, "rb") as f:
                 machine.boot_image = f.read(512).ljust(512, b"\0")
+        self._add_devices(machine)
         machine.boot()
         machine.clock.abort_check = lambda: vm.shutdown_requested is not None or self.signal_received is not None
         return vm
+
+    def _add_devices(self, machine: Any) -> None:
+        """Each ``-device`` of the catalog, in command-line order (``ide-hd`` and the test-only
+        ``migration-fault`` were taken by the drive set-up)."""
+        from emu.devices.catalog import DeviceSpecError, parse_device
+
+        for text, opts in zip(self.cfg.devices, self.cfg.device_opts):
+            try:
+                spec = parse_device(opts)
+                if spec.checked:
+                    machine.add_user_device(spec)
+            except DeviceSpecError as e:
+                raise StartupError(f"-device {text}: {e}", hint=e.hint) from None
+            except MachineError as e:
+                raise StartupError(f"-device {text}: {e}") from None
 
     def _choose_accel(self) -> bool:
         """Tries ``-accel`` choices in order, as QEMU does; True when the qtest accelerator won."""

@@ -5,6 +5,7 @@ it owns QEMU's RunState transitions and emits the STOP/RESUME/RESET/SHUTDOWN eve
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -50,6 +51,9 @@ class VM:
         self.defer: Callable[[Callable[[], None]], None] = lambda fn: fn()
         machine.clock.abort_check = lambda: self.shutdown_requested is not None
         machine.request_reset = self.request_reset
+        machine.exit_request = self.exit_now
+        machine.panic_event = self.guest_panicked
+        machine.watchdog_expired = self.watchdog_fired
         machine.clock.enable(self.running)
 
     # ---- events
@@ -159,6 +163,55 @@ class VM:
             self.runstate = "paused" if received == "running" else received
             if received == "running" and self.autostart:
                 self.cont()
+
+    # ---- what guest-visible devices ask of the VM (called from device handlers)
+    #: ``-watchdog-action`` (QEMU's default ``reset``); ``-action panic=`` (default ``shutdown``)
+    watchdog_action = "reset"
+    panic_action = "shutdown"
+
+    def exit_now(self, status: int) -> None:
+        """``isa-debug-exit``: the process ends at once with ``status``, as QEMU's exit() does
+        (no SHUTDOWN event); buffered output is flushed first."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    def guest_panicked(self, kind: str) -> None:
+        """pvpanic events, as QEMU 7.2's qemu_system_guest_panicked / _crashloaded."""
+        from emu.devices.pvpanic import guest_panicked_action
+
+        if kind != "panicked":
+            self.emit("GUEST_CRASHLOADED", {"action": "run"})
+            return
+        action = guest_panicked_action(self.panic_action, "pause" if self.no_shutdown else "poweroff")
+        self.emit("GUEST_PANICKED", {"action": action})
+        if action == "run":
+            return
+
+        def stop() -> None:
+            self.set_runstate("guest-panicked")
+            if action == "poweroff":
+                if self.panic_action == "exit-failure":
+                    self.exit_code = 1
+                self.request_shutdown("guest-panic")
+
+        self.defer(stop)
+
+    def watchdog_fired(self) -> None:
+        """A watchdog expired: the WATCHDOG event, then ``-watchdog-action`` (QEMU's
+        watchdog_perform_action; ``inject-nmi`` is refused on the command line)."""
+        action = self.watchdog_action
+        self.emit("WATCHDOG", {"action": action})
+        if action == "reset":
+            self.request_reset("guest-reset")
+        elif action == "shutdown":
+            self.defer(self.powerdown)
+        elif action == "poweroff":
+            self.exit_now(0)
+        elif action == "pause":
+            self.defer(lambda: self.set_runstate("watchdog"))
+        elif action == "debug":
+            sys.stderr.write("watchdog: timer fired\n")
 
     def powerdown(self) -> None:
         """``system_powerdown``: the ACPI power button; a guest without ACPI ignores it."""

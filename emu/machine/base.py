@@ -1,7 +1,7 @@
 """The board skeleton every machine type shares: QOM root, address spaces, RAM, clock, devices."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from emu.clock import VirtualClock
 from emu.devices.base import Device
@@ -79,6 +79,11 @@ class Machine(QObject):
             self.add_property(name, qom_type, value, qapi_type)
         # Set by the VM: how a device asks for a system reset (reason as in QMP's RESET event).
         self.request_reset: Callable[[str], None] = lambda reason: None
+        # Set by the VM as well: a device ends the process (isa-debug-exit), reports a guest
+        # panic (pvpanic: "panicked"/"crash-loaded"), or a watchdog expired.
+        self.exit_request: Callable[[int], None] = lambda status: None
+        self.panic_event: Callable[[str], None] = lambda kind: None
+        self.watchdog_expired: Callable[[], None] = lambda: None
         self.init_board()
         self.address_space_memory = AddressSpace("memory", self.system_memory)
         self.address_space_io = AddressSpace("I/O", self.system_io)
@@ -108,6 +113,20 @@ class Machine(QObject):
     def reset(self) -> None:
         for dev in self.devices:
             dev.reset()
+
+    def add_user_device(self, spec: Any) -> Device:
+        """``-device``: this board has no bus for it (``spec`` is a catalog DeviceSpec)."""
+        from emu.devices.catalog import MODELS
+
+        raise MachineError(f"No '{MODELS[spec.driver].bus}' bus found for device '{spec.driver}'")
+
+    def user_device_parent(self, spec: Any) -> tuple[QObject, str]:
+        """Where a ``-device`` goes in the QOM tree: ``/machine/peripheral/ID``, or
+        ``/machine/peripheral-anon/device[N]`` without an id."""
+        if spec.id is not None:
+            return self.children["peripheral"], spec.id
+        anon = self.children["peripheral-anon"]
+        return anon, f"device[{len(anon.children)}]"
 
     def boot(self) -> None:
         """What the firmware would do before the guest runs; nothing on a bare board."""

@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+from emu.devices.base import Device
+from emu.devices.catalog import DeviceSpec
+from emu.devices.debug_exit import ISADebugExit
+from emu.devices.ib700 import IB700, IB700_BASE
+from emu.devices.ioport import PORT80_ADDR, PORT92_ADDR, PORTF0_ADDR, Port92, port80_region, portf0_region
+from emu.devices.pvpanic import PVPanic
+from emu.devices.testdev import IOMEM_ADDR as TESTDEV_IOMEM_ADDR
+from emu.devices.testdev import PCTestdev
 from emu.devices.i440fx import CONFIG_ADDR_PORT, CONFIG_DATA_PORT, I440FXHost
 from emu.devices.i8042 import I8042
 from emu.devices.i8259 import I8259
@@ -140,7 +148,49 @@ class PcMachine(Machine):
         self.system_io.add_subregion(0x60, kbd.data_io)
         self.system_io.add_subregion(0x64, kbd.cmd_io)
 
+        self.system_io.add_subregion(PORT80_ADDR, port80_region())
+        self.system_io.add_subregion(PORTF0_ADDR, portf0_region())
+        port92 = Port92()
+        self.add_device(port92)
+        port92.reset_request = lambda: self.request_reset("guest-reset")
+        self.system_io.add_subregion(PORT92_ADDR, port92.io)
+
     boot_image: bytes | None = None  # sector 0 of the boot disk, if there is one
+
+    # ---- -device
+    def add_user_device(self, spec: DeviceSpec) -> Device:
+        """Creates a ``-device`` of the catalog's ISA models, maps it and wires its IRQs and
+        callbacks (QEMU's qdev_device_add on the pc board)."""
+        dev: Device
+        io: list[tuple[int, MemoryRegion]] = []
+        if spec.driver == "isa-debug-exit":
+            debug_exit = ISADebugExit(int(spec.value("iobase")), int(spec.value("iosize")),
+                                      lambda status: self.exit_request(status))
+            io = [(debug_exit.iobase, debug_exit.io)] if debug_exit.io is not None else []
+            dev = debug_exit
+        elif spec.driver == "pc-testdev":
+            testdev = PCTestdev()
+            io = testdev.io_regions()
+            self.system_memory.add_subregion(TESTDEV_IOMEM_ADDR, testdev.iomem)
+            for n, line in enumerate(testdev.irq):
+                line.connect(self.gsi[n])
+            dev = testdev
+        elif spec.driver == "pvpanic":
+            pvpanic = PVPanic(int(spec.value("ioport")), int(spec.value("events")),
+                              lambda kind: self.panic_event(kind))
+            io = [(pvpanic.ioport, pvpanic.io)]
+            dev = pvpanic
+        elif spec.driver == "ib700":
+            ib700 = IB700(self.clock, lambda: self.watchdog_expired())
+            io = [(IB700_BASE, ib700.io)]
+            dev = ib700
+        else:
+            return super().add_user_device(spec)
+        parent, name = self.user_device_parent(spec)
+        self.add_device(dev, name, parent)
+        for addr, region in io:
+            self.system_io.add_subregion(addr, region)
+        return dev
 
     # ---- migration: the vCPU's registers travel in a "cpu" section
     def migration_entries(self, saving: bool) -> list:
