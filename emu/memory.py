@@ -78,6 +78,7 @@ class MemoryRegion:
         self.alias_target: MemoryRegion | None = None
         self.alias_offset = 0
         self.owner: Any = None
+        self.readonly = False  # aliases only: see set_readonly
         self._listeners: list[Callable[[], None]] = []
         self._seq = 0
 
@@ -146,6 +147,16 @@ class MemoryRegion:
         self.addr = addr
         self._changed()
 
+    def set_readonly(self, readonly: bool) -> None:
+        """On an alias: the ranges it shows are flagged read-only (QEMU's memory_region_set_readonly,
+        which PAM's read-only mode uses). As in QEMU 7.2, the flag is for the CPU's mappings
+        (``FlatRange.readonly``): address-space writes (qtest, DMA) still reach the RAM behind it."""
+        if self.kind != "alias":
+            raise ValueError(f"region {self.name!r}: only aliases can be made read-only here")
+        if self.readonly != readonly:
+            self.readonly = readonly
+            self._changed()
+
     def set_alias_offset(self, offset: int) -> None:
         assert self.alias_target is not None
         self.alias_offset = offset
@@ -173,13 +184,14 @@ class FlatRange(NamedTuple):
     last: int
     mr: MemoryRegion
     offset: int
+    readonly: bool = False  # seen through a read-only alias
 
 
 def render(root: MemoryRegion) -> list[FlatRange]:
     """Flattens the tree: higher priority wins, later-added wins ties, holes fall through."""
     out: list[FlatRange] = []
 
-    def insert(start: int, last: int, mr: MemoryRegion, offset: int) -> None:
+    def insert(start: int, last: int, mr: MemoryRegion, offset: int, readonly: bool) -> None:
         # Claim only the parts of [start, last] not yet claimed by something more visible.
         pieces: list[FlatRange] = []
         cur = start
@@ -189,18 +201,18 @@ def render(root: MemoryRegion) -> list[FlatRange]:
             if fr.start > last:
                 break
             if fr.start > cur:
-                pieces.append(FlatRange(cur, fr.start - 1, mr, offset + (cur - start)))
+                pieces.append(FlatRange(cur, fr.start - 1, mr, offset + (cur - start), readonly))
             cur = fr.last + 1
             if cur > last:
                 break
         if cur <= last:
-            pieces.append(FlatRange(cur, last, mr, offset + (cur - start)))
+            pieces.append(FlatRange(cur, last, mr, offset + (cur - start), readonly))
         if pieces:
             out.extend(pieces)
             out.sort(key=lambda fr: fr.start)
 
-    def walk(mr: MemoryRegion, base: int, lo: int, hi: int) -> None:
-        # [lo, hi] is the clip window in guest addresses (inclusive).
+    def walk(mr: MemoryRegion, base: int, lo: int, hi: int, readonly: bool = False) -> None:
+        # [lo, hi] is the clip window in guest addresses (inclusive); readonly: under a read-only alias.
         if not mr.enabled:
             return
         start = max(base, lo)
@@ -209,12 +221,12 @@ def render(root: MemoryRegion) -> list[FlatRange]:
             return
         if mr.kind == "alias":
             assert mr.alias_target is not None
-            walk(mr.alias_target, base - mr.alias_offset, start, last)
+            walk(mr.alias_target, base - mr.alias_offset, start, last, readonly or mr.readonly)
             return
         for sub in sorted(mr.subregions, key=lambda s: (-s.priority, -s._seq)):
-            walk(sub, base + sub.addr, start, last)
+            walk(sub, base + sub.addr, start, last, readonly)
         if mr.kind in ("ram", "rom", "io"):
-            insert(start, last, mr, start - base)
+            insert(start, last, mr, start - base, readonly)
 
     walk(root, 0, 0, _ADDR_MASK)
     return out
@@ -325,12 +337,13 @@ class AddressSpace:
 
     # ---- MMIO dispatch, following QEMU's access-size rules
     def _mmio_read(self, index: int, addr: int, buf: bytearray | memoryview, pos: int, left: int) -> int:
+        # An access goes whole to the region of its first byte, even past that region's end
+        # (QEMU clamps only RAM accesses to their section: see address_space_translate_internal).
         fr = self.ranges[index]
-        avail = min(left, fr.last - addr + 1)
         done = 0
-        while done < avail:
+        while done < left and addr + done <= fr.last:
             off = fr.offset + (addr - fr.start) + done
-            size = _access_size(fr.mr.rules, off, avail - done)
+            size = _access_size(fr.mr.rules, off, left - done)
             value = _dispatch_read(fr.mr, off, size)
             buf[pos + done : pos + done + size] = value.to_bytes(size, "little")
             done += size
@@ -338,11 +351,11 @@ class AddressSpace:
 
     def _mmio_write(self, index: int, addr: int, data: bytes | memoryview) -> int:
         fr = self.ranges[index]
-        avail = min(len(data), fr.last - addr + 1)
+        left = len(data)
         done = 0
-        while done < avail:
+        while done < left and addr + done <= fr.last:
             off = fr.offset + (addr - fr.start) + done
-            size = _access_size(fr.mr.rules, off, avail - done)
+            size = _access_size(fr.mr.rules, off, left - done)
             _dispatch_write(fr.mr, off, int.from_bytes(data[done : done + size], "little"), size)
             done += size
         return done

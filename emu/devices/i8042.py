@@ -22,7 +22,7 @@ class I8042(Device):
     def __init__(self) -> None:
         super().__init__()
         self.irq_kbd, self.irq_mouse = self.init_gpio_out(2)
-        rules = AccessRules(valid_max=1, impl_max=1)
+        rules = AccessRules(valid_max=4, impl_max=1)  # QEMU: impl 1 byte, any size accepted
         self.data_io = MemoryRegion.io("i8042-data", 1, CallbackOps(self._read_data, self._write_data, rules), owner=self)
         self.cmd_io = MemoryRegion.io("i8042-cmd", 1, CallbackOps(self._read_status, self._write_cmd, rules), owner=self)
         self.reset_request = lambda: None  # wired by the board: command 0xfe pulses the reset line

@@ -141,12 +141,16 @@ class I8259(Device):
         self.master.elcr_mask, self.slave.elcr_mask = 0xF8, 0xDE  # QEMU's PIIX3 ELCR masks
         self.init_gpio_in(self._set_irq, 16)
         self.intr = self.init_gpio_out(1)[0]  # INTR to the CPU
-        rules = AccessRules(valid_max=1, impl_max=1)
+        rules = AccessRules(valid_max=4, impl_max=1)  # QEMU: impl 1 byte, any size accepted
         self.master_io = MemoryRegion.io("pic", 2, CallbackOps(lambda o, s: self._read(self.master, o),
                                                              lambda o, v, s: self._write(self.master, o, v), rules), owner=self)
         self.slave_io = MemoryRegion.io("pic", 2, CallbackOps(lambda o, s: self._read(self.slave, o),
                                                             lambda o, v, s: self._write(self.slave, o, v), rules), owner=self)
-        self.elcr_io = MemoryRegion.io("elcr", 2, CallbackOps(self._elcr_read, self._elcr_write, rules), owner=self)
+        # one 1-byte "elcr" region per chip (0x4d0 master, 0x4d1 slave), as QEMU maps them
+        self.master_elcr_io, self.slave_elcr_io = (
+            MemoryRegion.io("elcr", 1, CallbackOps(lambda o, s, c=chip: c.elcr,
+                                                   lambda o, v, s, c=chip: self._elcr_write(c, v), rules), owner=self)
+            for chip in (self.master, self.slave))
         self._level = 0
 
     def reset(self) -> None:
@@ -195,10 +199,6 @@ class I8259(Device):
         chip.write(offset, value)
         self._update()
 
-    def _elcr_read(self, offset: int, size: int) -> int:
-        return (self.master, self.slave)[offset].elcr
-
-    def _elcr_write(self, offset: int, value: int, size: int) -> None:
-        chip = (self.master, self.slave)[offset]
+    def _elcr_write(self, chip: PicChip, value: int) -> None:
         chip.elcr = value & chip.elcr_mask
         self._update()

@@ -94,7 +94,7 @@ def test_pc_layout_splits_ram_around_the_pci_hole():
     assert split_ram(0xE0000000) == (0xC0000000, 0x20000000)
     assert split_ram(0xDFFFFFFF) == (0xDFFFFFFF, 0)
     m = PcMachine(0xE0000000 + (1 << 20), manual_clock=True)
-    ranges = [(fr.start, fr.last, fr.mr.name) for fr in m.address_space_memory.ranges]
+    ranges = [(fr.start, fr.last, fr.mr.name) for fr in m.address_space_memory.iter_ranges()]
     assert ranges[0] == (0, 0xBFFFF, "pc.ram")
     assert (0x100000, 0xBFFFFFFF, "pc.ram") in ranges
     assert (0x100000000, 0x100000000 + 0x20100000 - 1, "pc.ram") in ranges
