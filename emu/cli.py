@@ -33,8 +33,8 @@ ARG_OPTIONS = frozenset({
 # result is what QEMU gives too: no display, sound, HPET, ACPI or firmware to configure, drives
 # are only read, every device migrates, memory and logging options only tune the host side.
 IGNORED_OPTIONS = frozenset({
-    "audio", "audiodev", "msg", "sandbox", "overcommit", "k", "boot", "compat", "seed", "no-user-config",
-    "nographic", "full-screen", "no-hpet", "mem-prealloc", "only-migratable", "L", "snapshot",
+    "audio", "audiodev", "msg", "sandbox", "overcommit", "k", "compat", "seed", "no-user-config",
+    "full-screen", "mem-prealloc", "only-migratable", "L", "snapshot",
     "old-param", "win2k-hack", "no-acpi", "D", "trace",
 })
 # Options accepted that configure something this emulator does not model: a warning says so.
@@ -79,6 +79,11 @@ SIZE_HELP = ("Parameter 'size' expects a non-negative number below 2^64\n"
 
 class CliError(Exception):
     """A command-line error; ``str()`` is the message without the program name."""
+
+
+class EarlyHelp(Exception):
+    """A help request met while reading the options (``-boot help``): QEMU prints it on stdout
+    and exits 0 at once."""
 
 
 class ChardevSpec:
@@ -135,6 +140,10 @@ class Config:
         self.fd_bootchk = True  # -no-fd-bootchk clears it
         self.watchdog_actions: list[str] = []  # every -watchdog-action, first one's text locates errors
         self.watchdog_action = "reset"
+        self.boot_keyval: dict = {}  # every -boot merged (keyval), checked once all are read
+        self.boot: object | None = None  # emu.devices.fw_cfg.BootOptions
+        self.no_hpet = False
+        self.nographic = False
         self.rtc_values: list[str] = []  # each -rtc, merged once all options are read
         self.rtc: object | None = None  # emu.devices.rtc.RtcOptions
         #: ``-option value: text`` lines for options accepted but not modelled (printed as warnings)
@@ -195,6 +204,13 @@ def parse_args(argv: list[str]) -> Config:
     _device_help(cfg)
     if cfg.rtc_values:
         _rtc(cfg)
+    if cfg.boot_keyval:
+        from emu.devices.fw_cfg import BootOptionError, boot_options_from_keyval
+
+        try:
+            cfg.boot = boot_options_from_keyval(cfg.boot_keyval)
+        except BootOptionError as e:
+            raise _bare(str(e)) from None
     if cfg.watchdog_actions:
         _watchdog_action(cfg)
     return cfg
@@ -270,6 +286,10 @@ def _apply_flag(cfg: Config, name: str) -> None:
         cfg.no_shutdown = True
     elif name == "no-fd-bootchk":
         cfg.fd_bootchk = False
+    elif name == "no-hpet":
+        cfg.no_hpet = True
+    elif name == "nographic":
+        cfg.nographic = True
     elif name in REFUSED_OPTIONS:
         raise _bare(f"-{name}: {REFUSED_OPTIONS[name]}")
     elif name in NOT_MODELLED:
@@ -408,6 +428,16 @@ def _apply(cfg: Config, name: str, value: str) -> None:
         cfg.bios = value
     elif name == "rtc":
         cfg.rtc_values.append(value)
+    elif name == "boot":
+        from emu.devices.fw_cfg import BOOT_HELP_TEXT, BootOptionError, merge_boot_keyval, parse_boot_keyval
+
+        try:
+            values, wants_help = parse_boot_keyval(value)
+            merge_boot_keyval(cfg.boot_keyval, values)
+        except BootOptionError as e:
+            raise _bare(str(e)) from None
+        if wants_help:
+            raise EarlyHelp(BOOT_HELP_TEXT)
     elif name == "watchdog-action":
         cfg.watchdog_actions.append(value)
     elif name == "pidfile":
@@ -456,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ChardevError) as e:
         sys.stderr.write(f"{prog}: {e}\n")
         return 1
+    except EarlyHelp as e:
+        sys.stdout.write(str(e))
+        return 0
     if cfg.action == "version":
         sys.stdout.write(VERSION_TEXT)
         return 0

@@ -98,22 +98,33 @@ class VCPU:
 
     # ---- set-up
     def _map_memory(self) -> None:
+        """RAM and ROM by pointer (PAM's read-only RAM without write permission); MMIO pages
+        through the memory API. Unicorn maps whole pages, so an MMIO range smaller than a page
+        (the HPET's 1 KiB) maps its page, whose other bytes dispatch as unassigned memory does."""
         import unicorn
 
         asp = self.machine.address_space_memory
+        mmio_pages: list[list[int]] = []  # merged [first, last] page-aligned spans
         for fr in asp.iter_ranges():
             start, size = fr.start, fr.last - fr.start + 1
-            if start % PAGE or size % PAGE:
-                raise VCPUError(f"range {fr.mr.name} at {start:#x}+{size:#x} is not page aligned")
             if fr.mr.kind in ("ram", "rom"):
+                if start % PAGE or size % PAGE:
+                    raise VCPUError(f"range {fr.mr.name} at {start:#x}+{size:#x} is not page aligned")
                 block = fr.mr.block
                 assert block is not None
                 host = block.host_address + fr.mr.block_offset + fr.offset
-                perms = unicorn.UC_PROT_ALL if fr.mr.kind == "ram" else unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
+                writable = fr.mr.kind == "ram" and not fr.readonly
+                perms = unicorn.UC_PROT_ALL if writable else unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
                 self.uc.mem_map_ptr(start, size, perms, host)
+                continue
+            first, last = start & ~(PAGE - 1), fr.last | (PAGE - 1)
+            if mmio_pages and first <= mmio_pages[-1][1] + 1:
+                mmio_pages[-1][1] = max(mmio_pages[-1][1], last)
             else:
-                read, write = self._mmio_callbacks(start)
-                self.uc.mmio_map(start, size, read, None, write, None)
+                mmio_pages.append([first, last])
+        for first, last in mmio_pages:
+            read, write = self._mmio_callbacks(first)
+            self.uc.mmio_map(first, last - first + 1, read, None, write, None)
 
     def _install_hooks(self, dirty_tracking: bool) -> None:
         import unicorn

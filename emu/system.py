@@ -97,9 +97,9 @@ class System:
             disk = boot_disk(cfg.drives, cfg.devices, machine.migration_faults)
         except DriveError as e:
             raise StartupError(str(e)) from None
-        if disk is not None and hasattr(machine, "boot_image"):
+        if disk is not None and hasattr(machine, "attach_boot_disk"):
             with open(disk, "rb") as f:
-                machine.boot_image = f.read(512).ljust(512, b"\0")
+                machine.attach_boot_disk(f.read(512).ljust(512, b"\0"))
         self._add_devices(machine)
         machine.boot()
         machine.clock.abort_check = lambda: vm.shutdown_requested is not None or self.signal_received is not None
@@ -203,6 +203,7 @@ class System:
         self._setup_migration()
         self._setup_monitors()
         self._setup_serials()
+        self.vm.machine.machine_done()
         self._setup_qtest()
         self._setup_vcpu()
         if cfg.incoming is not None and cfg.incoming != "defer":
@@ -384,8 +385,24 @@ def _feed_qtest(server: Any, data: bytes, fds: list[int]) -> None:
 
 def board_options(cfg: Config) -> BoardOptions:
     """What the board needs from the command line beyond RAM size and firmware."""
-    return BoardOptions(fd_bootchk=cfg.fd_bootchk, rtc=cfg.rtc, nodefaults=cfg.nodefaults,
-                        uuid=bytes.fromhex(cfg.uuid.replace("-", "")) if cfg.uuid else None)
+    opts = BoardOptions(fd_bootchk=cfg.fd_bootchk, rtc=cfg.rtc, nodefaults=cfg.nodefaults,
+                        uuid=bytes.fromhex(cfg.uuid.replace("-", "")) if cfg.uuid else None,
+                        nographic=cfg.nographic or _off(cfg.machine_props.get("graphics")),
+                        hpet=not (cfg.no_hpet or _off(cfg.machine_props.get("hpet"))))
+    boot: Any = cfg.boot
+    if boot is not None:
+        opts.boot_order = boot.order if boot.order is not None else "cad"
+        opts.boot_once = boot.once
+        opts.boot_menu = bool(boot.menu)
+        opts.boot_splash = boot.splash
+        opts.boot_strict = bool(boot.strict)
+        opts.splash_time = boot.splash_time
+        opts.reboot_timeout = boot.reboot_timeout
+    return opts
+
+
+def _off(value: str | None) -> bool:
+    return value in ("off", "false", "no")
 
 
 def _set_machine_prop(machine: Any, key: str, value: str) -> None:

@@ -34,6 +34,8 @@ class IOAPIC(Device):
         self.redir = [1 << 16] * NUM_PINS  # masked
 
     def _set_irq(self, n: int, level: int) -> None:
+        if n == 0:
+            n = 2  # ISA IRQ 0 (PIT, HPET timer 0) is GSI 2, as QEMU's ioapic_set_irq maps it
         rising = level and not self.irr & (1 << n)
         if level:
             self.irr |= 1 << n

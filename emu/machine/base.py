@@ -64,7 +64,9 @@ class Machine(QObject):
         self.system_memory = MemoryRegion.container("system", 1 << 64)
         self.system_io = MemoryRegion.io(
             "io", IO_SPACE_SIZE,
-            CallbackOps(_unassigned_io_read, _unassigned_io_write, AccessRules(valid_min=1, valid_max=4, impl_min=1, impl_max=4, valid_unaligned=True, impl_unaligned=True)),
+            # QEMU's unassigned_io_ops: accesses bounded by their alignment
+            CallbackOps(_unassigned_io_read, _unassigned_io_write,
+                        AccessRules(valid_min=1, valid_max=4, impl_min=1, impl_max=4, valid_unaligned=True)),
         )
         self.ram_blocks: list[RamBlock] = []
         self.devices: list[Device] = []
@@ -84,9 +86,10 @@ class Machine(QObject):
         self.exit_request: Callable[[int], None] = lambda status: None
         self.panic_event: Callable[[str], None] = lambda kind: None
         self.watchdog_expired: Callable[[], None] = lambda: None
-        self.init_board()
+        # the address spaces follow later changes of their regions (DMA engines keep them)
         self.address_space_memory = AddressSpace("memory", self.system_memory)
         self.address_space_io = AddressSpace("I/O", self.system_io)
+        self.init_board()
 
     @property
     def type_name(self) -> str:  # type: ignore[override]
@@ -128,6 +131,9 @@ class Machine(QObject):
         anon = self.children["peripheral-anon"]
         return anon, f"device[{len(anon.children)}]"
 
+    def machine_done(self) -> None:
+        """Called once every device exists (QEMU's machine-init-done notifiers)."""
+
     def boot(self) -> None:
         """What the firmware would do before the guest runs; nothing on a bare board."""
 
@@ -138,10 +144,29 @@ class Machine(QObject):
 
         if saving:
             self.migration_setup("save-state")
-        return [timer_entry()]
+        return [timer_entry(), *self._device_entries(saving)]
+
+    def _device_entries(self, saving: bool) -> list:
+        """One section per device with a VMState description, in creation order (as QEMU
+        registers them when devices are realized)."""
+        from emu.migration.vmstate import SaveStateEntry
+
+        entries = []
+        for dev in self.devices:
+            if dev.vmsd is not None:
+                idstr, instance = dev.vmstate_id()
+                entries.append(SaveStateEntry(idstr, instance, dev.vmsd, dev.save_vmstate() if saving else {}))
+        return entries
 
     def migration_loaded(self, entries: list) -> None:
-        """Applies the loaded sections (after RAM is in place)."""
+        """Applies the loaded sections (after RAM is in place); a device whose section the
+        stream did not carry keeps its state, as in QEMU."""
+        by_id = {(e.idstr, e.instance_id): e for e in entries}
+        for dev in self.devices:
+            if dev.vmsd is not None:
+                entry = by_id.get(dev.vmstate_id())
+                if entry is not None and entry.state:
+                    dev.load_vmstate(entry.state)
         self.migration_setup("post-load")
 
     def migration_setup(self, stage: str) -> None:

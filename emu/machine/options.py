@@ -20,6 +20,8 @@ class BoardOptions:
     boot_once: str | None = None
     fd_bootchk: bool = True
     boot_menu: bool = False
+    boot_splash: str | None = None  # -boot splash=FILE
+    boot_strict: bool = False
     splash_time: int | None = None  # -boot splash-time=, ms
     reboot_timeout: int | None = None  # -boot reboot-timeout=, ms (-1: no reboot)
     uuid: bytes | None = None

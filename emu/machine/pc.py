@@ -7,6 +7,8 @@ devices plug in through ``add_device`` and the ``memory``/``io`` regions.
 """
 from __future__ import annotations
 
+import os
+import sys
 from typing import Callable
 
 from emu.devices.base import Device
@@ -17,7 +19,17 @@ from emu.devices.ioport import PORT80_ADDR, PORT92_ADDR, PORTF0_ADDR, Port92, po
 from emu.devices.pvpanic import PVPanic
 from emu.devices.testdev import IOMEM_ADDR as TESTDEV_IOMEM_ADDR
 from emu.devices.testdev import PCTestdev
-from emu.devices.i440fx import CONFIG_ADDR_PORT, CONFIG_DATA_PORT, I440FXHost
+from emu.devices.fdc import IsaFdc
+from emu.devices.fw_cfg import (FW_CFG_DMA_IO_BASE, FW_CFG_IO_BASE, PC_HPET_BLOCK_ID, QOM_CHILD_NAME, BootOptionError,
+                                PcFwCfgConfig, build_pc_fw_cfg)
+from emu.devices.hpet import HPET, HPET_BASE
+from emu.devices.i8254 import PIT
+from emu.devices.ide_ports import CHANNELS, EmptyIdeChannel
+from emu.devices.pm_blocks import CPUHP_BASE, PCIHP_BASE, SMBUS_BASE, CpuHotplugLegacy, PciHotplugRegs, SMBusHost
+from emu.devices.pcspk import PCSpeaker
+from emu.devices.i8257 import create_dma_pair
+from emu.devices.i440fx import I440FXHost, build_i440fx
+from emu.devices.piix import build_piix, io_port_present
 from emu.devices.i8042 import I8042
 from emu.devices.i8259 import I8259
 from emu.devices.ioapic import IOAPIC, IOAPIC_BASE, NUM_PINS
@@ -62,6 +74,11 @@ def default_bios_image() -> bytes:
     return bytes(image)
 
 
+def _report(message: str) -> None:
+    """QEMU's error_report: the program name, then the message, on stderr."""
+    sys.stderr.write(f"{os.path.basename(sys.argv[0]) or 'emu-system-x86_64'}: {message}\n")
+
+
 def split_ram(ram_size: int) -> tuple[int, int]:
     """(below 4 GiB, above 4 GiB) sizes, as i440fx splits them."""
     lowmem = LOWMEM_SPLIT if ram_size >= LOWMEM_LIMIT else LOWMEM_LIMIT
@@ -82,43 +99,84 @@ class PcMachine(Machine):
     acpi = True
 
     def init_board(self) -> None:
+        """The devices in the order QEMU 7.2's pc_init1 creates them, so that each one gets
+        QEMU's ``/machine/unattached/device[N]`` path (numbers of devices we do not have are
+        skipped, not reused)."""
         self.cpus = [X86CPU(0)]
-        self.add_device(self.cpus[0])  # /machine/unattached/device[0], as in QEMU
-        sysmem = self.system_memory
-        block = self.new_ram("pc.ram", self.ram_size)
+        self.add_device(self.cpus[0])  # device[0]
+        self._skip_unattached()  # device[1]: kvmvapic
         below, above = split_ram(self.ram_size)
-        ram_mr = MemoryRegion.ram("pc.ram", self.ram_size, block)
-        sysmem.add_subregion(0, MemoryRegion.alias("ram-below-4g", ram_mr, 0, below))
-        if above:
-            sysmem.add_subregion(4 * GiB, MemoryRegion.alias("ram-above-4g", ram_mr, below, above))
+        host = self._init_memory_and_host(below, above)  # device[2]: i440FX (00:00.0)
+        self._init_fw_cfg(below, above)
+        self._init_irqs(host)
+        piix3, ide, pm = build_piix(host.bus, self.clock)
+        self.add_device(piix3)  # device[3]
+        for n in range(16):
+            piix3.isa_irq[n].connect(self.gsi[n])
+        piix3.reset_request = lambda: self.request_reset("guest-reset")
+        self.dma = create_dma_pair(self.address_space_memory)  # device[4], [5]
+        for dma in self.dma:
+            self.add_device(dma)
+            for port, mr in dma.io_regions:
+                self.system_io.add_subregion(port, mr)
+        self.add_device(self.pic)  # device[6] (QEMU's second isa-i8259 is device[7])
+        self._skip_unattached()
+        self._init_timers(below, above)  # device[8] hpet, [9] rtc, [10] isa-pit, [11] isa-pcspk
+        fdc = IsaFdc(iobase=0x3F0, dma=self.dma[0], dma_chann=2, clock=self.clock)
+        self.add_device(fdc)  # device[12]
+        fdc.irq.connect(self.gsi[6])
+        for port, mr in fdc.io_regions:
+            self.system_io.add_subregion(port, mr)
+        self._init_i8042()  # device[13]
+        self._skip_unattached(2)  # device[14], [15]: vmport, vmmouse
+        self._init_port92()  # device[16]
+        self.add_device(ide)  # device[17]
+        self.ide_channels = [EmptyIdeChannel() for _ in CHANNELS]
+        for (base, control), channel in zip(CHANNELS, self.ide_channels):
+            self.system_io.add_subregion(base, channel.block_io)
+            self.system_io.add_subregion(control, channel.control_io)
+        self.add_device(pm)  # device[18]
+        pm.sci.connect(self.gsi[9])
+        self.pm = pm
+        self._init_pm_blocks()
+        # QEMU's start-up reset ends with the PICs clear: the PIT's IRQ 0 level, raised when
+        # the HPET's reset enabled it, leaves no request behind before the first clock tick
+        self.pic.reset()
 
+    def _skip_unattached(self, count: int = 1) -> None:
+        self._unattached += count
+
+    def _init_memory_and_host(self, below: int, above: int) -> I440FXHost:
+        """RAM around the PCI hole, the BIOS and option-ROM areas in PCI space (PAM decides what
+        0xc0000-0xfffff shows) and the i440FX host bridge at ``/machine/i440fx``."""
+        block = self.new_ram("pc.ram", self.ram_size)
+        ram_mr = MemoryRegion.ram("pc.ram", self.ram_size, block)
         image = default_bios_image() if self.bios_path is None else self._load_bios(self.bios_path)
         bios_mr = MemoryRegion.rom("pc.bios", BIOS_SIZE, image)
-        sysmem.add_subregion(4 * GiB - BIOS_SIZE, bios_mr)
-        sysmem.add_subregion(
-            0x100000 - ISA_BIOS_SIZE,
-            MemoryRegion.alias("isa-bios", bios_mr, BIOS_SIZE - ISA_BIOS_SIZE, ISA_BIOS_SIZE),
-            priority=1,
-        )
-        sysmem.add_subregion(PC_ROM_BASE, MemoryRegion.rom("pc.rom", PC_ROM_SIZE), priority=1)
-
-        host = I440FXHost()
+        isa_bios = MemoryRegion.alias("isa-bios", bios_mr, BIOS_SIZE - ISA_BIOS_SIZE, ISA_BIOS_SIZE)
+        host = build_i440fx(self.system_memory, self.system_io, ram_mr, below, above, pci_regions=[
+            (4 * GiB - BIOS_SIZE, bios_mr, 0),
+            (0x100000 - ISA_BIOS_SIZE, isa_bios, 1),
+            (PC_ROM_BASE, MemoryRegion.rom("pc.rom", PC_ROM_SIZE), 1),
+        ])
         self.add_device(host, "i440fx")
-        self.system_io.add_subregion(CONFIG_ADDR_PORT, host.addr_io)
-        self.system_io.add_subregion(CONFIG_DATA_PORT, host.data_io)
+        self.add_device(host.device)
+        self.pci_bus = host.bus
+        return host
 
+    def _init_irqs(self, host: I440FXHost) -> None:
+        """The IOAPIC (under the host bridge, as in QEMU) and the 8259 pair; GSI n drives ISA
+        IRQ n of the PICs (n < 16) and IOAPIC pin n, as QEMU's gsi_handler does."""
         ioapic = IOAPIC()
         self.add_device(ioapic, "ioapic", parent=host)
-        sysmem.add_subregion(IOAPIC_BASE, ioapic.mmio)
+        self.system_memory.add_subregion(IOAPIC_BASE, ioapic.mmio)
         self.ioapic = ioapic
-        # GSI n drives ISA IRQ n of the 8259 pair (n < 16) and IOAPIC pin n, as QEMU's
-        # gsi_handler does; ISA devices connect their outputs here.
         pic = I8259()
-        self.add_device(pic)
         self.pic = pic
         self.system_io.add_subregion(0x20, pic.master_io)
         self.system_io.add_subregion(0xA0, pic.slave_io)
-        self.system_io.add_subregion(0x4D0, pic.elcr_io)
+        self.system_io.add_subregion(0x4D0, pic.master_elcr_io)
+        self.system_io.add_subregion(0x4D1, pic.slave_elcr_io)
         pins = ioapic.gpio_in[None]
         isa = pic.gpio_in[None]
 
@@ -133,13 +191,59 @@ class PcMachine(Machine):
         pic.intr.connect(IRQ(lambda n, level: self._kick_cpu() if level else None, 0))
         ioapic.deliver = self._ioapic_deliver
 
+    def _init_timers(self, below: int, above: int) -> None:
+        """HPET, RTC, PIT and the speaker port. With the HPET, the PIT and RTC interrupts pass
+        through it (its legacy-replacement mode takes GSI 0 and 8 over); without it
+        (``-no-hpet``, ``-machine hpet=off``) they go straight to GSI 0 and 8."""
+        hpet = None
+        if self.options.hpet:
+            hpet = HPET(self.clock, intcap=0x4, dma=self.address_space_memory)  # PIIX: GSI 2 only
+            self.add_device(hpet)
+            self.system_memory.add_subregion(HPET_BASE, hpet.mmio)
+            for n in range(NUM_PINS):
+                hpet.irqs[n].connect(self.gsi[n])
         rtc = RTC(self.clock, self.options.rtc, base_year=2000)
         self.add_device(rtc)
-        rtc.irq.connect(self.gsi[8])
         self.system_io.add_subregion(0x70, rtc.io)
         self.rtc = rtc
         self._init_cmos(rtc, below, above)
+        pit = PIT(self.clock)
+        self.add_device(pit)
+        self.system_io.add_subregion(0x40, pit.io)
+        if hpet is not None:
+            rtc.irq.connect(hpet.gpio_in[None][1])
+            pit.irq.connect(hpet.gpio_in[None][0])
+            hpet.pit_enabled.connect(pit.gpio_in[None][0])
+            hpet.reset()  # QEMU's start-up reset: gives the PIT its enable
+        else:
+            rtc.irq.connect(self.gsi[8])
+            pit.irq.connect(self.gsi[0])
+        speaker = PCSpeaker(pit)
+        self.add_device(speaker)
+        self.system_io.add_subregion(0x61, speaker.io)
+        self.hpet = hpet
 
+    def _init_fw_cfg(self, below: int, above: int) -> None:
+        """fw_cfg at I/O 0x510 (DMA at 0x514) with the items of QEMU's pc board, as
+        ``/machine/fw_cfg``."""
+        o = self.options
+        config = PcFwCfgConfig(
+            ram_size=self.ram_size, below_4g=below, above_4g=above, nb_cpus=o.nb_cpus, max_cpus=o.max_cpus,
+            uuid=o.uuid or bytes(16), nographic=o.nographic, boot_menu=int(o.boot_menu),
+            splash_time=o.splash_time, reboot_timeout=o.reboot_timeout, splash=o.boot_splash,
+            boot_strict=o.boot_strict, hpet=((PC_HPET_BLOCK_ID, HPET_BASE),) if o.hpet else ())
+        try:
+            fw = build_pc_fw_cfg(config, dma_as=self.address_space_memory,
+                                 report=_report)
+        except BootOptionError as e:
+            raise MachineError(str(e)) from None
+        self.add_device(fw, QOM_CHILD_NAME, parent=self)
+        self.system_io.add_subregion(FW_CFG_IO_BASE, fw.io)
+        if fw.dma_io is not None:
+            self.system_io.add_subregion(FW_CFG_DMA_IO_BASE, fw.dma_io)
+        self.fw_cfg = fw
+
+    def _init_i8042(self) -> None:
         kbd = I8042()
         self.add_device(kbd)
         kbd.irq_kbd.connect(self.gsi[1])
@@ -148,12 +252,34 @@ class PcMachine(Machine):
         self.system_io.add_subregion(0x60, kbd.data_io)
         self.system_io.add_subregion(0x64, kbd.cmd_io)
 
+    def _init_port92(self) -> None:
         self.system_io.add_subregion(PORT80_ADDR, port80_region())
         self.system_io.add_subregion(PORTF0_ADDR, portf0_region())
         port92 = Port92()
         self.add_device(port92)
         port92.reset_request = lambda: self.request_reset("guest-reset")
         self.system_io.add_subregion(PORT92_ADDR, port92.io)
+
+    def _init_pm_blocks(self) -> None:
+        """PIIX4 PM's ACPI PCI/CPU hotplug and SMBus host blocks."""
+        bus = self.pci_bus
+        hotplug = PciHotplugRegs(lambda slot: any(bus.devices[slot * 8 + fn] is not None for fn in range(8)))
+        self.pm_blocks = (hotplug, CpuHotplugLegacy(self.options.nb_cpus), SMBusHost())
+        for base, block in zip((PCIHP_BASE, CPUHP_BASE, SMBUS_BASE), self.pm_blocks):
+            self.system_io.add_subregion(base, block.io)
+
+    def attach_boot_disk(self, sector0: bytes) -> None:
+        """The first IDE disk: its sector 0 is what the direct boot loads. The primary channel
+        now has a drive, whose ATA registers are not modelled: its ports are left unmapped."""
+        self.boot_image = sector0
+        channel = self.ide_channels[0]
+        channel.block_io.set_enabled(False)
+        channel.control_io.set_enabled(False)
+
+    def machine_done(self) -> None:
+        """Once every device (``-serial`` UARTs included) exists: QEMU's machine-init-done
+        notifiers (PIIX4 PM's COM/LPT presence bits)."""
+        self.pm.machine_ready(lambda port: io_port_present(self.system_io, port))
 
     boot_image: bytes | None = None  # sector 0 of the boot disk, if there is one
 
@@ -236,7 +362,7 @@ class PcMachine(Machine):
     def add_serial(self, index: int, output: Callable[[bytes], None]) -> Serial16550:
         """COM1..COM4 at 0x3f8, 0x2f8, 0x3e8, 0x2e8 on IRQs 4, 3, 4, 3."""
         port, irq = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))[index]
-        uart = Serial16550(output)
+        uart = Serial16550(output, clock=self.clock, instance_id=index)
         self.add_device(uart)
         uart.irq.connect(self.gsi[irq])
         self.system_io.add_subregion(port, uart.io)

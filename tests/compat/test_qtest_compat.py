@@ -41,7 +41,6 @@ IO_TIMEOUT = 30.0
 pytestmark = [pytest.mark.subprocess]
 needs_qemu = pytest.mark.skipif(QEMU is None, reason="real QEMU (qemu-system-x86_64) is not installed")
 
-NOT_MODELLED = "device not modelled yet"
 
 
 # --------------------------------------------------------------------------------------
@@ -580,7 +579,7 @@ PC_SCRIPTS = [
     pytest.param(A1_MMIO, id="A1-mmio"),
     pytest.param(A1_BIOS, id="A1-bios-reset-vector"),
     pytest.param(A1_PORTS_UNASSIGNED, id="A1-ports-unassigned"),
-    pytest.param(A1_PORT0, id="A1-port0-dma", marks=_xfail(NOT_MODELLED + " (i8237 DMA at 0x00-0x0f)")),
+    pytest.param(A1_PORT0, id="A1-port0-dma"),
     pytest.param(A1_CMOS, id="A1-cmos"),
     pytest.param(A1_PCI, id="A1-pci-config"),
     pytest.param(A1_HEX_B64, id="A1-hex-b64"),
@@ -598,15 +597,14 @@ PC_SCRIPTS = [
     pytest.param(WRAPAROUND, id="wraparound-2^64"),
     pytest.param(DEV_IOAPIC, id="dev-ioapic"),
     pytest.param(DEV_PIC, id="dev-i8259-pic"),
-    pytest.param(DEV_PIT, id="dev-i8254-pit", marks=_xfail(NOT_MODELLED + " (i8254 PIT, port 0x61)")),
-    pytest.param(DEV_PORT92, id="dev-port92", marks=_xfail(NOT_MODELLED + " (port 0x92 A20)")),
-    pytest.param(DEV_DMA, id="dev-i8237-dma", marks=_xfail(NOT_MODELLED + " (i8237 DMA + page regs)")),
-    pytest.param(DEV_FWCFG, id="dev-fw_cfg", marks=_xfail(NOT_MODELLED + " (fw_cfg at 0x510)")),
-    pytest.param(DEV_IDE, id="dev-ide-ports", marks=_xfail(NOT_MODELLED + " (PIIX3 IDE)")),
-    pytest.param(DEV_APM, id="dev-apm", marks=_xfail(NOT_MODELLED + " (APM 0xb2/0xb3)")),
-    pytest.param(DEV_PCI_FUNCS, id="dev-pci-functions", marks=_xfail(
-        NOT_MODELLED + " (PCI 00:01.0 PIIX3, 00:01.1 IDE, 00:01.3 PIIX4 PM)")),
-    pytest.param(DEV_HPET, id="dev-hpet", marks=_xfail(NOT_MODELLED + " (HPET at 0xfed00000)")),
+    pytest.param(DEV_PIT, id="dev-i8254-pit"),
+    pytest.param(DEV_PORT92, id="dev-port92"),
+    pytest.param(DEV_DMA, id="dev-i8237-dma"),
+    pytest.param(DEV_FWCFG, id="dev-fw_cfg"),
+    pytest.param(DEV_IDE, id="dev-ide-ports"),
+    pytest.param(DEV_APM, id="dev-apm"),
+    pytest.param(DEV_PCI_FUNCS, id="dev-pci-functions"),
+    pytest.param(DEV_HPET, id="dev-hpet"),
 ]
 
 

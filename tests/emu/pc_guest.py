@@ -18,7 +18,7 @@ class PcGuest:
         from emu.cpu import VCPU
 
         self.machine = find_machine("pc")(ram, manual_clock=False)
-        self.machine.boot_image = image
+        self.machine.attach_boot_disk(image)
         self.serial = bytearray()
         self.changed = threading.Condition()
         self.machine.add_serial(0, self._out)
