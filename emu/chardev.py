@@ -533,6 +533,12 @@ class StdioChardev(_StreamChardev):
     def start(self) -> None:
         out = os.dup(1)
         os.set_blocking(out, False)
+        # stdin too, as QEMU's char-stdio does: a blocking read would stall the main loop
+        # (timers, QMP, signals) whenever the client pauses between lines
+        try:
+            os.set_blocking(0, False)
+        except OSError:
+            pass  # stdin closed: _start_io reports EOF
         self._start_io(0, out)
 
     def _input_eof(self) -> None:
