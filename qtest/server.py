@@ -20,7 +20,8 @@ from qtest.numbers import U64_MAX, NumberError, strtoi, strtoi64, strtou64
 # Largest buffer one command may allocate (read, b64read, write, b64write); real QEMU dies past
 # what malloc gives it, we answer FAIL.
 MAX_TRANSFER = 256 << 20
-# A line longer than this is dropped up to its newline and answered with FAIL.
+# A pending line that must be kept whole (its first MAX_TOKENS tokens are still arriving) and grows
+# past this is dropped up to its newline and answered with FAIL. QEMU has no limit.
 MAX_LINE = 1 << 30
 # Echo of an unknown command word is cut here (QEMU echoes megabytes).
 MAX_ECHO = 256
@@ -28,26 +29,47 @@ MAX_ECHO = 256
 ERR_SIZE = b"ERR invalid argument size\n"
 # Scratch space for the C fast path's replies.
 FAST_OUT = 1 << 20
-# Lines longer than this are handled through memoryviews instead of copies.
+# Lines longer than this are handled through memoryviews instead of copies, and a pending line
+# longer than this is checked for a tail that can be dropped unread.
 BIG_LINE = 1 << 16
 # b64read replies above this many bytes of data are encoded and sent in pieces of this size.
 B64_CHUNK = 3 << 18
 # Largest b64write decode buffer kept between commands.
 SCRATCH_MAX = 64 << 20
+# Tokens a line is split into: no command reads past words[4] (set_irq_in); QEMU ignores the rest.
+MAX_TOKENS = 6
+# Commands whose token at this index is bulk data (hex or base64), kept uncopied in a long line.
+_BULK_ARG = {b"write": 3, b"b64write": 3}
+# No QOM tree is this deep: a path with more components cannot resolve, so it is not split up
+# (a 16 MiB "a/a/a..." path would become millions of strings).
+MAX_QOM_DEPTH = 256
 
 
-def _split_big(buf: bytearray, view: memoryview, start: int, end: int) -> list[bytes | memoryview]:
-    """``buf[start:end].split(b" ")`` for a long line: short tokens as bytes, long ones as views of
-    ``view`` (a memoryview of ``buf``), so a multi-megabyte argument is never copied."""
+def _tokenize(buf: bytes | bytearray, start: int, end: int,
+              view: memoryview | None = None) -> list[bytes | memoryview]:
+    """The first ``MAX_TOKENS`` tokens of ``buf[start:end]``, split on every single space as QEMU's
+    ``g_strsplit`` does (no command reads further; the rest of the line is never split).
+
+    Every token is ``bytes``, so any parser may take it, except the data argument of ``write`` and
+    ``b64write``: given ``view`` (a memoryview of ``buf``), that one stays a view, so that a
+    multi-megabyte argument is never copied."""
     words: list[bytes | memoryview] = []
+    bulk = -1
     pos = start
-    while True:
+    while len(words) < MAX_TOKENS:
         sp = buf.find(b" ", pos, end)
         stop = end if sp < 0 else sp
-        words.append(bytes(buf[pos:stop]) if stop - pos <= BIG_LINE else view[pos:stop])
+        if view is not None and len(words) == bulk:
+            words.append(view[pos:stop])
+        else:
+            word = bytes(buf[pos:stop])
+            if not words:
+                bulk = _BULK_ARG.get(word, -1)
+            words.append(word)
         if sp < 0:
-            return words
+            break
         pos = sp + 1
+    return words
 
 
 class _B64Stream:
@@ -95,9 +117,10 @@ class QTestLog:
         # QEMU restarts its stopwatch on OPENED; between clients it reads as 0.
         return time.monotonic() - self._t0 if self._t0 is not None else 0.0
 
-    def _put(self, data: bytes) -> None:
+    def _put(self, *pieces: bytes | memoryview) -> None:
         try:
-            self.stream.write(data)
+            for piece in pieces:  # written in pieces: a multi-megabyte line is not copied
+                self.stream.write(piece)
             self.stream.flush()
         except (OSError, ValueError):
             pass  # a broken log never stops the server
@@ -110,8 +133,11 @@ class QTestLog:
         self._put(b"[I +%.6f] CLOSED\n" % self._elapsed())
         self._t0 = None
 
-    def received(self, line: bytes) -> None:
-        self._put(b"[R +%.6f] %s\n" % (self._elapsed(), line))
+    def received(self, line: bytes | memoryview, dropped: int = 0) -> None:
+        """``[R +t] line``; a line whose tail the server dropped unread (``dropped`` bytes after its
+        last token that matters) ends with a note saying so instead of that tail."""
+        end = b" [... %d bytes dropped]\n" % dropped if dropped else b"\n"
+        self._put(b"[R +%.6f] " % self._elapsed(), line, end)
 
     def sent(self, text: bytes) -> None:
         self._put(b"[S +%.6f] %s" % (self._elapsed(), text))
@@ -141,6 +167,12 @@ class QTestServer:
         self._buf = bytearray()
         self._scan = 0
         self._skip_line = False
+        # the incomplete line at the front of the buffer: separators found in it, where the search
+        # goes on, and whether (and how much of) its tail is being dropped
+        self._seps: list[int] = []
+        self._sep_scan = 0
+        self._dropping = False
+        self._dropped = 0
         self._out = bytearray()
         self._batching = False
         self._levels: dict[int, int] = {}
@@ -192,9 +224,25 @@ class QTestServer:
         self._scan = 0
         self._skip_line = skip_line
         self._stream = None
+        self._new_pending_line()
+
+    def _new_pending_line(self) -> None:
+        """The incomplete line at the front of the buffer changed: forget what was learnt of it."""
+        self._seps.clear()
+        self._sep_scan = 0
+        self._dropping = False
+        self._dropped = 0
 
     def feed(self, data: bytes) -> None:
-        """Processes every complete line in ``data`` (plus what was buffered) in arrival order."""
+        """Processes every complete line in ``data`` (plus what was buffered) in arrival order.
+
+        Cost is linear in the input. A pending line is kept whole only up to what its reply can
+        depend on: its first ``MAX_TOKENS`` tokens (an over-long command word: its first
+        ``MAX_ECHO`` bytes); the rest is dropped as it arrives (``_limit_pending``)."""
+        if self._dropping:
+            data = self._drop_tail(data)
+            if not data:
+                return
         if not self._buf and self.log is None and not self._skip_line and data.endswith(b"\n"):
             # The usual round trip: whole lines and nothing buffered. Let C answer them straight
             # from ``data``; only what it cannot answer goes through the buffer below.
@@ -207,48 +255,97 @@ class QTestServer:
         buf += data
         self._batching = True
         try:
-            start = 0
-            scan = self._scan
-            # Without a log, runs of plain RAM reads/writes are answered in C (same bytes out).
-            fast = self.log is None
-            while True:
-                nl = buf.find(b"\n", scan)
-                if nl < 0:
-                    break
-                if fast and not self._skip_line:
-                    done = self._feed_fast(buf, start)
-                    if done != start:
-                        start = scan = done
-                        continue
-                if self._skip_line:
-                    self._skip_line = False
-                    start = scan = nl + 1
-                    self._reply(b"FAIL line too long\n")
-                    continue
-                if nl - start <= BIG_LINE:
-                    self.process_line(bytes(buf[start:nl]))
-                else:
-                    # the decode of a streamed b64write belongs to the line that began the buffer
-                    self._active_stream = self._stream if start == 0 else None
-                    self._stream = None
-                    with memoryview(buf) as view:  # no copy of a multi-megabyte line
-                        if self.log:
-                            self.log.received(bytes(view[start:nl]))
-                        self._dispatch(_split_big(buf, view, start, nl))
-                    self._active_stream = None
-                start = scan = nl + 1
+            start = self._run_lines(buf)
             if start:
                 del buf[:start]
                 self._stream = None
+                self._new_pending_line()
             self._scan = len(buf)
-            if len(buf) > MAX_LINE:
-                # drop the runaway line; its newline, when it comes, gets one FAIL
-                self._reset_input(skip_line=True)
-            elif len(buf) > BIG_LINE:
-                self._stream_b64(buf)
+            if len(buf) > BIG_LINE:
+                self._limit_pending(buf)
         finally:
             self._batching = False
             self._flush()
+
+    def _run_lines(self, buf: bytearray) -> int:
+        """Runs the complete lines of ``buf`` from ``self._scan`` on; returns where the first
+        incomplete line starts."""
+        start = 0
+        scan = self._scan
+        # Without a log, runs of plain RAM reads/writes are answered in C (same bytes out).
+        fast = self.log is None
+        while True:
+            nl = buf.find(b"\n", scan)
+            if nl < 0:
+                return start
+            if fast and not self._skip_line:
+                done = self._feed_fast(buf, start)
+                if done != start:
+                    start = scan = done
+                    continue
+            if self._skip_line:
+                self._skip_line = False
+                self._reply(b"FAIL line too long\n")
+            else:
+                self._run_line(buf, start, nl)
+            start = scan = nl + 1
+
+    def _run_line(self, buf: bytearray, start: int, nl: int) -> None:
+        dropped = self._dropped if start == 0 else 0  # only the line at the front can have lost a tail
+        if nl - start <= BIG_LINE:
+            self.process_line(bytes(buf[start:nl]), dropped=dropped)
+            return
+        # the decode of a streamed b64write belongs to the line that began the buffer
+        self._active_stream = self._stream if start == 0 else None
+        self._stream = None
+        with memoryview(buf) as view:  # no copy of a multi-megabyte line
+            if self.log:
+                self.log.received(view[start:nl], dropped)
+            self._dispatch(_tokenize(buf, start, nl, view))
+        self._active_stream = None
+
+    def _limit_pending(self, buf: bytearray) -> None:
+        """Bounds the incomplete line at the front of ``buf`` (longer than ``BIG_LINE``)."""
+        self._stream_b64(buf)
+        cut = self._cut_point(buf)
+        if cut >= 0:
+            # nothing past ``cut`` can change the reply: drop it now and the rest as it arrives
+            self._dropped += len(buf) - cut
+            del buf[cut:]
+            self._scan = len(buf)
+            self._dropping = True
+        elif len(buf) > MAX_LINE:
+            # drop the runaway line; its newline, when it comes, gets one FAIL
+            self._reset_input(skip_line=True)
+
+    def _cut_point(self, buf: bytearray) -> int:
+        """Where the pending line may be cut without changing its reply, or -1: after its
+        ``MAX_TOKENS``-th token, or (a command word longer than any command) after the part of
+        the word that the ``Unknown command`` reply echoes. The separators found so far are kept,
+        so each byte is scanned once."""
+        seps = self._seps
+        while len(seps) < MAX_TOKENS:
+            sp = buf.find(b" ", self._sep_scan)
+            if sp < 0:
+                self._sep_scan = len(buf)
+                break
+            seps.append(sp)
+            self._sep_scan = sp + 1
+        if len(seps) == MAX_TOKENS:
+            return seps[-1]
+        if (seps[0] if seps else len(buf)) > MAX_ECHO:
+            return MAX_ECHO
+        return -1
+
+    def _drop_tail(self, data: bytes) -> bytes:
+        """Discards the dropped line's bytes up to its newline; returns what follows (with it)."""
+        nl = data.find(b"\n")
+        if nl < 0:
+            self._dropped += len(data)
+            return b""
+        self._dropped += nl
+        self._dropping = False
+        return data[nl:]
 
     def _stream_b64(self, buf: bytearray) -> None:
         """Decodes a big ``b64write`` argument while it is still arriving (the incomplete line at
@@ -315,14 +412,15 @@ class QTestServer:
             self._flush()
 
     # ------------------------------------------------------------------ commands
-    def process_line(self, line: bytes) -> None:
-        """Runs one command line (without its newline) and queues the reply."""
+    def process_line(self, line: bytes, *, dropped: int = 0) -> None:
+        """Runs one command line (without its newline) and queues the reply. ``dropped``: bytes of
+        the line that were discarded after its last token that matters (for the log)."""
         if self.log:
-            self.log.received(line)
+            self.log.received(line, dropped)
         if not line:
             self._reply(b"FAIL empty command\n")
             return
-        self._dispatch(line.split(b" "))
+        self._dispatch(line.split(b" ", MAX_TOKENS)[:MAX_TOKENS])
 
     def _dispatch(self, words: list[bytes] | list[bytes | memoryview]) -> None:
         handler = self._handlers.get(bytes(words[0]))
@@ -504,6 +602,11 @@ class QTestServer:
 
     # ---- IRQs
     def _resolve_device(self, path: bytes) -> Device:
+        if path.count(b"/") > MAX_QOM_DEPTH:
+            while b"//" in path:  # resolution skips empty components: only the others count
+                path = path.replace(b"//", b"/")
+            if path.count(b"/") > MAX_QOM_DEPTH:
+                raise QTestFail(b"Unknown device")
         obj = resolve_path(self.machine.root, path.decode("utf-8", "surrogateescape"))
         if not isinstance(obj, Device):
             raise QTestFail(b"Unknown device")

@@ -236,9 +236,11 @@ class StreamReader:
                 self._buf[:have] = self._buf[self._pos:self._end]  # the unconsumed tail to the front
                 self._pos, self._end = 0, have
             room = len(self._buf) - self._end
-            if room < n - have:
-                # bounded: a length read from the stream must not decide how much memory a read takes
-                self._buf.extend(bytes(min(n - have - room, 16 << 20)))
+            if room < min(n - have, self._chunk):
+                # grow only once the room is used up, and at most by what is already held: a length
+                # read from the stream must not decide how much memory a read takes before the
+                # bytes are there
+                self._buf.extend(bytes(min(n - have - room, max(self._chunk, have))))
                 room = len(self._buf) - self._end
             if self._readinto is not None:
                 k = self._readinto(memoryview(self._buf)[self._end:])
@@ -584,7 +586,14 @@ def save_stream(
 
 class _QFile:
     """QEMUFile read semantics over a :class:`StreamReader`: past the end, reads return zero bytes
-    and set a sticky ``-EIO`` error (QEMU checks the error only at specific points)."""
+    and set a sticky ``-EIO`` error (QEMU checks the error only at specific points).
+
+    A length taken from the stream never decides how much is allocated before the bytes arrive:
+    reads longer than ``PIECE`` go piecewise (QEMU's ``qemu_get_buffer`` too copies what arrives,
+    in pieces), and such a read that comes up short returns only what arrived, unpadded, with the
+    error set (a caller of a long read checks ``error`` before using it, as the VMState loader does)."""
+
+    PIECE = 1 << 20
 
     def __init__(self, reader: StreamReader) -> None:
         self.r = reader
@@ -594,10 +603,8 @@ class _QFile:
         if not self.error:
             self.error = ret
 
-    def get_partial(self, n: int) -> bytes:
-        """What is really there (may be short)."""
-        if self.error:
-            return b""
+    def _read(self, n: int) -> bytes:
+        """One read of at most ``PIECE`` bytes: all of them, or what arrived (error set)."""
         try:
             return self.r.read(n)
         except StreamEOFError as e:
@@ -607,9 +614,23 @@ class _QFile:
             self.set_error(-(e.errno or errno.EIO))
             return b""
 
+    def get_partial(self, n: int) -> bytes:
+        """What is really there (may be short)."""
+        if self.error:
+            return b""
+        if n <= self.PIECE:
+            return self._read(n)
+        pieces: list[bytes] = []
+        while n > 0 and not self.error:
+            piece = self._read(min(n, self.PIECE))
+            pieces.append(piece)
+            n -= len(piece)
+        return b"".join(pieces)
+
     def get(self, n: int) -> bytes:
+        """``n`` bytes, zero-padded after an error; a short read longer than ``PIECE`` is not padded."""
         d = self.get_partial(n)
-        return d if len(d) == n else d + bytes(n - len(d))
+        return d if len(d) == n or n > self.PIECE else d + bytes(n - len(d))
 
     def peek(self, n: int, offset: int = 0) -> bytes:
         if self.error:
@@ -621,7 +642,9 @@ class _QFile:
             return b""
 
     def skip(self, n: int) -> None:
-        self.get(n)
+        """Consumes ``n`` bytes in pieces, without keeping them; stops at the first error."""
+        while n > 0 and not self.error:
+            n -= len(self._read(min(n, self.PIECE)))
 
     def u8(self) -> int:
         return self.get(1)[0]
@@ -1009,7 +1032,7 @@ class _Loader:
             blob = f.get_partial(blen)
             if len(blob) != blen:
                 self.ctx.error(f"CMD_PACKAGED: Buffer receive fail ret={len(blob)} length={blen}")
-                return f.error or -errno.EAGAIN
+                return -errno.EAGAIN  # QEMU's count of bytes received is never negative [7.2-verified]
             return self.main(_QFile(StreamReader.from_bytes(blob)))
         if cmd in (4, 5, 6):  # postcopy commands in postcopy state NONE
             f.skip(length)
