@@ -59,7 +59,8 @@ BIOS_SEARCH_PATH = (
 
 
 def default_bios_image() -> bytes:
-    """A SeaBIOS image if one is installed, else an empty ROM with the reset vector jump."""
+    """A SeaBIOS image if one is installed, else (with a warning) an empty ROM with only the
+    reset vector jump."""
     for path in BIOS_SEARCH_PATH:
         try:
             with open(path, "rb") as f:
@@ -68,6 +69,8 @@ def default_bios_image() -> bytes:
             continue
         if len(data) == BIOS_SIZE:
             return data
+    _report("warning: no SeaBIOS image (bios-256k.bin) found in " + ", ".join(BIOS_SEARCH_PATH)
+            + ": the BIOS ROM is empty")
     image = bytearray(BIOS_SIZE)
     # jmp far f000:e05b at 0xffff0: the conventional PC reset vector
     image[-16:-11] = bytes([0xEA, 0x5B, 0xE0, 0x00, 0xF0])

@@ -1,0 +1,122 @@
+"""The pc board as a whole: QEMU's device order and QOM paths, the CMOS boot order, the HPET/PIT
+wiring with and without the HPET, the empty-BIOS warning, and every device section surviving a
+save/load round trip between two boards."""
+from __future__ import annotations
+
+import pytest
+
+import emu.machine.pc as pc
+from emu.machine.options import BoardOptions
+from emu.machine.pc import PcMachine
+from emu.migration.vmstate import LoadContext, load_state, save_state
+
+# /machine/unattached of QEMU 7.2 `-M pc -nodefaults` (qom-list), for the devices we have
+QEMU_UNATTACHED = {
+    "device[0]": "qemu64-x86_64-cpu", "device[2]": "i440FX", "device[3]": "PIIX3", "device[4]": "i8257",
+    "device[5]": "i8257", "device[6]": "isa-i8259", "device[8]": "hpet", "device[9]": "mc146818rtc",
+    "device[10]": "isa-pit", "device[11]": "isa-pcspk", "device[12]": "isa-fdc", "device[13]": "i8042",
+    "device[16]": "port92", "device[17]": "piix3-ide", "device[18]": "PIIX4_PM",
+}
+
+
+def _board(**options: object) -> PcMachine:
+    return PcMachine(64 << 20, manual_clock=True, options=BoardOptions(**options))  # type: ignore[arg-type]
+
+
+def test_devices_get_qemus_qom_paths() -> None:
+    m = _board()
+    got = {name: child.type_name for name, child in m.children["unattached"].children.items()}
+    assert got == QEMU_UNATTACHED
+    assert m.children["fw_cfg"].type_name == "fw_cfg_io"
+    assert m.children["i440fx"].children["ioapic"].type_name == "ioapic"
+
+
+@pytest.mark.parametrize("order, once, bootchk, first, after_reset", [
+    ("cad", None, True, 0x1230, 0x1230),
+    ("nda", None, True, 0x3410, 0x3410),
+    ("c", "a", False, 0x0101, 0x0201),
+])
+def test_cmos_boot_order_and_boot_once(order: str, once: str | None, bootchk: bool, first: int,
+                                       after_reset: int) -> None:
+    m = _board(boot_order=order, boot_once=once, fd_bootchk=bootchk)
+
+    def cmos_order() -> int:
+        return m.rtc.cmos[0x38] | m.rtc.cmos[0x3D] << 8
+
+    assert cmos_order() == first
+    m.reset()
+    assert cmos_order() == after_reset
+    assert m.rtc.cmos[0x14] == 0x06  # equipment: FPU and PS/2 mouse
+
+
+def test_too_many_boot_devices_is_qemus_error() -> None:
+    with pytest.raises(pc.MachineError, match="^Too many boot devices for PC$"):
+        _board(boot_order="cadn")
+
+
+@pytest.mark.parametrize("hpet", [True, False])
+def test_pit_irq0_reaches_gsi_0_with_or_without_hpet(hpet: bool) -> None:
+    m = _board(hpet=hpet)
+    levels: list[tuple[int, int]] = []
+    m.ioapic.gpio_in[None][0].handler = lambda n, level: levels.append((n, level))
+    m.clock.enable(True)
+    m.clock.advance_to(60_000_000)  # mode 3 at 18.2 Hz: the output has toggled
+    assert levels and {n for n, _ in levels} == {0}
+    assert (m.hpet is not None) == hpet
+    assert m.address_space_memory.read_uint(0xFED00000, 4) == (0x8086A201 if hpet else 0)
+
+
+def test_missing_seabios_warns(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(pc, "BIOS_SEARCH_PATH", ("/nonexistent/bios-256k.bin",))
+    image = pc.default_bios_image()
+    assert len(image) == pc.BIOS_SIZE and image[-16:-11] == bytes([0xEA, 0x5B, 0xE0, 0x00, 0xF0])
+    assert "warning: no SeaBIOS image (bios-256k.bin) found" in capsys.readouterr().err
+
+
+class _Bytes:
+    """The byte source load_state reads (see emu.migration.vmstate)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos, self.error = data, 0, 0
+
+    def get(self, n: int) -> bytes:
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out.ljust(n, b"\0")
+
+    def peek(self, n: int, offset: int = 0) -> bytes:
+        return self.data[self.pos + offset:self.pos + offset + n]
+
+    def skip(self, n: int) -> None:
+        self.pos += n
+
+
+def test_every_device_section_round_trips_between_two_boards() -> None:
+    src = _board()
+    q = src.address_space_io
+    q.write_uint(0x70, 0x0E, 1)
+    q.write_uint(0x71, 0x5A, 1)  # CMOS byte 0x0e
+    q.write_uint(0x43, 0x34, 1)
+    q.write_uint(0x40, 0x34, 1)
+    q.write_uint(0x40, 0x12, 1)  # PIT channel 0 reload 0x1234
+    q.write_uint(0xCF8, 0x80000059, 4)
+    q.write_uint(0xCFD, 0x30, 1)  # PAM: 0xf0000 segment read/write RAM
+    saved = src.migration_entries(saving=True)
+    streams = {(e.idstr, e.instance_id): save_state(e.vmsd, e.state) for e in saved}
+    assert {"mc146818rtc", "i8254", "hpet", "fw_cfg", "dma", "port92"} <= {idstr for idstr, _ in streams}
+
+    dst = _board()
+    entries = dst.migration_entries(saving=False)
+    for e in entries:
+        if (e.idstr, e.instance_id) in streams:
+            ctx = LoadContext()
+            assert load_state(_Bytes(streams[e.idstr, e.instance_id]), e.vmsd, e.state, e.vmsd.version_id,
+                              ctx) == 0, (e.idstr, ctx.lines)
+    dst.migration_loaded(entries)
+    again = {(e.idstr, e.instance_id): save_state(e.vmsd, e.state) for e in dst.migration_entries(saving=True)}
+    assert again == streams
+    d = dst.address_space_io
+    d.write_uint(0x70, 0x0E, 1)
+    assert d.read_uint(0x71, 1) == 0x5A
+    d.write_uint(0xCF8, 0x80000058, 4)
+    assert d.read_uint(0xCFD, 1) == 0x30
