@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import Callable
 from emu.chardev import ChardevError, parse_opts
 
 VERSION_TEXT = "QEMU emulator version 9.1.0 (qtest-emu 0.1.0)\nCopyright (c) 2003-2024 Fabrice Bellard and the QEMU Project developers\n"
@@ -297,161 +298,202 @@ def _apply_flag(cfg: Config, name: str) -> None:
 
 
 def _apply(cfg: Config, name: str, value: str) -> None:
-    if name in ("M", "machine"):
-        opts = _opts(value, implied="type")
-        for key in opts:
-            if key not in MACHINE_PROPS:
-                from emu.machine import find_machine
-
-                mtype = opts.get("type", cfg.machine)
-                mcls = find_machine(mtype)
-                raise _bare(f"Property '{mcls.name if mcls else mtype}-machine.{key}' not found")
-        if "type" in opts:
-            cfg.machine = opts.pop("type")
-        if "accel" in opts:
-            cfg.accels.extend(a for a in opts.pop("accel").split(":") if a)
-        cfg.machine_props.update(opts)
-    elif name == "m":
-        opts = _opts(value, implied="size")
-        try:
-            cfg.ram_size = parse_size(opts.get("size", "0"))
-        except ValueError:
-            raise CliError(SIZE_HELP) from None
-    elif name == "accel":
-        opts = _opts(value, implied="accel")
-        cfg.accels.append(opts.get("accel", ""))
-    elif name == "qtest":
-        cfg.qtest = value
-    elif name == "qtest-log":
-        cfg.qtest_log = value
-    elif name == "chardev":
-        pairs, flags = parse_opts(value, implied="backend")
-        opts = dict(pairs)
-        for flag in flags:
-            if flag.startswith("no") and flag[2:] in ("wait", "server", "delay"):
-                opts[flag[2:]] = "off"
-            else:
-                opts[flag] = "on"
-        backend = opts.pop("backend", "")
-        if "id" not in opts:
-            raise CliError("chardev: no id specified")
-        cfg.chardevs.append(ChardevSpec(backend, opts.pop("id"), opts))
-    elif name == "mon":
-        opts = _opts(value, implied="chardev")
-        if "chardev" not in opts:
-            raise CliError("Parameter 'chardev' is missing")
-        cfg.monitors.append(opts)
-    elif name in ("qmp", "qmp-pretty"):
-        cfg.qmp.append((value, name == "qmp-pretty"))
-    elif name == "monitor":
-        if value not in ("none", "null"):
-            cfg.hmp.append(value)
-    elif name == "serial":
-        cfg.serials.append(value)
-    elif name == "display":
-        disp = value.split(",", 1)[0]
-        if disp not in ("none", "default"):
-            raise CliError(f"Display '{disp}' is not available")
-        cfg.display = disp
-    elif name == "vga":
-        if value not in ("none", "std", "cirrus", "vmware", "qxl", "virtio"):
-            raise CliError(f"{value}: unknown vga type")
-    elif name == "incoming":
-        cfg.incoming = value
-    elif name == "name":
-        opts = _opts(value, implied="guest")
-        cfg.name = opts.get("guest")
-    elif name == "uuid":
-        if not UUID_RE.match(value):
-            raise CliError("failed to parse UUID string: wrong format")
-        cfg.uuid = value.lower()
-    elif name == "global":
-        # qemu_global_option: DRIVER.PROPERTY=VALUE, or driver=,property=,value=
-        key, eq, val = value.partition("=")
-        if eq and "." in key and not key.startswith(("driver", "property", "value")):
-            driver, prop = key.split(".", 1)
-        else:
-            opts = _opts(value)
-            driver, prop, val = opts.get("driver", ""), opts.get("property", ""), opts.get("value", "")
-        cfg.globals[(driver, prop)] = val
-    elif name == "add-fd":
-        opts = _opts(value)
-        for key in ("fd", "set"):
-            if key in opts and not opts[key].removeprefix("-").isdigit():
-                raise CliError(f"Parameter '{key}' expects a number")
-        if int(opts.get("fd", -1)) < 0:
-            raise CliError("fd option is required and must be non-negative")
-        fd = int(opts["fd"])
-        if fd <= 2:
-            raise CliError("fd cannot be a standard I/O stream")
-        try:
-            os.fstat(fd)
-        except OSError:
-            raise CliError("fd is not valid or already in use") from None
-        if int(opts.get("set", -1)) < 0:
-            raise CliError("set option is required and must be non-negative")
-        cfg.add_fds.append(opts)
-    elif name == "run-with":
-        opts = _opts(value)
-        for key, val in opts.items():
-            if key == "exit-with-parent":
-                cfg.exit_with_parent = val in ("on", "yes", "true")
-            elif key not in ("async-teardown", "chroot", "user"):
-                raise CliError(f"Invalid parameter '{key}'")
-    elif name == "object":
-        opts = _opts(value, implied="qom-type")
-        qom_type = opts.get("qom-type", "")
-        from emu.tls.registry import OBJECT_TYPES
-
-        if qom_type != "qtest" and qom_type not in OBJECT_TYPES:
-            raise CliError(f"Parameter 'qom-type' does not accept value '{qom_type}'")
-        if "id" not in opts:
-            raise CliError("Parameter 'id' is missing")
-        if qom_type == "qtest":
-            cfg.qtest_objects.append(opts)
-        else:  # TLS credentials and authz, created once the machine exists
-            cfg.user_objects.append((value, opts))
-    elif name == "device":
-        from emu.devices.catalog import DeviceSpecError, parse_device_opts
-
-        try:
-            opts = parse_device_opts(value, cfg.device_ids)
-        except DeviceSpecError as e:
-            raise CliError(str(e) + (f"\n{e.hint}" if e.hint else "")) from None
-        for message, hint in opts.warnings:
-            cfg.notes.append(f"-device {value}: warning: {message}\n{hint}")
-        cfg.devices.append(value)
-        cfg.device_opts.append(opts)
-    elif name in ("drive", "hda", "hdb", "hdc", "hdd", "cdrom", "blockdev"):
-        cfg.drives.append(value if name in ("drive", "blockdev") else f"file={value},index={ord(name[-1]) - ord('a')}")
-    elif name == "bios":
-        cfg.bios = value
-    elif name == "rtc":
-        cfg.rtc_values.append(value)
-    elif name == "boot":
-        from emu.devices.fw_cfg import BOOT_HELP_TEXT, BootOptionError, merge_boot_keyval, parse_boot_keyval
-
-        try:
-            values, wants_help = parse_boot_keyval(value)
-            merge_boot_keyval(cfg.boot_keyval, values)
-        except BootOptionError as e:
-            raise _bare(str(e)) from None
-        if wants_help:
-            raise EarlyHelp(BOOT_HELP_TEXT)
-    elif name == "watchdog-action":
-        cfg.watchdog_actions.append(value)
-    elif name == "pidfile":
-        cfg.pidfile = value
-    elif name == "smp":
-        cpus = _opts(value, implied="cpus").get("cpus", "1")
-        if cpus not in ("1", ""):
-            cfg.warnings.append(f"-smp {value}: {NOT_MODELLED['smp']}")
+    """One option with its argument, through the option table."""
+    handler = OPTION_HANDLERS.get(name)
+    if handler is not None:
+        handler(cfg, name, value)
     elif name in REFUSED_OPTIONS:
         raise CliError(REFUSED_OPTIONS[name])
     elif name in NOT_MODELLED:
         cfg.warnings.append(f"-{name} {value}: {NOT_MODELLED[name]}")
-    elif name in IGNORED_OPTIONS:
-        pass  # nothing here for it to configure
+    # else: one of IGNORED_OPTIONS, nothing here for it to configure
+
+
+def _opt_machine(cfg: Config, name: str, value: str) -> None:
+    opts = _opts(value, implied="type")
+    for key in opts:
+        if key not in MACHINE_PROPS:
+            from emu.machine import find_machine
+
+            mtype = opts.get("type", cfg.machine)
+            mcls = find_machine(mtype)
+            raise _bare(f"Property '{mcls.name if mcls else mtype}-machine.{key}' not found")
+    if "type" in opts:
+        cfg.machine = opts.pop("type")
+    if "accel" in opts:
+        cfg.accels.extend(a for a in opts.pop("accel").split(":") if a)
+    cfg.machine_props.update(opts)
+
+
+def _opt_memory(cfg: Config, name: str, value: str) -> None:
+    opts = _opts(value, implied="size")
+    try:
+        cfg.ram_size = parse_size(opts.get("size", "0"))
+    except ValueError:
+        raise CliError(SIZE_HELP) from None
+
+
+def _opt_chardev(cfg: Config, name: str, value: str) -> None:
+    pairs, flags = parse_opts(value, implied="backend")
+    opts = dict(pairs)
+    for flag in flags:
+        if flag.startswith("no") and flag[2:] in ("wait", "server", "delay"):
+            opts[flag[2:]] = "off"
+        else:
+            opts[flag] = "on"
+    backend = opts.pop("backend", "")
+    if "id" not in opts:
+        raise CliError("chardev: no id specified")
+    cfg.chardevs.append(ChardevSpec(backend, opts.pop("id"), opts))
+
+
+def _opt_mon(cfg: Config, name: str, value: str) -> None:
+    opts = _opts(value, implied="chardev")
+    if "chardev" not in opts:
+        raise CliError("Parameter 'chardev' is missing")
+    cfg.monitors.append(opts)
+
+
+def _opt_monitor(cfg: Config, name: str, value: str) -> None:
+    if value not in ("none", "null"):
+        cfg.hmp.append(value)
+
+
+def _opt_display(cfg: Config, name: str, value: str) -> None:
+    disp = value.split(",", 1)[0]
+    if disp not in ("none", "default"):
+        raise CliError(f"Display '{disp}' is not available")
+    cfg.display = disp
+
+
+def _opt_vga(cfg: Config, name: str, value: str) -> None:
+    if value not in ("none", "std", "cirrus", "vmware", "qxl", "virtio"):
+        raise CliError(f"{value}: unknown vga type")
+
+
+def _opt_uuid(cfg: Config, name: str, value: str) -> None:
+    if not UUID_RE.match(value):
+        raise CliError("failed to parse UUID string: wrong format")
+    cfg.uuid = value.lower()
+
+
+def _opt_global(cfg: Config, name: str, value: str) -> None:
+    # qemu_global_option: DRIVER.PROPERTY=VALUE, or driver=,property=,value=
+    key, eq, val = value.partition("=")
+    if eq and "." in key and not key.startswith(("driver", "property", "value")):
+        driver, prop = key.split(".", 1)
+    else:
+        opts = _opts(value)
+        driver, prop, val = opts.get("driver", ""), opts.get("property", ""), opts.get("value", "")
+    cfg.globals[(driver, prop)] = val
+
+
+def _opt_add_fd(cfg: Config, name: str, value: str) -> None:
+    opts = _opts(value)
+    for key in ("fd", "set"):
+        if key in opts and not opts[key].removeprefix("-").isdigit():
+            raise CliError(f"Parameter '{key}' expects a number")
+    if int(opts.get("fd", -1)) < 0:
+        raise CliError("fd option is required and must be non-negative")
+    fd = int(opts["fd"])
+    if fd <= 2:
+        raise CliError("fd cannot be a standard I/O stream")
+    try:
+        os.fstat(fd)
+    except OSError:
+        raise CliError("fd is not valid or already in use") from None
+    if int(opts.get("set", -1)) < 0:
+        raise CliError("set option is required and must be non-negative")
+    cfg.add_fds.append(opts)
+
+
+def _opt_run_with(cfg: Config, name: str, value: str) -> None:
+    for key, val in _opts(value).items():
+        if key == "exit-with-parent":
+            cfg.exit_with_parent = val in ("on", "yes", "true")
+        elif key not in ("async-teardown", "chroot", "user"):
+            raise CliError(f"Invalid parameter '{key}'")
+
+
+def _opt_object(cfg: Config, name: str, value: str) -> None:
+    opts = _opts(value, implied="qom-type")
+    qom_type = opts.get("qom-type", "")
+    from emu.tls.registry import OBJECT_TYPES
+
+    if qom_type != "qtest" and qom_type not in OBJECT_TYPES:
+        raise CliError(f"Parameter 'qom-type' does not accept value '{qom_type}'")
+    if "id" not in opts:
+        raise CliError("Parameter 'id' is missing")
+    if qom_type == "qtest":
+        cfg.qtest_objects.append(opts)
+    else:  # TLS credentials and authz, created once the machine exists
+        cfg.user_objects.append((value, opts))
+
+
+def _opt_device(cfg: Config, name: str, value: str) -> None:
+    from emu.devices.catalog import DeviceSpecError, parse_device_opts
+
+    try:
+        opts = parse_device_opts(value, cfg.device_ids)
+    except DeviceSpecError as e:
+        raise CliError(str(e) + (f"\n{e.hint}" if e.hint else "")) from None
+    for message, hint in opts.warnings:
+        cfg.notes.append(f"-device {value}: warning: {message}\n{hint}")
+    cfg.devices.append(value)
+    cfg.device_opts.append(opts)
+
+
+def _opt_drive(cfg: Config, name: str, value: str) -> None:
+    if name in ("drive", "blockdev"):
+        cfg.drives.append(value)
+    else:  # -hda FILE ... -cdrom FILE
+        cfg.drives.append(f"file={value},index={ord(name[-1]) - ord('a')}")
+
+
+def _opt_boot(cfg: Config, name: str, value: str) -> None:
+    from emu.devices.fw_cfg import BOOT_HELP_TEXT, BootOptionError, merge_boot_keyval, parse_boot_keyval
+
+    try:
+        values, wants_help = parse_boot_keyval(value)
+        merge_boot_keyval(cfg.boot_keyval, values)
+    except BootOptionError as e:
+        raise _bare(str(e)) from None
+    if wants_help:
+        raise EarlyHelp(BOOT_HELP_TEXT)
+
+
+def _opt_smp(cfg: Config, name: str, value: str) -> None:
+    cpus = _opts(value, implied="cpus").get("cpus", "1")
+    if cpus not in ("1", ""):
+        cfg.warnings.append(f"-smp {value}: {NOT_MODELLED['smp']}")
+
+
+def _setter(attr: str) -> Callable[[Config, str, str], None]:
+    """A handler that stores the argument as it is."""
+    return lambda cfg, name, value: setattr(cfg, attr, value)
+
+
+def _appender(attr: str) -> Callable[[Config, str, str], None]:
+    """A handler for a repeatable option: each argument is appended to a list."""
+    return lambda cfg, name, value: getattr(cfg, attr).append(value)
+
+
+#: option name -> handler(cfg, name, value); options not here are refused, warned about or ignored
+OPTION_HANDLERS: dict[str, Callable[[Config, str, str], None]] = {
+    "M": _opt_machine, "machine": _opt_machine, "m": _opt_memory,
+    "accel": lambda cfg, name, value: cfg.accels.append(_opts(value, implied="accel").get("accel", "")),
+    "qtest": _setter("qtest"), "qtest-log": _setter("qtest_log"), "chardev": _opt_chardev, "mon": _opt_mon,
+    "qmp": lambda cfg, name, value: cfg.qmp.append((value, False)),
+    "qmp-pretty": lambda cfg, name, value: cfg.qmp.append((value, True)),
+    "monitor": _opt_monitor, "serial": _appender("serials"), "display": _opt_display, "vga": _opt_vga,
+    "incoming": _setter("incoming"), "name": lambda cfg, name, value: setattr(
+        cfg, "name", _opts(value, implied="guest").get("guest")),
+    "uuid": _opt_uuid, "global": _opt_global, "add-fd": _opt_add_fd, "run-with": _opt_run_with,
+    "object": _opt_object, "device": _opt_device, "bios": _setter("bios"), "rtc": _appender("rtc_values"),
+    "boot": _opt_boot, "watchdog-action": _appender("watchdog_actions"), "pidfile": _setter("pidfile"),
+    "smp": _opt_smp,
+    **dict.fromkeys(("drive", "hda", "hdb", "hdc", "hdd", "cdrom", "blockdev"), _opt_drive),
+}
 
 
 def usage(prog: str) -> str:
