@@ -54,6 +54,8 @@ def boot_disk(drives: list[str], devices: list[str], faults: list | None = None)
         if "file" not in opts:
             continue  # an empty drive (e.g. a CD-ROM without media)
         _check_file(option, opts["file"])
+        if iface == "pflash":
+            continue  # the board's flash (pflash_drives)
         if iface == "none":
             named[opts.get("id", "")] = opts["file"]
         elif iface == "ide":
@@ -86,3 +88,18 @@ def boot_disk(drives: list[str], devices: list[str], faults: list | None = None)
             raise DriveError(option, f"Property 'ide-hd.drive' can't find value '{opts['drive']}'")
         ide.append(named[opts["drive"]])
     return ide[0] if ide else None
+
+
+def pflash_drives(drives: list[str]) -> list[tuple[str, bool] | None]:
+    """``-drive if=pflash``: (file, read-only) per unit (``unit=``/``index=``, else the next free)."""
+    units: dict[int, tuple[str, bool]] = {}
+    for spec in drives:
+        pairs, _ = parse_opts(spec)
+        opts = dict(pairs)
+        if opts.get("if") != "pflash" or "file" not in opts:
+            continue
+        unit = int(opts.get("unit", opts.get("index", -1)))
+        if unit < 0:
+            unit = next(i for i in range(len(units) + 1) if i not in units)
+        units[unit] = (opts["file"], opts.get("readonly", "off") in ("on", "true", "yes"))
+    return [units.get(i) for i in range(max(units) + 1)] if units else []

@@ -389,6 +389,9 @@ def board_options(cfg: Config) -> BoardOptions:
                         uuid=bytes.fromhex(cfg.uuid.replace("-", "")) if cfg.uuid else None,
                         nographic=cfg.nographic or _off(cfg.machine_props.get("graphics")),
                         hpet=not (cfg.no_hpet or _off(cfg.machine_props.get("hpet"))))
+    from emu.drives import pflash_drives
+
+    opts.pflash = pflash_drives(cfg.drives)
     boot: Any = cfg.boot
     if boot is not None:
         opts.boot_order = boot.order if boot.order is not None else "cad"

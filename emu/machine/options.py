@@ -33,3 +33,4 @@ class BoardOptions:
     rtc: object | None = None  # emu.devices.rtc.RtcOptions
     watchdog_action: str = "reset"
     devices: list = field(default_factory=list)  # parsed -device specs the board creates
+    pflash: list = field(default_factory=list)  # -drive if=pflash: per unit, (path, readonly) or None

@@ -154,18 +154,46 @@ class PcMachine(Machine):
         0xc0000-0xfffff shows) and the i440FX host bridge at ``/machine/i440fx``."""
         block = self.new_ram("pc.ram", self.ram_size)
         ram_mr = MemoryRegion.ram("pc.ram", self.ram_size, block)
-        image = default_bios_image() if self.bios_path is None else self._load_bios(self.bios_path)
-        bios_mr = MemoryRegion.rom("pc.bios", BIOS_SIZE, image)
-        isa_bios = MemoryRegion.alias("isa-bios", bios_mr, BIOS_SIZE - ISA_BIOS_SIZE, ISA_BIOS_SIZE)
+        firmware = self._init_pflash() if any(self.options.pflash) else self._bios_regions()
         host = build_i440fx(self.system_memory, self.system_io, ram_mr, below, above, pci_regions=[
-            (4 * GiB - BIOS_SIZE, bios_mr, 0),
-            (0x100000 - ISA_BIOS_SIZE, isa_bios, 1),
-            (PC_ROM_BASE, MemoryRegion.rom("pc.rom", PC_ROM_SIZE), 1),
+            *firmware, (PC_ROM_BASE, MemoryRegion.rom("pc.rom", PC_ROM_SIZE), 1),
         ])
         self.add_device(host, "i440fx")
         self.add_device(host.device)
         self.pci_bus = host.bus
         return host
+
+    def _bios_regions(self) -> list[tuple[int, MemoryRegion, int]]:
+        image = default_bios_image() if self.bios_path is None else self._load_bios(self.bios_path)
+        bios_mr = MemoryRegion.rom("pc.bios", BIOS_SIZE, image)
+        isa_bios = MemoryRegion.alias("isa-bios", bios_mr, BIOS_SIZE - ISA_BIOS_SIZE, ISA_BIOS_SIZE)
+        return [(4 * GiB - BIOS_SIZE, bios_mr, 0), (0x100000 - ISA_BIOS_SIZE, isa_bios, 1)]
+
+    def _init_pflash(self) -> list[tuple[int, MemoryRegion, int]]:
+        """QEMU's pc_system_flash_map: flashes from 4 GiB down in system memory, the tail of
+        flash 0 copied to a read-only "isa-bios" below 1 MiB (in PCI memory, priority 1)."""
+        from emu.devices.pflash import FlashDrive, PFlashCFI01, PflashMapError, pc_flash_bases
+
+        drives = [None if d is None else FlashDrive.open(d[0], d[1]) for d in self.options.pflash]
+        try:
+            bases = pc_flash_bases([None if d is None else (f"pflash{i}", len(d.image)) for i, d in enumerate(drives)])
+        except PflashMapError as e:
+            raise MachineError("\n".join(e.lines)) from None
+        self.flash = []
+        for unit, base in enumerate(bases):
+            d = drives[unit]
+            assert d is not None
+            name = f"system.flash{unit}"
+            block = self.new_ram(name, len(d.image))
+            flash = PFlashCFI01(name, d.image, readonly=d.readonly, write_back=d.write_back, ram=block,
+                                instance_id=unit)
+            self.add_device(flash, name, parent=self)
+            self.system_memory.add_subregion(base, flash.region)
+            self.flash.append(flash)
+        size = self.flash[0].size
+        isa_size = min(size, ISA_BIOS_SIZE)
+        isa_bios = MemoryRegion.rom("isa-bios", isa_size, self.flash[0].image[size - isa_size:])
+        return [(0x100000 - isa_size, isa_bios, 1)]
 
     def _init_irqs(self, host: I440FXHost) -> None:
         """The IOAPIC (under the host bridge, as in QEMU) and the 8259 pair; GSI n drives ISA
