@@ -21,8 +21,8 @@ struct mc_block {
     _Atomic uint64_t *bitmap;
 };
 
-/* Old tables stay alive until the view is freed: readers on other threads (vCPU, migration) may
- * still walk them, and memory maps change rarely. */
+/* Old tables stay alive until mc_flat_reclaim (or mc_flat_free): a reader that does not hold the
+ * caller's lock (the vCPU's write hook) may still walk one. */
 struct mc_flat {
     _Atomic(mc_range *) ranges;
     _Atomic uint64_t count;
@@ -620,6 +620,26 @@ void mc_flat_free(mc_flat *f)
     free(atomic_load(&f->ranges));
     pthread_mutex_destroy(&f->lock);
     free(f);
+}
+
+void mc_flat_reclaim(mc_flat *f)
+{
+    pthread_mutex_lock(&f->lock);
+    for (uint64_t i = 0; i < f->nretired; i++) {
+        free(f->retired[i]);
+    }
+    free(f->retired);
+    f->retired = NULL;
+    f->nretired = 0;
+    pthread_mutex_unlock(&f->lock);
+}
+
+uint64_t mc_flat_retired(mc_flat *f)
+{
+    pthread_mutex_lock(&f->lock);
+    uint64_t n = f->nretired;
+    pthread_mutex_unlock(&f->lock);
+    return n;
 }
 
 int mc_flat_set(mc_flat *f, const mc_range *ranges, uint64_t n)

@@ -107,6 +107,11 @@ mc_flat *mc_flat_new(void);
 void mc_flat_free(mc_flat *f);
 /* Replaces the table. Ranges must be sorted, non-overlapping, with valid blocks and offsets. */
 int mc_flat_set(mc_flat *f, const mc_range *ranges, uint64_t n);
+/* Frees the tables earlier mc_flat_set calls replaced. Only when no reader outside the caller's
+ * own serialisation can still be walking one (no vCPU inside a hook). */
+void mc_flat_reclaim(mc_flat *f);
+/* How many replaced tables are waiting for mc_flat_reclaim. */
+uint64_t mc_flat_retired(mc_flat *f);
 uint64_t mc_flat_count(mc_flat *f);
 /* Index of the range holding addr, or -1 (unassigned). */
 int64_t mc_flat_lookup(mc_flat *f, uint64_t addr);

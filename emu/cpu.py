@@ -137,6 +137,9 @@ class VCPU:
         from unicorn.unicorn_py3.unicorn import uclib
 
         if dirty_tracking:  # off only to measure what it costs (bench/ab_bench.py)
+            # the hook walks the flat table without the machine lock: replaced tables are freed
+            # only between runs (see _run)
+            self.machine.address_space_memory.lockfree_readers += 1
             flat = int(ffi.cast("uintptr_t", self.machine.address_space_memory.flat))
             self._c_hook(uclib, unicorn.UC_HOOK_MEM_WRITE, "mc_uc_write_hook", flat)
         # Stops are requested through a flag that a C block hook checks: the stop then happens
@@ -414,6 +417,8 @@ class VCPU:
                 with self.vm.lock:
                     if self.machine.interrupt_pending():
                         self._ctl.want_if = 1  # still pending (IF was clear, or more are queued)
+            with self.vm.lock:  # not inside a hook now: free the flat tables replaced meanwhile
+                self.machine.address_space_memory.reclaim()
             try:
                 # Unicorn resumes at EIP in either mode (the engine was made in 32-bit mode)
                 self.uc.emu_start(self.uc.reg_read(x86.UC_X86_REG_EIP), NEVER)

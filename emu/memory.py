@@ -245,6 +245,8 @@ class AddressSpace:
         self.ranges: list[FlatRange] = []
         self._dirty = True
         self._scratch = ffi.new("int64_t *")
+        #: readers of the C table that do not hold the machine lock (the vCPU's write hook)
+        self.lockfree_readers = 0
         root.on_change(self._invalidate)
         self.commit()
 
@@ -275,6 +277,19 @@ class AddressSpace:
             raise ValueError(f"address space {self.name}: C rejected the flat view")
         self.ranges = ranges
         self._dirty = False
+        if not self.lockfree_readers:
+            # every reader holds the machine lock, as the caller does: nobody walks the old table
+            lib.mc_flat_reclaim(self._flat)
+
+    def reclaim(self) -> None:
+        """Frees the replaced flat tables; a lock-free reader calls it at a point where it is
+        not walking one (the vCPU between two runs, with the machine lock held)."""
+        lib.mc_flat_reclaim(self._flat)
+
+    @property
+    def retired_tables(self) -> int:
+        """Replaced tables not freed yet (kept for lock-free readers)."""
+        return int(lib.mc_flat_retired(self._flat))
 
     def lookup(self, addr: int) -> FlatRange | None:
         self._ensure()

@@ -246,3 +246,26 @@ class MemoryMachine(RuleBasedStateMachine):
 
 TestMemoryModel = MemoryMachine.TestCase
 TestMemoryModel.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+def test_replaced_flat_tables_are_freed_unless_a_lockfree_reader_may_hold_them():
+    """A PAM toggle re-renders the view: the old C table is freed at once when every reader holds
+    the machine lock, and kept for a lock-free reader (the vCPU hook) until it reclaims."""
+    from emu.machine.pc import PcMachine
+
+    m = PcMachine(64 << 20, manual_clock=True)
+    mem, io = m.address_space_memory, m.address_space_io
+
+    def toggle(times: int) -> None:
+        for i in range(times):
+            io.write_uint(0xCF8, 0x80000058, 4)
+            io.write_uint(0xCFD, 0x30 if i % 2 else 0x00, 1)
+            mem.read_uint(0xF0000, 1)  # renders the new view
+
+    toggle(100)
+    assert mem.retired_tables == 0
+    mem.lockfree_readers += 1
+    toggle(10)
+    assert mem.retired_tables == 10
+    mem.reclaim()
+    assert mem.retired_tables == 0
