@@ -396,6 +396,7 @@ class PCIBus:
                            f"in use by {other.type_name},id={other.qdev_id or '(null)'}")
         self._check_multifunction(dev, devfn_)
         dev.bus, dev.devfn, dev.qdev_id = self, devfn_, qdev_id
+        dev.add_property("addr", "int32", devfn_, "int", static=True)  # QEMU's PCI "addr": the devfn
         self.devices[devfn_] = dev
         dev.realize()
         dev.reset()
