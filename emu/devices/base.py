@@ -49,6 +49,21 @@ class Device(QObject, GpioMixin):
         """Takes over the state ``save_vmstate`` produced (called after RAM has loaded)."""
         raise NotImplementedError(self.type_name)
 
+    def vmstate_sections(self, saving: bool = True) -> list[tuple[str, int, VMStateDescription, dict]]:
+        """Every migration section of this device in stream order: (idstr, instance_id, vmsd,
+        state), state empty when not saving. One from ``vmsd`` by default; a device modelling
+        several QEMU devices (the i8259 pair, the i8042 with its PS/2 devices) lists several."""
+        if self.vmsd is None:
+            return []
+        idstr, instance = self.vmstate_id()
+        return [(idstr, instance, self.vmsd, self.save_vmstate() if saving else {})]
+
+    def load_vmstate_sections(self, states: dict[tuple[str, int], dict]) -> None:
+        """Takes over the loaded sections of ``vmstate_sections`` (those the stream carried)."""
+        state = states.get(self.vmstate_id()) if self.vmsd is not None else None
+        if state:
+            self.load_vmstate(state)
+
 
 # Abstract intermediate types of the devices we model (QEMU's hierarchy).
 for _name, _parent in (("sys-bus-device", "device"), ("isa-device", "device"), ("pci-host-bridge", "sys-bus-device"),

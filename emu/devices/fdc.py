@@ -10,14 +10,25 @@ channel handler QEMU registers.
 
 Not modelled: drives and media (no ``-drive if=floppy``). Every data command (READ, WRITE,
 VERIFY, SCAN, READ/WRITE DELETED, READ TRACK) therefore ends at once in an abnormal-termination
-result, exactly as QEMU's empty drives make it; no sector is ever read or written. No VMState
-("fdc" section) yet.
+result, exactly as QEMU's empty drives make it; no sector is ever read or written.
+
+Migration: QEMU 7.2's ``fdc`` section (version 2; the ISA wrapper's ``state`` struct laid out in
+place): registers, the 512-byte FIFO and its position, the SPECIFY/CONFIGURE/LOCK/POWERDOWN
+values, the drive count (must be 2), each drive's head/track/sector with its ``fdrive/*``
+subsections, then the ``fdc/reset_sensei``, ``fdc/result_timer`` and ``fdc/phase`` subsections.
+``status1``, ``status2`` and ``eot`` travel as QEMU has them but are never used without media (our
+controller does not keep them: they save as 0). As in QEMU, a load revalidates the empty drives,
+so a sector count set by FORMAT TRACK does not survive migration.
 """
 from __future__ import annotations
+
+import errno
+from typing import Any
 
 from emu.clock import VirtualClock
 from emu.devices.base import Device
 from emu.devices.i8257 import I8257, portio_regions
+from emu.migration.vmstate import Field, LoadContext, VMStateDescription, load_state, save_state
 
 SECTOR_LEN = 512
 SEL_MASK, DOR_NRESET, DOR_DMAEN = 0x01, 0x04, 0x08  # two drives (QEMU's MAX_FD)
@@ -34,6 +45,7 @@ SECTOR_SC = 2  # the "sector size code" QEMU reports
 RESET_SENSEI_COUNT = 4
 PHASE_COMMAND, PHASE_EXECUTION, PHASE_RESULT = 1, 2, 3
 READ_ID_NS = 1_000_000_000 // 50
+MAX_FD = 2
 
 
 class FloppyDrive:
@@ -84,12 +96,86 @@ def get_command(cmd: int) -> tuple[int, str]:
     return 0, "unimplemented"
 
 
+#: QEMU's ``vmstate_fdrive`` (a drive slot; its subsections follow each drive's fields in place)
+VMSTATE_FDRIVE = VMStateDescription(
+    name="fdrive", version_id=1, minimum_version_id=1,
+    fields=[Field("head", "uint8"), Field("track", "uint8"), Field("sect", "uint8")],
+    subsections=[
+        # only for a drive with a block backend: never here
+        VMStateDescription("fdrive/media_changed", 1, 1, [Field("media_changed", "uint8")], needed=lambda s: False),
+        VMStateDescription("fdrive/media_rate", 1, 1, [Field("media_rate", "uint8")], needed=lambda s: True),
+        VMStateDescription("fdrive/perpendicular", 1, 1, [Field("perpendicular", "uint8")],
+                           needed=lambda s: bool(s.get("perpendicular"))),
+    ],
+)
+
+_FDC_REGS = ("sra", "srb", "dor_vmstate", "tdr", "dsr", "msr", "status0", "status1", "status2")
+_FDC_FIFO_STATE = (("data_pos", "uint32"), ("data_len", "uint32"), ("data_state", "uint8"), ("data_dir", "uint8"),
+                   ("eot", "uint8"), ("timer0", "uint8"), ("timer1", "uint8"), ("precomp_trk", "uint8"),
+                   ("config", "uint8"), ("lock", "uint8"), ("pwrd", "uint8"))
+_DRIVE_KEYS = ("head", "track", "sect", "media_rate", "perpendicular")
+
+
+def _reconstruct_phase(state: dict) -> int:
+    """QEMU's ``reconstruct_phase``: the phase QEMU 2.3 implied from MSR (migration ABI)."""
+    msr = int(state.get("msr", 0))
+    if msr & MSR_NONDMA or not msr & MSR_RQM:
+        return PHASE_EXECUTION
+    return PHASE_RESULT if msr & MSR_DIO else PHASE_COMMAND
+
+
+def _put_drive(index: int) -> Any:
+    def put(state: dict) -> bytes:
+        prefix = f"drives[{index}]."
+        return save_state(VMSTATE_FDRIVE, {k: state.get(prefix + k, 0) for k in _DRIVE_KEYS})
+    return put
+
+
+def _get_drive(index: int) -> Any:
+    def get(f: Any, state: dict, ctx: LoadContext) -> int:
+        drive: dict = {}
+        ret = load_state(f, VMSTATE_FDRIVE, drive, VMSTATE_FDRIVE.version_id, ctx)
+        state.update({f"drives[{index}].{k}": v for k, v in drive.items()})
+        return ret
+    return get
+
+
+def _get_num_floppies(f: Any, state: dict, ctx: LoadContext) -> int:
+    """``VMSTATE_UINT8_EQUAL``: the stream must have QEMU's two drive slots."""
+    value = f.get(1)[0]
+    if value != MAX_FD:
+        ctx.error(f"{MAX_FD:x} != {value:x}")
+        return -errno.EINVAL
+    state["num_floppies"] = value
+    return 0
+
+
+#: QEMU 7.2's ``vmstate_isa_fdc`` ("fdc" version 2) with its ``vmstate_fdc`` struct inlined
+VMSTATE_FDC = VMStateDescription(
+    name="fdc", version_id=2, minimum_version_id=2,
+    fields=[Field(name, "uint8") for name in _FDC_REGS]
+    + [Field("fifo", "buffer", SECTOR_LEN, vmdesc_type="uint8")]
+    + [Field(name, kind) for name, kind in _FDC_FIFO_STATE]
+    + [Field("num_floppies", "uint8", get=_get_num_floppies, vmdesc_type="uint8 equal")]
+    + [Field(f"drives[{i}]", "struct", put=_put_drive(i), get=_get_drive(i)) for i in range(MAX_FD)],
+    subsections=[
+        VMStateDescription("fdc/reset_sensei", 1, 1, [Field("reset_sensei", "int32")],
+                           needed=lambda s: bool(s.get("reset_sensei"))),
+        VMStateDescription("fdc/result_timer", 1, 1, [Field("result_timer", "int64", vmdesc_type="timer")],
+                           needed=lambda s: int(s.get("result_timer", -1)) != -1),
+        VMStateDescription("fdc/phase", 1, 1, [Field("phase", "uint8")],
+                           needed=lambda s: _reconstruct_phase(s) != s.get("phase")),
+    ],
+)
+
+
 class IsaFdc(Device):
     """The controller. ``irq`` is its output (ISA IRQ 6); ``io_regions`` are (port, region)
     pairs to map; ``dma`` (the 8-bit i8257) gets the channel-2 handler; ``clock`` times READ ID."""
 
     type_name = "isa-fdc"
     type_parent = "isa-device"
+    vmsd = VMSTATE_FDC
 
     def __init__(self, iobase: int = 0x3F0, dma: I8257 | None = None, dma_chann: int = 2,
                  clock: VirtualClock | None = None) -> None:
@@ -420,3 +506,34 @@ class IsaFdc(Device):
     def _cmd_part_id(self) -> None:
         self.fifo[0] = 0x41  # stepping 1
         self._to_result_phase(1)
+
+    # ---------------------------------------------------------------- migration
+    def save_vmstate(self) -> dict:
+        state: dict = {name: getattr(self, name, 0) for name in _FDC_REGS if name != "dor_vmstate"}
+        state["dor_vmstate"] = self.dor | self.cur_drv  # QEMU's pre_save
+        state.update({name: getattr(self, name, 0) for name, _ in _FDC_FIFO_STATE})
+        state.update(fifo=bytes(self.fifo), num_floppies=MAX_FD, reset_sensei=self.reset_sensei, phase=self.phase,
+                     result_timer=self.result_timer.expire if self.result_timer.pending else -1)
+        for i, drive in enumerate(self.drives):
+            state.update({f"drives[{i}].{k}": getattr(drive, k) for k in _DRIVE_KEYS})
+        return state
+
+    def load_vmstate(self, state: dict) -> None:
+        for name in (*(n for n in _FDC_REGS if n != "dor_vmstate"), *(n for n, _ in _FDC_FIFO_STATE)):
+            if name in state and hasattr(self, name):
+                setattr(self, name, int(state[name]))  # status1/status2/eot: not kept (see module doc)
+        self.fifo = bytearray(bytes(state.get("fifo", self.fifo)).ljust(SECTOR_LEN, b"\0")[:SECTOR_LEN])
+        dor = int(state.get("dor_vmstate", self.dor | self.cur_drv))  # QEMU's post_load
+        self.cur_drv, self.dor = dor & SEL_MASK, dor & ~SEL_MASK
+        self.reset_sensei = int(state.get("reset_sensei", 0))  # absent subsection: 0
+        self.phase = int(state["phase"]) if "phase" in state else _reconstruct_phase(state)
+        for i, drive in enumerate(self.drives):
+            for k in _DRIVE_KEYS:
+                if f"drives[{i}].{k}" in state:
+                    setattr(drive, k, int(state[f"drives[{i}].{k}"]))
+            drive.last_sect = drive.max_track = 0  # fd_revalidate of a slot without a drive
+        expire = int(state.get("result_timer", -1))
+        if expire != -1:
+            self.result_timer.mod(expire)
+        else:
+            self.result_timer.cancel()

@@ -147,26 +147,22 @@ class Machine(QObject):
         return [timer_entry(), *self._device_entries(saving)]
 
     def _device_entries(self, saving: bool) -> list:
-        """One section per device with a VMState description, in creation order (as QEMU
-        registers them when devices are realized)."""
+        """The devices' sections in creation order (as QEMU registers them when devices are
+        realized)."""
         from emu.migration.vmstate import SaveStateEntry
 
-        entries = []
-        for dev in self.devices:
-            if dev.vmsd is not None:
-                idstr, instance = dev.vmstate_id()
-                entries.append(SaveStateEntry(idstr, instance, dev.vmsd, dev.save_vmstate() if saving else {}))
-        return entries
+        return [SaveStateEntry(idstr, instance, vmsd, state)
+                for dev in self.devices for idstr, instance, vmsd, state in dev.vmstate_sections(saving)]
 
     def migration_loaded(self, entries: list) -> None:
-        """Applies the loaded sections (after RAM is in place); a device whose section the
+        """Applies the loaded sections (after RAM is in place); a device whose sections the
         stream did not carry keeps its state, as in QEMU."""
         by_id = {(e.idstr, e.instance_id): e for e in entries}
         for dev in self.devices:
-            if dev.vmsd is not None:
-                entry = by_id.get(dev.vmstate_id())
-                if entry is not None and entry.state:
-                    dev.load_vmstate(entry.state)
+            states = {(i, n): by_id[i, n].state for i, n, _, _ in dev.vmstate_sections(saving=False)
+                      if (i, n) in by_id and by_id[i, n].state}
+            if states:
+                dev.load_vmstate_sections(states)
         self.migration_setup("post-load")
 
     def migration_setup(self, stage: str) -> None:
