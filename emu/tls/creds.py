@@ -46,6 +46,8 @@ def _check(ret: int, text: str) -> None:
 def _glib_read(path: str) -> bytes:
     """g_file_get_contents, with GLib's error texts (raised as OSError-free TlsError text)."""
     try:
+        if "\0" in path:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
         with open(path, "rb") as f:
             return f.read()
     except IsADirectoryError:
@@ -113,6 +115,8 @@ class TlsCreds(UserObject):
             return None
         path = f"{self.dir}/{filename}"
         try:
+            if "\0" in path:  # QEMU's C string ends there: a name that cannot exist
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
             os.stat(path)
         except OSError as e:
             if e.errno == errno.ENOENT and not required:
