@@ -6,7 +6,7 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from emu.memory import AccessRules, AddressSpace, MemoryRegion
+from emu.memory import AccessRules, AddressSpace, MemoryRegion, _access_size
 
 
 class Recorder:
@@ -134,26 +134,32 @@ class Model:
 
     def read(self, addr: int, n: int) -> bytes:
         out = bytearray()
-        for a in range(addr, addr + n):
+        a = addr
+        while a < addr + n:
             hit = self.resolve(self.root, 0, a)
-            if hit is None:
-                out.append(0)
-            elif hit[0].kind == "io":
-                out.append(hit[0].ops.byte_at(hit[1]))
-            else:
-                out.append(self.backing(hit[0])[hit[0].block_offset + hit[1]])
+            if hit is not None and hit[0].kind == "io":
+                # the access goes whole to the region of its first byte, even past its end
+                size = _access_size(hit[0].ops.rules, hit[1], addr + n - a)
+                out += bytes(hit[0].ops.byte_at(hit[1] + i) for i in range(size))
+                a += size
+                continue
+            out.append(0 if hit is None else self.backing(hit[0])[hit[0].block_offset + hit[1]])
+            a += 1
         return bytes(out)
 
     def write(self, addr: int, data: bytes) -> list[tuple[int, int, int]]:
         mmio: list[tuple[int, int, int]] = []
-        for i, byte in enumerate(data):
+        i = 0
+        while i < len(data):
             hit = self.resolve(self.root, 0, addr + i)
-            if hit is None or hit[0].kind == "rom":
+            if hit is not None and hit[0].kind == "io":
+                size = _access_size(hit[0].ops.rules, hit[1], len(data) - i)
+                mmio += [(hit[0].ops.ident, hit[1] + k, data[i + k]) for k in range(size)]
+                i += size
                 continue
-            if hit[0].kind == "io":
-                mmio.append((hit[0].ops.ident, hit[1], byte))
-            else:
-                self.backing(hit[0])[hit[0].block_offset + hit[1]] = byte
+            if hit is not None and hit[0].kind != "rom":
+                self.backing(hit[0])[hit[0].block_offset + hit[1]] = data[i]
+            i += 1
         return mmio
 
 
