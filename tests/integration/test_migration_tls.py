@@ -4,6 +4,8 @@ failures: unknown creds, wrong key, a hostname that does not match, a transport 
 socket. Nothing is ever migrated in plaintext when TLS was asked for."""
 from __future__ import annotations
 
+import time
+
 import sys
 from pathlib import Path
 
@@ -107,6 +109,11 @@ def test_psk_mismatch_fails_the_source_and_the_destination_keeps_listening(tmp):
         info = wait_failed(src)
         assert info["error-desc"].startswith("TLS handshake failed: ")
         assert dst.qmp.cmd("query-migrate")["status"] == "setup"
+        # the destination reports from its accept thread, not ordered with the source's failure:
+        # poll with QMP round trips (bounded) until the line is out
+        deadline = time.monotonic() + 30
+        while "TLS handshake failed: " not in dst.stderr_text() and time.monotonic() < deadline:
+            dst.qmp.cmd("query-status")
         assert "TLS handshake failed: " in dst.stderr_text()
 
 
