@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from vmstate_source import ByteSource
 from emu.clock import VirtualClock
 from emu.devices.fdc import VMSTATE_FDC, IsaFdc
 from emu.devices.i8042 import VMSTATE_PCKBD, I8042
@@ -28,30 +29,9 @@ from emu.migration.vmstate import LoadContext, VMStateDescription, load_state, s
 QEMU72 = Path("/root/qemu72/build/qemu-system-x86_64")
 
 
-class Bytes:
-    """The byte source ``load_state`` reads from."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos, self.error = data, 0, 0
-
-    def get(self, n: int) -> bytes:
-        chunk = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return chunk + bytes(n - len(chunk))
-
-    def peek(self, n: int, offset: int = 0) -> bytes:
-        return self.data[self.pos + offset:self.pos + offset + n]
-
-    def skip(self, n: int) -> None:
-        self.pos += n
-
-    def set_error(self, err: int) -> None:
-        self.error = err
-
-
 def load_bytes(vmsd: VMStateDescription, blob: bytes, version: int | None = None) -> dict:
     """Parses one section body, checking it is consumed exactly."""
-    src, state = Bytes(blob), {}
+    src, state = ByteSource(blob), {}
     assert load_state(src, vmsd, state, vmsd.version_id if version is None else version, LoadContext()) == 0
     assert src.pos == len(blob)
     return state
@@ -359,7 +339,7 @@ def test_fdc_refuses_another_drive_count() -> None:
     blob = bytearray(Bench().sections()[("fdc", 0)][1])
     blob[529 + 9] = 1
     ctx = LoadContext()
-    assert load_state(Bytes(bytes(blob)), VMSTATE_FDC, {}, 2, ctx) < 0
+    assert load_state(ByteSource(bytes(blob)), VMSTATE_FDC, {}, 2, ctx) < 0
     assert ctx.lines[0] == "2 != 1"
 
 

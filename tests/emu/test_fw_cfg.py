@@ -12,6 +12,7 @@ from typing import Callable
 
 import pytest
 
+from vmstate_source import ByteSource
 from emu.devices import fw_cfg as F
 from emu.devices.fw_cfg import (BootOptionError, BootOptions, E820Entry, FwCfgError, FwCfgIo, PcFwCfgConfig,
                                 build_pc_fw_cfg, merge_boot_keyval, parse_boot_keyval, parse_boot_option)
@@ -266,25 +267,6 @@ def test_dma_write_to_a_writable_file_and_the_64_bit_start() -> None:
 
 # ---------------------------------------------------------------- migration
 
-class _Source:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos, self.error = data, 0, 0
-
-    def get(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out.ljust(n, b"\0")
-
-    def peek(self, n: int, offset: int = 0) -> bytes:
-        return self.data[self.pos + offset:self.pos + offset + n]
-
-    def skip(self, n: int) -> None:
-        self.pos += n
-
-    def set_error(self, err: int) -> None:
-        self.error = err
-
-
 def test_vmstate_layout_and_round_trip() -> None:
     b = Bench()
     port_read(b, F.FW_CFG_UUID | F.FW_CFG_WRITE_CHANNEL, 3)
@@ -299,7 +281,7 @@ def test_vmstate_layout_and_round_trip() -> None:
         {"name": "cur_entry", "type": "uint16", "size": 2}, {"name": "cur_offset", "type": "uint32", "size": 4}]
     other = Bench()
     state: dict = {}
-    assert load_state(_Source(blob), other.fw.vmsd, state, 2, LoadContext()) == 0
+    assert load_state(ByteSource(blob), other.fw.vmsd, state, 2, LoadContext()) == 0
     other.fw.load_vmstate(state)
     assert (other.fw.cur_entry, other.fw.cur_offset, other.fw.dma_addr) == (0x4002, 3, 0x12345678 << 32)
     assert bytes(other.inb(0x511) for _ in range(2)) == bytes(2)  # the default UUID's next bytes

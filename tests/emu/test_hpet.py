@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_i8254 import QEMU72, MiniBoard, _Bytes, parse_transcript, replay, run_qemu
+from test_i8254 import QEMU72, MiniBoard, parse_transcript, replay, run_qemu
+from vmstate_source import ByteSource
 
 from emu.clock import VirtualClock
 from emu.devices.hpet import HPET, HPET_BASE
@@ -283,7 +284,7 @@ def test_vmstate_layout_and_round_trip() -> None:
                            + b"\x05\x0bhpet/offset" + (1).to_bytes(4, "big")
                            + b.hpet.hpet_offset.to_bytes(8, "big"))
     loaded: dict = {}
-    assert load_state(_Bytes(blob), vmsd, loaded, 2, LoadContext()) == 0
+    assert load_state(ByteSource(blob), vmsd, loaded, 2, LoadContext()) == 0
     other = Bench()
     other.clock.advance_to(777)
     other.hpet.load_vmstate(loaded)
@@ -298,5 +299,5 @@ def test_vmstate_rejects_bad_timer_count() -> None:
     blob = bytearray(save_state(b.hpet.vmsd, b.hpet.save_vmstate()))  # type: ignore[arg-type]
     blob[24] = 40
     ctx = LoadContext()
-    assert load_state(_Bytes(bytes(blob)), b.hpet.vmsd, {}, 2, ctx) < 0  # type: ignore[arg-type]
+    assert load_state(ByteSource(bytes(blob)), b.hpet.vmsd, {}, 2, ctx) < 0  # type: ignore[arg-type]
     assert ctx.lines[0] == "Input validation failed: num_timers in range"

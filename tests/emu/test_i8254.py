@@ -16,6 +16,7 @@ import subprocess
 
 import pytest
 
+from vmstate_source import ByteSource
 from emu.clock import VirtualClock
 from emu.devices.hpet import HPET, HPET_BASE
 from emu.devices.i8254 import PIT, PIT_FREQ, muldiv64
@@ -448,7 +449,7 @@ def test_vmstate_layout_and_round_trip() -> None:
     assert blob[:4] == b"\0\0\0\0" and blob[4:8] == (0x2000).to_bytes(4, "big")
     assert blob[-8:] == pit.channels[0].next_transition_time.to_bytes(8, "big")
     loaded: dict = {}
-    assert load_state(_Bytes(blob), pit.vmsd, loaded, 3, LoadContext()) == 0
+    assert load_state(ByteSource(blob), pit.vmsd, loaded, 3, LoadContext()) == 0
     clock2 = VirtualClock(manual=True)
     clock2.enable(True)
     clock2.advance_to(12345)
@@ -456,27 +457,6 @@ def test_vmstate_layout_and_round_trip() -> None:
     pit2.load_vmstate(loaded)
     assert pit2.save_vmstate() == state
     assert pit2._timer.expire == pit.channels[0].next_transition_time
-
-
-class _Bytes:
-    """The byte source ``load_state`` reads from."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos, self.error = data, 0, 0
-
-    def get(self, n: int) -> bytes:
-        chunk = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return chunk + bytes(n - len(chunk))
-
-    def peek(self, n: int, offset: int = 0) -> bytes:
-        return self.data[self.pos + offset:self.pos + offset + n]
-
-    def skip(self, n: int) -> None:
-        self.pos += n
-
-    def set_error(self, err: int) -> None:
-        self.error = err
 
 
 def test_port61_bits() -> None:

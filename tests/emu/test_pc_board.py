@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import emu.machine.pc as pc
+from vmstate_source import ByteSource
 from emu.machine.options import BoardOptions
 from emu.machine.pc import PcMachine
 from emu.migration.vmstate import LoadContext, load_state, save_state
@@ -73,24 +74,6 @@ def test_missing_seabios_warns(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     assert "warning: no SeaBIOS image (bios-256k.bin) found" in capsys.readouterr().err
 
 
-class _Bytes:
-    """The byte source load_state reads (see emu.migration.vmstate)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos, self.error = data, 0, 0
-
-    def get(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out.ljust(n, b"\0")
-
-    def peek(self, n: int, offset: int = 0) -> bytes:
-        return self.data[self.pos + offset:self.pos + offset + n]
-
-    def skip(self, n: int) -> None:
-        self.pos += n
-
-
 def test_every_device_section_round_trips_between_two_boards() -> None:
     src = _board()
     q = src.address_space_io
@@ -110,7 +93,7 @@ def test_every_device_section_round_trips_between_two_boards() -> None:
     for e in entries:
         if (e.idstr, e.instance_id) in streams:
             ctx = LoadContext()
-            assert load_state(_Bytes(streams[e.idstr, e.instance_id]), e.vmsd, e.state, e.vmsd.version_id,
+            assert load_state(ByteSource(streams[e.idstr, e.instance_id]), e.vmsd, e.state, e.vmsd.version_id,
                               ctx) == 0, (e.idstr, ctx.lines)
     dst.migration_loaded(entries)
     again = {(e.idstr, e.instance_id): save_state(e.vmsd, e.state) for e in dst.migration_entries(saving=True)}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from vmstate_source import ByteSource
 from emu.clock import VirtualClock
 from emu.devices.i440fx import I440FXHost, build_i440fx
 from emu.devices.pci import PCIDevice, PCIError
@@ -347,31 +348,14 @@ def test_vmstate_ids_and_roundtrip(board):
     other = make_board()
     state: dict = {}
 
-    class F:
-        def __init__(self, data: bytes) -> None:
-            self.data, self.pos, self.error = data, 0, 0
-
-        def get(self, n: int) -> bytes:
-            self.pos += n
-            return self.data[self.pos - n:self.pos]
-
-        def peek(self, n: int, offset: int = 0) -> bytes:
-            return self.data[self.pos + offset:self.pos + offset + n]
-
-        def skip(self, n: int) -> None:
-            self.pos += n
-
-        def set_error(self, ret: int) -> None:
-            self.error = ret
-
     ctx = LoadContext()
-    assert load_state(F(blob), other.host.device.vmsd, state, 3, ctx) == 0
+    assert load_state(ByteSource(blob), other.host.device.vmsd, state, 3, ctx) == 0
     other.host.device.load_vmstate(state)
     assert other.host.device.pam[0].current == 3 and other.cfg_read(0, 0, 0x58) == board.cfg_read(0, 0, 0x58)
     bad = bytearray(blob)
     bad[4] = 0x87  # vendor ID low byte differs: read-only, checked
     ctx = LoadContext()
-    assert load_state(F(bytes(bad)), other.host.device.vmsd, {}, 3, ctx) < 0
+    assert load_state(ByteSource(bytes(bad)), other.host.device.vmsd, {}, 3, ctx) < 0
     assert ctx.lines[0] == ("get_pci_config_device: Bad config data: i=0x0 read: 87 device: 86 cmask: ff "
                             "wmask: 0 w1cmask:0")
     pm_blob = save_state(board.pm.vmsd, board.pm.save_vmstate())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from vmstate_source import ByteSource
 from emu.devices.pflash import (CFI_TABLE_SIZE, FlashDrive, PFlashCFI01, PflashMapError, drive_length,
                                 pc_flash_bases, pc_flash_layout)
 from emu.memory import AddressSpace, MemoryRegion
@@ -270,7 +271,7 @@ def test_vmstate_layout_and_round_trip(tmp_path: Path) -> None:
     calls: list[tuple[int, bytes]] = []
     g = PFlashCFI01("system.flash0", pattern(), write_back=lambda off, data: calls.append((off, data)))
     loaded: dict = {}
-    assert load_state(_Bytes(blob), g.vmsd, loaded, 1, LoadContext()) == 0
+    assert load_state(ByteSource(blob), g.vmsd, loaded, 1, LoadContext()) == 0
     g.load_vmstate(loaded)
     assert calls == [(0, pattern())]  # post-load writes the whole image back
     assert g.save_vmstate() == f.save_vmstate()
@@ -340,27 +341,6 @@ def test_flash_drive_pads_and_writes_after_unlink(tmp_path: Path) -> None:
     ro = FlashDrive.open(str(make_file(tmp_path, "ro.img")), readonly=True)
     assert ro.write_back is None
     ro.close()
-
-
-class _Bytes:
-    """The byte source ``load_state`` reads from."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos, self.error = data, 0, 0
-
-    def get(self, n: int) -> bytes:
-        chunk = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return chunk + bytes(n - len(chunk))
-
-    def peek(self, n: int, offset: int = 0) -> bytes:
-        return self.data[self.pos + offset:self.pos + offset + n]
-
-    def skip(self, n: int) -> None:
-        self.pos += n
-
-    def set_error(self, err: int) -> None:
-        self.error = err
 
 
 # ---------------------------------------------------------------- against QEMU 7.2

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from vmstate_source import ByteSource
 from emu.clock import VirtualClock
 from emu.devices.rtc import (
     RTC, UIP_HOLD_LENGTH, VMSTATE_RTC, RtcClock, RtcOptionError, RtcOptions, Tm, mktimegm, parse_rtc_option,
@@ -649,27 +650,6 @@ def test_vmstate_values_match_qemu() -> None:
                                           0x2D, 0x62, 0xD0, 0x80])
 
 
-class _Source:
-    """The byte source ``vms.load_state`` reads."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos, self.error = data, 0, 0
-
-    def get(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out.ljust(n, b"\0")
-
-    def peek(self, n: int, offset: int = 0) -> bytes:
-        return self.data[self.pos + offset:self.pos + offset + n]
-
-    def skip(self, n: int) -> None:
-        self.pos += n
-
-    def set_error(self, err: int) -> None:
-        self.error = err
-
-
 def test_vmstate_round_trip_continues_the_clock() -> None:
     src = Bench()
     _qemu_migration_scenario(src)
@@ -679,7 +659,7 @@ def test_vmstate_round_trip_continues_the_clock() -> None:
     dst = Bench()
     dst.clock.advance_to(src.clock.now())
     state: dict = {}
-    assert vms.load_state(_Source(data), VMSTATE_RTC, state, 3, vms.LoadContext()) == 0
+    assert vms.load_state(ByteSource(data), VMSTATE_RTC, state, 3, vms.LoadContext()) == 0
     dst.rtc.load_vmstate(state)
     assert dst.rtc.irq_reinject_on_ack_count == 3
     assert dst.rtc.update_timer.expire == 6500000000

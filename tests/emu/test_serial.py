@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from vmstate_source import ByteSource
 from emu.clock import VirtualClock
 from emu.devices.serial import VMSTATE_ISA_SERIAL, Serial16550
 from emu.irq import IRQ
@@ -322,26 +323,8 @@ def test_vmstate_roundtrip_with_subsections() -> None:
     assert b"serial/recv_fifo" in blob and b"serial/timeout_ipending" in blob
     assert b"serial/xmit_fifo" not in blob and b"serial/poll" not in blob
 
-    class Src:
-        def __init__(self, data: bytes) -> None:
-            self.data, self.pos, self.error = data, 0, 0
-
-        def get(self, n: int) -> bytes:
-            out = self.data[self.pos:self.pos + n]
-            self.pos += n
-            return out.ljust(n, b"\0")
-
-        def peek(self, n: int, offset: int = 0) -> bytes:
-            return self.data[self.pos + offset:self.pos + offset + n]
-
-        def skip(self, n: int) -> None:
-            self.pos += n
-
-        def set_error(self, err: int) -> None:
-            self.error = err
-
     loaded: dict = {}
-    assert load_state(Src(blob), VMSTATE_ISA_SERIAL, loaded, 3, LoadContext()) == 0
+    assert load_state(ByteSource(blob), VMSTATE_ISA_SERIAL, loaded, 3, LoadContext()) == 0
     bench2, uart2 = serial_bench()
     assert (uart2.vmstate_id(), Serial16550(instance_id=1).vmstate_id()) == (("serial", 0), ("serial", 1))
     uart2.load_vmstate(loaded)
@@ -351,7 +334,7 @@ def test_vmstate_roundtrip_with_subsections() -> None:
     bad = bytearray(blob)
     bad[7] = 0x21  # LSR without TEMT and no serial/tsr subsection: QEMU refuses it
     ctx = LoadContext()
-    assert load_state(Src(bytes(bad)), VMSTATE_ISA_SERIAL, {}, 3, ctx) == -1
+    assert load_state(ByteSource(bytes(bad)), VMSTATE_ISA_SERIAL, {}, 3, ctx) == -1
     assert ctx.lines == ["inconsistent state in serial device (tsr not empty, tsr_retry=0",
                          "Failed to load serial:state"]
 
