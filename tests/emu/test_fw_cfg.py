@@ -13,6 +13,7 @@ from typing import Callable
 import pytest
 
 from vmstate_source import ByteSource
+from port_io import PortIO
 from emu.devices import fw_cfg as F
 from emu.devices.fw_cfg import (BootOptionError, BootOptions, E820Entry, FwCfgError, FwCfgIo, PcFwCfgConfig,
                                 build_pc_fw_cfg, merge_boot_keyval, parse_boot_keyval, parse_boot_option)
@@ -24,7 +25,7 @@ RAM_SIZE = 1 << 20
 DESC, BUF = 0x1000, 0x2000
 
 
-class Bench:
+class Bench(PortIO):
     """The device on its own I/O space plus RAM for DMA, with the qtest client's method names."""
 
     def __init__(self, fw: FwCfgIo | None = None, config: PcFwCfgConfig | None = None) -> None:
@@ -40,24 +41,6 @@ class Bench:
         if self.fw.dma_io is not None:
             io.add_subregion(F.FW_CFG_DMA_IO_BASE, self.fw.dma_io)
         self.io = AddressSpace("io", io)
-
-    def inb(self, port: int) -> int:
-        return self.io.read_uint(port, 1)
-
-    def inw(self, port: int) -> int:
-        return self.io.read_uint(port, 2)
-
-    def inl(self, port: int) -> int:
-        return self.io.read_uint(port, 4)
-
-    def outb(self, port: int, value: int) -> None:
-        self.io.write_uint(port, value, 1)
-
-    def outw(self, port: int, value: int) -> None:
-        self.io.write_uint(port, value, 2)
-
-    def outl(self, port: int, value: int) -> None:
-        self.io.write_uint(port, value, 4)
 
     def memwrite(self, addr: int, data: bytes) -> None:
         self.mem.write(addr, data)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from port_io import PortIO
 from emu.clock import VirtualClock
 from emu.devices.debug_exit import ISADebugExit, exit_status
 from emu.devices.ib700 import IB700, NS_PER_S, VMSTATE_IB700, WATCHDOG_ACTIONS, parse_watchdog_action
@@ -29,7 +30,7 @@ ORACLE = "/root/qemu72/build/qemu-system-x86_64"
 S = NS_PER_S
 
 
-class Bus:
+class Bus(PortIO):
     """An I/O space (and a memory space) with the pc board's unassigned behaviour."""
 
     def __init__(self) -> None:
@@ -43,24 +44,6 @@ class Bus:
 
     def map(self, addr: int, region: MemoryRegion) -> None:
         self.io_root.add_subregion(addr, region)
-
-    def inb(self, port: int) -> int:
-        return self.io.read_uint(port, 1)
-
-    def inw(self, port: int) -> int:
-        return self.io.read_uint(port, 2)
-
-    def inl(self, port: int) -> int:
-        return self.io.read_uint(port, 4)
-
-    def outb(self, port: int, value: int) -> None:
-        self.io.write_uint(port, value, 1)
-
-    def outw(self, port: int, value: int) -> None:
-        self.io.write_uint(port, value, 2)
-
-    def outl(self, port: int, value: int) -> None:
-        self.io.write_uint(port, value, 4)
 
 
 class Levels:
