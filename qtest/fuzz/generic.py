@@ -176,40 +176,31 @@ class Decoder:
         return handlers[opcode](payload)
 
     def _in(self, p: bytes) -> list[str]:
-        if len(p) < IN_FMT.size:
-            return []
-        size, base, offset = IN_FMT.unpack_from(p)
-        found = self.space.pio_address(base, offset)
-        width = _width("bwl", size, found)
-        return [] if found is None or width is None else [f"in{width} {found[0]:#x}"]
+        return self._access(p, IN_FMT, self.space.pio_address, "bwl", "in")
 
     def _out(self, p: bytes) -> list[str]:
-        if len(p) < OUT_FMT.size:
-            return []
-        size, base, offset, value = OUT_FMT.unpack_from(p)
-        found = self.space.pio_address(base, offset)
-        width = _width("bwl", size, found)
-        if found is None or width is None:
-            return []
-        return [f"out{width} {found[0]:#x} {value & MASKS[width]:#x}"]
+        return self._access(p, OUT_FMT, self.space.pio_address, "bwl", "out")
 
     def _read(self, p: bytes) -> list[str]:
-        if len(p) < READ_FMT.size:
-            return []
-        size, base, offset = READ_FMT.unpack_from(p)
-        found = self.space.mmio_address(base, offset)
-        width = _width("bwlq", size, found)
-        return [] if found is None or width is None else [f"read{width} {found[0]:#x}"]
+        return self._access(p, READ_FMT, self.space.mmio_address, "bwlq", "read")
 
     def _write(self, p: bytes) -> list[str]:
-        if len(p) < WRITE_FMT.size:
+        return self._access(p, WRITE_FMT, self.space.mmio_address, "bwlq", "write")
+
+    @staticmethod
+    def _access(p: bytes, fmt: struct.Struct, lookup: Callable[[int, int], tuple[int, int] | None],
+                widths: str, cmd: str) -> list[str]:
+        """IN/OUT/READ/WRITE: (size, region index, offset[, value]) -> one command, or none when
+        the payload is short or the range has no room for the width."""
+        if len(p) < fmt.size:
             return []
-        size, base, offset, value = WRITE_FMT.unpack_from(p)
-        found = self.space.mmio_address(base, offset)
-        width = _width("bwlq", size, found)
+        size, base, offset, *value = fmt.unpack_from(p)
+        found = lookup(base, offset)
+        width = _width(widths, size, found)
         if found is None or width is None:
             return []
-        return [f"write{width} {found[0]:#x} {value & MASKS[width]:#x}"]
+        operand = f" {value[0] & MASKS[width]:#x}" if value else ""
+        return [f"{cmd}{width} {found[0]:#x}{operand}"]
 
     def _pci_select(self, base: int, offset: int) -> str:
         devfn = self.space.pci_devfns[base % len(self.space.pci_devfns)]
