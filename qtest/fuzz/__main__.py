@@ -1,10 +1,11 @@
-"""``python -m qtest.fuzz {qtest,stream,qmp} --time S | --count N [--jobs N] [--binary PATH]``."""
+"""``python -m qtest.fuzz {qtest,stream,qmp} --time S | --count N [--jobs N] [--binary PATH] [--sanitize]``."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
 
+from qtest.fuzz import sanitize
 from qtest.fuzz.common import add_common_arguments, run_jobs
 
 TARGETS = {
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
             add_common_arguments(p)
             importlib.import_module(module_name).add_arguments(p)
     args = parser.parse_args(argv)
+    if args.sanitize:
+        sanitize.prepare(args)
     module = importlib.import_module(TARGETS[args.target][0])
     return run_jobs(args.target, module.make_target, args)
 

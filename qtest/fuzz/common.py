@@ -1,8 +1,10 @@
 """What every fuzz target shares: findings and their reproducers, peak-RSS measurement, the
-worker loop, the parallel runner and the live progress line."""
+worker loop, the parallel runner and the live progress line, and the ``--sanitize`` plumbing
+(sanitizer reports attached to findings; :mod:`qtest.fuzz.sanitize` owns the build)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from qtest.fuzz import sanitize
+
 #: Outcome kinds a target reports (anything but these is a clean run)
 KINDS = ("crash", "hang", "memory", "invariant")
 
@@ -22,7 +26,8 @@ class Finding:
     """A crash, hang, memory blow-up or broken invariant, with the input that caused it.
 
     ``reproducer`` is the file content that replays it (a qtest script, a stream file...);
-    ``suffix`` its file extension; ``replay`` the command line that replays it.
+    ``suffix`` its file extension; ``replay`` the command line that replays it; ``report`` the
+    sanitizer report that goes with it (``--sanitize``), if any.
     """
 
     kind: str
@@ -30,6 +35,7 @@ class Finding:
     reproducer: bytes
     suffix: str
     replay: str = ""
+    report: str = ""
 
 
 class Target(Protocol):
@@ -63,32 +69,131 @@ def save_finding(out_dir: Path, finding: Finding, index: int) -> Path:
     path.write_bytes(finding.reproducer)
     path.with_suffix(path.suffix + ".txt").write_text(
         f"{finding.kind}: {finding.message}\nreplay: {finding.replay or '(see the target docs)'}\n")
+    if finding.report:
+        path.with_suffix(path.suffix + ".sanitizer.txt").write_text(finding.report)
     return path
+
+
+def sanitizer_dir(args: argparse.Namespace) -> Path:
+    """Where a ``--sanitize`` run's processes write their sanitizer reports."""
+    return Path(args.out) / "sanitizer"
+
+
+def _inflight(report_dir: Path, pid: int) -> Path:
+    return report_dir / f"inflight-{pid}"
+
+
+def with_reports(finding: Finding, reports: list[Path]) -> Finding:
+    """``finding`` as the crash its sanitizer reports (oldest first) show; the reports are
+    consumed: the first is kept with the finding, the others (minimisation replays) summarised."""
+    texts = [p.read_text(errors="replace") for p in reports]
+    for p in reports:
+        p.unlink(missing_ok=True)
+    first = sanitize.summary(texts[0])
+    others = sorted({sanitize.summary(t) for t in texts[1:]} - {first})
+    message = f"{first} [{finding.message or 'no other oracle noticed it'}]"
+    if len(texts) > 1:
+        message += f"; {len(texts) - 1} more report(s) from replays" + (f": {'; '.join(others)}" if others else "")
+    return Finding("crash", message, finding.reproducer, finding.suffix, finding.replay, texts[0])
+
+
+class SanitizerWatch:
+    """A ``--sanitize`` worker's view of the reports: the in-flight input is kept on disk (what
+    remains when a report kills the worker itself, in-process targets), and every report that
+    appeared while an input ran turns its outcome into a crash finding carrying the report."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.memcore: str = args.memcore
+        # the processes this worker starts report into a directory of its own (other workers'
+        # reports are not this worker's findings); the worker's own reports, into the run's
+        self.dir = sanitizer_dir(args) / f"worker-{os.getpid()}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.environ.update(sanitize.environment(self.memcore, self.dir))
+        self.seen = sanitize.report_files(self.dir)
+        self.inflight = _inflight(sanitizer_dir(args), os.getpid())
+        self.suffix, self.replay = sanitize.RAW_INPUTS.get(getattr(args, "target", ""), (".bin", ""))
+
+    def before(self, data: bytes) -> None:
+        """Called before an input runs."""
+        self.inflight.write_bytes(data)
+
+    def after(self, finding: Finding | None, data: bytes) -> Finding | None:
+        """The input's finding with any new report attached (a report alone is a finding too),
+        its replay line prefixed with the sanitized environment."""
+        new = sorted(sanitize.report_files(self.dir) - self.seen, key=lambda p: p.stat().st_mtime_ns)
+        self.seen |= set(new)
+        if finding is None and not new:
+            return None
+        if finding is None:
+            finding = Finding("crash", "", data, self.suffix, self.replay)
+        finding.replay = sanitize.replay_prefix(self.memcore) + finding.replay
+        if not new and finding.kind in ("hang", "memory"):
+            # ASan's realloc always copies: CPython code that grows a buffer in place under glibc
+            # can turn quadratic (str.translate of a long non-ASCII string, see docs/fuzzing.md)
+            finding.message += " [no sanitizer report: replay it without --sanitize before trusting it]"
+        return with_reports(finding, new) if new else finding
+
+    def close(self) -> None:
+        """Removes the in-flight input (the worker ends normally) and the empty report directory."""
+        self.inflight.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
+
+
+def dead_worker_finding(args: argparse.Namespace, pid: int, status: int) -> Finding | None:
+    """A ``--sanitize`` worker that died: its in-flight input with its own report, or None when
+    it left neither (it died before its first input, without a report)."""
+    report_dir = sanitizer_dir(args)
+    inflight = _inflight(report_dir, pid)
+    report = report_dir / f"{sanitize.REPORT_PREFIX}.{pid}"
+    if not inflight.exists() and not report.exists():
+        return None
+    data = inflight.read_bytes() if inflight.exists() else b""
+    inflight.unlink(missing_ok=True)
+    suffix, replay = sanitize.RAW_INPUTS.get(getattr(args, "target", ""), (".bin", ""))
+    finding = Finding("crash", f"fuzz worker exited with status {status} while running this input", data, suffix,
+                      sanitize.replay_prefix(args.memcore) + replay)
+    return with_reports(finding, [report]) if report.exists() else finding
 
 
 def worker(make_target: Callable[[argparse.Namespace], Target], args: argparse.Namespace, seed: int,
            queue: Any) -> None:
     """One fuzzing process: generate, run, report every finding and its running exec count."""
     rng = random.Random(seed)
+    watch = SanitizerWatch(args) if getattr(args, "memcore", None) else None
     target = make_target(args)
+    if watch is not None and "emu._memcore" in sys.modules:  # an in-process target: say which core it runs
+        sys.stderr.write(f"[sanitize] worker {os.getpid()}: emu._memcore is {sys.modules['emu._memcore'].__file__}\n")
     deadline = time.monotonic() + args.time if args.time else None
     execs = found = 0
     last_report = time.monotonic()
+    data = b""
+
+    def report(finding: Finding | None) -> None:
+        nonlocal found
+        if watch is not None:
+            finding = watch.after(finding, data)
+        if finding is not None:
+            found += 1
+            path = save_finding(Path(args.out), finding, found)
+            queue.put(("finding", seed, finding.kind, finding.message, str(path)))
+
     try:
         while (deadline is None or time.monotonic() < deadline) and (args.count is None or execs < args.count):
             data = target.generate(rng)
+            if watch is not None:
+                watch.before(data)
             finding = target.run_one(data)
             execs += 1
-            if finding is not None:
-                finding = target.minimise(data, finding)
-                found += 1
-                path = save_finding(Path(args.out), finding, found)
-                queue.put(("finding", seed, finding.kind, finding.message, str(path)))
+            report(None if finding is None else target.minimise(data, finding))
             if time.monotonic() - last_report > 0.5:
                 queue.put(("execs", seed, execs))
                 last_report = time.monotonic()
     finally:
         target.close()
+        if watch is not None:
+            report(None)  # a report written while the target shut down
+            watch.close()
         queue.put(("execs", seed, execs))
         queue.put(("done", seed, execs))
 
@@ -103,11 +208,17 @@ def run_jobs(name: str, make_target: Callable[[argparse.Namespace], Target], arg
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     procs = []
-    for i in range(jobs):
-        job_args = argparse.Namespace(**{**vars(args), "count": counts[i]})
-        proc = ctx.Process(target=worker, args=(make_target, job_args, args.seed + i, results), daemon=True)
-        proc.start()
-        procs.append(proc)
+    memcore = getattr(args, "memcore", None)
+    if memcore:
+        sanitizer_dir(args).mkdir(parents=True, exist_ok=True)
+    # spawned workers, and every emulator they start, inherit the sanitized environment
+    env = sanitize.environment(memcore, sanitizer_dir(args)) if memcore else None
+    with sanitize.applied(env) if env else contextlib.nullcontext():
+        for i in range(jobs):
+            job_args = argparse.Namespace(**{**vars(args), "count": counts[i]})
+            proc = ctx.Process(target=worker, args=(make_target, job_args, args.seed + i, results), daemon=True)
+            proc.start()
+            procs.append(proc)
     execs: dict[int, int] = {}
     findings: list[tuple[str, str, str]] = []
     start = time.monotonic()
@@ -131,10 +242,7 @@ def run_jobs(name: str, make_target: Callable[[argparse.Namespace], Target], arg
         elapsed = max(time.monotonic() - start, 1e-6)
         sys.stderr.write(f"\r[{name}] {elapsed:7.1f}s  {total} execs  {total / elapsed:8.1f}/s  "
                          f"{len(findings)} finding(s)   ")
-    for p in procs:
-        p.join(timeout=10)
-        if p.exitcode not in (0, None):
-            findings.append(("crash", f"fuzz worker exited with status {p.exitcode}", ""))
+    findings += _ends(name, procs, args)
     total = sum(execs.values())
     elapsed = time.monotonic() - start
     sys.stderr.write(f"\n[{name}] {total} execs in {elapsed:.1f}s ({total / max(elapsed, 1e-6):.1f}/s), "
@@ -144,8 +252,33 @@ def run_jobs(name: str, make_target: Callable[[argparse.Namespace], Target], arg
     return 1 if findings else 0
 
 
+def _ends(name: str, procs: list[Any], args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """Findings of the workers' ends: a worker that died, and (``--sanitize``) a report nobody
+    claimed (say, an emulator that aborted after its worker had died)."""
+    findings = []
+    for index, p in enumerate(procs, 1):
+        p.join(timeout=10)
+        if p.exitcode in (0, None):
+            continue
+        finding = dead_worker_finding(args, p.pid, p.exitcode) if getattr(args, "memcore", None) else None
+        if finding is None:
+            findings.append(("crash", f"fuzz worker exited with status {p.exitcode}", ""))
+            continue
+        path = save_finding(Path(args.out), finding, index)
+        findings.append((finding.kind, finding.message, str(path)))
+        sys.stderr.write(f"\n[{name}] {finding.kind}: {finding.message} -> {path}\n")
+    if getattr(args, "memcore", None):
+        for report in sorted(sanitize.report_files(sanitizer_dir(args), recursive=True)):
+            text = report.read_text(errors="replace")
+            findings.append(("crash", f"sanitizer report with no input: {sanitize.summary(text)}", str(report)))
+        for leftover in sanitizer_dir(args).glob("worker-*"):  # those of workers that died
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
+    return findings
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """--time/--count, --jobs, --seed, --out, --binary (the emulator or a real QEMU)."""
+    """--time/--count, --jobs, --seed, --out, --binary (the emulator or a real QEMU), --sanitize."""
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--time", type=float, help="seconds to fuzz (per worker)")
     budget.add_argument("--count", type=int, help="number of inputs in total")
@@ -153,3 +286,5 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="first worker's random seed")
     parser.add_argument("--out", default="fuzz-findings", help="directory for reproducers")
     parser.add_argument("--binary", default="emu-system-x86_64", help="emulator binary for out-of-process targets")
+    parser.add_argument("--sanitize", action="store_true",
+                        help="run every process on an ASan/UBSan build of csrc/ (built once, cached; docs/fuzzing.md)")
