@@ -23,6 +23,7 @@ from collections import deque
 from typing import Protocol
 
 from emu.main_loop import MainLoop
+from emu.qemu_opts import parse_items
 
 RECV_SIZE = 1 << 20
 OUT_HIGH = 16 << 20  # pause input above this much queued output
@@ -48,33 +49,15 @@ class Frontend(Protocol):
 
 
 def parse_opts(text: str, implied: str | None = None) -> tuple[list[tuple[str, str]], list[str]]:
-    """QemuOpts-style ``a=b,c,d=e`` (``,,`` escapes a comma). Returns (pairs, bare flags)."""
-    items: list[str] = []
-    cur = ""
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == ",":
-            if text[i + 1 : i + 2] == ",":
-                cur += ","
-                i += 2
-                continue
-            items.append(cur)
-            cur = ""
-        else:
-            cur += c
-        i += 1
-    items.append(cur)
+    """QemuOpts-style ``a=b,c,d=e`` (``,,`` escapes a comma). Returns (pairs, bare flags as
+    written, e.g. ``nowait``)."""
     pairs: list[tuple[str, str]] = []
     flags: list[str] = []
-    for n, item in enumerate(items):
-        if "=" in item:
-            k, v = item.split("=", 1)
-            pairs.append((k, v))
-        elif n == 0 and implied is not None:
-            pairs.append((implied, item))
-        elif item:
-            flags.append(item)
+    for item in parse_items(text, implied):
+        if not item.bare:
+            pairs.append((item.key, item.value))
+        elif item.key:
+            flags.append(item.key if item.value == "on" else "no" + item.key)
     return pairs, flags
 
 

@@ -10,6 +10,8 @@ import os
 import re
 import sys
 from typing import Callable
+
+from emu.actions import ACTION_HELP_TEXT, ActionError, ActionOptions, RunstateActions
 from emu.chardev import ChardevError, parse_opts
 
 VERSION_TEXT = "QEMU emulator version 9.1.0 (qtest-emu 0.1.0)\nCopyright (c) 2003-2024 Fabrice Bellard and the QEMU Project developers\n"
@@ -52,7 +54,6 @@ NOT_MODELLED = {
     "tpmdev": "there is no TPM", "fsdev": "there is no 9p", "virtfs": "there is no 9p", "iscsi": "there is no iSCSI",
     "spice": "there is no display", "vnc": "there is no display", "gdb": "there is no gdbstub",
     "s": "there is no gdbstub", "plugin": "TCG plugins are not supported", "set": "ignored",
-    "action": "-action is not modelled (use -no-reboot/-no-shutdown)",
     "singlestep": "ignored", "semihosting": "there is no semihosting", "semihosting-config": "there is no semihosting",
     "readconfig": "configuration files are not read", "writeconfig": "configuration files are not written",
     "g": "there is no display", "d": "QEMU's debug log is not produced",
@@ -84,7 +85,11 @@ class CliError(Exception):
 
 class EarlyHelp(Exception):
     """A help request met while reading the options (``-boot help``): QEMU prints it on stdout
-    and exits 0 at once."""
+    and exits at once, with ``status`` (0, but 1 for ``-action help``)."""
+
+    def __init__(self, text: str, status: int = 0) -> None:
+        super().__init__(text)
+        self.status = status
 
 
 class ChardevSpec:
@@ -136,11 +141,10 @@ class Config:
         self.display = "none"
         self.pidfile: str | None = None
         self.action: str | None = None  # "help" / "version" when they were asked for
-        self.no_reboot = False
-        self.no_shutdown = False
         self.fd_bootchk = True  # -no-fd-bootchk clears it
-        self.watchdog_actions: list[str] = []  # every -watchdog-action, first one's text locates errors
-        self.watchdog_action = "reset"
+        #: -action, -no-reboot, -no-shutdown and -watchdog-action, merged (emu.actions)
+        self.action_opts = ActionOptions()
+        self.actions = RunstateActions()
         self.boot_keyval: dict = {}  # every -boot merged (keyval), checked once all are read
         self.boot: object | None = None  # emu.devices.fw_cfg.BootOptions
         self.no_hpet = False
@@ -212,23 +216,36 @@ def parse_args(argv: list[str]) -> Config:
             cfg.boot = boot_options_from_keyval(cfg.boot_keyval)
         except BootOptionError as e:
             raise _bare(str(e)) from None
-    if cfg.watchdog_actions:
-        _watchdog_action(cfg)
+    if cfg.action_opts.where is not None:
+        _resolve_actions(cfg)
     return cfg
 
 
-def _watchdog_action(cfg: Config) -> None:
-    """QEMU checks the last ``-watchdog-action`` once the options are read, and reports a bad
-    one at the first option's location."""
-    from emu.devices.ib700 import parse_watchdog_action
-
-    where = f"-watchdog-action {cfg.watchdog_actions[0]}"
+def _resolve_actions(cfg: Config) -> None:
+    """QEMU runs ``set-action`` with the merged group once the options are read; an error points
+    at the group's first option."""
+    where = cfg.action_opts.where
     try:
-        cfg.watchdog_action = parse_watchdog_action(cfg.watchdog_actions[-1])
-    except ValueError as e:
+        cfg.actions = cfg.action_opts.resolve()
+    except ActionError as e:
         raise _bare(f"{where}: {e}") from None
-    if cfg.watchdog_action == "inject-nmi":
+    if cfg.actions.watchdog == "inject-nmi":
         raise _bare(f"{where}: the watchdog action inject-nmi is not supported by this emulator (no NMI)")
+    for message, hint in cfg.action_opts.warnings or ():
+        cfg.notes.append(f"{message}\n{hint}")
+
+
+def _add_action(cfg: Config, where: str, text: str) -> None:
+    """One option of the ``action`` group; an unknown key fails at once (after the
+    option's deprecation warnings, as QEMU prints them), ``help`` prints the keys and exits 1."""
+    try:
+        cfg.action_opts.add(where, text)
+    except ActionError as e:
+        # the option's warnings were printed before the error: the error's own prefix comes last
+        shown = "".join(f"{m}\n{h}\n{prog_name()}: " for m, h in cfg.action_opts.warnings or ())
+        raise _bare(shown + f"{where}: {e}") from None
+    if cfg.action_opts.wants_help:
+        raise EarlyHelp(ACTION_HELP_TEXT, status=1)
 
 
 def _rtc(cfg: Config) -> None:
@@ -282,9 +299,9 @@ def _apply_flag(cfg: Config, name: str) -> None:
     elif name == "daemonize":
         raise _bare("-daemonize is not supported by this emulator")
     elif name == "no-reboot":
-        cfg.no_reboot = True
+        _add_action(cfg, "-no-reboot", "reboot=shutdown")
     elif name == "no-shutdown":
-        cfg.no_shutdown = True
+        _add_action(cfg, "-no-shutdown", "shutdown=pause")
     elif name == "no-fd-bootchk":
         cfg.fd_bootchk = False
     elif name == "no-hpet":
@@ -490,7 +507,8 @@ OPTION_HANDLERS: dict[str, Callable[[Config, str, str], None]] = {
         cfg, "name", _opts(value, implied="guest").get("guest")),
     "uuid": _opt_uuid, "global": _opt_global, "add-fd": _opt_add_fd, "run-with": _opt_run_with,
     "object": _opt_object, "device": _opt_device, "bios": _setter("bios"), "rtc": _appender("rtc_values"),
-    "boot": _opt_boot, "watchdog-action": _appender("watchdog_actions"), "pidfile": _setter("pidfile"),
+    "boot": _opt_boot, "watchdog-action": lambda cfg, name, value: _add_action(cfg, f"-{name} {value}", "watchdog=" + value.replace(",", ",,")),
+    "action": lambda cfg, name, value: _add_action(cfg, f"-{name} {value}", value), "pidfile": _setter("pidfile"),
     "smp": _opt_smp,
     **dict.fromkeys(("drive", "hda", "hdb", "hdc", "hdd", "cdrom", "blockdev"), _opt_drive),
 }
@@ -530,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except EarlyHelp as e:
         sys.stdout.write(str(e))
-        return 0
+        return e.status
     if cfg.action == "version":
         sys.stdout.write(VERSION_TEXT)
         return 0

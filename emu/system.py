@@ -84,8 +84,7 @@ class System:
         for key, value in cfg.machine_props.items():
             _set_machine_prop(machine, key, value)
         vm = VM(machine, start_paused=cfg.start_paused, qtest_accel=qtest_accel, name=cfg.name, uuid=cfg.uuid)
-        vm.no_reboot, vm.no_shutdown = cfg.no_reboot, cfg.no_shutdown
-        vm.watchdog_action = cfg.watchdog_action
+        vm.actions = cfg.actions
         if cfg.incoming is not None:
             vm.runstate = "inmigrate"  # waits for the stream; autostart stays as -S says
             machine.clock.enable(False)

@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from emu.actions import RunstateActions, guest_panicked_action
 from emu.machine.base import Machine
 
 EventSink = Callable[[str, "dict[str, Any] | None"], None]
@@ -42,11 +43,11 @@ class VM:
         self._event_sinks: list[EventSink] = []
         self._shutdown_hooks: list[Callable[[], None]] = []
         self.vcpu: Any = None  # emu.cpu.VCPU while an accelerator runs guest code (tcg)
-        #: -no-reboot: a guest reset shuts the VM down instead (QEMU's reboot action "shutdown")
-        self.no_reboot = False
-        #: -no-shutdown: a shutdown the guest (not the host) asks for stops the VM in the
-        #: ``shutdown`` run state instead of ending the process (QEMU's shutdown action "pause")
-        self.no_shutdown = False
+        #: what guest reboots, shutdowns, panics and watchdog expiries do (-action, set-action):
+        #: reboot "shutdown" (-no-reboot) turns a guest reset into a shutdown; shutdown "pause"
+        #: (-no-shutdown) stops a shutdown the guest (not the host) asks for in the ``shutdown``
+        #: run state instead of ending the process
+        self.actions = RunstateActions()
         # How work is handed to the main loop (set by the system; direct call without one).
         self.defer: Callable[[Callable[[], None]], None] = lambda fn: fn()
         machine.clock.abort_check = lambda: self.shutdown_requested is not None
@@ -131,7 +132,7 @@ class VM:
     def request_reset(self, reason: str) -> None:
         """A reset asked for by a device (the guest): done by the main loop, after the access that
         asked for it, as QEMU's qemu_system_reset_request does."""
-        if self.no_reboot and reason != "subsystem-reset":
+        if self.actions.reboot == "shutdown" and reason != "subsystem-reset":
             self.defer(lambda: self.request_shutdown(reason))
         else:
             self.defer(lambda: self.reset(reason))
@@ -165,10 +166,6 @@ class VM:
                 self.cont()
 
     # ---- what guest-visible devices ask of the VM (called from device handlers)
-    #: ``-watchdog-action`` (QEMU's default ``reset``); ``-action panic=`` (default ``shutdown``)
-    watchdog_action = "reset"
-    panic_action = "shutdown"
-
     def exit_now(self, status: int) -> None:
         """``isa-debug-exit``: the process ends at once with ``status``, as QEMU's exit() does
         (no SHUTDOWN event); buffered output is flushed first."""
@@ -178,12 +175,10 @@ class VM:
 
     def guest_panicked(self, kind: str) -> None:
         """pvpanic events, as QEMU 7.2's qemu_system_guest_panicked / _crashloaded."""
-        from emu.devices.pvpanic import guest_panicked_action
-
         if kind != "panicked":
             self.emit("GUEST_CRASHLOADED", {"action": "run"})
             return
-        action = guest_panicked_action(self.panic_action, "pause" if self.no_shutdown else "poweroff")
+        action = guest_panicked_action(self.actions)
         self.emit("GUEST_PANICKED", {"action": action})
         if action == "run":
             return
@@ -191,7 +186,7 @@ class VM:
         def stop() -> None:
             self.set_runstate("guest-panicked")
             if action == "poweroff":
-                if self.panic_action == "exit-failure":
+                if self.actions.panic == "exit-failure":
                     self.exit_code = 1
                 self.request_shutdown("guest-panic")
 
@@ -200,7 +195,7 @@ class VM:
     def watchdog_fired(self) -> None:
         """A watchdog expired: the WATCHDOG event, then ``-watchdog-action`` (QEMU's
         watchdog_perform_action; ``inject-nmi`` is refused on the command line)."""
-        action = self.watchdog_action
+        action = self.actions.watchdog
         self.emit("WATCHDOG", {"action": action})
         if action == "reset":
             self.request_reset("guest-reset")
@@ -222,7 +217,7 @@ class VM:
         before the ``quit`` reply), then the main loop stops and the chardevs close."""
         if self.shutdown_requested is not None:
             return
-        if self.no_shutdown and reason in GUEST_CAUSES | {"host-ui"}:
+        if self.actions.shutdown == "pause" and reason in GUEST_CAUSES | {"host-ui"}:
             # QEMU's quit and signals always end the process; other shutdowns only stop the VM
             self.emit("SHUTDOWN", {"guest": reason in GUEST_CAUSES, "reason": reason})
             self.set_runstate("shutdown")

@@ -23,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from emu.devices import debug_exit, pvpanic
+from emu.qemu_opts import HELP_ITEMS, parse_items
 
-HELP_OPTIONS = ("help", "?")
+HELP_OPTIONS = HELP_ITEMS
 
 #: QEMU's device categories, in the order ``-device help`` prints them.
 CATEGORIES = ("Controller/Bridge/Hub", "USB", "Storage", "Network", "Input", "Display", "Sound", "Misc", "CPU",
@@ -167,25 +168,6 @@ class DeviceSpec:
 
 # ---------------------------------------------------------------- QemuOpts
 
-def _split_items(text: str) -> list[str]:
-    """The comma-separated items QemuOpts reads; ``,,`` is a literal comma and a trailing comma
-    ends the string rather than opening an empty item."""
-    items: list[str] = []
-    pos = 0
-    while pos < len(text):
-        cur: list[str] = []
-        while pos < len(text):
-            if text[pos] == ",":
-                if text[pos + 1:pos + 2] != ",":
-                    break
-                pos += 1  # the second comma of ",," is the literal one
-            cur.append(text[pos])
-            pos += 1
-        items.append("".join(cur))
-        pos += 1  # the separating comma
-    return items
-
-
 def _id_wellformed(ident: str) -> bool:
     return bool(ident) and ident[0].isascii() and ident[0].isalpha() and all(
         c.isascii() and (c.isalnum() or c in "-._") for c in ident)
@@ -194,18 +176,8 @@ def _id_wellformed(ident: str) -> bool:
 def parse_device_opts(spec: str, seen_ids: set[str] | None = None) -> DeviceOpts:
     """QemuOpts parsing of one ``-device`` value. ``seen_ids`` (the ids of the earlier
     ``-device`` options) gets this one's id; DeviceSpecError for a bad or duplicate id."""
-    raw: list[tuple[str, str, bool]] = []  # (name, value, was a bare flag)
-    for n, item in enumerate(_split_items(spec)):
-        name, eq, value = item.partition("=")
-        if eq:
-            raw.append((name, value, False))
-        elif n == 0:
-            raw.append(("driver", item, False))
-        elif name.startswith("no"):
-            raw.append((name[2:], "off", True))
-        else:
-            raw.append((name, "on", True))
-    ident = next((v for k, v, flag in raw if k == "id" and not flag), None)
+    items = parse_items(spec, implied="driver")
+    ident = next((it.value for it in items if it.key == "id" and not it.bare), None)
     if ident is not None:
         if not _id_wellformed(ident):
             raise DeviceSpecError("Parameter 'id' expects an identifier", ID_HINT)
@@ -213,12 +185,8 @@ def parse_device_opts(spec: str, seen_ids: set[str] | None = None) -> DeviceOpts
             if ident in seen_ids:
                 raise DeviceSpecError(f"Duplicate ID '{ident}' for device")
             seen_ids.add(ident)
-    opts = DeviceOpts([(k, v) for k, v, _ in raw if k != "id"], ident)
-    for name, value, flag in raw:
-        if flag and not (value == "on" and name in HELP_OPTIONS):
-            shown = name if value == "on" else "no" + name
-            opts.warnings.append((f"short-form boolean option '{shown}' deprecated",
-                                  f"Please use {name}={value} instead"))
+    opts = DeviceOpts([(it.key, it.value) for it in items if it.key != "id"], ident)
+    opts.warnings.extend(w for w in (it.deprecation() for it in items) if w is not None)
     return opts
 
 

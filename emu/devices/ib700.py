@@ -40,19 +40,7 @@ ENABLE_PORTS = (0x443, 0x444)
 TIMEOUTS_S = (30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0)
 NS_PER_S = 1_000_000_000
 
-#: QAPI WatchdogAction, in QEMU's order.
-WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "debug", "none", "inject-nmi")
 DEFAULT_WATCHDOG_ACTION = "reset"
-
-
-def parse_watchdog_action(value: str) -> str:
-    """``-watchdog-action VALUE`` (and ``-action watchdog=VALUE``): the action, or ValueError with
-    QEMU 7.2's message. QEMU checks the value only once the command line is read, the last one
-    given winning, and prefixes the message with the *first* ``-action``/``-watchdog-action``
-    option's location (e.g. ``-watchdog-action pause: Parameter 'watchdog' ...``)."""
-    if value not in WATCHDOG_ACTIONS:
-        raise ValueError(f"Parameter 'watchdog' does not accept value '{value}'")
-    return value
 
 
 VMSTATE_IB700 = VMStateDescription(

@@ -6,7 +6,7 @@ supports, default ``PANICKED | CRASH_LOADED`` = 3); writing reports an event: bi
 panic (QMP ``GUEST_PANICKED``), else bit 1 a loaded crash kernel (``GUEST_CRASHLOADED``); other
 bits are ignored (QEMU logs them once under ``-d guest_errors``, which we do not). The device
 calls ``panic_event("panicked")`` or ``panic_event("crash-loaded")``; what follows is the
-board's business (see :func:`guest_panicked_action`).
+board's business (see :func:`emu.actions.guest_panicked_action`).
 
 QEMU maps the port only when the machine has fw_cfg, and then adds the fw_cfg file
 ``etc/pvpanic-port`` (the port as a little-endian u16, see :meth:`PVPanic.fw_cfg_file`).
@@ -24,24 +24,6 @@ PVPANIC_CRASH_LOADED = 1 << 1
 DEFAULT_IOPORT = 0x505
 DEFAULT_EVENTS = PVPANIC_PANICKED | PVPANIC_CRASH_LOADED
 FW_CFG_FILE = "etc/pvpanic-port"
-
-#: ``-action panic=`` values (QAPI PanicAction).
-PANIC_ACTIONS = ("none", "pause", "shutdown", "exit-failure")
-
-
-def guest_panicked_action(panic_action: str, shutdown_action: str) -> str:
-    """The ``action`` of the GUEST_PANICKED event QEMU 7.2 sends (qemu_system_guest_panicked).
-
-    ``"pause"``: the VM then stops with runstate ``guest-panicked``. ``"poweroff"``: the VM
-    stops (``guest-panicked``) and a shutdown with cause ``guest-panic`` is requested (the
-    process exits 1 instead of 0 when ``panic_action`` is ``exit-failure``). ``"run"``: only
-    the event. GUEST_CRASHLOADED always has action ``"run"`` and nothing else happens.
-    """
-    if panic_action == "pause" or (panic_action == "shutdown" and shutdown_action == "pause"):
-        return "pause"
-    if panic_action in ("shutdown", "exit-failure"):
-        return "poweroff"
-    return "run"
 
 
 class PVPanic(Device):

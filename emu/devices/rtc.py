@@ -26,6 +26,7 @@ from emu.devices.base import Device
 from emu.memory import AccessRules, CallbackOps, MemoryRegion
 from emu.migration.vmstate import Field, LoadContext, VMStateDescription
 from emu.qom import Property
+from emu.qemu_opts import parse_items
 
 __all__ = ["RTC", "RtcOptionError", "RtcOptions", "mktimegm", "parse_rtc_option"]
 
@@ -220,42 +221,16 @@ def parse_rtc_datetime(text: str) -> int:
     return start
 
 
-def _split_qemu_opts(value: str) -> list[str]:
-    """QemuOpts items of one option argument: ``,,`` is a literal comma; a trailing comma ends it."""
-    items: list[str] = []
-    cur = ""
-    i = 0
-    while i < len(value):
-        if value[i] == ",":
-            if value[i + 1 : i + 2] == ",":
-                cur, i = cur + ",", i + 2
-                continue
-            items.append(cur)
-            cur = ""
-            i += 1
-            if i == len(value):
-                return items
-            continue
-        cur += value[i]
-        i += 1
-    if value:
-        items.append(cur)
-    return items
-
-
 def _rtc_keyvals(value: str, warnings: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Parses one ``-rtc`` argument as QemuOpts does (bare ``x`` is ``x=on``, ``nox`` is ``x=off``)."""
     pairs = []
-    for item in _split_qemu_opts(value):
-        if "=" in item:
-            key, val = item.split("=", 1)
-        else:
-            key, val = (item[2:], "off") if item.startswith("no") else (item, "on")
-            warnings.append((f"-rtc {value}: warning: short-form boolean option '{item}' deprecated",
-                             f"Please use {key}={val} instead\n"))
-        if key not in ("base", "clock", "driftfix"):
-            raise RtcOptionError(f"-rtc {value}: Invalid parameter '{key}'", warnings=warnings)
-        pairs.append((key, val))
+    for item in parse_items(value):
+        warning = item.deprecation()
+        if warning is not None:
+            warnings.append((f"-rtc {value}: warning: {warning[0]}", warning[1] + "\n"))
+        if item.key not in ("base", "clock", "driftfix"):
+            raise RtcOptionError(f"-rtc {value}: Invalid parameter '{item.key}'", warnings=warnings)
+        pairs.append((item.key, item.value))
     return pairs
 
 

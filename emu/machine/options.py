@@ -31,6 +31,5 @@ class BoardOptions:
     nodefaults: bool = False
     hpet: bool = True  # -no-hpet / -machine hpet=off
     rtc: object | None = None  # emu.devices.rtc.RtcOptions
-    watchdog_action: str = "reset"
     devices: list = field(default_factory=list)  # parsed -device specs the board creates
     pflash: list = field(default_factory=list)  # -drive if=pflash: per unit, (path, readonly) or None

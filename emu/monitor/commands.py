@@ -105,6 +105,18 @@ def system_powerdown(ctx: CommandContext, args: dict[str, Any]) -> None:
     ctx.machine.powerdown()
 
 
+@command("set-action")
+def set_action(ctx: CommandContext, args: dict[str, Any]) -> None:
+    """What guest reboot, shutdown, panic and watchdog expiry do from now on."""
+    ctx.machine.set_actions(args)
+
+
+@command("watchdog-set-action")
+def watchdog_set_action(ctx: CommandContext, args: dict[str, Any]) -> None:
+    """The watchdog's action from now on (the same as ``set-action`` with only ``watchdog``)."""
+    ctx.machine.set_actions({"watchdog": args["action"]})
+
+
 @command("query-name")
 def query_name(ctx: CommandContext, args: dict[str, Any]) -> dict[str, str]:
     name = ctx.machine.name

@@ -56,6 +56,11 @@ class VmControl:
     def powerdown(self) -> None:
         self.vm.powerdown()
 
+    def set_actions(self, values: dict[str, str]) -> None:
+        if values.get("watchdog") == "inject-nmi":
+            raise QmpError("the watchdog action inject-nmi is not supported by this emulator (no NMI)")
+        self.vm.actions.apply(values)
+
     def request_shutdown(self, reason: str) -> None:
         self.vm.request_shutdown(reason)
 

@@ -116,6 +116,11 @@ class MachineControl(Protocol):
         """``system_powerdown``; emits ``POWERDOWN``."""
         ...
 
+    def set_actions(self, values: dict[str, str]) -> None:
+        """``set-action``/``watchdog-set-action`` with values the schema accepted
+        (keys ``reboot``, ``shutdown``, ``panic``, ``watchdog``); QmpError for one not modelled."""
+        ...
+
     def machine_types(self) -> list[dict[str, Any]]:
         """MachineInfo of every machine type."""
         ...

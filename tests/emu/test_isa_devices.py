@@ -18,9 +18,9 @@ import pytest
 from port_io import PortIO
 from emu.clock import VirtualClock
 from emu.devices.debug_exit import ISADebugExit, exit_status
-from emu.devices.ib700 import IB700, NS_PER_S, VMSTATE_IB700, WATCHDOG_ACTIONS, parse_watchdog_action
+from emu.devices.ib700 import IB700, NS_PER_S, VMSTATE_IB700
 from emu.devices.ioport import PORT92_A20_LINE, VMSTATE_PORT92, Port92, port80_region, portf0_region
-from emu.devices.pvpanic import PVPanic, guest_panicked_action
+from emu.devices.pvpanic import PVPanic
 from emu.devices.testdev import IOMEM_ADDR, PCTestdev
 from emu.irq import IRQ
 from emu.memory import AccessRules, AddressSpace, CallbackOps, MemoryRegion
@@ -192,14 +192,6 @@ def test_pvpanic_events_and_reads():
     assert bus.inb(0x600) == 0x81
 
 
-@pytest.mark.parametrize("panic, shutdown, action", [
-    ("pause", "poweroff", "pause"), ("shutdown", "pause", "pause"), ("shutdown", "poweroff", "poweroff"),
-    ("exit-failure", "pause", "poweroff"), ("none", "pause", "run"), ("none", "poweroff", "run"),
-])
-def test_guest_panicked_action(panic, shutdown, action):
-    assert guest_panicked_action(panic, shutdown) == action
-
-
 # ---------------------------------------------------------------- ib700
 
 @pytest.fixture
@@ -281,14 +273,6 @@ def test_ib700_vmstate(watchdog):
     assert fired2 == [7 * S]
     dest.load_vmstate({"timer": -1})
     assert not dest.timer.pending
-
-
-def test_watchdog_action_parsing():
-    assert [parse_watchdog_action(a) for a in WATCHDOG_ACTIONS] == list(WATCHDOG_ACTIONS)
-    for bad in ("foo", "RESET", "", "inject_nmi"):
-        with pytest.raises(ValueError) as e:
-            parse_watchdog_action(bad)
-        assert str(e.value) == f"Parameter 'watchdog' does not accept value '{bad}'"
 
 
 # ---------------------------------------------------------------- ports 0x80, 0xf0, 0x92

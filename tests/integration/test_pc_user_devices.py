@@ -45,6 +45,32 @@ def test_pvpanic_with_no_shutdown_pauses_in_guest_panicked(qtest_factory) -> Non
     assert m.qmp.cmd("query-status")["status"] == "guest-panicked"
 
 
+@pytest.mark.parametrize("panic, event, status", [
+    ("none", "run", "running"), ("pause", "pause", "guest-panicked"),
+])
+def test_action_panic_chooses_what_a_panic_does(qtest_factory, panic: str, event: str, status: str) -> None:
+    m = qtest_factory([*PC, "-device", "pvpanic", "-action", f"panic={panic}"])
+    m.qtest.outb(0x505, 1)
+    assert m.qmp.wait_event("GUEST_PANICKED", timeout=TIMEOUT)["data"] == {"action": event}
+    if status != "running":
+        m.qmp.wait_event("STOP", timeout=TIMEOUT)
+    assert m.qmp.cmd("query-status")["status"] == status
+
+
+def test_set_action_over_qmp_changes_the_panic_and_watchdog_actions(qtest_factory) -> None:
+    m = qtest_factory([*PC, "-device", "pvpanic", "-device", "ib700"])
+    assert m.qmp.cmd("set-action", panic="none", watchdog="pause") == {}
+    m.qtest.outb(0x505, 1)
+    assert m.qmp.wait_event("GUEST_PANICKED", timeout=TIMEOUT)["data"] == {"action": "run"}
+    assert m.qmp.cmd("watchdog-set-action", action="debug") == {}
+    m.qtest.outb(0x443, 14)  # 2 s
+    m.qtest.clock_step(2_000_000_000)
+    assert m.qmp.wait_event("WATCHDOG", timeout=TIMEOUT)["data"] == {"action": "debug"}
+    assert m.qmp.cmd("query-status")["status"] == "running"
+    bad = m.qmp.cmd_raw("set-action", {"panic": "none", "reboot": "maybe"})
+    assert bad["error"] == {"class": "GenericError", "desc": "Parameter 'reboot' does not accept value 'maybe'"}
+
+
 def test_ib700_expiry_under_clock_step_pauses_the_vm(qtest_factory) -> None:
     m = qtest_factory([*PC, "-device", "ib700", "-watchdog-action", "pause"])
     m.qtest.outb(0x443, 14)  # arm: table entry 14 is 2 s
