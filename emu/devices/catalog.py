@@ -57,8 +57,10 @@ class PropInfo:
 
     name: str
     type: str
-    default: int | str | None = None
+    default: int | str | bool | None = None
     description: str | None = None
+    #: how the value is read when it is not the QOM type's usual text (``pci-devfn``: PCI ``addr``)
+    kind: str | None = None
 
     def help_line(self) -> str:
         """QEMU's ``object_property_help`` line."""
@@ -66,7 +68,10 @@ class PropInfo:
         if self.description is not None or self.default is not None:
             line = line.ljust(24) + " - " + (self.description or "")
         if self.default is not None:
-            shown = f'"{self.default}"' if isinstance(self.default, str) else str(self.default)
+            if isinstance(self.default, bool):
+                shown = "true" if self.default else "false"
+            else:
+                shown = f'"{self.default}"' if isinstance(self.default, str) else str(self.default)
             line += f" (default: {shown})"
         return line
 
@@ -104,6 +109,11 @@ class DeviceModel:
         return line
 
 
+#: The properties of every PCI function this emulator models (QEMU's pci_props).
+PCI_ADDR_PROP = PropInfo("addr", "int32", -1, "Slot and optional function number, example: 06.0 or 06",
+                         kind="pci-devfn")
+PCI_MULTIFUNCTION_PROP = PropInfo("multifunction", "bool", False, "on/off")
+
 MODELS: dict[str, DeviceModel] = {m.name: m for m in (
     DeviceModel("isa-debug-exit", "ISA", "Misc", props=(
         PropInfo("iobase", "uint32", debug_exit.DEFAULT_IOBASE),
@@ -113,6 +123,9 @@ MODELS: dict[str, DeviceModel] = {m.name: m for m in (
         PropInfo("events", "uint8", pvpanic.DEFAULT_EVENTS), PropInfo("ioport", "uint16", pvpanic.DEFAULT_IOPORT),
         PropInfo("pvpanic[0]", "child<memory-region>"))),
     DeviceModel("ib700", "ISA", "Watchdog", desc="iBASE 700"),
+    # PCI options QEMU has but this emulator does not model (acpi-index, romfile...) are refused.
+    DeviceModel("pvpanic-pci", "PCI", "Misc", props=(
+        PCI_ADDR_PROP, PCI_MULTIFUNCTION_PROP, PropInfo("events", "uint8", pvpanic.DEFAULT_EVENTS))),
     DeviceModel("port92", "ISA", "Uncategorized", user_creatable=False, props=(
         PropInfo("a20[0]", "link<irq>"), PropInfo("port92[0]", "child<memory-region>"))),
     # Parsed elsewhere; ide-hd lists only the property this emulator acts on.
@@ -152,13 +165,13 @@ class DeviceSpec:
     ``props`` are the raw strings)."""
 
     driver: str
-    props: dict[str, int | str]
+    props: dict[str, int | str | bool]
     id: str | None = None
     bus: str | None = None
     warnings: list[tuple[str, str]] = field(default_factory=list)
     checked: bool = True
 
-    def value(self, name: str) -> int | str | None:
+    def value(self, name: str) -> int | str | bool | None:
         """The property's value: given, else the model's default."""
         if name in self.props:
             return self.props[name]
@@ -269,7 +282,52 @@ def strtou64(text: str) -> int | None:
     return (-value) % (1 << 64) if negative else value
 
 
-def _check_value(prop: PropInfo, value: str) -> int | str:
+def _strtoul16(text: str) -> tuple[int | None, str]:
+    """C's ``strtoul(text, &end, 16)`` on what a devfn can hold: (value or None when no digit
+    was read, the rest of the text). Leading blanks, a sign and ``0x`` are taken as C takes them."""
+    s = text.lstrip(" \t\n\v\f\r")
+    negative = s[:1] == "-"
+    if s[:1] in ("+", "-"):
+        s = s[1:]
+    if s[:2].lower() == "0x" and s[2:3] and s[2].lower() in "0123456789abcdef":
+        s = s[2:]
+    n = 0
+    while n < len(s) and s[n].lower() in "0123456789abcdef":
+        n += 1
+    if n == 0:
+        return None, text
+    value = int(s[:n], 16)
+    return ((-value) % (1 << 64) if negative else value), s[n:]
+
+
+def parse_pci_devfn(text: str) -> int | None:
+    """QEMU's PCI ``addr`` text, ``SLOT[.FUNCTION]`` in hex (slot <= 0x1f, function <= 7), as
+    devfn; None when QEMU refuses it."""
+    slot, rest = _strtoul16(text)
+    if slot is None or slot > 0x1F or rest[:1] not in (".", ""):
+        return None
+    func = 0
+    if rest:
+        func_, rest = _strtoul16(rest[1:])
+        if func_ is None or func_ > 7:
+            return None
+        func = func_
+    return None if rest else slot << 3 | func
+
+
+BOOL_VALUES = {"on": True, "yes": True, "true": True, "y": True, "off": False, "no": False, "false": False, "n": False}
+
+
+def _check_value(prop: PropInfo, value: str, driver: str) -> int | str | bool:
+    if prop.kind == "pci-devfn":
+        devfn = parse_pci_devfn(value)
+        if devfn is None:
+            raise DeviceSpecError(f"Property '{driver}.{prop.name}' doesn't take value '{value}'")
+        return devfn
+    if prop.type == "bool":
+        if value not in BOOL_VALUES:
+            raise DeviceSpecError(f"Parameter '{prop.name}' expects 'on' or 'off'")
+        return BOOL_VALUES[value]
     if prop.type not in UINT_TYPES:
         return value
     number = strtou64(value)
@@ -320,11 +378,11 @@ def parse_device(spec: str | DeviceOpts, seen_ids: set[str] | None = None) -> De
         return DeviceSpec(driver, dict(given), opts.id, bus, opts.warnings, checked=False)
     if bus is not None:
         _check_bus(model, bus)
-    props: dict[str, int | str] = {}
+    props: dict[str, int | str | bool] = {}
     for key in qdict_order([k for k, _ in opts.pairs if k not in ("driver", "bus")]):
         prop = model.prop(key)
         if prop is None:
             raise DeviceSpecError(f"Property '{driver}.{key}' not found")
-        props[key] = _check_value(prop, given[key])
+        props[key] = _check_value(prop, given[key], driver)
     return DeviceSpec(driver, props, opts.id, bus, opts.warnings)
 

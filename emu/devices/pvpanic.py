@@ -10,20 +10,47 @@ board's business (see :func:`emu.actions.guest_panicked_action`).
 
 QEMU maps the port only when the machine has fw_cfg, and then adds the fw_cfg file
 ``etc/pvpanic-port`` (the port as a little-endian u16, see :meth:`PVPanic.fw_cfg_file`).
-There is no VMState.
+The ISA device has no VMState.
+
+``pvpanic-pci`` (QEMU's ``hw/misc/pvpanic-pci.c``) is the same notifier as a PCI function:
+Red Hat vendor 0x1b36, device 0x0011, revision 1, class 0x0880 (system peripheral, other), a
+2-byte memory BAR 0 holding the same port (each byte reads ``events``), section ``pvpanic-pci``
+version 1 holding only the PCI device state.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from emu.devices.base import Device
+from emu.devices.pci import BASE_ADDRESS_SPACE_MEMORY, PCIDevice
 from emu.memory import AccessRules, CallbackOps, MemoryRegion
+from emu.migration.vmstate import VMStateDescription
 
 PVPANIC_PANICKED = 1 << 0
 PVPANIC_CRASH_LOADED = 1 << 1
 DEFAULT_IOPORT = 0x505
 DEFAULT_EVENTS = PVPANIC_PANICKED | PVPANIC_CRASH_LOADED
 FW_CFG_FILE = "etc/pvpanic-port"
+
+
+PCI_VENDOR_ID_REDHAT = 0x1B36
+PCI_DEVICE_ID_REDHAT_PVPANIC = 0x0011
+PCI_CLASS_SYSTEM_OTHER = 0x0880
+PCI_BAR_SIZE = 2
+
+
+def _notifier(events: int, panic_event: Callable[[str], None], size: int, owner: Device) -> MemoryRegion:
+    """QEMU's pvpanic_setup_io: ``size`` byte-implemented bytes, each reading ``events``; a write
+    reports bit 0 (panic) before bit 1 (crash kernel loaded)."""
+
+    def write(offset: int, value: int, width: int) -> None:
+        if value & PVPANIC_PANICKED:
+            panic_event("panicked")
+        elif value & PVPANIC_CRASH_LOADED:
+            panic_event("crash-loaded")
+
+    rules = AccessRules(valid_min=1, valid_max=4, impl_min=1, impl_max=1)
+    return MemoryRegion.io("pvpanic", size, CallbackOps(lambda offset, width: events, write, rules), owner=owner)
 
 
 class PVPanic(Device):
@@ -41,16 +68,36 @@ class PVPanic(Device):
         self.panic_event: Callable[[str], None] = panic_event or (lambda kind: None)
         self.add_property("ioport", "uint16", ioport, "int", static=True)
         self.add_property("events", "uint8", events, "int", static=True)
-        rules = AccessRules(valid_min=1, valid_max=4, impl_min=1, impl_max=1)
-        self.io = MemoryRegion.io("pvpanic", 1, CallbackOps(lambda offset, size: self.events, self._write, rules),
-                                  owner=self)
+        self.io = _notifier(events, lambda kind: self.panic_event(kind), 1, self)
 
     def fw_cfg_file(self) -> tuple[str, bytes]:
         """The fw_cfg file QEMU adds at realize: (name, contents)."""
         return FW_CFG_FILE, self.ioport.to_bytes(2, "little")
 
-    def _write(self, offset: int, value: int, size: int) -> None:
-        if value & PVPANIC_PANICKED:
-            self.panic_event("panicked")
-        elif value & PVPANIC_CRASH_LOADED:
-            self.panic_event("crash-loaded")
+
+class PVPanicPCI(PCIDevice):
+    """``pvpanic-pci``: the notifier behind memory BAR 0; the board puts it on its PCI bus."""
+
+    type_name = "pvpanic-pci"
+    type_parent = "pci-device"
+    vendor_id = PCI_VENDOR_ID_REDHAT
+    device_id = PCI_DEVICE_ID_REDHAT_PVPANIC
+    revision = 1
+    class_id = PCI_CLASS_SYSTEM_OTHER
+
+    def __init__(self, events: int = DEFAULT_EVENTS, panic_event: Callable[[str], None] | None = None,
+                 multifunction: bool = False) -> None:
+        super().__init__(multifunction)
+        self.events = events
+        self.panic_event: Callable[[str], None] = panic_event or (lambda kind: None)
+        self.add_property("events", "uint8", events, "int", static=True)
+        self.mr = _notifier(events, lambda kind: self.panic_event(kind), PCI_BAR_SIZE, self)
+        self.register_bar(0, BASE_ADDRESS_SPACE_MEMORY, self.mr)
+        self.vmsd = VMStateDescription(name="pvpanic-pci", version_id=1, minimum_version_id=1,
+                                       fields=self.pci_vmstate_fields())
+
+    def save_vmstate(self) -> dict:
+        return self.pci_save_state()
+
+    def load_vmstate(self, state: dict) -> None:
+        self.pci_load_state(state)

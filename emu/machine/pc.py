@@ -16,7 +16,8 @@ from emu.devices.catalog import DeviceSpec
 from emu.devices.debug_exit import ISADebugExit
 from emu.devices.ib700 import IB700, IB700_BASE
 from emu.devices.ioport import PORT80_ADDR, PORT92_ADDR, PORTF0_ADDR, Port92, port80_region, portf0_region
-from emu.devices.pvpanic import PVPanic
+from emu.devices.pci import PCIDevice, PCIError
+from emu.devices.pvpanic import PVPanic, PVPanicPCI
 from emu.devices.testdev import IOMEM_ADDR as TESTDEV_IOMEM_ADDR
 from emu.devices.testdev import PCTestdev
 from emu.devices.fdc import IsaFdc
@@ -341,12 +342,27 @@ class PcMachine(Machine):
             ib700 = IB700(self.clock, lambda: self.watchdog_expired())
             io = [(IB700_BASE, ib700.io)]
             dev = ib700
+        elif spec.driver == "pvpanic-pci":
+            return self._add_pci_device(spec, PVPanicPCI(int(spec.value("events")),
+                                                         lambda kind: self.panic_event(kind),
+                                                         bool(spec.value("multifunction"))))
         else:
             return super().add_user_device(spec)
         parent, name = self.user_device_parent(spec)
         self.add_device(dev, name, parent)
         for addr, region in io:
             self.system_io.add_subregion(addr, region)
+        return dev
+
+    def _add_pci_device(self, spec: DeviceSpec, dev: PCIDevice) -> Device:
+        """A ``-device`` PCI function: into the QOM tree, then onto the bus at ``addr`` (QEMU's
+        default -1: the first free slot), realized; PCIError texts become the option's error."""
+        parent, name = self.user_device_parent(spec)
+        self.add_device(dev, name, parent)
+        try:
+            self.pci_bus.add(dev, int(spec.value("addr")), qdev_id=spec.id)
+        except PCIError as e:
+            raise MachineError(str(e)) from None
         return dev
 
     # ---- migration: the vCPU's registers travel in a "cpu" section

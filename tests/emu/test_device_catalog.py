@@ -14,7 +14,7 @@ import pytest
 
 from emu.devices.catalog import (
     MODELS, DeviceSpecError, device_help, device_props_help, devices_help, parse_device, parse_device_opts,
-    qdict_order, strtou64,
+    parse_pci_devfn, qdict_order, strtou64,
 )
 
 ORACLE = "/root/qemu72/build/qemu-system-x86_64"
@@ -71,11 +71,20 @@ pvpanic options:
   ioport=<uint16>        -  (default: 1285)
   pvpanic[0]=<child<memory-region>>
 """
+# QEMU's lines for the properties modelled (QEMU also lists acpi-index, romfile, x-pcie-*...)
+PVPANIC_PCI_HELP = """\
+pvpanic-pci options:
+  addr=<int32>           - Slot and optional function number, example: 06.0 or 06 (default: -1)
+  events=<uint8>         -  (default: 3)
+  multifunction=<bool>   - on/off (default: false)
+"""
 PORT92_HELP = """\
 port92 options:
   a20[0]=<link<irq>>
   port92[0]=<child<memory-region>>
 """
+#: help texts that are a subset of QEMU's (the properties this emulator does not model are left out)
+PARTIAL_HELP = ("pvpanic-pci,help",)
 HELP = {  # -device SPEC -> QEMU's stdout (exit status 0)
     "isa-debug-exit,help": ISA_DEBUG_EXIT_HELP,
     "isa-debug-exit,?": ISA_DEBUG_EXIT_HELP,
@@ -83,6 +92,7 @@ HELP = {  # -device SPEC -> QEMU's stdout (exit status 0)
     "isa-debug-exit,iobase=foo,help": ISA_DEBUG_EXIT_HELP,  # help comes before property checks
     "pvpanic,help": PVPANIC_HELP,
     "pvpanic,help=x,ioport=y": PVPANIC_HELP,
+    "pvpanic-pci,help": PVPANIC_PCI_HELP,
     "port92,help": PORT92_HELP,  # not user-creatable, but its options are listed
     "pc-testdev,help": "There are no options for pc-testdev.\n",
     "pc-testdev,help,foo=1": "There are no options for pc-testdev.\n",
@@ -153,6 +163,7 @@ def test_devices_help_text():
         'name "isa-debug-exit", bus ISA\n'
         'name "pc-testdev", bus ISA\n'
         'name "pvpanic", bus ISA\n'
+        'name "pvpanic-pci", bus PCI\n'
         "\nWatchdog devices:\n"
         'name "ib700", bus ISA, desc "iBASE 700"\n'
         "\nUncategorized devices:\n"
@@ -214,12 +225,22 @@ def test_models_parsed_elsewhere_pass_through():
 
 
 @needs_oracle
-@pytest.mark.parametrize("spec", list(ERRORS) + list(HELP) + [
+@pytest.mark.parametrize("spec", list(ERRORS) + [h for h in HELP if h not in PARTIAL_HELP] + [
     "foo,help", "isa-debug-exit,foo", "isa-debug-exit,nohelp", "ib700,bus=isa.0,nofoo", "isa-debug-exit,id=1bad",
     "isa-debug-exit,iobase= 0x10", "isa-debug-exit,iobase=-0xfffffffffffffffe", "isa-debug-exit,id=a.b-c_d",
     "isa-debug-exit,driver=ib700,iobase=1", "pc-testdev,iosize=1,help"])
 def test_against_oracle(spec):
     assert run_local(spec) == run_oracle(spec)
+
+
+@needs_oracle
+@pytest.mark.parametrize("spec", PARTIAL_HELP)
+def test_partial_help_lines_are_qemus(spec):
+    """Models whose help lists only the properties modelled: every line is one of QEMU's."""
+    status, out, err = run_oracle(spec)
+    ours = HELP[spec].splitlines()
+    assert (status, err) == (0, "")
+    assert ours[0] == out.splitlines()[0] and set(ours[1:]) < set(out.splitlines()[1:])
 
 
 @needs_oracle
@@ -231,3 +252,27 @@ def test_devinfo_lines_against_oracle():
         for line in lines:
             assert line in sections[category]
             assert line in devices_help()
+
+
+@pytest.mark.parametrize("text, devfn", [
+    ("04.0", 0x20), ("4", 0x20), ("04", 0x20), ("1f.7", 0xFF), ("0.0", 0), ("+4", 0x20), ("04.0x1", 0x21),
+    ("0x4", 0x20), ("1F.1", 0xF9), (" 4", 0x20),
+    ("0x20", None), ("04.8", None), ("zz", None), ("-1", None), ("256", None), ("31", None), ("4.", None),
+    ("4.1x", None), ("", None), (".1", None), ("4..1", None),
+])
+def test_pci_addr_is_slot_dot_function_in_hex(text, devfn):
+    assert parse_pci_devfn(text) == devfn
+
+
+def test_pci_device_properties():
+    spec = parse_device("pvpanic-pci,addr=05.3,multifunction=yes,events=1")
+    assert spec.props == {"addr": 0x2B, "multifunction": True, "events": 1}
+    assert parse_device("pvpanic-pci").value("addr") == -1  # first free slot
+    assert parse_device("pvpanic-pci").value("multifunction") is False
+    for spec, message in (("pvpanic-pci,addr=04.8", "Property 'pvpanic-pci.addr' doesn't take value '04.8'"),
+                          ("pvpanic-pci,multifunction=2", "Parameter 'multifunction' expects 'on' or 'off'"),
+                          ("pvpanic-pci,romfile=x", "Property 'pvpanic-pci.romfile' not found"),
+                          ("pvpanic-pci,bus=isa.0", "Device 'pvpanic-pci' can't go on ISA bus")):
+        with pytest.raises(DeviceSpecError) as e:
+            parse_device(spec)
+        assert str(e.value) == message
