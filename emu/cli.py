@@ -479,6 +479,12 @@ def _opt_boot(cfg: Config, name: str, value: str) -> None:
         raise EarlyHelp(BOOT_HELP_TEXT)
 
 
+def _opt_action(cfg: Config, name: str, value: str) -> None:
+    """``-action K=V,...``; ``-watchdog-action V`` is ``watchdog=V`` (set as is, commas included)."""
+    text = value if name == "action" else "watchdog=" + value.replace(",", ",,")
+    _add_action(cfg, f"-{name} {value}", text)
+
+
 def _opt_smp(cfg: Config, name: str, value: str) -> None:
     cpus = _opts(value, implied="cpus").get("cpus", "1")
     if cpus not in ("1", ""):
@@ -507,8 +513,7 @@ OPTION_HANDLERS: dict[str, Callable[[Config, str, str], None]] = {
         cfg, "name", _opts(value, implied="guest").get("guest")),
     "uuid": _opt_uuid, "global": _opt_global, "add-fd": _opt_add_fd, "run-with": _opt_run_with,
     "object": _opt_object, "device": _opt_device, "bios": _setter("bios"), "rtc": _appender("rtc_values"),
-    "boot": _opt_boot, "watchdog-action": lambda cfg, name, value: _add_action(cfg, f"-{name} {value}", "watchdog=" + value.replace(",", ",,")),
-    "action": lambda cfg, name, value: _add_action(cfg, f"-{name} {value}", value), "pidfile": _setter("pidfile"),
+    "boot": _opt_boot, "action": _opt_action, "watchdog-action": _opt_action, "pidfile": _setter("pidfile"),
     "smp": _opt_smp,
     **dict.fromkeys(("drive", "hda", "hdb", "hdc", "hdd", "cdrom", "blockdev"), _opt_drive),
 }
