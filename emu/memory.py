@@ -247,6 +247,9 @@ class AddressSpace:
         self._scratch = ffi.new("int64_t *")
         #: readers of the C table that do not hold the machine lock (the vCPU's write hook)
         self.lockfree_readers = 0
+        #: called with (addr, length) before a device reads guest memory (:meth:`dma_read`);
+        #: the generic fuzzer fills that memory with its DMA patterns there, as QEMU's does
+        self.dma_read_hook: Callable[[int, int], None] | None = None
         root.on_change(self._invalidate)
         self.commit()
 
@@ -301,6 +304,12 @@ class AddressSpace:
         buf = bytearray(length)
         self.read_into(addr, buf)
         return buf
+
+    def dma_read(self, addr: int, length: int) -> bytearray:
+        """A device's read of guest memory (DMA); qtest and the vCPU use :meth:`read`."""
+        if self.dma_read_hook is not None and length:
+            self.dma_read_hook(addr & _ADDR_MASK, length)
+        return self.read(addr, length)
 
     def read_into(self, addr: int, buf: bytearray | memoryview) -> None:
         self._ensure()

@@ -362,7 +362,7 @@ class FwCfgIo(Device):
             _write_be32(mem, desc_addr, FW_CFG_DMA_CTL_ERROR)
             return
         op = "none"
-        control, length, address = struct.unpack(">IIQ", mem.read(desc_addr, 16))
+        control, length, address = struct.unpack(">IIQ", mem.dma_read(desc_addr, 16))
         if control & FW_CFG_DMA_CTL_SELECT:
             self.select(control >> 16)
         if control & FW_CFG_DMA_CTL_READ:
@@ -401,7 +401,7 @@ class FwCfgIo(Device):
             elif op == "write":
                 error = not e.allow_write or n != length or not mem.covered(address, n)
                 if not error:
-                    e.data[self.cur_offset:self.cur_offset + n] = mem.read(address, n)
+                    e.data[self.cur_offset:self.cur_offset + n] = mem.dma_read(address, n)
                     if e.write_cb is not None:
                         e.write_cb(self.cur_offset, n)
             self.cur_offset += n

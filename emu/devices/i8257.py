@@ -232,8 +232,8 @@ class I8257(Device):
         if r.mode & 0x0C == 0 or self.address_space is None:
             return bytes(length)
         if not r.mode & 0x20:
-            return bytes(self.address_space.read(self._address(r) + pos, length))
-        buf = self.address_space.read(self._address(r) - pos - length, length)
+            return bytes(self.address_space.dma_read(self._address(r) + pos, length))
+        buf = self.address_space.dma_read(self._address(r) - pos - length, length)
         for i in range(length >> 1):
             buf[i] = buf[length - i - 1]
         return bytes(buf)

@@ -16,9 +16,9 @@ This module owns the ``qtest`` fuzz target (``python -m qtest.fuzz qtest ...``):
 * reproducers: the qtest trace of an input (plain commands, one per line), replayed and
   minimised in a fresh ``-qtest stdio`` process.
 
-DMA patterns (ops 7 and 8) are parsed and kept exactly as QEMU keeps them, but their data is
-not delivered: QEMU fills guest RAM from inside the process just before a device reads it, and
-an out-of-process fuzzer cannot see device DMA reads.
+DMA patterns (ops 7 and 8) are parsed and kept exactly as QEMU keeps them. Their data reaches
+devices only with ``--in-process`` (:mod:`qtest.fuzz.inprocess`): QEMU fills guest RAM from inside
+the process just before a device reads it, which a fuzzer in another process cannot see.
 """
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ class Decoder:
         index, stride = DMA_FMT.unpack_from(p)
         data = p[DMA_FMT.size:]
         self.patterns.append(Pattern(index % len(data), stride, data))
-        return []  # its data is never delivered out of process (see the module docstring)
+        return []  # delivered only in process (see the module docstring)
 
     def _clear_dma_patterns(self, p: bytes) -> list[str]:
         self.patterns.clear()
@@ -254,7 +254,7 @@ _OK_HEX = re.compile(r"OK 0x([0-9a-f]+)")
 def check_reply(command: str, reply: str, clock: list[int]) -> str | None:
     """None when ``reply`` is exactly what QEMU's qtest server answers to ``command``
     (``in*``: ``OK 0x%04x``; ``read*``: ``OK 0x%016x``, both within the access width;
-    ``out*``/``write*``: ``OK``; ``clock_step``: ``OK <ns>``, never going back), else why not.
+    ``out*``/``write*`` (and a DMA fill's ``write``): ``OK``; ``clock_step``: ``OK <ns>``, never going back), else why not.
     ``clock`` holds the last clock value seen (updated)."""
     verb = command.split(" ", 1)[0]
     if verb == "clock_step":
@@ -265,7 +265,7 @@ def check_reply(command: str, reply: str, clock: list[int]) -> str | None:
             return f"clock went back from {clock[0]} to {m.group(1)}"
         clock[:] = [int(m.group(1))]
         return None
-    if verb[:-1] in ("out", "write"):
+    if verb[:-1] in ("out", "write") or verb == "write":  # ``write A L 0xHEX``: a DMA fill
         return None if reply == "OK" else f"bad reply {reply[:80]!r} to {command!r}"
     m = _OK_HEX.fullmatch(reply)
     digits = 4 if verb[:-1] == "in" else 16
@@ -775,10 +775,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds without a reply that make a hang")
     parser.add_argument("--rss-limit-mib", type=float, default=1024, help="emulator peak RSS bound (VmHWM)")
     parser.add_argument("--minimise-time", type=float, default=60, help="seconds spent minimising each finding")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the machine in the fuzz worker, answering device DMA with the input's patterns")
 
 
 def make_target(args: argparse.Namespace) -> GenericFuzzTarget:
-    """The target the runner's workers use."""
+    """The target the runner's workers use (in process with ``--in-process``)."""
+    if getattr(args, "in_process", False):
+        from qtest.fuzz.inprocess import InProcessFuzzTarget
+
+        return InProcessFuzzTarget(args)
     return GenericFuzzTarget(args)
 
 
