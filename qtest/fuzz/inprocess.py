@@ -185,6 +185,7 @@ class InProcessFuzzTarget(GenericFuzzTarget):
         self.replies.clear()
         try:
             self.server.process_line(line.encode())
+            self.system.loop.run_once(0)  # what the main loop does next: deferred resets, panics
         except _Stop:
             trace.extend((f, "OK") for f in self.filler.fills)
             trace.append((line, ""))
