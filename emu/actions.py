@@ -11,7 +11,7 @@ Imports only the QemuOpts lexer.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from emu.qemu_opts import parse_items
 
@@ -61,16 +61,15 @@ class ActionOptions:
     point), the keys in order, deprecation warnings met, and whether help was asked for."""
 
     where: str | None = None
-    values: dict[str, str] | None = None
-    warnings: list[tuple[str, str]] | None = None
+    values: dict[str, str] = field(default_factory=dict)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
     wants_help: bool = False
 
     def add(self, where: str, text: str) -> None:
         """One option of the group (``where`` is how QEMU names it, e.g. ``-action panic=none``);
         ActionError for an unknown key, checked at once as QEMU's option parser does."""
-        if self.values is None:
-            self.where, self.values, self.warnings = where, {}, []
-        assert self.warnings is not None
+        if self.where is None:
+            self.where = where
         for item in parse_items(text):
             if item.is_help:  # QEMU stops reading the option here
                 self.wants_help = True
@@ -85,7 +84,7 @@ class ActionOptions:
     def resolve(self) -> RunstateActions:
         """The actions once every option was read; ActionError for a bad value."""
         actions = RunstateActions()
-        actions.apply(self.values or {})
+        actions.apply(self.values)
         return actions
 
 

@@ -231,7 +231,7 @@ def _resolve_actions(cfg: Config) -> None:
         raise _bare(f"{where}: {e}") from None
     if cfg.actions.watchdog == "inject-nmi":
         raise _bare(f"{where}: the watchdog action inject-nmi is not supported by this emulator (no NMI)")
-    for message, hint in cfg.action_opts.warnings or ():
+    for message, hint in cfg.action_opts.warnings:
         cfg.notes.append(f"{message}\n{hint}")
 
 
@@ -242,7 +242,7 @@ def _add_action(cfg: Config, where: str, text: str) -> None:
         cfg.action_opts.add(where, text)
     except ActionError as e:
         # the option's warnings were printed before the error: the error's own prefix comes last
-        shown = "".join(f"{m}\n{h}\n{prog_name()}: " for m, h in cfg.action_opts.warnings or ())
+        shown = "".join(f"{m}\n{h}\n{prog_name()}: " for m, h in cfg.action_opts.warnings)
         raise _bare(shown + f"{where}: {e}") from None
     if cfg.action_opts.wants_help:
         raise EarlyHelp(ACTION_HELP_TEXT, status=1)
