@@ -90,6 +90,12 @@ class MainLoop:
         self._stop = True
         self.wakeup()
 
+    def close(self) -> None:
+        """Releases the loop's own descriptors (epoll, wake-up pipe); the loop is unusable after."""
+        self._epoll.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
     # ---- running
     def run(self) -> None:
         while not self._stop:

@@ -83,6 +83,28 @@ def _inflight(report_dir: Path, pid: int) -> Path:
     return report_dir / f"inflight-{pid}"
 
 
+def inflight_path(args: argparse.Namespace, pid: int) -> Path:
+    """Where worker ``pid`` keeps the input it is running, for when it dies with it (under
+    ``--sanitize`` in the sanitizer directory, else in ``<out>/inflight``)."""
+    return _inflight(sanitizer_dir(args) if getattr(args, "memcore", None) else Path(args.out) / "inflight", pid)
+
+
+def watchdog_path(args: argparse.Namespace, pid: int) -> Path:
+    """Where an in-process target's watchdog (faulthandler) writes the stacks of a hung worker."""
+    path = inflight_path(args, pid)
+    return path.with_name(path.name + ".watchdog")
+
+
+def _watchdog_note(path: Path) -> str:
+    """The innermost frame of the main thread in a faulthandler dump ('' when there is none);
+    the dump is consumed. faulthandler lists threads newest first, so the main thread is last."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    path.unlink(missing_ok=True)
+    blocks = text.split("\nThread ")
+    frames = [line.strip() for line in blocks[-1].splitlines() if line.strip().startswith("File ")]
+    return frames[0] if frames else ""
+
+
 def with_reports(finding: Finding, reports: list[Path]) -> Finding:
     """``finding`` as the crash its sanitizer reports (oldest first) show; the reports are
     consumed: the first is kept with the finding, the others (minimisation replays) summarised."""
@@ -110,7 +132,7 @@ class SanitizerWatch:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.environ.update(sanitize.environment(self.memcore, self.dir))
         self.seen = sanitize.report_files(self.dir)
-        self.inflight = _inflight(sanitizer_dir(args), os.getpid())
+        self.inflight = inflight_path(args, os.getpid())
         self.suffix, self.replay = sanitize.RAW_INPUTS.get(getattr(args, "target", ""), (".bin", ""))
 
     def before(self, data: bytes) -> None:
@@ -141,19 +163,23 @@ class SanitizerWatch:
 
 
 def dead_worker_finding(args: argparse.Namespace, pid: int, status: int) -> Finding | None:
-    """A ``--sanitize`` worker that died: its in-flight input with its own report, or None when
-    it left neither (it died before its first input, without a report)."""
-    report_dir = sanitizer_dir(args)
-    inflight = _inflight(report_dir, pid)
-    report = report_dir / f"{sanitize.REPORT_PREFIX}.{pid}"
-    if not inflight.exists() and not report.exists():
+    """A worker that died: its in-flight input, with its own sanitizer report (``--sanitize``)
+    or, when an in-process target's watchdog ended it, as a hang with the frame it hung in;
+    None when it left neither input nor report (it died before its first input)."""
+    memcore = getattr(args, "memcore", None)
+    inflight = inflight_path(args, pid)
+    report = sanitizer_dir(args) / f"{sanitize.REPORT_PREFIX}.{pid}" if memcore else None
+    note = _watchdog_note(watchdog_path(args, pid))
+    if not inflight.exists() and not (report is not None and report.exists()):
         return None
     data = inflight.read_bytes() if inflight.exists() else b""
     inflight.unlink(missing_ok=True)
     suffix, replay = sanitize.RAW_INPUTS.get(getattr(args, "target", ""), (".bin", ""))
-    finding = Finding("crash", f"fuzz worker exited with status {status} while running this input", data, suffix,
-                      sanitize.replay_prefix(args.memcore) + replay)
-    return with_reports(finding, [report]) if report.exists() else finding
+    kind, message = "crash", f"fuzz worker exited with status {status} while running this input"
+    if note:
+        kind, message = "hang", f"the watchdog ended the fuzz worker (status {status}) inside {note}"
+    finding = Finding(kind, message, data, suffix, (sanitize.replay_prefix(memcore) if memcore else "") + replay)
+    return with_reports(finding, [report]) if report is not None and report.exists() else finding
 
 
 def worker(make_target: Callable[[argparse.Namespace], Target], args: argparse.Namespace, seed: int,
@@ -162,6 +188,10 @@ def worker(make_target: Callable[[argparse.Namespace], Target], args: argparse.N
     rng = random.Random(seed)
     watch = SanitizerWatch(args) if getattr(args, "memcore", None) else None
     target = make_target(args)
+    # an in-process target can die with its input (a hang in C code ended by its watchdog)
+    keep = inflight_path(args, os.getpid()) if watch is None and getattr(target, "in_process", False) else None
+    if keep is not None:
+        keep.parent.mkdir(parents=True, exist_ok=True)
     if watch is not None and "emu._memcore" in sys.modules:  # an in-process target: say which core it runs
         sys.stderr.write(f"[sanitize] worker {os.getpid()}: emu._memcore is {sys.modules['emu._memcore'].__file__}\n")
     deadline = time.monotonic() + args.time if args.time else None
@@ -183,6 +213,8 @@ def worker(make_target: Callable[[argparse.Namespace], Target], args: argparse.N
             data = target.generate(rng)
             if watch is not None:
                 watch.before(data)
+            elif keep is not None:
+                keep.write_bytes(data)
             finding = target.run_one(data)
             execs += 1
             report(None if finding is None else target.minimise(data, finding))
@@ -191,6 +223,8 @@ def worker(make_target: Callable[[argparse.Namespace], Target], args: argparse.N
                 last_report = time.monotonic()
     finally:
         target.close()
+        if keep is not None:
+            keep.unlink(missing_ok=True)
         if watch is not None:
             report(None)  # a report written while the target shut down
             watch.close()
@@ -260,13 +294,15 @@ def _ends(name: str, procs: list[Any], args: argparse.Namespace) -> list[tuple[s
         p.join(timeout=10)
         if p.exitcode in (0, None):
             continue
-        finding = dead_worker_finding(args, p.pid, p.exitcode) if getattr(args, "memcore", None) else None
+        finding = dead_worker_finding(args, p.pid, p.exitcode)
         if finding is None:
             findings.append(("crash", f"fuzz worker exited with status {p.exitcode}", ""))
             continue
         path = save_finding(Path(args.out), finding, index)
         findings.append((finding.kind, finding.message, str(path)))
         sys.stderr.write(f"\n[{name}] {finding.kind}: {finding.message} -> {path}\n")
+    with contextlib.suppress(OSError):  # the in-flight directory, empty once every worker is accounted for
+        (Path(args.out) / "inflight").rmdir()
     if getattr(args, "memcore", None):
         for report in sorted(sanitize.report_files(sanitizer_dir(args), recursive=True)):
             text = report.read_text(errors="replace")

@@ -156,14 +156,18 @@ class Decoder:
     def decode(self, data: bytes) -> tuple[list[str], int]:
         """The command lines of ``data`` and its number of ops; resets the state first, as QEMU
         does at the start of every input."""
-        self.patterns.clear()
-        self.pattern_index = 0
-        self.pci_disabled = False
+        self.start_input()
         lines: list[str] = []
         pieces = split_ops(data)
         for piece in pieces:
             lines += self.op(piece[0] % NUM_OPS, piece[1:])
         return lines, len(pieces)
+
+    def start_input(self) -> None:
+        """The state at the start of an input: no patterns, PCI ops enabled."""
+        self.patterns.clear()
+        self.pattern_index = 0
+        self.pci_disabled = False
 
     def op(self, opcode: int, payload: bytes) -> list[str]:
         """The command lines of one op (none when its payload is too short or it is a no-op)."""
@@ -254,8 +258,8 @@ _OK_HEX = re.compile(r"OK 0x([0-9a-f]+)")
 def check_reply(command: str, reply: str, clock: list[int]) -> str | None:
     """None when ``reply`` is exactly what QEMU's qtest server answers to ``command``
     (``in*``: ``OK 0x%04x``; ``read*``: ``OK 0x%016x``, both within the access width;
-    ``out*``/``write*`` (and a DMA fill's ``write``): ``OK``; ``clock_step``: ``OK <ns>``, never going back), else why not.
-    ``clock`` holds the last clock value seen (updated)."""
+    ``out*``/``write*`` (and a DMA fill's ``write``): ``OK``; ``clock_step``: ``OK <ns>``, never
+    going back), else why not. ``clock`` holds the last clock value seen (updated)."""
     verb = command.split(" ", 1)[0]
     if verb == "clock_step":
         m = re.fullmatch(r"OK (0|[1-9][0-9]*)", reply)
@@ -777,6 +781,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minimise-time", type=float, default=60, help="seconds spent minimising each finding")
     parser.add_argument("--in-process", action="store_true",
                         help="run the machine in the fuzz worker, answering device DMA with the input's patterns")
+    parser.add_argument("--avoid-double-fetch", action="store_true",
+                        help="with --in-process: fill the parts of a DMA read around ranges already filled since "
+                             "the last op (QEMU_AVOID_DOUBLE_FETCH)")
 
 
 def make_target(args: argparse.Namespace) -> GenericFuzzTarget:

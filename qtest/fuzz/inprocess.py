@@ -4,34 +4,40 @@ Owns what only an in-process fuzzer can do: the machine is built here from the s
 (``emu.system.System``, ``-accel qtest``, no chardevs) and driven through ``QTestServer`` line by
 line, and the memory core's DMA hook (``AddressSpace.dma_read_hook``) fills guest RAM with the
 input's patterns just before a device reads it, as QEMU's ``fuzz_dma_read_cb`` does
-(``spec/qtest-protocol.md`` §11.3): round-robin over the patterns, at most 0x10000 bytes per
-fill, 0x10000000 per input, RAM only, split per flat range, and no refill of a range already
-filled since the last op (QEMU's behaviour under ``QTEST_LOG``, which is how its reproducers are
-made). Each fill enters the trace as ``write ADDR LEN 0xHEX`` before the command that caused it,
-so the trace replays out of process (``-qtest stdio``) and on QEMU.
+(``spec/qtest-protocol.md`` §11.3): only reads that start in the machine's main RAM, round robin
+over the patterns, at most 0x10000 bytes per fill, no fill that would take the input past
+0x10000000 bytes, written only to RAM/ROM pieces (one per flat range), and no refill of a range
+already filled since the last op (QEMU's behaviour under ``QTEST_LOG``, which is how its
+reproducers are made; with ``--avoid-double-fetch``, QEMU_AVOID_DOUBLE_FETCH's head and tail
+fills). Each fill enters the trace as ``write ADDR LEN 0xHEX`` before the command that caused
+it, so the trace replays out of process (``-qtest stdio``) and on QEMU.
 
 Discovery of the fuzzable ranges and the PCI set-up come from a short-lived emulator process,
 as in process mode (:class:`qtest.fuzz.generic.GenericFuzzTarget`). Oracles: an exception out of
 a command is a crash, the replies keep QEMU's grammar, a shutdown or exit request is reported
-as the emulator ending, an input running over ``--timeout`` is a hang (SIGALRM), peak RSS of
-this process stays under ``--rss-limit-mib``.
+as the emulator ending, an input running over ``--timeout`` is a hang (SIGALRM; past that, a
+faulthandler watchdog ends the worker and the runner keeps the input), peak RSS of this process
+stays under ``--rss-limit-mib``.
 """
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import sys
 import threading
 import traceback
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
-from qtest.fuzz.common import Finding, peak_rss_kib
+from qtest.fuzz.common import Finding, peak_rss_kib, watchdog_path
 from qtest.fuzz.generic import NUM_OPS, Decoder, GenericFuzzTarget, check_replies, split_ops
 
 FILL_CAP = 0x10000
 FILL_BUDGET = 0x10000000
-RAM_KINDS = ("ram", "rom", "romd")
+WATCHDOG_GRACE = 5.0  # seconds past --timeout before the watchdog ends a worker stuck in C code
+RAM_KINDS = ("ram", "rom")  # what a fill may write: QEMU writes RAM and ROM-device memory
 
 
 class _Stop(Exception):
@@ -43,36 +49,58 @@ class _Stop(Exception):
 
 
 class DmaFiller:
-    """The DMA hook: fills guest RAM with the decoder's patterns, recording each fill."""
+    """The DMA hook (``fuzz_dma_read_cb``): fills guest RAM with the decoder's patterns just
+    before a device reads it, recording each fill as a trace line."""
 
-    def __init__(self, mem: Any, decoder: Decoder) -> None:
+    def __init__(self, mem: Any, decoder: Decoder, main_ram: Any = None, avoid_double_fetch: bool = False) -> None:
         self.mem = mem
         self.decoder = decoder
+        #: the RamBlock of the machine's main RAM: only reads that start there are filled, as
+        #: QEMU fills only ``current_machine->ram`` (None: any RAM)
+        self.main_ram = main_ram
+        #: QEMU_AVOID_DOUBLE_FETCH: fill the head and tail around an already-filled range
+        self.avoid_double_fetch = avoid_double_fetch
         self.fills: list[str] = []  # trace lines of the fills of the running command
         self.filled: list[tuple[int, int]] = []  # ranges filled since the last op
-        self.budget = FILL_BUDGET
+        self.written = 0  # bytes written by fills in this input
         self.count = 0  # fills made, over all inputs
 
     def new_input(self) -> None:
-        self.budget = FILL_BUDGET
+        """QEMU's per-input reset: the byte budget and the already-filled list."""
+        self.written = 0
         self.filled.clear()
 
     def __call__(self, addr: int, length: int) -> None:
-        d = self.decoder
-        if not d.patterns or self.budget <= 0:
+        if self.decoder.patterns and self._starts_in_main_ram(addr):
+            self._fill(addr, length)
+
+    def _starts_in_main_ram(self, addr: int) -> bool:
+        fr = self.mem.lookup(addr)
+        if fr is None or fr.mr.kind != "ram":
+            return False
+        return self.main_ram is None or fr.mr.block is self.main_ram
+
+    def _fill(self, addr: int, length: int) -> None:
+        # the budget test and the overlap test see the uncapped length, as in QEMU
+        if not length or self.written + length > FILL_BUDGET:
             return
-        length = min(length, FILL_CAP, self.budget)
-        if any(a < addr + length and addr < a + n for a, n in self.filled):
-            return
+        for a, n in self.filled:
+            if addr < a + n and a < addr + length:
+                if self.avoid_double_fetch and addr < a:
+                    self._fill(addr, a - addr)
+                if self.avoid_double_fetch and addr + length > a + n:
+                    self._fill(a + n, addr + length - (a + n))
+                return
+        length = min(length, FILL_CAP)
         self.filled.append((addr, length))
-        self.budget -= length
         self.count += 1
-        pattern = d.patterns[d.pattern_index % len(d.patterns)]
+        d = self.decoder
+        data = d.patterns[d.pattern_index].render(length)
         d.pattern_index = (d.pattern_index + 1) % len(d.patterns)
-        data = pattern.render(length)
         for start, size in self._ram_pieces(addr, length):
             piece = data[start - addr:start - addr + size]
             self.mem.write(start, piece)
+            self.written += size
             self.fills.append(f"write {start:#x} {size:#x} 0x{piece.hex()}")
 
     def _ram_pieces(self, addr: int, length: int) -> list[tuple[int, int]]:
@@ -94,10 +122,22 @@ class InProcessFuzzTarget(GenericFuzzTarget):
     """The ``qtest`` target with ``--in-process``: same inputs, traces and findings as the
     process mode, plus DMA fills, run in this process."""
 
+    #: the runner keeps the running input on disk: a hang in C code ends this worker with it
+    in_process = True
+
     def __init__(self, args: argparse.Namespace) -> None:
+        # the watchdog's stack dump goes where the runner looks for it (stderr outside the runner)
+        self._watchdog_file: IO[str] | None = None
+        if hasattr(args, "out"):
+            path = watchdog_path(args, os.getpid())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._watchdog_file = open(path, "w")  # noqa: SIM115 - faulthandler writes to it until close()
         self.system: Any = None
         self.filler: DmaFiller | None = None
         self.inputs_with_fills = 0
+        self.avoid_double_fetch: bool = getattr(args, "avoid_double_fetch", False)
+        #: the trace (DMA fills included) of the last input run
+        self.last_trace: list[str] = []
         super().__init__(args)
 
     def _start(self) -> None:
@@ -116,14 +156,17 @@ class InProcessFuzzTarget(GenericFuzzTarget):
         cfg = parse_args([*self.machine_args, "-display", "none", "-accel", "qtest"])
         self.system = System(cfg, "emu-system-x86_64")
         vm = self.system.vm
-        vm.exit_now = self._exit_now
+        # isa-debug-exit and the like end the process in the emulator: here they end the input
+        vm.exit_now = vm.machine.exit_request = self._exit_now
         self.replies: list[bytes] = []
         self.server = QTestServer(vm, write=self.replies.append)
         self.server.opened()
         assert self.decoder is not None
-        mem = vm.machine.address_space_memory
+        machine = vm.machine
+        mem = machine.address_space_memory
+        main_ram = next((b for b in machine.ram_blocks if b.name == machine.default_ram_id), None)
         count = self.filler.count if self.filler is not None else 0
-        self.filler = DmaFiller(mem, self.decoder)
+        self.filler = DmaFiller(mem, self.decoder, main_ram, self.avoid_double_fetch)
         self.filler.count = count
         mem.dma_read_hook = self.filler
 
@@ -137,15 +180,22 @@ class InProcessFuzzTarget(GenericFuzzTarget):
 
     def _restart(self) -> None:
         self.restarts += 1
+        self._release()
         self._build()
+
+    def _release(self) -> None:
+        """Lets the machine go with its main loop's descriptors (else three leak per finding)."""
+        if self.system is None:
+            return
+        self.system.shutdown()
+        self.system.loop.close()
+        self.system = None
 
     def run_one(self, data: bytes) -> Finding | None:
         """Runs one input (set-up lines, then op by op with the patterns in force), then resets."""
         decoder, filler = self.decoder, self.filler
         assert decoder is not None and filler is not None
-        decoder.patterns.clear()
-        decoder.pattern_index = 0
-        decoder.pci_disabled = False
+        decoder.start_input()
         filler.new_input()
         fills_before = filler.count
         trace: list[tuple[str, str]] = []
@@ -153,7 +203,7 @@ class InProcessFuzzTarget(GenericFuzzTarget):
         self.inputs += 1
         self.ops += len(pieces)
         try:
-            with _Deadline(self.timeout):
+            with _Deadline(self.timeout, self._watchdog_file or sys.__stderr__):
                 for line in self.setup_lines:
                     self._run(line, trace)
                 for piece in pieces:
@@ -161,11 +211,12 @@ class InProcessFuzzTarget(GenericFuzzTarget):
                         self._run(line, trace)
                     filler.filled.clear()
         except _Stop as stop:
+            self.last_trace = [c for c, _ in trace]
             self._restart()
-            return self._finding(stop.kind, str(stop), [c for c, _ in trace])
+            return self._finding(stop.kind, str(stop), self.last_trace)
         self.commands += len(trace)
         self.inputs_with_fills += filler.count > fills_before
-        commands = [c for c, _ in trace]
+        commands = self.last_trace = [c for c, _ in trace]
         problem = check_replies(commands, [r for _, r in trace])
         if problem is not None:
             self._restart()
@@ -205,7 +256,11 @@ class InProcessFuzzTarget(GenericFuzzTarget):
 
     def close(self) -> None:
         """Drops the machine and prints the totals, with how many inputs got a DMA fill."""
-        self.system = None
+        self._release()
+        if self._watchdog_file is not None:
+            self._watchdog_file.close()
+            Path(self._watchdog_file.name).unlink(missing_ok=True)
+            self._watchdog_file = None
         super().close()
         count = self.filler.count if self.filler is not None else 0
         sys.stderr.write(f"[qtest] in process: {self.inputs_with_fills} of {self.inputs} inputs got DMA fills "
@@ -213,16 +268,22 @@ class InProcessFuzzTarget(GenericFuzzTarget):
 
 
 class _Deadline:
-    """SIGALRM after ``seconds`` raises a hang inside the running input (main thread only)."""
+    """An input's time limit. SIGALRM after ``seconds`` raises a hang inside the input (main
+    thread only); a hang inside C code never returns to the interpreter to see it, so
+    faulthandler's watchdog ends the process ``WATCHDOG_GRACE`` seconds later, dumping the
+    stacks to ``dump`` (the runner then saves the input the worker died with)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, dump: IO[str] | None) -> None:
         self.seconds = seconds
+        self.dump = dump
         self.armed = threading.current_thread() is threading.main_thread() and seconds > 0
 
     def _fire(self, signum: int, frame: Any) -> None:
         raise _Stop("hang", f"the input ran over {self.seconds:g} s")
 
     def __enter__(self) -> _Deadline:
+        if self.seconds > 0 and self.dump is not None:
+            faulthandler.dump_traceback_later(self.seconds + WATCHDOG_GRACE, exit=True, file=self.dump)
         if self.armed:
             self.previous = signal.signal(signal.SIGALRM, self._fire)
             signal.setitimer(signal.ITIMER_REAL, self.seconds)
@@ -232,3 +293,5 @@ class _Deadline:
         if self.armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self.previous)
+        if self.seconds > 0 and self.dump is not None:
+            faulthandler.cancel_dump_traceback_later()
