@@ -71,6 +71,10 @@ def migrate_once(binary: str, stream: str, mem_mib: int, tmp: str, multifd: int 
         return elapsed, info.get("ram", {})
 
 
+def _ms(t: float | None) -> str:
+    return f"{t * 1000:.0f} ms" if t else "-"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ours", default=shutil.which("emu-system-x86_64"))
@@ -112,8 +116,7 @@ def main() -> None:
         for label, times in rows:
             ours, qemu = times.get("ours"), times.get("qemu")
             ratio = f"{qemu / ours:.2f}x" if ours and qemu else "-"
-            fmt = (lambda t: f"{t * 1000:.0f} ms" if t else "-")
-            print(f"| {label} | {fmt(ours)} | {fmt(qemu)} | {ratio} |")
+            print(f"| {label} | {_ms(ours)} | {_ms(qemu)} | {ratio} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -67,11 +67,11 @@ class Emulator:
                 try:
                     self.sock = lst.accept()[0]
                     break
-                except socket.timeout:
+                except TimeoutError:
                     if self.proc.poll() is not None:
-                        raise RuntimeError(f"{binary} exited with {self.proc.returncode}")
+                        raise RuntimeError(f"{binary} exited with {self.proc.returncode}") from None
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"{binary} did not connect within {timeout}s")
+                        raise RuntimeError(f"{binary} did not connect within {timeout}s") from None
         except BaseException:
             self.close()
             raise

@@ -14,7 +14,7 @@ import argparse
 import os
 import re
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from cffi import FFI
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from emu.actions import ACTION_HELP_TEXT, ActionError, ActionOptions, RunstateActions
 from emu.chardev import ChardevError, parse_opts
 
-VERSION_TEXT = "QEMU emulator version 9.1.0 (qtest-emu 0.1.0)\nCopyright (c) 2003-2024 Fabrice Bellard and the QEMU Project developers\n"
+VERSION_TEXT = (
+    "QEMU emulator version 9.1.0 (qtest-emu 0.1.0)\n"
+    "Copyright (c) 2003-2024 Fabrice Bellard and the QEMU Project developers\n"
+)
 
 # Options without an argument.
 FLAG_OPTIONS = frozenset({

@@ -5,7 +5,7 @@ An input line is an ``IRQ``: setting its level calls its handler. A device's out
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 IrqHandler = Callable[[int, int], None]
 

@@ -11,7 +11,7 @@ import select
 import signal
 import threading
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 
 class MainLoop:

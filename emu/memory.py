@@ -7,7 +7,8 @@ Python. Only MMIO ranges come back here, to the owning device's ops.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, NamedTuple, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, Protocol
 
 from emu._native import ffi, lib
 from emu.ram import RamBlock
@@ -105,7 +106,8 @@ class MemoryRegion:
         return mr
 
     @classmethod
-    def io(cls, name: str, size: int, ops: MemoryOps, rules: AccessRules | None = None, owner: Any = None) -> MemoryRegion:
+    def io(cls, name: str, size: int, ops: MemoryOps, rules: AccessRules | None = None,
+           owner: Any = None) -> MemoryRegion:
         mr = cls(name, size, "io")
         mr.ops = ops
         mr.rules = rules or getattr(ops, "rules", None) or AccessRules()
@@ -343,7 +345,8 @@ class AddressSpace:
         done = 0
         while done < length:
             # C takes at most 2^63 - 1 bytes per call; a longer fill wraps round the address space
-            n = lib.mc_as_fill(self._flat, (addr + done) & _ADDR_MASK, byte & 0xFF, min(length - done, _MAX_CHUNK), mmio)
+            n = lib.mc_as_fill(self._flat, (addr + done) & _ADDR_MASK, byte & 0xFF,
+                               min(length - done, _MAX_CHUNK), mmio)
             done += n
             if mmio[0] < 0:
                 return

@@ -1,7 +1,8 @@
 """A small QOM: a tree of named objects with paths like ``/machine/unattached/device[0]``."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 # The QOM type hierarchy: type name -> (parent type, abstract). Classes register themselves.
 TYPES: dict[str, tuple[str | None, bool]] = {"object": (None, True)}

@@ -9,7 +9,8 @@ import importlib.util
 import os
 import signal
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from emu.chardev import Chardev, ChardevError, create_chardev, parse_legacy
 from emu.cli import Config
@@ -279,7 +280,7 @@ class System:
             add_serial = getattr(self.vm.machine, "add_serial", None)
             if add_serial is not None and len(self.serial_chardevs) <= 4:
                 uart = add_serial(len(self.serial_chardevs) - 1, chardev.write)
-                chardev.attach(_Frontend(lambda: None, lambda data, fds: uart.receive(data), lambda: None))
+                chardev.attach(_Frontend(lambda: None, lambda data, fds, uart=uart: uart.receive(data), lambda: None))
 
     def _setup_vcpu(self) -> None:
         """With TCG, a machine that has a CPU and a boot disk runs the guest on a Unicorn vCPU.
@@ -302,7 +303,8 @@ class System:
         if cfg.qtest is not None and cfg.qtest_objects:
             raise StartupError("Only one instance of qtest can be created")
         if len(cfg.qtest_objects) > 1:
-            raise StartupError(f"-object qtest,id={cfg.qtest_objects[1].get('id')}: Only one instance of qtest can be created")
+            second = cfg.qtest_objects[1].get("id")
+            raise StartupError(f"-object qtest,id={second}: Only one instance of qtest can be created")
         if cfg.qtest is not None:
             try:
                 chardev = self._chardev(cfg.qtest, "qtest")

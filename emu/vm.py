@@ -9,7 +9,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from emu.actions import RunstateActions, guest_panicked_action
 from emu.machine.base import Machine

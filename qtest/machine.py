@@ -195,7 +195,7 @@ class QMPConnection:
                 self._sock.settimeout(remaining)
             try:
                 data = self._sock.recv(1 << 16)
-            except socket.timeout:
+            except TimeoutError:
                 raise TimeoutError("timed out waiting for a QMP message") from None
             except (ConnectionResetError, BrokenPipeError) as e:
                 raise QMPEOF(f"QMP connection lost: {e}") from e
@@ -255,7 +255,8 @@ class QMPConnection:
         args = {**(arguments or {}), **kwargs}
         return self._check(self.cmd_raw(name, args))
 
-    def cmd_fds(self, name: str, fds: Sequence[int], arguments: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Any:
+    def cmd_fds(self, name: str, fds: Sequence[int], arguments: Mapping[str, Any] | None = None, /,
+                **kwargs: Any) -> Any:
         """Like :meth:`cmd`, passing ``fds`` with the command (e.g. ``getfd``, ``add-fd``)."""
         args = {**(arguments or {}), **kwargs}
         return self._check(self.cmd_raw(name, args, fds))

@@ -77,5 +77,6 @@ def check_guests_ram(qt: QTestClient, start: int = TEST_MEM_START, end: int = TE
             continue
         bad.append((start + i * PAGE, prev, cur))
     if bad:
-        lines = [f"Memory content inconsistency at {a:#x} first_byte = {c:#x} last_byte = {p:#x}" for a, p, c in bad[:10]]
+        lines = [f"Memory content inconsistency at {a:#x} first_byte = {c:#x} last_byte = {p:#x}"
+                 for a, p, c in bad[:10]]
         raise GuestError(f"{len(bad)} bad pages:\n" + "\n".join(lines))

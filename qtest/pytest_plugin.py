@@ -69,7 +69,8 @@ def _candidates() -> tuple[tuple[str, str, bool, str | None], ...]:
         reason = None
         if mode not in ("1", "yes", "on"):
             broken = probe_binary(emu, PROBE_ARGS, accel_qtest=True)
-            reason = f"{DEFAULT_BINARY_NAME} not usable (QTEST_TEST_EMU=1 to fail instead): {broken}" if broken else None
+            reason = (f"{DEFAULT_BINARY_NAME} not usable (QTEST_TEST_EMU=1 to fail instead): {broken}"
+                      if broken else None)
         found.append(("emu", emu, True, reason))
     return tuple(found)
 

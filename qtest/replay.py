@@ -34,7 +34,8 @@ def pair_replies(script: bytes, output: bytes) -> list[tuple[bytes, list[bytes]]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qtest.replay", description=__doc__.split("\n\n")[0])
     parser.add_argument("script", help="qtest script file, one command per line ('-' for stdin)")
-    parser.add_argument("--binary", default=None, help="emulator binary (default: $QTEST_QEMU_BINARY or emu-system-x86_64)")
+    parser.add_argument("--binary", default=None,
+                        help="emulator binary (default: $QTEST_QEMU_BINARY or emu-system-x86_64)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any reply is not OK")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("args", nargs="*", help="emulator arguments (after --); default: " + " ".join(DEFAULT_ARGS))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import binascii
 import time
-from typing import IO, Callable
+from collections.abc import Callable
+from typing import IO
 
 from emu._native import ffi, lib
 from emu.devices.base import Device

@@ -8,7 +8,7 @@ itself: it calls the ``exit_request`` callable the board gives it with that 8-bi
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from emu.devices.base import Device
 from emu.memory import AccessRules, CallbackOps, MemoryRegion

@@ -21,8 +21,8 @@ import mmap
 import os
 import re
 import struct
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, Union
 
 from emu.devices.base import Device
 from emu.memory import AccessRules, AddressSpace, CallbackOps, MemoryRegion
@@ -77,7 +77,7 @@ register_type("fw_cfg", "sys-bus-device", abstract=True)
 
 SelectCallback = Callable[[], None]
 WriteCallback = Callable[[int, int], None]  # (offset, length) written by DMA
-DmaTarget = Union[AddressSpace, Callable[[], AddressSpace], None]
+DmaTarget = AddressSpace | Callable[[], AddressSpace] | None
 
 
 class FwCfgError(Exception):

@@ -11,7 +11,7 @@ QEMU does but nothing maps it; D_LCK is not implemented (nor is it in QEMU 7.2).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from emu.devices.base import Device
 from emu.devices.pci import PCIBus, PCIDevice

@@ -21,7 +21,7 @@ subsections), listed by ``vmstate_sections``/``load_vmstate_sections``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from emu.devices.base import Device
 from emu.memory import AccessRules, CallbackOps, MemoryRegion
@@ -338,8 +338,10 @@ class I8042(Device):
         super().__init__()
         self.irq_kbd, self.irq_mouse = self.init_gpio_out(2)
         rules = AccessRules(valid_max=4, impl_max=1)  # QEMU: impl 1 byte, any size accepted
-        self.data_io = MemoryRegion.io("i8042-data", 1, CallbackOps(self._read_data, self._write_data, rules), owner=self)
-        self.cmd_io = MemoryRegion.io("i8042-cmd", 1, CallbackOps(self._read_status, self._write_cmd, rules), owner=self)
+        self.data_io = MemoryRegion.io("i8042-data", 1, CallbackOps(self._read_data, self._write_data, rules),
+                                       owner=self)
+        self.cmd_io = MemoryRegion.io("i8042-cmd", 1, CallbackOps(self._read_status, self._write_cmd, rules),
+                                      owner=self)
         self.reset_request = lambda: None  # wired by the board: the guest's CPU reset
         self.pending = self.status = self.mode = self.outport = 0
         self.kbd = PS2Keyboard(lambda level: self._set_pending(PENDING_KBD, level))

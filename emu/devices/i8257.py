@@ -16,7 +16,7 @@ channel is still active afterwards, so that the board can schedule :meth:`I8257.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from emu.devices.base import Device
 from emu.memory import AccessRules, AddressSpace, CallbackOps, MemoryRegion

@@ -194,10 +194,12 @@ class I8259(Device):
         self.init_gpio_in(self._set_irq, 16)
         self.intr = self.init_gpio_out(1)[0]  # INTR to the CPU
         rules = AccessRules(valid_max=4, impl_max=1)  # QEMU: impl 1 byte, any size accepted
-        self.master_io = MemoryRegion.io("pic", 2, CallbackOps(lambda o, s: self._read(self.master, o),
-                                                             lambda o, v, s: self._write(self.master, o, v), rules), owner=self)
-        self.slave_io = MemoryRegion.io("pic", 2, CallbackOps(lambda o, s: self._read(self.slave, o),
-                                                            lambda o, v, s: self._write(self.slave, o, v), rules), owner=self)
+        self.master_io = MemoryRegion.io(
+            "pic", 2, CallbackOps(lambda o, s: self._read(self.master, o),
+                                  lambda o, v, s: self._write(self.master, o, v), rules), owner=self)
+        self.slave_io = MemoryRegion.io(
+            "pic", 2, CallbackOps(lambda o, s: self._read(self.slave, o),
+                                  lambda o, v, s: self._write(self.slave, o, v), rules), owner=self)
         # one 1-byte "elcr" region per chip (0x4d0 master, 0x4d1 slave), as QEMU maps them
         self.master_elcr_io, self.slave_elcr_io = (
             MemoryRegion.io("elcr", 1, CallbackOps(lambda o, s, c=chip: c.elcr,

@@ -26,7 +26,7 @@ QMP event ``WATCHDOG`` with ``{"action": <action>}``):
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from emu.clock import VirtualClock
 from emu.devices.base import Device

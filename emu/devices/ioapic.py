@@ -10,7 +10,7 @@ version 2 format), IRR (from version 2) and the 24 64-bit redirection entries.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from emu.devices.base import Device
 from emu.memory import AccessRules, MemoryRegion
@@ -41,10 +41,11 @@ class IOAPIC(Device):
     def __init__(self) -> None:
         super().__init__()
         self.init_gpio_in(self._set_irq, NUM_PINS)
-        self.mmio = MemoryRegion.io("ioapic", 0x1000, self, AccessRules(valid_max=4, impl_min=4, impl_max=4), owner=self)
+        self.mmio = MemoryRegion.io("ioapic", 0x1000, self, AccessRules(valid_max=4, impl_min=4, impl_max=4),
+                                    owner=self)
         self.reset()
 
-    deliver: "Callable[[int], None] | None" = None  # set by the board: send a vector to the CPU
+    deliver: Callable[[int], None] | None = None  # set by the board: send a vector to the CPU
 
     def reset(self) -> None:
         self.ioregsel = 0

@@ -14,7 +14,7 @@ As in QEMU 7.2 (``hw/i386/pc.c`` and ``hw/i386/port92.c``):
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from emu.devices.base import Device
 from emu.memory import AccessRules, CallbackOps, MemoryRegion

@@ -10,7 +10,8 @@ capabilities, MSI and option ROMs are not modelled.
 from __future__ import annotations
 
 import errno
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from emu.devices.base import Device
 from emu.memory import MemoryRegion

@@ -22,8 +22,9 @@ effect is not modelled.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from emu.devices.base import Device
 from emu.memory import AccessRules, CallbackOps, MemoryRegion

@@ -16,7 +16,7 @@ As QEMU 7.2 builds them (hw/isa/piix3.c, hw/ide/piix.c, hw/acpi/piix4.c + core.c
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from emu.clock import VirtualClock
 from emu.devices.pci import (

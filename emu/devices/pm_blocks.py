@@ -16,7 +16,7 @@ Devices know nothing of qtest or QMP; the board maps ``io`` of each at its port.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from emu.memory import AccessRules, CallbackOps, MemoryRegion
 

@@ -19,7 +19,7 @@ version 1 holding only the PCI device state.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from emu.devices.base import Device
 from emu.devices.pci import BASE_ADDRESS_SPACE_MEMORY, PCIDevice

@@ -18,15 +18,16 @@ has no host-clock timers (see ``_HostTimer``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from emu.clock import Timer, VirtualClock
 from emu.devices.base import Device
 from emu.memory import AccessRules, CallbackOps, MemoryRegion
 from emu.migration.vmstate import Field, LoadContext, VMStateDescription
-from emu.qom import Property
 from emu.qemu_opts import parse_items
+from emu.qom import Property
 
 __all__ = ["RTC", "RtcOptionError", "RtcOptions", "mktimegm", "parse_rtc_option"]
 

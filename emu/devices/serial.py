@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from emu.clock import VirtualClock
 from emu.devices.base import Device

@@ -4,7 +4,6 @@ from __future__ import annotations
 from emu.machine.base import Machine, MachineError
 from emu.machine.none import NoneMachine
 from emu.machine.pc import PcMachine
-
 from emu.qom import register_type
 
 MACHINE_TYPES: tuple[type[Machine], ...] = (PcMachine, NoneMachine)

@@ -1,7 +1,8 @@
 """The board skeleton every machine type shares: QOM root, address spaces, RAM, clock, devices."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from emu.clock import VirtualClock
 from emu.devices.base import Device

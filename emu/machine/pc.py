@@ -9,33 +9,40 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from emu.devices.base import Device
 from emu.devices.catalog import DeviceSpec
 from emu.devices.debug_exit import ISADebugExit
+from emu.devices.fdc import IsaFdc
+from emu.devices.fw_cfg import (
+    FW_CFG_DMA_IO_BASE,
+    FW_CFG_IO_BASE,
+    PC_HPET_BLOCK_ID,
+    QOM_CHILD_NAME,
+    BootOptionError,
+    PcFwCfgConfig,
+    build_pc_fw_cfg,
+)
+from emu.devices.hpet import HPET, HPET_BASE
+from emu.devices.i440fx import I440FXHost, build_i440fx
+from emu.devices.i8042 import I8042
+from emu.devices.i8254 import PIT
+from emu.devices.i8257 import create_dma_pair
+from emu.devices.i8259 import I8259
 from emu.devices.ib700 import IB700, IB700_BASE
+from emu.devices.ide_ports import CHANNELS, EmptyIdeChannel
+from emu.devices.ioapic import IOAPIC, IOAPIC_BASE, NUM_PINS
 from emu.devices.ioport import PORT80_ADDR, PORT92_ADDR, PORTF0_ADDR, Port92, port80_region, portf0_region
 from emu.devices.pci import PCIDevice, PCIError
-from emu.devices.pvpanic import PVPanic, PVPanicPCI
-from emu.devices.testdev import IOMEM_ADDR as TESTDEV_IOMEM_ADDR
-from emu.devices.testdev import PCTestdev
-from emu.devices.fdc import IsaFdc
-from emu.devices.fw_cfg import (FW_CFG_DMA_IO_BASE, FW_CFG_IO_BASE, PC_HPET_BLOCK_ID, QOM_CHILD_NAME, BootOptionError,
-                                PcFwCfgConfig, build_pc_fw_cfg)
-from emu.devices.hpet import HPET, HPET_BASE
-from emu.devices.i8254 import PIT
-from emu.devices.ide_ports import CHANNELS, EmptyIdeChannel
-from emu.devices.pm_blocks import CPUHP_BASE, PCIHP_BASE, SMBUS_BASE, CpuHotplugLegacy, PciHotplugRegs, SMBusHost
 from emu.devices.pcspk import PCSpeaker
-from emu.devices.i8257 import create_dma_pair
-from emu.devices.i440fx import I440FXHost, build_i440fx
 from emu.devices.piix import build_piix, io_port_present
-from emu.devices.i8042 import I8042
-from emu.devices.i8259 import I8259
-from emu.devices.ioapic import IOAPIC, IOAPIC_BASE, NUM_PINS
+from emu.devices.pm_blocks import CPUHP_BASE, PCIHP_BASE, SMBUS_BASE, CpuHotplugLegacy, PciHotplugRegs, SMBusHost
+from emu.devices.pvpanic import PVPanic, PVPanicPCI
 from emu.devices.rtc import RTC
 from emu.devices.serial import Serial16550
+from emu.devices.testdev import IOMEM_ADDR as TESTDEV_IOMEM_ADDR
+from emu.devices.testdev import PCTestdev
 from emu.devices.x86cpu import X86CPU
 from emu.irq import IRQ
 from emu.machine.base import Machine, MachineError

@@ -24,7 +24,8 @@ file or process is touched.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 __all__ = [
     "MigrationAddressError",

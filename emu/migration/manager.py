@@ -13,7 +13,8 @@ import queue
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +23,14 @@ from emu.migration.address import MigrationAddress
 from emu.migration.multifd import MultifdError, MultifdReceiver, MultifdSender
 from emu.migration.params import MigrationConfig
 from emu.migration.precopy import PrecopySaver, RateLimiter
-from emu.migration.stream import (QEMU_VM_FILE_MAGIC, QEMU_VM_SECTION_PART, StreamError, StreamReader, StreamWriter,
-                                  load_stream)
+from emu.migration.stream import (
+    QEMU_VM_FILE_MAGIC,
+    QEMU_VM_SECTION_PART,
+    StreamError,
+    StreamReader,
+    StreamWriter,
+    load_stream,
+)
 from emu.migration.throttle import AutoConverge
 from emu.migration.transport import Listener, TransportError, listen_incoming, open_outgoing, tls_upgrade
 

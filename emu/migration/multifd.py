@@ -18,7 +18,8 @@ import struct
 import threading
 import uuid as uuidlib
 import zlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -11,17 +11,23 @@ change only when every check passed.
 Capabilities and this emulator (a TCG x86_64 "build" on a Linux host). All are stored and reported;
 "accepted" means ``migrate-set-capabilities`` sets them exactly when QEMU 9.1 on such a build does:
 
-| capability | here | why |
-|---|---|---|
-| xbzrle, auto-converge, events, release-ram, return-path, pause-before-switchover, multifd, dirty-bitmaps, postcopy-blocktime, late-block-activate, validate-uuid, switchover-ack, mapped-ram | accepted | QEMU's compatibility rules only (§9) |
-| rdma-pin-all | accepted (store only) | QEMU accepts it without RDMA support; it only matters for ``rdma:`` |
-| zero-blocks | accepted (no effect) | block migration was removed in 9.1; the capability still exists |
-| postcopy-ram | accepted | rules of §9; the destination host probe succeeds unless ``postcopy_unsupported_reason`` is set (then ``Postcopy is not supported: <reason>``) |
-| postcopy-preempt, x-ignore-shared | accepted | rules of §9 |
-| background-snapshot | accepted | rules of §9; write tracking is reported available and compatible unless ``write_tracking`` says otherwise |
-| zero-copy-send | accepted (store only) | Linux rule of §9 (multifd, no xbzrle, no compression, no TLS) |
-| x-colo | **refused** | no COLO/replication here: behaves as a QEMU built without CONFIG_REPLICATION, ``QEMU compiled without replication module can't enable COLO`` (``replication=True`` lifts it) |
-| dirty-limit | **refused** | needs KVM's dirty ring; under TCG QEMU says ``dirty-limit requires KVM with accelerator property 'dirty-ring-size' set`` (after the auto-converge conflict check; ``kvm_dirty_ring=True`` lifts it) |
+- xbzrle, auto-converge, events, release-ram, return-path, pause-before-switchover, multifd,
+  dirty-bitmaps, postcopy-blocktime, late-block-activate, validate-uuid, switchover-ack, mapped-ram:
+  accepted, under QEMU's compatibility rules only (§9).
+- rdma-pin-all: accepted (store only); QEMU accepts it without RDMA support, it only matters for ``rdma:``.
+- zero-blocks: accepted (no effect); block migration was removed in 9.1, the capability still exists.
+- postcopy-ram: accepted under the rules of §9; the destination host probe succeeds unless
+  ``postcopy_unsupported_reason`` is set (then ``Postcopy is not supported: <reason>``).
+- postcopy-preempt, x-ignore-shared: accepted under the rules of §9.
+- background-snapshot: accepted under the rules of §9; write tracking is reported available and
+  compatible unless ``write_tracking`` says otherwise.
+- zero-copy-send: accepted (store only) under the Linux rule of §9 (multifd, no xbzrle, no compression,
+  no TLS).
+- x-colo: **refused**; no COLO/replication here: behaves as a QEMU built without CONFIG_REPLICATION,
+  ``QEMU compiled without replication module can't enable COLO`` (``replication=True`` lifts it).
+- dirty-limit: **refused**; needs KVM's dirty ring. Under TCG QEMU says ``dirty-limit requires KVM with
+  accelerator property 'dirty-ring-size' set`` (after the auto-converge conflict check;
+  ``kvm_dirty_ring=True`` lifts it).
 
 Parameters: ``direct-io`` is accepted (Linux has O_DIRECT; ``direct_io_supported=False`` gives
 ``No build-time support for direct-io``). ``max-bandwidth`` / ``avail-switchover-bandwidth`` are
@@ -308,7 +314,8 @@ class MigrationConfig:
         if p["max-bandwidth"] > SIZE_MAX:  # never with 64-bit sizes
             raise _expects("max_bandwidth", "an integer in the range of 0 to (18446744073709551615UL) bytes/second")
         if p["avail-switchover-bandwidth"] > SIZE_MAX:
-            raise _expects("avail_switchover_bandwidth", "an integer in the range of 0 to (18446744073709551615UL) bytes/second")
+            raise _expects("avail_switchover_bandwidth",
+                           "an integer in the range of 0 to (18446744073709551615UL) bytes/second")
         if p["downtime-limit"] > MAX_MIGRATE_DOWNTIME:
             raise _expects("downtime_limit", "an integer in the range of 0 to (2000 * 1000) ms")
         if p["multifd-channels"] < 1:

@@ -10,17 +10,36 @@ from __future__ import annotations
 import json
 import struct
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from emu.migration import vmstate as vms
-from emu.migration.stream import (PAGE_SIZE, QEMU_VM_CONFIGURATION, QEMU_VM_EOF, QEMU_VM_FILE_MAGIC,
-                                  QEMU_VM_FILE_VERSION, QEMU_VM_SECTION_END, QEMU_VM_SECTION_FULL,
-                                  QEMU_VM_SECTION_START, QEMU_VM_SUBSECTION, QEMU_VM_VMDESCRIPTION,
-                                  RAM_IDSTR, RAM_SAVE_FLAG_CONTINUE, RAM_SAVE_FLAG_EOS, RAM_SAVE_FLAG_MEM_SIZE,
-                                  RAM_SAVE_FLAG_MULTIFD_FLUSH, RAM_SAVE_FLAG_ZERO, RAM_VERSION, StreamWriter,
-                                  _counted, _footer, _section_header, encode_page_records)
+from emu.migration.stream import (
+    PAGE_SIZE,
+    QEMU_VM_CONFIGURATION,
+    QEMU_VM_EOF,
+    QEMU_VM_FILE_MAGIC,
+    QEMU_VM_FILE_VERSION,
+    QEMU_VM_SECTION_END,
+    QEMU_VM_SECTION_FULL,
+    QEMU_VM_SECTION_START,
+    QEMU_VM_SUBSECTION,
+    QEMU_VM_VMDESCRIPTION,
+    RAM_IDSTR,
+    RAM_SAVE_FLAG_CONTINUE,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SAVE_FLAG_MULTIFD_FLUSH,
+    RAM_SAVE_FLAG_ZERO,
+    RAM_VERSION,
+    StreamWriter,
+    _counted,
+    _footer,
+    _section_header,
+    encode_page_records,
+)
 
 if TYPE_CHECKING:
     from emu.migration.multifd import MultifdSender

@@ -22,9 +22,9 @@ import errno
 import json
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from emu.migration import vmstate as vms
 from emu.migration.vmstate import LoadContext, SaveStateEntry
@@ -1179,7 +1179,8 @@ def parse_stream(data: bytes, vmsds: dict[str, vms.VMStateDescription] | None = 
 
     def ram_body() -> dict:
         nonlocal pos
-        c: dict[str, Any] = {"mem_size": [], "zero": 0, "page": 0, "xbzrle": 0, "eos": 0, "named": 0, "continue": 0, "other": 0}
+        c: dict[str, Any] = {"mem_size": [], "zero": 0, "page": 0, "xbzrle": 0, "eos": 0, "named": 0,
+                             "continue": 0, "other": 0}
         while True:
             word = be(8)
             flags = word & (PAGE_SIZE - 1)

@@ -5,7 +5,8 @@ Output follows QEMU's formats (docs/qmp-facts.md §2.8); the caller turns ``\\n`
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from emu.memory import MemoryRegion
 from emu.monitor.protocol import QmpError

@@ -30,9 +30,9 @@ from emu.monitor.qjson import JsonStreamParser, dumps, qdict_order
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
+    from typing import TypeAlias
 
     from emu.monitor.qapi import Schema
-    from typing import TypeAlias
 
     #: Handler signature: ``handler(ctx, args) -> return value`` (None means ``{}``).
     Handler: TypeAlias = Callable[["CommandContext", dict[str, Any]], Any]

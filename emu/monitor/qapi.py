@@ -10,7 +10,8 @@ wins, and an object's unexpected members are reported after its known members we
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from emu.monitor.ghash import first_unexpected
 from emu.monitor.protocol import QmpError

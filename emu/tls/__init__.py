@@ -14,8 +14,15 @@ Every failure is a :class:`TlsError` whose message is QEMU's text.
 from __future__ import annotations
 
 from emu.tls.errors import TlsError
-from emu.tls.registry import (OBJECT_TYPES, ObjectRegistry, authz_is_allowed_by_id, create_object,
-                              get_authz, get_tls_creds, objects_registry)
+from emu.tls.registry import (
+                              OBJECT_TYPES,
+                              ObjectRegistry,
+                              authz_is_allowed_by_id,
+                              create_object,
+                              get_authz,
+                              get_tls_creds,
+                              objects_registry,
+)
 from emu.tls.tunnel import TlsTunnel, tls_wrap_fd
 
 __all__ = ["TlsError", "OBJECT_TYPES", "ObjectRegistry", "objects_registry", "create_object", "get_tls_creds",

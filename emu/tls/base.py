@@ -7,8 +7,9 @@ QEMU's ``UserCreatableClass.complete`` (loading files, checking required propert
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 from emu.qom import Property, QObject
 from emu.tls.errors import TlsError

@@ -9,7 +9,8 @@ objects and anything holding the VM (monitor handlers, the migration manager) re
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from emu.qom import Container, QObject
 from emu.tls.authz import AuthzSimple, QAuthZ

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import select
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from emu.tls import gnutls as g
 from emu.tls.authz import QAuthZ

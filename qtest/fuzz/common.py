@@ -11,9 +11,10 @@ import queue
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from qtest.fuzz import sanitize
 

@@ -34,8 +34,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Sequence
+from typing import IO, Any
 
 from qtest.client import QTestClient
 from qtest.fuzz.common import Finding, peak_rss_kib

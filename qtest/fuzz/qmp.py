@@ -41,9 +41,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from random import Random
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from qtest.fuzz.common import Finding, peak_rss_kib
 
@@ -193,7 +194,8 @@ class MessageGenerator:
                  "command-line": HMP_LINES, "uri": SAFE_URIS, "filename": ("fuzz-mig",), "host": ("127.0.0.1",),
                  "port": ("1", "0", "x", "65536"), "str": ("fuzz-fd",), "dir": ("fuzz-nodir", ".", "/nonexistent")}
         if self._migration and member in ("path", "filename", "host", "uri"):
-            return {"path": "fuzz-sock", "filename": "fuzz-mig", "host": "127.0.0.1"}.get(member) or rng.choice(SAFE_URIS)
+            fixed = {"path": "fuzz-sock", "filename": "fuzz-mig", "host": "127.0.0.1"}.get(member)
+            return fixed or rng.choice(SAFE_URIS)
         pool = pools.get(member)
         if pool is not None and rng.random() < 0.85:
             return self._hmp_line(rng) if member == "command-line" and rng.random() < 0.3 else rng.choice(pool)
@@ -406,7 +408,7 @@ def _strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
 def unsafe_reason(value: Any) -> str | None:
     """Why sending this request could touch the host (None when it cannot): an exec migration,
     or a migration address outside the safe set."""
-    for key, s in _strings(value):
+    for _key, s in _strings(value):
         if s == "exec" or s.startswith("exec:"):
             return f"exec: {s[:40]!r}"
     migration = ("migrate", "migrate-incoming")
@@ -559,7 +561,7 @@ class QmpProcess:
             self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(1 << 16)
-            except socket.timeout:
+            except TimeoutError:
                 raise TimeoutError from None
             except OSError as e:
                 raise ProcessGone(str(e)) from None

@@ -26,8 +26,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 BUILDER = CSRC / "build_memcore.py"

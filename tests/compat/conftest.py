@@ -32,9 +32,9 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -100,7 +100,7 @@ class Setup:
     cases: list[Case] = field(default_factory=list)
     error: str = ""
 
-    def run(self, program: str, args: list[str], d: Path, timeout: float) -> "Run":
+    def run(self, program: str, args: list[str], d: Path, timeout: float) -> Run:
         """Runs ``program args`` with cwd ``d/cwd``, TMPDIR ``d/tmp``, output in ``d/stdout``
         and ``d/stderr``."""
         argv = [str(self.qtest_dir / program), *args]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from test_qtest_compat import OURS, PC, QEMU, compare, needs_qemu
 
 pytestmark = [needs_qemu, pytest.mark.qemu]

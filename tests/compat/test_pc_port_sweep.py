@@ -15,7 +15,6 @@ NULL current CPU in QEMU under qtest and kills it; we have no vmport.
 from __future__ import annotations
 
 import pytest
-
 from test_qtest_compat import PC, Emu, both, needs_qemu
 
 EXTRA = ["-rtc", "base=2020-01-01T00:00:00,clock=vm"]

@@ -191,7 +191,7 @@ class VM:
         while True:
             try:
                 return listener.accept()[0]
-            except socket.timeout:
+            except TimeoutError:
                 pass
             if self.proc.poll() is not None:
                 raise RuntimeError("%s exited with status %s: %s"
@@ -855,7 +855,7 @@ HMP_NONE = ["xp /4xb 0x1000000", "xp /2xg 0xfffff8", "xp /4xb 0xfff", "xp /1xg 0
 @pytest.mark.parametrize("machine", ["pc", "none"])
 def test_hmp_prelaunch(start, machine):
     lines = HMP_PC if machine == "pc" else HMP_NONE
-    ours, qemu = both(start, MACHINES[machine], lambda vm: [[l, hmp(vm, l)] for l in lines])
+    ours, qemu = both(start, MACHINES[machine], lambda vm: [[line, hmp(vm, line)] for line in lines])
     if machine == "pc":
         assert qemu[0][1] == [{"return": "00000000000ffff0: 0xea 0x5b 0xe0 0x00 0xf0 0x30 0x36 0x2f\r\n"}]
     assert_same(ours, qemu)

@@ -151,7 +151,7 @@ class Emu:
         while True:
             try:
                 return listener.accept()[0]
-            except socket.timeout:
+            except TimeoutError:
                 pass
             if self.proc.poll() is not None:
                 raise self._died()
@@ -247,7 +247,7 @@ def assert_same(ours, qemu):
         return
     diffs = []
     if isinstance(ours, list) and ours and isinstance(ours[0], tuple):
-        for (c1, r1), (c2, r2) in zip(ours, qemu):
+        for (c1, r1), (_, r2) in zip(ours, qemu):
             if r1 != r2:
                 diffs.append("> %r\n  ours: %r\n  qemu: %r" % (c1, r1, r2))
         if len(ours) != len(qemu):

@@ -10,23 +10,20 @@
 """
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-
-import unicorn
 from unicorn import UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_MODE_32, Uc  # noqa: E402
 from unicorn.x86_const import (  # noqa: E402
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
     UC_X86_REG_CR0,
-    UC_X86_REG_EAX,
     UC_X86_REG_CS,
     UC_X86_REG_DS,
+    UC_X86_REG_EAX,
     UC_X86_REG_EDX,
     UC_X86_REG_EIP,
     UC_X86_REG_ES,
@@ -278,7 +275,7 @@ def test_patched_passes_per_b_and_resume_after_emu_stop():
     emu_time = 0.0
     for n in range(1, 6):
         before = g.emu_time
-        g.run_until(lambda: g.serial.count(b"B") >= n)
+        g.run_until(lambda n=n: g.serial.count(b"B") >= n)
         if n > 1:
             emu_time += g.emu_time - before
         assert g.protected

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from emu.actions import (ACTION_ENUMS, ACTION_HELP_TEXT, WATCHDOG_ACTIONS, ActionError, ActionOptions,
-                         RunstateActions, check_action, guest_panicked_action)
+from emu.actions import (
+    ACTION_ENUMS,
+    ACTION_HELP_TEXT,
+    WATCHDOG_ACTIONS,
+    ActionError,
+    ActionOptions,
+    RunstateActions,
+    check_action,
+    guest_panicked_action,
+)
 from emu.cli import CliError, EarlyHelp, parse_args
 
 

@@ -5,10 +5,9 @@ import threading
 import time
 
 import pytest
-
 from pc_guest import PcGuest
-from qtest.migration import AB_BOOTSECT, AB_PASSES_OFFSET, PAGE, TEST_MEM_END, TEST_MEM_START
 
+from qtest.migration import AB_BOOTSECT, AB_PASSES_OFFSET, PAGE, TEST_MEM_END, TEST_MEM_START
 
 
 class Guest(PcGuest):

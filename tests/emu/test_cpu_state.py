@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pc_guest import PcGuest
 
 from emu.migration.vmstate import VMSTATE_X86_CPU
-from pc_guest import PcGuest
 
 RAM = 4 << 20
 

@@ -13,8 +13,16 @@ import subprocess
 import pytest
 
 from emu.devices.catalog import (
-    MODELS, DeviceSpecError, device_help, device_props_help, devices_help, parse_device, parse_device_opts,
-    parse_pci_devfn, qdict_order, strtou64,
+    MODELS,
+    DeviceSpecError,
+    device_help,
+    device_props_help,
+    devices_help,
+    parse_device,
+    parse_device_opts,
+    parse_pci_devfn,
+    qdict_order,
+    strtou64,
 )
 
 ORACLE = "/root/qemu72/build/qemu-system-x86_64"

@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from vmstate_source import ByteSource
+
 from emu.clock import VirtualClock
 from emu.devices.fdc import VMSTATE_FDC, IsaFdc
-from emu.devices.i8042 import VMSTATE_PCKBD, I8042
+from emu.devices.i8042 import I8042, VMSTATE_PCKBD
 from emu.devices.i8257 import create_dma_pair
-from emu.devices.i8259 import PIC_STATE_FIELDS, VMSTATE_I8259, I8259
+from emu.devices.i8259 import I8259, PIC_STATE_FIELDS, VMSTATE_I8259
 from emu.devices.ioapic import IOAPIC, IOAPIC_BASE, VMSTATE_IOAPIC
 from emu.irq import IRQ
 from emu.memory import AddressSpace, MemoryRegion

@@ -6,7 +6,6 @@ transcripts (``qemu`` marker, replayed on /root/qemu72/build, skipped when absen
 from __future__ import annotations
 
 import pytest
-
 from test_serial import IsaBench, qemu_transcript
 
 from emu.devices.fdc import IsaFdc, get_command

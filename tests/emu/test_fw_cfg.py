@@ -7,16 +7,26 @@ from __future__ import annotations
 
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
-from vmstate_source import ByteSource
 from port_io import PortIO
+from vmstate_source import ByteSource
+
 from emu.devices import fw_cfg as F
-from emu.devices.fw_cfg import (BootOptionError, BootOptions, E820Entry, FwCfgError, FwCfgIo, PcFwCfgConfig,
-                                build_pc_fw_cfg, merge_boot_keyval, parse_boot_keyval, parse_boot_option)
+from emu.devices.fw_cfg import (
+    BootOptionError,
+    BootOptions,
+    E820Entry,
+    FwCfgError,
+    FwCfgIo,
+    PcFwCfgConfig,
+    build_pc_fw_cfg,
+    merge_boot_keyval,
+    parse_boot_keyval,
+    parse_boot_option,
+)
 from emu.memory import AccessRules, AddressSpace, CallbackOps, MemoryRegion
 from emu.migration.vmstate import LoadContext, load_state, save_state, vmdesc_fields
 

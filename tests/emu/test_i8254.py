@@ -15,8 +15,8 @@ import selectors
 import subprocess
 
 import pytest
-
 from vmstate_source import ByteSource
+
 from emu.clock import VirtualClock
 from emu.devices.hpet import HPET, HPET_BASE
 from emu.devices.i8254 import PIT, PIT_FREQ, muldiv64

@@ -7,10 +7,9 @@ with a RAM address space, and (``qemu`` marker) transcripts replayed on QEMU 7.2
 from __future__ import annotations
 
 import pytest
-
 from test_serial import IsaBench, qemu_transcript
 
-from emu.devices.i8257 import VMSTATE_I8257, I8257, create_dma_pair
+from emu.devices.i8257 import I8257, VMSTATE_I8257, create_dma_pair
 from emu.memory import AddressSpace, MemoryRegion
 from emu.migration.vmstate import save_state
 

@@ -4,10 +4,7 @@ The guests are assembled with GNU binutils (the ``assemble`` fixture); the inter
 the i8042, as in QEMU's transcripts: ``outb 0x64 0xd2`` then ``outb 0x60 X`` raises IRQ 1."""
 from __future__ import annotations
 
-
 import pytest
-
-
 from pc_guest import PcGuest  # noqa: E402
 
 PIC_GUEST = r"""

@@ -14,8 +14,8 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-
 from port_io import PortIO
+
 from emu.clock import VirtualClock
 from emu.devices.debug_exit import ISADebugExit, exit_status
 from emu.devices.ib700 import IB700, NS_PER_S, VMSTATE_IB700

@@ -11,8 +11,15 @@ import uuid as uuidlib
 import numpy as np
 import pytest
 
-from emu.migration.multifd import (FLAG_SYNC, HEADER_SIZE, MULTIFD_MAGIC, MultifdError, MultifdReceiver,
-                                   MultifdSender, init_packet)
+from emu.migration.multifd import (
+    FLAG_SYNC,
+    HEADER_SIZE,
+    MULTIFD_MAGIC,
+    MultifdError,
+    MultifdReceiver,
+    MultifdSender,
+    init_packet,
+)
 from emu.migration.transport import _socket_channel
 from emu.ram import RamBlock
 

@@ -4,9 +4,9 @@ save/load round trip between two boards."""
 from __future__ import annotations
 
 import pytest
+from vmstate_source import ByteSource
 
 import emu.machine.pc as pc
-from vmstate_source import ByteSource
 from emu.machine.options import BoardOptions
 from emu.machine.pc import PcMachine
 from emu.migration.vmstate import LoadContext, load_state, save_state

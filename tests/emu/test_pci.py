@@ -13,8 +13,8 @@ import threading
 from dataclasses import dataclass
 
 import pytest
-
 from vmstate_source import ByteSource
+
 from emu.clock import VirtualClock
 from emu.devices.i440fx import I440FXHost, build_i440fx
 from emu.devices.pci import PCIDevice, PCIError

@@ -14,10 +14,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from vmstate_source import ByteSource
-from emu.devices.pflash import (CFI_TABLE_SIZE, FlashDrive, PFlashCFI01, PflashMapError, drive_length,
-                                pc_flash_bases, pc_flash_layout)
+
+from emu.devices.pflash import (
+    CFI_TABLE_SIZE,
+    FlashDrive,
+    PFlashCFI01,
+    PflashMapError,
+    drive_length,
+    pc_flash_bases,
+    pc_flash_layout,
+)
 from emu.memory import AddressSpace, MemoryRegion
 from emu.migration.vmstate import LoadContext, load_state, save_state
 
@@ -482,7 +489,7 @@ def test_vmstate_matches_qemu_stream(tmp_path: Path) -> None:
     ours = {unit: PFlashCFI01(f"system.flash{unit}", image, instance_id=unit) for unit, image in images.items()}
     for off, value in (line.split()[1:] for line in lines):
         ours[0].region.ops.write(int(off, 0) - BASE, int(value, 0), 1)
-    for unit, flash in ours.items():
+    for flash in ours.values():
         idstr, instance = flash.vmstate_id()
         header = bytes([len(idstr)]) + idstr.encode() + instance.to_bytes(4, "big") + (1).to_bytes(4, "big")
         start = data.index(header) + len(header)

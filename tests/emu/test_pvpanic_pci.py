@@ -3,6 +3,7 @@ notifier behind it, and its ``pvpanic-pci`` section (PCI config + INTx state) ro
 from __future__ import annotations
 
 from vmstate_source import ByteSource
+
 from emu.devices.pci import PCIBus, devfn
 from emu.devices.pvpanic import PVPanicPCI
 from emu.memory import AddressSpace, MemoryRegion

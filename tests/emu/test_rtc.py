@@ -10,12 +10,21 @@ import random
 import time
 
 import pytest
-
 from vmstate_source import ByteSource
+
 from emu.clock import VirtualClock
 from emu.devices.rtc import (
-    RTC, UIP_HOLD_LENGTH, VMSTATE_RTC, RtcClock, RtcOptionError, RtcOptions, Tm, mktimegm, parse_rtc_option,
-    periodic_clock_to_ns, periodic_period_to_clock,
+    RTC,
+    UIP_HOLD_LENGTH,
+    VMSTATE_RTC,
+    RtcClock,
+    RtcOptionError,
+    RtcOptions,
+    Tm,
+    mktimegm,
+    parse_rtc_option,
+    periodic_clock_to_ns,
+    periodic_period_to_clock,
 )
 from emu.irq import IRQ
 from emu.memory import AddressSpace, MemoryRegion

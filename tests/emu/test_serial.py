@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from vmstate_source import ByteSource
+
 from emu.clock import VirtualClock
 from emu.devices.serial import VMSTATE_ISA_SERIAL, Serial16550
 from emu.irq import IRQ

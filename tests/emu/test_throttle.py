@@ -17,7 +17,6 @@ import pytest
 from emu.migration.params import MigrationConfig
 from emu.migration.throttle import AutoConverge
 
-
 PAGE = 4096
 MB = 1_000_000
 

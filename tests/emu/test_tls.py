@@ -24,9 +24,15 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 from emu.qom import Container  # noqa: E402
-from emu.tls import (ObjectRegistry, TlsError, create_object, get_tls_creds, objects_registry,  # noqa: E402
-                     tls_wrap_fd)
-from emu.tls import gnutls  # noqa: E402
+from emu.tls import (  # noqa: E402
+    ObjectRegistry,
+    TlsError,
+    create_object,
+    get_tls_creds,
+    gnutls,  # noqa: E402
+    objects_registry,
+    tls_wrap_fd,
+)
 from emu.tls.creds import TlsCredsX509  # noqa: E402
 from emu.tls.session import Cancelled, TlsSession  # noqa: E402
 
@@ -47,7 +53,7 @@ def _name(cn: str) -> x509.Name:
 
 def _cert(key: Any, cn: str, issuer: x509.Name, *, ca: bool, purpose: Any = None, san: list[Any] | None = None,
           days: int = 1, signer: Any = None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(issuer).public_key(key.public_key())
          .serial_number(x509.random_serial_number())
          .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=days))

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_tls import CLIENT_NAME, make_psk_dir, make_x509_dir
 
 from emu.monitor.protocol import QmpServer
 from emu.qom import Container
 from emu.tls import get_tls_creds, objects_registry
-from test_tls import CLIENT_NAME, make_psk_dir, make_x509_dir
 
 BIN = shutil.which("emu-system-x86_64")
 

@@ -15,8 +15,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qtest.fuzz import generic as g
-from qtest.fuzz.generic import (IN_FMT, OUT_FMT, PCI_READ_FMT, PCI_WRITE_FMT, READ_FMT, SEPARATOR, WRITE_FMT,
-                                Decoder, FlatRange, FuzzSpace, Pattern)
+from qtest.fuzz.generic import (
+    IN_FMT,
+    OUT_FMT,
+    PCI_READ_FMT,
+    PCI_WRITE_FMT,
+    READ_FMT,
+    SEPARATOR,
+    WRITE_FMT,
+    Decoder,
+    FlatRange,
+    FuzzSpace,
+    Pattern,
+)
 
 BIN = shutil.which("emu-system-x86_64") or "emu-system-x86_64"
 

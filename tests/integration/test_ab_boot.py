@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from qtest.machine import QTestMachine
-from qtest.migration import (TEST_MEM_START, ab_bootsect, check_guests_ram, guest_page_bytes,
-                             wait_for_serial)
+from qtest.migration import TEST_MEM_START, ab_bootsect, check_guests_ram, guest_page_bytes, wait_for_serial
 
 BIN = shutil.which("emu-system-x86_64")
 

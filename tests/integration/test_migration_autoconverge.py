@@ -2,13 +2,11 @@
 /migration/auto_converge on the live A-B guest, and migrate-continue's checks."""
 from __future__ import annotations
 
-
 import pytest
 from test_migration import BIN, NONE16, ab_args, events_on, statuses, wait_completed
 
 from qtest.machine import QTestMachine
 from qtest.migration import check_guests_ram, wait_for_serial
-
 
 
 def set_params(m: QTestMachine, **params: object) -> None:

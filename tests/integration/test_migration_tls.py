@@ -4,9 +4,8 @@ failures: unknown creds, wrong key, a hostname that does not match, a transport 
 socket. Nothing is ever migrated in plaintext when TLS was asked for."""
 from __future__ import annotations
 
-import time
-
 import sys
+import time
 from pathlib import Path
 
 import pytest

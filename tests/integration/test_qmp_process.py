@@ -46,7 +46,7 @@ class Mon:
         self.events: list[dict] = []
 
     @classmethod
-    def connect(cls, path: Path, negotiate: bool = True) -> "Mon":
+    def connect(cls, path: Path, negotiate: bool = True) -> Mon:
         s = socket.socket(socket.AF_UNIX)
         s.connect(str(path))
         m = cls(s)

@@ -20,10 +20,10 @@ import pytest
 
 from qtest.client import QTestEOF
 from qtest.machine import (
+    QMPEOF,
     ExitStatusError,
     LaunchError,
     QMPConnection,
-    QMPEOF,
     QMPError,
     QTestMachine,
     default_binary,
