@@ -11,64 +11,15 @@ import re
 import sys
 from collections.abc import Callable
 
-from emu.actions import ACTION_HELP_TEXT, ActionError, ActionOptions, RunstateActions
+from emu.actions import ACTION_HELP_TEXT, ActionError
 from emu.chardev import ChardevError, parse_opts
+from emu.config import ChardevSpec, Config
 
 VERSION_TEXT = (
     "QEMU emulator version 9.1.0 (qtest-emu 0.1.0)\n"
     "Copyright (c) 2003-2024 Fabrice Bellard and the QEMU Project developers\n"
 )
 
-# Options without an argument.
-FLAG_OPTIONS = frozenset({
-    "S", "nodefaults", "nographic", "no-reboot", "no-shutdown", "enable-kvm", "no-user-config", "snapshot",
-    "version", "help", "h", "full-screen", "no-hpet", "s", "mem-prealloc", "daemonize", "preconfig",
-    "only-migratable", "no-fd-bootchk", "old-param", "win2k-hack", "no-acpi", "singlestep", "semihosting",
-})
-# Options with one argument.
-ARG_OPTIONS = frozenset({
-    "M", "machine", "m", "accel", "qtest", "qtest-log", "qmp", "qmp-pretty", "chardev", "mon", "monitor",
-    "display", "vga", "serial", "parallel", "incoming", "audio", "audiodev", "name", "uuid", "add-fd", "run-with",
-    "device", "drive", "object", "cpu", "smp", "bios", "L", "boot", "global", "trace", "D", "d", "rtc", "netdev",
-    "net", "k", "icount", "overcommit", "msg", "sandbox", "pidfile", "action", "kernel", "append", "initrd",
-    "fw_cfg", "smbios", "numa", "mem-path", "blockdev", "hda", "hdb", "hdc", "hdd", "cdrom", "fda", "fdb", "usbdevice",
-    "watchdog-action", "compat", "plugin", "seed", "set", "readconfig", "writeconfig", "g", "debugcon", "option-rom",
-    "loadvm", "gdb", "fsdev", "virtfs", "iscsi", "tpmdev", "spice", "vnc", "acpitable", "semihosting-config",
-})
-# Options accepted without effect because what they configure does not exist here, so the
-# result is what QEMU gives too: no display, sound, HPET, ACPI or firmware to configure, drives
-# are only read, every device migrates, memory and logging options only tune the host side.
-IGNORED_OPTIONS = frozenset({
-    "audio", "audiodev", "msg", "sandbox", "overcommit", "k", "compat", "seed", "no-user-config",
-    "full-screen", "mem-prealloc", "only-migratable", "L", "snapshot",
-    "old-param", "win2k-hack", "no-acpi", "D", "trace",
-})
-# Options accepted that configure something this emulator does not model: a warning says so.
-NOT_MODELLED = {
-    "cpu": "CPU models are not modelled: the vCPU is Unicorn's x86-64",
-    "smp": "one vCPU is emulated",
-    "icount": "instruction counting is not modelled: the clock follows host time",
-    "mem-path": "guest RAM is anonymous memory",
-    "numa": "NUMA is not modelled",
-    "netdev": "there are no network devices", "net": "there are no network devices",
-    "parallel": "there is no parallel port", "debugcon": "there is no debug console",
-    "usbdevice": "there is no USB", "smbios": "there are no SMBIOS tables", "acpitable": "there is no ACPI",
-    "option-rom": "option ROMs are not loaded", "fw_cfg": "there is no fw_cfg device",
-    "tpmdev": "there is no TPM", "fsdev": "there is no 9p", "virtfs": "there is no 9p", "iscsi": "there is no iSCSI",
-    "spice": "there is no display", "vnc": "there is no display", "gdb": "there is no gdbstub",
-    "s": "there is no gdbstub", "plugin": "TCG plugins are not supported", "set": "ignored",
-    "singlestep": "ignored", "semihosting": "there is no semihosting", "semihosting-config": "there is no semihosting",
-    "readconfig": "configuration files are not read", "writeconfig": "configuration files are not written",
-    "g": "there is no display", "d": "QEMU's debug log is not produced",
-}
-# Options that would change what the guest sees in a way we cannot honour: refused.
-REFUSED_OPTIONS = {
-    "kernel": "direct kernel boot is not supported by this emulator (boot from a disk image)",
-    "initrd": "direct kernel boot is not supported by this emulator (boot from a disk image)",
-    "append": "direct kernel boot is not supported by this emulator (boot from a disk image)",
-    "loadvm": "snapshots are not supported by this emulator",
-    "preconfig": "--preconfig is not supported by this emulator",
-}
 MACHINE_PROPS = frozenset({
     "type", "accel", "usb", "graphics", "dump-guest-core", "mem-merge", "memory-backend", "kernel_irqchip",
     "kernel-irqchip", "smm", "vmport", "hpet", "sata", "pit", "i8042", "acpi", "suppress-vmdesc", "firmware",
@@ -93,69 +44,6 @@ class EarlyHelp(Exception):
     def __init__(self, text: str, status: int = 0) -> None:
         super().__init__(text)
         self.status = status
-
-
-class ChardevSpec:
-    """One ``-chardev BACKEND,id=ID,...``."""
-
-    __slots__ = ("backend", "id", "opts")
-
-    def __init__(self, backend: str, chr_id: str, opts: dict[str, str]) -> None:
-        self.backend, self.id, self.opts = backend, chr_id, opts
-
-
-class Config:
-    """Everything the command line asked for (plain attributes; no dataclass: start-up time)."""
-
-    def __init__(self) -> None:
-        self.machine = "pc"
-        self.machine_props: dict[str, str] = {}
-        self.ram_size: int | None = None
-        self.accels: list[str] = []
-        self.start_paused = False
-        self.qtest: str | None = None
-        self.qtest_log: str | None = None  # None: stderr, as QEMU without -qtest-log
-        self.qtest_objects: list[dict[str, str]] = []
-        #: other ``-object``s (TLS credentials, authz): (the option text, its key=value pairs)
-        self.user_objects: list[tuple[str, dict[str, str]]] = []
-        self.chardevs: list[ChardevSpec] = []
-        self.monitors: list[dict[str, str]] = []  # -mon chardev=ID,mode=...,pretty=...
-        self.qmp: list[tuple[str, bool]] = []  # (-qmp spec, pretty)
-        self.hmp: list[str] = []
-        self.serials: list[str] = []
-        self.incoming: str | None = None
-        self.name: str | None = None
-        self.uuid: str | None = None
-        self.add_fds: list[dict[str, str]] = []
-        #: ``-global DRIVER.PROP=VALUE``: {(driver, prop): value}; only ``migration.*`` is used
-        self.globals: dict[tuple[str, str], str] = {}
-        self.exit_with_parent = False
-        self.drives: list[str] = []
-        self.devices: list[str] = []
-        #: the QemuOpts form of each ``-device`` (emu.devices.catalog.DeviceOpts), in order
-        self.device_opts: list = []
-        self.device_ids: set[str] = set()
-        #: stdout text of a ``-device help`` request (printed instead of running)
-        self.help_text: str | None = None
-        #: lines printed on stderr after the program name (e.g. ``-device X: warning: ...``)
-        self.notes: list[str] = []
-        self.bios: str | None = None
-        self.nodefaults = False
-        self.display = "none"
-        self.pidfile: str | None = None
-        self.action: str | None = None  # "help" / "version" when they were asked for
-        self.fd_bootchk = True  # -no-fd-bootchk clears it
-        #: -action, -no-reboot, -no-shutdown and -watchdog-action, merged (emu.actions)
-        self.action_opts = ActionOptions()
-        self.actions = RunstateActions()
-        self.boot_keyval: dict = {}  # every -boot merged (keyval), checked once all are read
-        self.boot: object | None = None  # emu.devices.fw_cfg.BootOptions
-        self.no_hpet = False
-        self.nographic = False
-        self.rtc_values: list[str] = []  # each -rtc, merged once all options are read
-        self.rtc: object | None = None  # emu.devices.rtc.RtcOptions
-        #: ``-option value: text`` lines for options accepted but not modelled (printed as warnings)
-        self.warnings: list[str] = []
 
 
 def parse_size(text: str, default_suffix: str = "M") -> int:
@@ -194,17 +82,18 @@ def parse_args(argv: list[str]) -> Config:
         if not arg.startswith("-") or arg == "-":
             raise CliError(f"{arg}: Could not open '{arg}': No such file or directory")
         name = arg[2:] if arg.startswith("--") else arg[1:]
-        if name in FLAG_OPTIONS:
-            _apply_flag(cfg, name)
-            continue
-        if name not in ARG_OPTIONS:
+        option = OPTIONS.get(name)
+        if option is None:
             raise CliError(f"{arg}: invalid option")
+        if not option.takes_arg:
+            option.handler(cfg, name, None)
+            continue
         if i >= len(argv):
             raise CliError(f"{arg}: requires an argument")
         value = argv[i]
         i += 1
         try:
-            _apply(cfg, name, value)
+            option.handler(cfg, name, value)
         except CliError as e:
             if getattr(e, "bare", False):
                 raise
@@ -286,47 +175,6 @@ def _bare(message: str) -> CliError:
     err = CliError(message)
     err.bare = True  # type: ignore[attr-defined]
     return err
-
-
-def _apply_flag(cfg: Config, name: str) -> None:
-    if name == "S":
-        cfg.start_paused = True
-    elif name == "nodefaults":
-        cfg.nodefaults = True
-    elif name == "enable-kvm":
-        cfg.accels.append("kvm")
-    elif name in ("version",):
-        cfg.action = "version"
-    elif name in ("help", "h"):
-        cfg.action = "help"
-    elif name == "daemonize":
-        raise _bare("-daemonize is not supported by this emulator")
-    elif name == "no-reboot":
-        _add_action(cfg, "-no-reboot", "reboot=shutdown")
-    elif name == "no-shutdown":
-        _add_action(cfg, "-no-shutdown", "shutdown=pause")
-    elif name == "no-fd-bootchk":
-        cfg.fd_bootchk = False
-    elif name == "no-hpet":
-        cfg.no_hpet = True
-    elif name == "nographic":
-        cfg.nographic = True
-    elif name in REFUSED_OPTIONS:
-        raise _bare(f"-{name}: {REFUSED_OPTIONS[name]}")
-    elif name in NOT_MODELLED:
-        cfg.warnings.append(f"-{name}: {NOT_MODELLED[name]}")
-
-
-def _apply(cfg: Config, name: str, value: str) -> None:
-    """One option with its argument, through the option table."""
-    handler = OPTION_HANDLERS.get(name)
-    if handler is not None:
-        handler(cfg, name, value)
-    elif name in REFUSED_OPTIONS:
-        raise CliError(REFUSED_OPTIONS[name])
-    elif name in NOT_MODELLED:
-        cfg.warnings.append(f"-{name} {value}: {NOT_MODELLED[name]}")
-    # else: one of IGNORED_OPTIONS, nothing here for it to configure
 
 
 def _opt_machine(cfg: Config, name: str, value: str) -> None:
@@ -491,34 +339,137 @@ def _opt_action(cfg: Config, name: str, value: str) -> None:
 def _opt_smp(cfg: Config, name: str, value: str) -> None:
     cpus = _opts(value, implied="cpus").get("cpus", "1")
     if cpus not in ("1", ""):
-        cfg.warnings.append(f"-smp {value}: {NOT_MODELLED['smp']}")
+        cfg.warnings.append(f"-smp {value}: one vCPU is emulated")
 
 
-def _setter(attr: str) -> Callable[[Config, str, str], None]:
-    """A handler that stores the argument as it is."""
+Handler = Callable[[Config, str, str | None], None]
+
+
+class Option:
+    """One command-line option: whether it takes an argument and what it does with it."""
+
+    __slots__ = ("takes_arg", "handler")
+
+    def __init__(self, takes_arg: bool, handler: Handler) -> None:
+        self.takes_arg, self.handler = takes_arg, handler
+
+
+def _where(name: str, value: str | None) -> str:
+    return f"-{name}" if value is None else f"-{name} {value}"
+
+
+def flag(handler: Handler) -> Option:
+    """An option without an argument."""
+    return Option(False, handler)
+
+
+def arg(handler: Handler) -> Option:
+    """An option with one argument."""
+    return Option(True, handler)
+
+
+def ignored(takes_arg: bool) -> Option:
+    """Accepted without effect: what it configures does not exist here, so the result is what
+    QEMU gives too (no display, sound, HPET, ACPI or firmware to configure; drives are only read;
+    every device migrates; memory and logging options only tune the host side)."""
+    return Option(takes_arg, lambda cfg, name, value: None)
+
+
+def not_modelled(takes_arg: bool, why: str) -> Option:
+    """Accepted, but it configures something this emulator does not model: a warning says so."""
+    return Option(takes_arg, lambda cfg, name, value: cfg.warnings.append(f"{_where(name, value)}: {why}"))
+
+
+def refused(takes_arg: bool, why: str) -> Option:
+    """Would change what the guest sees in a way we cannot honour: refused."""
+    def refuse(cfg: Config, name: str, value: str | None) -> None:
+        raise CliError(why) if takes_arg else _bare(f"-{name}: {why}")
+    return Option(takes_arg, refuse)
+
+
+def _set(attr: str, value: object = True) -> Handler:
+    """A flag that sets ``cfg.<attr>`` to ``value``."""
+    return lambda cfg, name, _: setattr(cfg, attr, value)
+
+
+def _store(attr: str) -> Handler:
+    """An option whose argument is stored as it is."""
     return lambda cfg, name, value: setattr(cfg, attr, value)
 
 
-def _appender(attr: str) -> Callable[[Config, str, str], None]:
-    """A handler for a repeatable option: each argument is appended to a list."""
+def _append(attr: str) -> Handler:
+    """A repeatable option: each argument is appended to a list."""
     return lambda cfg, name, value: getattr(cfg, attr).append(value)
 
 
-#: option name -> handler(cfg, name, value); options not here are refused, warned about or ignored
-OPTION_HANDLERS: dict[str, Callable[[Config, str, str], None]] = {
-    "M": _opt_machine, "machine": _opt_machine, "m": _opt_memory,
-    "accel": lambda cfg, name, value: cfg.accels.append(_opts(value, implied="accel").get("accel", "")),
-    "qtest": _setter("qtest"), "qtest-log": _setter("qtest_log"), "chardev": _opt_chardev, "mon": _opt_mon,
-    "qmp": lambda cfg, name, value: cfg.qmp.append((value, False)),
-    "qmp-pretty": lambda cfg, name, value: cfg.qmp.append((value, True)),
-    "monitor": _opt_monitor, "serial": _appender("serials"), "display": _opt_display, "vga": _opt_vga,
-    "incoming": _setter("incoming"), "name": lambda cfg, name, value: setattr(
-        cfg, "name", _opts(value, implied="guest").get("guest")),
-    "uuid": _opt_uuid, "global": _opt_global, "add-fd": _opt_add_fd, "run-with": _opt_run_with,
-    "object": _opt_object, "device": _opt_device, "bios": _setter("bios"), "rtc": _appender("rtc_values"),
-    "boot": _opt_boot, "action": _opt_action, "watchdog-action": _opt_action, "pidfile": _setter("pidfile"),
-    "smp": _opt_smp,
-    **dict.fromkeys(("drive", "hda", "hdb", "hdc", "hdd", "cdrom", "blockdev"), _opt_drive),
+def _daemonize(cfg: Config, name: str, value: str | None) -> None:
+    raise _bare("-daemonize is not supported by this emulator")
+
+
+_NO_KERNEL_BOOT = "direct kernel boot is not supported by this emulator (boot from a disk image)"
+_NO_DISPLAY, _NO_9P, _NO_NET = "there is no display", "there is no 9p", "there are no network devices"
+_NO_SEMIHOSTING, _NO_GDB = "there is no semihosting", "there is no gdbstub"
+
+#: every option the command line knows; any other is an invalid option
+OPTIONS: dict[str, Option] = {
+    # the machine, its memory and accelerators
+    "M": arg(_opt_machine), "machine": arg(_opt_machine), "m": arg(_opt_memory),
+    "accel": arg(lambda cfg, name, value: cfg.accels.append(_opts(value, implied="accel").get("accel", ""))),
+    "enable-kvm": flag(lambda cfg, name, _: cfg.accels.append("kvm")),
+    "S": flag(_set("start_paused")), "nodefaults": flag(_set("nodefaults")),
+    "name": arg(lambda cfg, name, value: setattr(cfg, "name", _opts(value, implied="guest").get("guest"))),
+    "uuid": arg(_opt_uuid), "global": arg(_opt_global), "run-with": arg(_opt_run_with),
+    "bios": arg(_store("bios")), "rtc": arg(_append("rtc_values")), "boot": arg(_opt_boot),
+    "no-fd-bootchk": flag(_set("fd_bootchk", False)), "no-hpet": flag(_set("no_hpet")),
+    "smp": arg(_opt_smp), "pidfile": arg(_store("pidfile")),
+    "version": flag(_set("action", "version")), "help": flag(_set("action", "help")),
+    "h": flag(_set("action", "help")), "daemonize": flag(_daemonize),
+    # runstate actions
+    "action": arg(_opt_action), "watchdog-action": arg(_opt_action),
+    "no-reboot": flag(lambda cfg, name, _: _add_action(cfg, "-no-reboot", "reboot=shutdown")),
+    "no-shutdown": flag(lambda cfg, name, _: _add_action(cfg, "-no-shutdown", "shutdown=pause")),
+    # front ends and character devices
+    "qtest": arg(_store("qtest")), "qtest-log": arg(_store("qtest_log")), "chardev": arg(_opt_chardev),
+    "mon": arg(_opt_mon), "monitor": arg(_opt_monitor), "serial": arg(_append("serials")),
+    "qmp": arg(lambda cfg, name, value: cfg.qmp.append((value, False))),
+    "qmp-pretty": arg(lambda cfg, name, value: cfg.qmp.append((value, True))),
+    "display": arg(_opt_display), "vga": arg(_opt_vga), "nographic": flag(_set("nographic")),
+    # objects, devices, drives, migration
+    "object": arg(_opt_object), "device": arg(_opt_device), "add-fd": arg(_opt_add_fd),
+    "incoming": arg(_store("incoming")),
+    **dict.fromkeys(("drive", "hda", "hdb", "hdc", "hdd", "cdrom", "blockdev"), arg(_opt_drive)),
+    # accepted without effect
+    **dict.fromkeys(("audio", "audiodev", "msg", "sandbox", "overcommit", "k", "compat", "seed", "L", "D",
+                     "trace"), ignored(True)),
+    **dict.fromkeys(("no-user-config", "full-screen", "mem-prealloc", "only-migratable", "snapshot", "old-param",
+                     "win2k-hack", "no-acpi"), ignored(False)),
+    # accepted with a warning: not modelled
+    "cpu": not_modelled(True, "CPU models are not modelled: the vCPU is Unicorn's x86-64"),
+    "icount": not_modelled(True, "instruction counting is not modelled: the clock follows host time"),
+    "mem-path": not_modelled(True, "guest RAM is anonymous memory"),
+    "numa": not_modelled(True, "NUMA is not modelled"),
+    "netdev": not_modelled(True, _NO_NET), "net": not_modelled(True, _NO_NET),
+    "parallel": not_modelled(True, "there is no parallel port"),
+    "debugcon": not_modelled(True, "there is no debug console"), "usbdevice": not_modelled(True, "there is no USB"),
+    "smbios": not_modelled(True, "there are no SMBIOS tables"), "acpitable": not_modelled(True, "there is no ACPI"),
+    "option-rom": not_modelled(True, "option ROMs are not loaded"),
+    "fw_cfg": not_modelled(True, "there is no fw_cfg device"), "tpmdev": not_modelled(True, "there is no TPM"),
+    "fsdev": not_modelled(True, _NO_9P), "virtfs": not_modelled(True, _NO_9P),
+    "iscsi": not_modelled(True, "there is no iSCSI"), "spice": not_modelled(True, _NO_DISPLAY),
+    "vnc": not_modelled(True, _NO_DISPLAY), "g": not_modelled(True, _NO_DISPLAY),
+    "gdb": not_modelled(True, _NO_GDB), "s": not_modelled(False, _NO_GDB),
+    "plugin": not_modelled(True, "TCG plugins are not supported"), "set": not_modelled(True, "ignored"),
+    "singlestep": not_modelled(False, "ignored"), "semihosting": not_modelled(False, _NO_SEMIHOSTING),
+    "semihosting-config": not_modelled(True, _NO_SEMIHOSTING),
+    "readconfig": not_modelled(True, "configuration files are not read"),
+    "writeconfig": not_modelled(True, "configuration files are not written"),
+    "d": not_modelled(True, "QEMU's debug log is not produced"),
+    # refused
+    "kernel": refused(True, _NO_KERNEL_BOOT), "initrd": refused(True, _NO_KERNEL_BOOT),
+    "append": refused(True, _NO_KERNEL_BOOT), "loadvm": refused(True, "snapshots are not supported by this emulator"),
+    "preconfig": refused(False, "--preconfig is not supported by this emulator"),
+    # -drive if=floppy is refused the same way (emu.drives): the FDC exists, floppy images are not attached
+    **dict.fromkeys(("fda", "fdb"), refused(True, "bus type 'floppy' is not supported by this emulator")),
 }
 
 

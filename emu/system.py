@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from emu.chardev import Chardev, ChardevError, create_chardev, parse_legacy
-from emu.cli import Config
+from emu.config import Config
 from emu.machine import MACHINE_TYPES, MachineError, find_machine
 from emu.machine.options import BoardOptions
 from emu.main_loop import MainLoop

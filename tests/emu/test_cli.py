@@ -105,3 +105,12 @@ def test_bad_legacy_chardev_specs(spec, message):
 def test_qemuopts_splitting():
     assert parse_opts("a=1,b,c=x,,y", implied=None) == ([("a", "1"), ("c", "x,y")], ["b"])
     assert parse_opts("pc,accel=tcg", implied="type") == ([("type", "pc"), ("accel", "tcg")], [])
+
+
+@pytest.mark.parametrize("option", ["-fda", "-fdb"])
+def test_floppy_images_are_refused_not_ignored(option):
+    """``-fda FILE`` would attach a floppy image; the FDC exists but floppy drives are not modelled,
+    so the option is refused as ``-drive if=floppy`` is, instead of being dropped silently."""
+    with pytest.raises(CliError) as ei:
+        parse_args([option, "disk.img"])
+    assert str(ei.value) == f"{option} disk.img: bus type 'floppy' is not supported by this emulator"
