@@ -2,7 +2,7 @@
 
 Parses the options that libqtest, QEMUMachine and QEMUQtestMachine pass (and the common ones
 users type) into a ``Config``. Errors use QEMU's wording, ``<prog>: <option> <arg>: <message>``
-on stderr and exit status 1. Building and running the system is ``emu.system``'s job.
+on stderr and exit status 1. Building and running the system is ``emu.assembly``'s job.
 """
 from __future__ import annotations
 
@@ -85,15 +85,16 @@ def parse_args(argv: list[str]) -> Config:
         option = OPTIONS.get(name)
         if option is None:
             raise CliError(f"{arg}: invalid option")
-        if not option.takes_arg:
-            option.handler(cfg, name, None)
+        if option.on_arg is None:
+            assert option.on_flag is not None
+            option.on_flag(cfg, name)
             continue
         if i >= len(argv):
             raise CliError(f"{arg}: requires an argument")
         value = argv[i]
         i += 1
         try:
-            option.handler(cfg, name, value)
+            option.on_arg(cfg, name, value)
         except CliError as e:
             if getattr(e, "bare", False):
                 raise
@@ -148,7 +149,7 @@ def _rtc(cfg: Config) -> None:
         cfg.rtc = parse_rtc_option(*cfg.rtc_values)
     except RtcOptionError as e:
         raise _bare(str(e) + ("\n" + e.hint.rstrip("\n") if e.hint else "")) from None
-    for message, hint in cfg.rtc.warnings:  # type: ignore[attr-defined]
+    for message, hint in cfg.rtc.warnings:
         cfg.notes.append(f"{message}\n{hint}".rstrip("\n"))
 
 
@@ -342,67 +343,69 @@ def _opt_smp(cfg: Config, name: str, value: str) -> None:
         cfg.warnings.append(f"-smp {value}: one vCPU is emulated")
 
 
-Handler = Callable[[Config, str, str | None], None]
+FlagHandler = Callable[[Config, str], None]  # (config, option name)
+ArgHandler = Callable[[Config, str, str], None]  # (config, option name, argument)
 
 
 class Option:
-    """One command-line option: whether it takes an argument and what it does with it."""
+    """One command-line option: whether it takes an argument and what it does."""
 
-    __slots__ = ("takes_arg", "handler")
+    __slots__ = ("on_arg", "on_flag")
 
-    def __init__(self, takes_arg: bool, handler: Handler) -> None:
-        self.takes_arg, self.handler = takes_arg, handler
-
-
-def _where(name: str, value: str | None) -> str:
-    return f"-{name}" if value is None else f"-{name} {value}"
+    def __init__(self, on_flag: FlagHandler | None, on_arg: ArgHandler | None) -> None:
+        self.on_flag, self.on_arg = on_flag, on_arg
 
 
-def flag(handler: Handler) -> Option:
+def flag(handler: FlagHandler) -> Option:
     """An option without an argument."""
-    return Option(False, handler)
+    return Option(handler, None)
 
 
-def arg(handler: Handler) -> Option:
+def arg(handler: ArgHandler) -> Option:
     """An option with one argument."""
-    return Option(True, handler)
+    return Option(None, handler)
 
 
 def ignored(takes_arg: bool) -> Option:
     """Accepted without effect: what it configures does not exist here, so the result is what
     QEMU gives too (no display, sound, HPET, ACPI or firmware to configure; drives are only read;
     every device migrates; memory and logging options only tune the host side)."""
-    return Option(takes_arg, lambda cfg, name, value: None)
+    return arg(lambda cfg, name, value: None) if takes_arg else flag(lambda cfg, name: None)
 
 
 def not_modelled(takes_arg: bool, why: str) -> Option:
     """Accepted, but it configures something this emulator does not model: a warning says so."""
-    return Option(takes_arg, lambda cfg, name, value: cfg.warnings.append(f"{_where(name, value)}: {why}"))
+    if takes_arg:
+        return arg(lambda cfg, name, value: cfg.warnings.append(f"-{name} {value}: {why}"))
+    return flag(lambda cfg, name: cfg.warnings.append(f"-{name}: {why}"))
 
 
 def refused(takes_arg: bool, why: str) -> Option:
     """Would change what the guest sees in a way we cannot honour: refused."""
-    def refuse(cfg: Config, name: str, value: str | None) -> None:
-        raise CliError(why) if takes_arg else _bare(f"-{name}: {why}")
-    return Option(takes_arg, refuse)
+    def refuse_arg(cfg: Config, name: str, value: str) -> None:
+        raise CliError(why)  # located as "-name value: " by the caller
+
+    def refuse_flag(cfg: Config, name: str) -> None:
+        raise _bare(f"-{name}: {why}")
+    return arg(refuse_arg) if takes_arg else flag(refuse_flag)
 
 
-def _set(attr: str, value: object = True) -> Handler:
+def _set(attr: str, value: object = True) -> FlagHandler:
     """A flag that sets ``cfg.<attr>`` to ``value``."""
-    return lambda cfg, name, _: setattr(cfg, attr, value)
+    return lambda cfg, name: setattr(cfg, attr, value)
 
 
-def _store(attr: str) -> Handler:
+def _store(attr: str) -> ArgHandler:
     """An option whose argument is stored as it is."""
     return lambda cfg, name, value: setattr(cfg, attr, value)
 
 
-def _append(attr: str) -> Handler:
+def _append(attr: str) -> ArgHandler:
     """A repeatable option: each argument is appended to a list."""
     return lambda cfg, name, value: getattr(cfg, attr).append(value)
 
 
-def _daemonize(cfg: Config, name: str, value: str | None) -> None:
+def _daemonize(cfg: Config, name: str) -> None:
     raise _bare("-daemonize is not supported by this emulator")
 
 
@@ -415,7 +418,7 @@ OPTIONS: dict[str, Option] = {
     # the machine, its memory and accelerators
     "M": arg(_opt_machine), "machine": arg(_opt_machine), "m": arg(_opt_memory),
     "accel": arg(lambda cfg, name, value: cfg.accels.append(_opts(value, implied="accel").get("accel", ""))),
-    "enable-kvm": flag(lambda cfg, name, _: cfg.accels.append("kvm")),
+    "enable-kvm": flag(lambda cfg, name: cfg.accels.append("kvm")),
     "S": flag(_set("start_paused")), "nodefaults": flag(_set("nodefaults")),
     "name": arg(lambda cfg, name, value: setattr(cfg, "name", _opts(value, implied="guest").get("guest"))),
     "uuid": arg(_opt_uuid), "global": arg(_opt_global), "run-with": arg(_opt_run_with),
@@ -426,8 +429,8 @@ OPTIONS: dict[str, Option] = {
     "h": flag(_set("action", "help")), "daemonize": flag(_daemonize),
     # runstate actions
     "action": arg(_opt_action), "watchdog-action": arg(_opt_action),
-    "no-reboot": flag(lambda cfg, name, _: _add_action(cfg, "-no-reboot", "reboot=shutdown")),
-    "no-shutdown": flag(lambda cfg, name, _: _add_action(cfg, "-no-shutdown", "shutdown=pause")),
+    "no-reboot": flag(lambda cfg, name: _add_action(cfg, "-no-reboot", "reboot=shutdown")),
+    "no-shutdown": flag(lambda cfg, name: _add_action(cfg, "-no-shutdown", "shutdown=pause")),
     # front ends and character devices
     "qtest": arg(_store("qtest")), "qtest-log": arg(_store("qtest_log")), "chardev": arg(_opt_chardev),
     "mon": arg(_opt_mon), "monitor": arg(_opt_monitor), "serial": arg(_append("serials")),
@@ -519,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.action == "device-help":
         sys.stdout.write(cfg.help_text or "")
         return 0
-    from emu.system import run_system
+    from emu.assembly import run_system
 
     status = run_system(cfg, prog)
     # Exit at once, as QEMU does: Python's finalization (unmapping guest RAM, module teardown)

@@ -1,346 +1,44 @@
-"""Builds a running system from a ``Config``: machine, VM, chardevs, qtest server, monitors; runs it.
+"""One running emulator process: its parts, its main loop, and how it ends.
 
-This is the wiring layer under ``emu.cli``: it knows every part, while the parts know only what
-is below them. ``run_system`` returns the process exit status.
+``System`` holds what ``emu.assembly`` built from the command line (main loop, VM, chardevs, fd
+sets, migration manager, monitors, qtest servers) and runs it until a shutdown is requested. It
+knows nothing of ``Config`` or of how the parts were chosen, and must not import ``emu.assembly``
+or ``emu.cli``.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
-from emu.chardev import Chardev, ChardevError, create_chardev, parse_legacy
-from emu.config import Config
-from emu.machine import MACHINE_TYPES, MachineError, find_machine
-from emu.machine.options import BoardOptions
 from emu.main_loop import MainLoop
+from emu.monitor.fds import FdSets
 from emu.vm import VM
 
-
-class StartupError(Exception):
-    """A start-up failure: each line of the message is printed as ``<prog>: <line>``, then the
-    hint lines as they are (QEMU's error_append_hint); the exit status is 1."""
-
-    def __init__(self, message: str, hint: str = "", prefixed: bool = True) -> None:
-        super().__init__(message)
-        self.hint = hint
-        self.prefixed = prefixed
-
-
-class EarlyExit(Exception):
-    """Stops start-up with exit status 0 after printing the text (``-M help``)."""
-
-
-class _Frontend:
-    """Adapts a chardev to a transport-free server (qtest or QMP session)."""
-
-    def __init__(self, on_open: Callable[[], None], on_read: Callable[[bytes, list[int]], None],
-                 on_close: Callable[[], None], spin_ns: int = 0) -> None:
-        self.chr_open, self.chr_read, self.chr_close = on_open, on_read, on_close
-        self.spin_ns = spin_ns  # poll this long for the next command after answering one
-
-
-QTEST_SPIN_NS = 50_000
+if TYPE_CHECKING:
+    from emu.chardev import Chardev
+    from emu.migration.manager import MigrationManager
+    from emu.monitor.protocol import QmpServer
+    from qtest.server import QTestServer
 
 
 class System:
-    """All the live parts of one emulator process."""
+    """All the live parts of one emulator process. The assembly fills in the optional parts."""
 
-    def __init__(self, cfg: Config, prog: str) -> None:
-        self.cfg = cfg
+    def __init__(self, loop: MainLoop, vm: VM, prog: str) -> None:
+        self.loop = loop
+        self.vm = vm
         self.prog = prog
-        self.loop = MainLoop()
         self.chardevs: dict[str, Chardev] = {}
-        self.qtest_servers: list[Any] = []
-        self.qmp_server: Any = None
-        self._counters: dict[str, int] = {}
-        self.signal_received: int | None = None
-        from emu.monitor.fds import FdSets
-
         self.fdsets = FdSets()
-        self.vm = self._build_vm()
-
-    # ---- construction
-    def _build_vm(self) -> VM:
-        cfg = self.cfg
-        if cfg.machine in ("help", "?"):
-            lines = ["Supported machines are:"]
-            for cls in MACHINE_TYPES:
-                for alias in cls.aliases:
-                    lines.append(f"{alias:<20} {cls.description} (alias of {cls.name})")
-                lines.append(f"{cls.name:<20} {cls.description}{' (default)' if cls.aliases else ''}")
-            raise EarlyExit("\n".join(lines) + "\n")
-        mcls = find_machine(cfg.machine)
-        if mcls is None:
-            raise StartupError("unsupported machine type", hint="Use -machine help to list supported machines")
-        qtest_accel = self._choose_accel()
-        try:
-            machine = mcls(cfg.ram_size or None, manual_clock=qtest_accel, bios=cfg.bios,
-                           options=board_options(cfg))
-        except MachineError as e:
-            raise StartupError(str(e), prefixed=e.prefixed) from None
-        for key, value in cfg.machine_props.items():
-            _set_machine_prop(machine, key, value)
-        vm = VM(machine, start_paused=cfg.start_paused, qtest_accel=qtest_accel, name=cfg.name, uuid=cfg.uuid)
-        vm.actions = cfg.actions
-        if cfg.incoming is not None:
-            vm.runstate = "inmigrate"  # waits for the stream; autostart stays as -S says
-            machine.clock.enable(False)
-        vm.defer = self.loop.call_soon_threadsafe
-        vm.on_shutdown_request(self.loop.stop)
-        from emu.drives import DriveError, boot_disk
-
-        try:
-            disk = boot_disk(cfg.drives, cfg.devices, machine.migration_faults)
-        except DriveError as e:
-            raise StartupError(str(e)) from None
-        if disk is not None and hasattr(machine, "attach_boot_disk"):
-            with open(disk, "rb") as f:
-                machine.attach_boot_disk(f.read(512).ljust(512, b"\0"))
-        self._add_devices(machine)
-        machine.boot()
-        machine.clock.abort_check = lambda: vm.shutdown_requested is not None or self.signal_received is not None
-        return vm
-
-    def _add_devices(self, machine: Any) -> None:
-        """Each ``-device`` of the catalog, in command-line order (``ide-hd`` and the test-only
-        ``migration-fault`` were taken by the drive set-up)."""
-        from emu.devices.catalog import DeviceSpecError, parse_device
-
-        for text, opts in zip(self.cfg.devices, self.cfg.device_opts):
-            try:
-                spec = parse_device(opts)
-                if spec.checked:
-                    machine.add_user_device(spec)
-            except DeviceSpecError as e:
-                raise StartupError(f"-device {text}: {e}", hint=e.hint) from None
-            except MachineError as e:
-                raise StartupError(f"-device {text}: {e}") from None
-
-    def _choose_accel(self) -> bool:
-        """Tries ``-accel`` choices in order, as QEMU does; True when the qtest accelerator won."""
-        accels = self.cfg.accels or ["tcg"]
-        for acc in accels:
-            if acc == "qtest":
-                return True
-            if acc == "tcg":
-                if importlib.util.find_spec("unicorn") is not None:
-                    return False
-                # the vCPU backend is a declared dependency; without it TCG is not available
-                sys.stderr.write(f"{self.prog}: -accel tcg: invalid accelerator tcg "
-                                 "(the vCPU backend, Python package 'unicorn', is not installed)\n")
-                continue
-            if acc == "kvm":
-                # KVM is never used by this emulator: report it unavailable as QEMU does when
-                # kvm_init fails, then try the next accelerator.
-                if not os.path.exists("/dev/kvm"):
-                    sys.stderr.write("Could not access KVM kernel module: No such file or directory\n")
-                    if self.cfg.qtest is None:  # QEMU keeps quiet about ENOENT under qtest
-                        sys.stderr.write(f"{self.prog}: failed to initialize kvm: No such file or directory\n")
-                else:
-                    sys.stderr.write(f"{self.prog}: failed to initialize kvm: Operation not supported\n")
-                continue
-            raise StartupError(f"-accel {acc}: invalid accelerator {acc}")
-        # each one that failed said why; QEMU adds "no accelerator found" only when none did
-        raise StartupError("")
-
-    def _chardev(self, spec: str, owner: str) -> Chardev:
-        """A chardev from a legacy spec or ``chardev:ID``."""
-        if spec.startswith("chardev:"):
-            chr_id = spec[len("chardev:"):]
-            if chr_id not in self.chardevs:
-                raise StartupError(f"chardev \"{chr_id}\" not found")
-            return self.chardevs[chr_id]
-        backend, opts = parse_legacy(spec)
-        if owner == "qtest":
-            chr_id = "qtest"  # QEMU's labels: qtest, compat_monitor0, serial0...
-        else:
-            n = self._counters.get(owner, 0)
-            self._counters[owner] = n + 1
-            chr_id = f"{owner}{n}"
-        chardev = create_chardev(self.loop, backend, chr_id, opts)
-        self.chardevs[chr_id] = chardev
-        return chardev
-
-    def setup(self) -> None:
-        cfg = self.cfg
-        for spec in cfg.chardevs:
-            if spec.id in self.chardevs:
-                raise StartupError(f"-chardev {spec.backend},id={spec.id}: attempt to add duplicate property "
-                                   f"'{spec.id}' to object (type 'container')")
-            try:
-                self.chardevs[spec.id] = create_chardev(self.loop, spec.backend, spec.id, spec.opts)
-            except ChardevError as e:
-                raise StartupError(f"-chardev {spec.backend},id={spec.id}: {e}") from None
-        for mon in cfg.monitors:
-            if mon.get("mode", "readline") != "control":
-                raise StartupError(f"-mon {_fmt(mon)}: the human monitor (mode=readline) is not supported")
-            if mon["chardev"] not in self.chardevs:
-                raise StartupError(f"-mon {_fmt(mon)}: chardev \"{mon['chardev']}\" not found")
-        if cfg.hmp:
-            raise StartupError(f"-monitor {cfg.hmp[0]}: the human monitor is not supported")
-        # Start the named chardevs first (they may be servers the others connect to).
-        for chr_id, chardev in list(self.chardevs.items()):
-            try:
-                chardev.start()
-            except ChardevError as e:
-                raise StartupError(f"-chardev {chardev.backend},id={chr_id}: {e}") from None
-        for opts in cfg.add_fds:
-            self.fdsets.add(int(opts["fd"]), int(opts["set"]), opts.get("opaque"))
-        if cfg.user_objects:
-            from emu.tls import TlsError, objects_registry
-            from emu.tls.registry import create_from_keyval
-
-            registry = objects_registry(self.vm.machine.root)
-            for text, opts in cfg.user_objects:
-                try:
-                    create_from_keyval(registry, opts)
-                except TlsError as e:
-                    raise StartupError(f"-object {text}: {e}") from None
-        self._setup_migration()
-        self._setup_monitors()
-        self._setup_serials()
-        self.vm.machine.machine_done()
-        self._setup_qtest()
-        self._setup_vcpu()
-        if cfg.incoming is not None and cfg.incoming != "defer":
-            self._start_incoming(cfg.incoming)
-
-    def _setup_monitors(self) -> None:
-        cfg = self.cfg
-        targets: list[tuple[Chardev, bool]] = []
-        for spec, pretty in cfg.qmp:
-            try:
-                chardev = self._chardev(spec, "compat_monitor")
-                if not spec.startswith("chardev:"):
-                    chardev.start()
-            except (ChardevError, StartupError) as e:
-                raise StartupError(f"-qmp {spec}: {e}") from None
-            targets.append((chardev, pretty))
-        for mon in cfg.monitors:
-            targets.append((self.chardevs[mon["chardev"]], mon.get("pretty", "off") == "on"))
-        if not targets:
-            return
-        from emu.monitor.frontend import attach_monitor, make_qmp_server
-
-        self.qmp_server = make_qmp_server(self)
-        for chardev, pretty in targets:
-            attach_monitor(self.qmp_server, chardev, pretty)
-
-    def _setup_migration(self) -> None:
-        from emu.migration.manager import MigrationManager
-
-        def named_fds() -> Any:
-            # QEMU looks names up in the current monitor; -incoming fd:N has none
-            session = next(iter(self.qmp_server.sessions), None) if self.qmp_server else None
-            return getattr(session, "named_fds", None)
-
-        def fatal(status: int) -> None:
-            self.vm.exit_code = status
-            self.loop.call_soon_threadsafe(self.loop.stop)
-
-        self.migration = MigrationManager(self.vm, named_fds=named_fds, fdsets=self.fdsets, fatal=fatal,
-                                          prog=self.prog)
-        for (driver, prop), value in self.cfg.globals.items():
-            if driver == "migration" and prop == "multifd-flush-after-each-section":
-                flag = {"on": True, "yes": True, "true": True, "y": True,
-                        "off": False, "no": False, "false": False, "n": False}.get(value)
-                if flag is None:
-                    raise StartupError(f"can't apply global migration.{prop}={value}: "
-                                       f"Parameter '{prop}' expects 'on' or 'off'")
-                self.migration.flush_after_each_section = flag
-
-    def _start_incoming(self, uri: str) -> None:
-        from emu.migration.address import MigrationAddressError, parse_migration_uri
-        from emu.migration.manager import MigrationError
-
-        try:
-            self.migration.incoming(parse_migration_uri(uri))
-        except (MigrationAddressError, MigrationError) as e:
-            raise StartupError(str(e)) from None
-
-    def _setup_serials(self) -> None:
-        """Opens each ``-serial`` chardev now (a test may be waiting for us to connect); the 16550
-        UARTs that drive them come with the vCPU work."""
+        self.migration: MigrationManager | None = None
+        self.qmp_server: QmpServer | None = None
+        self.qtest_servers: list[QTestServer] = []
+        #: each -serial's chardev, None for ``-serial none``
         self.serial_chardevs: list[Chardev | None] = []
-        for spec in self.cfg.serials:
-            if spec == "none":
-                self.serial_chardevs.append(None)
-                continue
-            try:
-                chardev = self._chardev(spec, "serial")
-                if not spec.startswith("chardev:"):
-                    chardev.start()
-            except (ChardevError, StartupError) as e:
-                raise StartupError(f"-serial {spec}: {e}") from None
-            self.serial_chardevs.append(chardev)
-            add_serial = getattr(self.vm.machine, "add_serial", None)
-            if add_serial is not None and len(self.serial_chardevs) <= 4:
-                uart = add_serial(len(self.serial_chardevs) - 1, chardev.write)
-                chardev.attach(_Frontend(lambda: None, lambda data, fds, uart=uart: uart.receive(data), lambda: None))
+        self.signal_received: int | None = None
 
-    def _setup_vcpu(self) -> None:
-        """With TCG, a machine that has a CPU and a boot disk runs the guest on a Unicorn vCPU.
-        (Without a boot disk there is no firmware to run, so the CPU stays idle.)"""
-        machine = self.vm.machine
-        if self.vm.qtest_accel or not machine.cpus or getattr(machine, "boot_image", None) is None:
-            return
-        from emu.cpu import VCPU, VCPUError
-
-        try:
-            vcpu = VCPU(self.vm)
-        except VCPUError as e:
-            raise StartupError(f"cannot start the vCPU: {e}") from None
-        self.vm.attach_vcpu(vcpu)
-
-    def _setup_qtest(self) -> None:
-        from qtest.server import QTestServer
-
-        cfg = self.cfg
-        if cfg.qtest is not None and cfg.qtest_objects:
-            raise StartupError("Only one instance of qtest can be created")
-        if len(cfg.qtest_objects) > 1:
-            second = cfg.qtest_objects[1].get("id")
-            raise StartupError(f"-object qtest,id={second}: Only one instance of qtest can be created")
-        if cfg.qtest is not None:
-            try:
-                chardev = self._chardev(cfg.qtest, "qtest")
-                if not cfg.qtest.startswith("chardev:"):
-                    chardev.start()
-            except (ChardevError, StartupError) as e:
-                raise StartupError(f"{e}\nFailed to initialize device for qtest: \"{cfg.qtest}\"") from None
-            log = self._open_log(cfg.qtest_log)
-        elif cfg.qtest_objects:
-            obj = cfg.qtest_objects[0]
-            if "chardev" not in obj:
-                raise StartupError(f"-object {_fmt(obj)}: No backend specified")
-            if obj["chardev"] not in self.chardevs:
-                raise StartupError(f"-object {_fmt(obj)}: Cannot find character device '{obj['chardev']}'")
-            chardev = self.chardevs[obj["chardev"]]
-            log = self._open_log(obj.get("log", "none"))
-        else:
-            return
-        server = QTestServer(self.vm, log=log, write=chardev.write)
-        self.qtest_servers.append(server)
-        chardev.attach(_Frontend(server.opened, lambda data, fds: _feed_qtest(server, data, fds), server.closed,
-                                 spin_ns=QTEST_SPIN_NS))
-
-    def _open_log(self, path: str | None) -> Any:
-        from qtest.server import QTestLog
-
-        if path == "none":
-            return None
-        if path is None:
-            return QTestLog(sys.stderr.buffer)
-        try:
-            return QTestLog(open(path, "wb"))  # noqa: SIM115 - lives as long as the process
-        except OSError as e:
-            raise StartupError(f"-qtest-log {path}: {e.strerror}") from None
-
-    # ---- running
     def _on_signal(self, signum: int) -> None:
         # Runs between two bytecodes of whatever the main thread does: only note it here (a long
         # clock_step checks the flag) and let the loop do the shutdown in a clean state.
@@ -348,12 +46,13 @@ class System:
             self.signal_received = signum
             self.loop.call_soon_threadsafe(lambda: self.vm.request_shutdown("host-signal"))
 
-    def run(self) -> int:
+    def run(self, pidfile: str | None = None, exit_with_parent: bool = False) -> int:
+        """Runs the main loop until shutdown; returns the exit status."""
         self.loop.install_signal_wakeup(self._on_signal)
-        if self.cfg.exit_with_parent:
+        if exit_with_parent:
             _set_parent_death_signal()
-        if self.cfg.pidfile:
-            with open(self.cfg.pidfile, "w") as f:
+        if pidfile:
+            with open(pidfile, "w") as f:
                 f.write(f"{os.getpid()}\n")
         clock = self.vm.machine.clock
         self.loop.timeout_source = clock.host_timeout
@@ -366,6 +65,7 @@ class System:
         return self.vm.exit_code
 
     def shutdown(self) -> None:
+        """Stops the vCPU and closes fds, chardevs and qtest sessions (the main loop stays open)."""
         if self.vm.vcpu is not None:
             self.vm.vcpu.quit()
         self.fdsets.close_all()
@@ -376,57 +76,6 @@ class System:
                 pass
         for server in self.qtest_servers:
             server.closed()
-
-
-def _feed_qtest(server: Any, data: bytes, fds: list[int]) -> None:
-    for fd in fds:
-        os.close(fd)  # qtest takes no fds
-    server.feed(data)
-
-
-def board_options(cfg: Config) -> BoardOptions:
-    """What the board needs from the command line beyond RAM size and firmware."""
-    opts = BoardOptions(fd_bootchk=cfg.fd_bootchk, rtc=cfg.rtc, nodefaults=cfg.nodefaults,
-                        uuid=bytes.fromhex(cfg.uuid.replace("-", "")) if cfg.uuid else None,
-                        nographic=cfg.nographic or _off(cfg.machine_props.get("graphics")),
-                        hpet=not (cfg.no_hpet or _off(cfg.machine_props.get("hpet"))))
-    from emu.drives import pflash_drives
-
-    opts.pflash = pflash_drives(cfg.drives)
-    boot: Any = cfg.boot
-    if boot is not None:
-        opts.boot_order = boot.order if boot.order is not None else "cad"
-        opts.boot_once = boot.once
-        opts.boot_menu = bool(boot.menu)
-        opts.boot_splash = boot.splash
-        opts.boot_strict = bool(boot.strict)
-        opts.splash_time = boot.splash_time
-        opts.reboot_timeout = boot.reboot_timeout
-    return opts
-
-
-def _off(value: str | None) -> bool:
-    return value in ("off", "false", "no")
-
-
-def _set_machine_prop(machine: Any, key: str, value: str) -> None:
-    """``-machine key=value`` for the properties the machine models (others are accepted as-is)."""
-    from emu.qom import QomError
-
-    try:
-        prop = machine.qom_property(key)
-    except QomError:
-        return
-    if prop.type == "bool":
-        if value not in ("on", "off", "yes", "no", "true", "false"):
-            raise StartupError(f"Parameter '{key}' expects 'on' or 'off'")
-        prop.setter(value in ("on", "yes", "true"))
-    elif prop.setter is not None:
-        prop.setter(value)
-
-
-def _fmt(opts: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in opts.items())
 
 
 def _set_parent_death_signal() -> None:
@@ -441,21 +90,3 @@ def _set_parent_death_signal() -> None:
         pass
     if os.getppid() == 1:
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def run_system(cfg: Config, prog: str) -> int:
-    for line in cfg.warnings:  # options accepted, but configuring nothing that exists here
-        sys.stderr.write(f"{prog}: warning: {line}\n")
-    try:
-        system = System(cfg, prog)
-        system.setup()
-    except EarlyExit as e:
-        sys.stdout.write(str(e))
-        return 0
-    except (StartupError, ChardevError) as e:
-        prefix = f"{prog}: " if getattr(e, "prefixed", True) else ""
-        text = "".join(f"{prefix}{line}\n" for line in str(e).split("\n")) if str(e) else ""
-        hint = getattr(e, "hint", "")
-        sys.stderr.write(text + (hint + "\n" if hint else ""))
-        return 1
-    return system.run()

@@ -1,7 +1,7 @@
 """The generic qtest fuzzer run in this process, with QEMU's DMA-pattern answers (``--in-process``).
 
 Owns what only an in-process fuzzer can do: the machine is built here from the same command line
-(``emu.system.System``, ``-accel qtest``, no chardevs) and driven through ``QTestServer`` line by
+(``emu.assembly.Assembler``, ``-accel qtest``, no chardevs) and driven through ``QTestServer`` line by
 line, and the memory core's DMA hook (``AddressSpace.dma_read_hook``) fills guest RAM with the
 input's patterns just before a device reads it, as QEMU's ``fuzz_dma_read_cb`` does
 (``spec/qtest-protocol.md`` §11.3): only reads that start in the machine's main RAM, round robin
@@ -150,11 +150,12 @@ class InProcessFuzzTarget(GenericFuzzTarget):
 
     def _build(self) -> None:
         from emu.cli import parse_args
-        from emu.system import System
+        from emu.assembly import Assembler
         from qtest.server import QTestServer
 
         cfg = parse_args([*self.machine_args, "-display", "none", "-accel", "qtest"])
-        self.system = System(cfg, "emu-system-x86_64")
+        # the machine and its VM only: no chardevs, monitors or qtest server of the process's own
+        self.system = Assembler(cfg, "emu-system-x86_64").system
         vm = self.system.vm
         # isa-debug-exit and the like end the process in the emulator: here they end the input
         vm.exit_now = vm.machine.exit_request = self._exit_now
