@@ -235,11 +235,15 @@ class Assembler:
             targets.append((self.system.chardevs[mon["chardev"]], mon.get("pretty", "off") == "on"))
         if not targets:
             return
+        from emu.control import SystemControl
         from emu.monitor.frontend import attach_monitor, make_qmp_server
 
-        self.system.qmp_server = make_qmp_server(self.system)
+        system = self.system
+        assert system.migration is not None  # set up before the monitors
+        control = SystemControl(system.vm, system.chardevs, system.fdsets, system.migration)
+        system.qmp_server = make_qmp_server(control, system.vm)
         for chardev, pretty in targets:
-            attach_monitor(self.system.qmp_server, chardev, pretty)
+            attach_monitor(system.qmp_server, chardev, pretty)
 
     def _setup_migration(self) -> None:
         from emu.migration.manager import MigrationManager

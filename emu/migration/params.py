@@ -40,7 +40,7 @@ import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from emu.monitor.protocol import QmpError
+from emu.errors import QapiError
 
 __all__ = [
     "BACKGROUND_SNAPSHOT_INCOMPATIBLE",
@@ -117,8 +117,8 @@ BITMAP_NAME_MAX = 1023  # BDRV_BITMAP_MAX_NAME_SIZE
 WRITE_TRACKING_LEVELS = ("unavailable", "available", "compatible")
 
 
-def _expects(c_name: str, text: str) -> QmpError:
-    return QmpError(f"Parameter '{c_name}' expects {text}")
+def _expects(c_name: str, text: str) -> QapiError:
+    return QapiError(f"Parameter '{c_name}' expects {text}")
 
 
 def _blen(s: str) -> int:
@@ -226,7 +226,7 @@ class MigrationConfig:
         ``inmigrate`` runstate (``-incoming`` given). Duplicates: the last entry wins."""
         caps = list(caps)
         if state in RUNNING_STATES or state == "colo":
-            raise QmpError("There's a migration process in progress")
+            raise QapiError("There's a migration process in progress")
         new = dict(self.capabilities)
         for entry in caps:
             new[entry["capability"]] = bool(entry["state"])
@@ -234,53 +234,53 @@ class MigrationConfig:
         if self.implemented is not None:
             for cap in CAPABILITIES:
                 if new[cap] and not self.capabilities[cap] and cap not in self.implemented:
-                    raise QmpError(f"Capability '{cap}' is not supported by this emulator")
+                    raise QapiError(f"Capability '{cap}' is not supported by this emulator")
         self.capabilities = new
 
     def _check_caps(self, old: Mapping[str, bool], new: Mapping[str, bool], incoming_started: bool,
                     inmigrate: bool) -> None:
         if new["x-colo"] and not self.replication:
-            raise QmpError("QEMU compiled without replication module can't enable COLO")
+            raise QapiError("QEMU compiled without replication module can't enable COLO")
         if new["postcopy-ram"]:
             if not old["postcopy-ram"] and inmigrate and self.postcopy_unsupported_reason is not None:
-                raise QmpError(f"Postcopy is not supported: {self.postcopy_unsupported_reason}")
+                raise QapiError(f"Postcopy is not supported: {self.postcopy_unsupported_reason}")
             if new["x-ignore-shared"]:
-                raise QmpError("Postcopy is not compatible with ignore-shared")
+                raise QapiError("Postcopy is not compatible with ignore-shared")
             if new["multifd"]:
-                raise QmpError("Postcopy is not yet compatible with multifd")
+                raise QapiError("Postcopy is not yet compatible with multifd")
         if new["background-snapshot"]:
             if self.write_tracking == "unavailable":
-                raise QmpError("Background-snapshot is not supported by host kernel")
+                raise QapiError("Background-snapshot is not supported by host kernel")
             if self.write_tracking != "compatible":
-                raise QmpError("Background-snapshot is not compatible with guest memory configuration")
+                raise QapiError("Background-snapshot is not compatible with guest memory configuration")
             for cap in BACKGROUND_SNAPSHOT_INCOMPATIBLE:
                 if new[cap]:
-                    raise QmpError(f"Background-snapshot is not compatible with {cap}")
+                    raise QapiError(f"Background-snapshot is not compatible with {cap}")
         # Linux: the current parameters (compression, TLS) count, not the ones being set
         if new["zero-copy-send"] and (not new["multifd"] or new["xbzrle"]
                                       or self.parameters["multifd-compression"] != "none" or self.tls_enabled):
-            raise QmpError("Zero copy only available for non-compressed non-TLS multifd migration")
+            raise QapiError("Zero copy only available for non-compressed non-TLS multifd migration")
         if new["postcopy-preempt"]:
             if not new["postcopy-ram"]:
-                raise QmpError("Postcopy preempt requires postcopy-ram")
+                raise QapiError("Postcopy preempt requires postcopy-ram")
             if incoming_started:
-                raise QmpError("Postcopy preempt must be set before incoming starts")
+                raise QapiError("Postcopy preempt must be set before incoming starts")
         if new["multifd"] and incoming_started:
-            raise QmpError("Multifd must be set before incoming starts")
+            raise QapiError("Multifd must be set before incoming starts")
         if new["switchover-ack"] and not new["return-path"]:
-            raise QmpError("Capability 'switchover-ack' requires capability 'return-path'")
+            raise QapiError("Capability 'switchover-ack' requires capability 'return-path'")
         if new["dirty-limit"]:
             if new["auto-converge"]:
-                raise QmpError("dirty-limit conflicts with auto-converge either of then available currently")
+                raise QapiError("dirty-limit conflicts with auto-converge either of then available currently")
             if not self.kvm_dirty_ring:
-                raise QmpError("dirty-limit requires KVM with accelerator property 'dirty-ring-size' set")
+                raise QapiError("dirty-limit requires KVM with accelerator property 'dirty-ring-size' set")
         if new["multifd"] and new["xbzrle"]:
-            raise QmpError("Multifd is not compatible with xbzrle")
+            raise QapiError("Multifd is not compatible with xbzrle")
         if new["mapped-ram"]:
             if new["xbzrle"]:
-                raise QmpError("Mapped-ram migration is incompatible with xbzrle")
+                raise QapiError("Mapped-ram migration is incompatible with xbzrle")
             if new["postcopy-ram"]:
-                raise QmpError("Mapped-ram migration is incompatible with postcopy")
+                raise QapiError("Mapped-ram migration is incompatible with postcopy")
 
     def query_capabilities(self) -> list[dict[str, Any]]:
         """``query-migrate-capabilities``: every capability, enum order, members in schema order."""
@@ -340,19 +340,19 @@ class MigrationConfig:
         if "block-bitmap-mapping" in p:
             detail = check_bitmap_alias_map(p["block-bitmap-mapping"])
             if detail is not None:
-                raise QmpError(f"Invalid mapping given for block-bitmap-mapping: {detail}")
+                raise QapiError(f"Invalid mapping given for block-bitmap-mapping: {detail}")
         # zero copy: the merged values; mapped-ram: the current ones (QEMU reads the live state)
         if self.capabilities["zero-copy-send"] and (p["multifd-compression"] != "none" or p["tls-creds"]):
-            raise QmpError("Zero copy only available for non-compressed non-TLS multifd migration")
+            raise QapiError("Zero copy only available for non-compressed non-TLS multifd migration")
         if self.capabilities["mapped-ram"] and (self.parameters["multifd-compression"] != "none"
                                                 or self.tls_enabled):
-            raise QmpError("Mapped-ram only available for non-compressed non-TLS multifd migration")
+            raise QapiError("Mapped-ram only available for non-compressed non-TLS multifd migration")
         if not 1 <= p["x-vcpu-dirty-limit-period"] <= 1000:
             raise _expects("x-vcpu-dirty-limit-period", "a value between 1 and 1000")
         if p["vcpu-dirty-limit"] < 1:
-            raise QmpError("Parameter 'vcpu_dirty_limit' must be greater than 1 MB/s")
+            raise QapiError("Parameter 'vcpu_dirty_limit' must be greater than 1 MB/s")
         if p["direct-io"] and not self.direct_io_supported:
-            raise QmpError("No build-time support for direct-io")
+            raise QapiError("No build-time support for direct-io")
 
     def query_parameters(self) -> dict[str, Any]:
         """``query-migrate-parameters``: every member in schema order (the serializer applies the

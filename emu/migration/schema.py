@@ -1,11 +1,8 @@
 """QAPI schema expressions of QEMU 9.1's migration addressing, in QEMU's own schema language.
 
-``SCHEMA`` is meant to be compiled together with the core schema::
-
-    from emu.monitor.qapi import Schema
-    from emu.monitor.schema_core import SCHEMA as CORE
-    from emu.migration.schema import SCHEMA
-    schema = Schema(CORE + SCHEMA)
+``SCHEMA`` is plain data (this module imports nothing of the monitor): the monitor compiles it
+together with its core schema, ``Schema(CORE + SCHEMA)`` (``emu.monitor.schema_core`` and
+``emu.monitor.qapi``; ``emu.monitor.migration_commands`` does it for the emulator).
 
 It covers the socket address types (qapi/sockets.json), the migration address and channel types
 and the ``migrate`` / ``migrate-incoming`` commands (qapi/migration.json).  Every type referenced

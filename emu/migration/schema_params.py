@@ -1,12 +1,8 @@
 """QAPI schema expressions of QEMU 9.1's migration capabilities and parameters.
 
-Compile together with the core and migration-address schemas::
-
-    from emu.monitor.qapi import Schema
-    from emu.monitor.schema_core import SCHEMA as CORE
-    from emu.migration.schema import SCHEMA as MIG
-    from emu.migration.schema_params import SCHEMA as PARAMS
-    schema = Schema(CORE + MIG + PARAMS)
+Plain data (this module imports nothing of the monitor), compiled by the monitor together with the
+core and migration-address schemas: ``Schema(CORE + MIG + PARAMS)`` (``emu.monitor.schema_core``,
+``emu.migration.schema``, this module; ``emu.monitor.migration_commands`` does it for the emulator).
 
 Source: ``qemu/qemu`` qapi/migration.json @ 01bed0ff14bb (9.1), from ``MigrationCapability`` to
 ``query-migrate-parameters``, in file order; ``StrOrNull`` is qapi/common.json's alternate.
@@ -17,8 +13,8 @@ Rules applied while transcribing (the same as ``schema_core`` and ``emu.migratio
 * ``'if'`` conditions are resolved for an x86_64 Linux build like Debian's: ``MultiFDCompression``
   keeps ``zstd`` (``CONFIG_ZSTD``) and drops ``qpl`` (``CONFIG_QPL``) and ``uadk``
   (``CONFIG_UADK``), whose libraries such builds do not link.
-* ``StrOrNull`` is defined here only while neither ``schema_core`` nor ``emu.migration.schema``
-  defines it, so the three lists always compile together.
+* ``StrOrNull`` is defined here: neither ``schema_core`` nor ``emu.migration.schema`` defines it,
+  so the three lists compile together (the monitor skips it where its schema already has it).
 * ``MigrationParameter`` (the enum) is kept although no 9.1 QMP command uses it; introspection
   only lists types that commands reference, so it does not show in ``query-qmp-schema``.
 """
@@ -30,13 +26,6 @@ from typing import Any
 __all__ = ["SCHEMA", "STR_OR_NULL"]
 
 STR_OR_NULL: dict[str, Any] = {'alternate': 'StrOrNull', 'data': {'s': 'str', 'n': 'null'}}
-
-
-def _defined_elsewhere(name: str) -> bool:
-    from emu.migration.schema import SCHEMA as MIG
-    from emu.monitor.schema_core import SCHEMA as CORE
-    return any(name in (e.get('alternate'), e.get('struct'), e.get('enum'), e.get('union'))
-               for e in list(CORE) + list(MIG))
 
 
 _PARAMETER_MEMBERS_HEAD: dict[str, Any] = {
@@ -76,7 +65,8 @@ def _parameter_members(tls_type: str) -> dict[str, Any]:
             **_PARAMETER_MEMBERS_TAIL}
 
 
-SCHEMA: list[dict[str, Any]] = ([] if _defined_elsewhere('StrOrNull') else [STR_OR_NULL]) + [
+SCHEMA: list[dict[str, Any]] = [
+    STR_OR_NULL,
     {'enum': 'MigrationCapability',
      'data': ['xbzrle', 'rdma-pin-all', 'auto-converge', 'zero-blocks',
               'events', 'postcopy-ram',

@@ -1,5 +1,7 @@
 """QAPI schema of migration state: query-migrate, migrate_cancel and the MIGRATION events
-(QEMU 9.1 qapi/migration.json, per spec/migration-qapi.md §4.6, §4.9 and §7)."""
+(QEMU 9.1 qapi/migration.json, per spec/migration-qapi.md §4.6, §4.9 and §7).
+
+Plain data: it imports nothing (``emu.monitor.migration_commands`` compiles it into the monitor's schema)."""
 from __future__ import annotations
 
 from typing import Any

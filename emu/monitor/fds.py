@@ -3,13 +3,15 @@
 Fds arrive with SCM_RIGHTS on a QMP socket (stashed by the session) or are inherited at start-up
 (``-add-fd fd=N,set=S``). Named fds belong to one monitor, as in QEMU; fd sets are global, and a
 consumer (the migration ``fd:`` and ``file:/dev/fdset/N`` transports) takes a dup of a member.
+
+A leaf of the monitor: it imports only ``emu.errors`` (the system that owns the fd sets imports it).
 """
 from __future__ import annotations
 
 import os
 import threading
 
-from emu.monitor.protocol import QmpError
+from emu.errors import QapiError
 
 
 class FdSet:
@@ -57,7 +59,7 @@ class FdSets:
                         del self._sets[fdset_id]
                     return
         what = f"fdset-id:{fdset_id}" if fd is None else f"fdset-id:{fdset_id}, fd:{fd}"
-        raise QmpError(f"File descriptor named '{what}' not found")
+        raise QapiError(f"File descriptor named '{what}' not found")
 
     def query(self) -> list[dict[str, object]]:
         with self._lock:
@@ -105,7 +107,7 @@ class NamedFds:
     def set(self, name: str, fd: int) -> None:
         if name[:1].isdigit():
             _close(fd)
-            raise QmpError("Parameter 'fdname' expects a name not starting with a digit")
+            raise QapiError("Parameter 'fdname' expects a name not starting with a digit")
         old = self._fds.get(name)
         if old is not None:
             _close(old)  # re-using a name replaces (and closes) the previous fd
@@ -114,7 +116,7 @@ class NamedFds:
     def close(self, name: str) -> None:
         fd = self._fds.pop(name, None)
         if fd is None:
-            raise QmpError(f"File descriptor named '{name}' not found")
+            raise QapiError(f"File descriptor named '{name}' not found")
         _close(fd)
 
     def take(self, name: str) -> int | None:

@@ -4,6 +4,7 @@ QEMU's input visitor copies an object's keys (in QDict order) into a GHashTable,
 member as it visits it, and reports the first key a table iteration yields. With several
 unexpected keys the choice depends on GLib's hashing, probing, tombstones and in-place resizes,
 reproduced here (GLib 2.60+; checked against QEMU 7.2 on Debian bookworm, docs/qmp-facts.md §3.2).
+A leaf of the monitor: it imports nothing from ``emu``.
 """
 from __future__ import annotations
 

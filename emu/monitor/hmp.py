@@ -2,14 +2,17 @@
 
 ``info status|version|name|uuid|chardev|cpus|mtree|qtree``, ``xp``, and the run-state commands.
 Output follows QEMU's formats (docs/qmp-facts.md §2.8); the caller turns ``\\n`` into ``\\r\\n``.
+Above the protocol (it reads the version and the ``MachineControl`` it is given); only the command
+modules import it.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from emu.errors import QapiError
 from emu.memory import MemoryRegion
-from emu.monitor.protocol import QmpError
+from emu.monitor.protocol import QEMU_PACKAGE, QEMU_VERSION, MachineControl
 
 INFO_HELP = {
     "chardev": "show the character devices",
@@ -27,8 +30,8 @@ class HmpError(Exception):
     """A command-line error; the text is printed as the command's output."""
 
 
-def run_hmp(machine: Any, line: str, state: dict[str, Any]) -> str:
-    """Runs one HMP command line against the monitor's ``VmControl``; returns its output."""
+def run_hmp(machine: MachineControl, line: str, state: dict[str, Any]) -> str:
+    """Runs one HMP command line against the monitor's ``MachineControl``; returns its output."""
     words = line.split()
     if not words:
         return ""
@@ -55,7 +58,7 @@ def run_hmp(machine: Any, line: str, state: dict[str, Any]) -> str:
             machine.request_shutdown("host-qmp-quit")
         else:
             return f"unknown command: '{_span(line, 1)}'\n"
-    except QmpError as e:
+    except QapiError as e:
         return f"Error: {e.desc}\n"
     except HmpError as e:
         return str(e)
@@ -76,37 +79,35 @@ def _span(line: str, words: int) -> str:
 # ---- info
 
 
-def _info_status(machine: Any, args: list[str]) -> str:
+def _info_status(machine: MachineControl, args: list[str]) -> str:
     if machine.running:
         return "VM status: running\n"
     state = machine.runstate
     return "VM status: paused\n" if state == "paused" else f"VM status: paused ({state})\n"
 
 
-def _info_version(machine: Any, args: list[str]) -> str:
-    from emu.monitor.protocol import QEMU_PACKAGE, QEMU_VERSION
-
+def _info_version(machine: MachineControl, args: list[str]) -> str:
     return ".".join(map(str, QEMU_VERSION)) + QEMU_PACKAGE + "\n"
 
 
-def _info_name(machine: Any, args: list[str]) -> str:
+def _info_name(machine: MachineControl, args: list[str]) -> str:
     return f"{machine.name}\n" if machine.name is not None else ""
 
 
-def _info_uuid(machine: Any, args: list[str]) -> str:
+def _info_uuid(machine: MachineControl, args: list[str]) -> str:
     return (machine.uuid or "00000000-0000-0000-0000-000000000000") + "\n"
 
 
-def _info_chardev(machine: Any, args: list[str]) -> str:
+def _info_chardev(machine: MachineControl, args: list[str]) -> str:
     return "".join(f"{c['label']}: filename={c['filename']}\n" for c in machine.chardevs())
 
 
-def _info_cpus(machine: Any, args: list[str]) -> str:
+def _info_cpus(machine: MachineControl, args: list[str]) -> str:
     return "".join(f"{'*' if c['cpu-index'] == 0 else ' '} CPU #{c['cpu-index']}: thread_id={c['thread-id']}\n"
                    for c in machine.cpus())
 
 
-def _info_mtree(machine: Any, args: list[str]) -> str:
+def _info_mtree(machine: MachineControl, args: list[str]) -> str:
     m = machine.memory
     flat = "-f" in args
     spaces = [(["cpu-memory-0", "memory"] if m.cpus else ["memory"], m.address_space_memory),
@@ -166,7 +167,7 @@ def _mtree(mr: MemoryRegion, base: int, level: int, out: list[str], aliased: lis
         _mtree(sub, start, level + (0 if mr.enabled else 1), out, aliased)
 
 
-def _info_qtree(machine: Any, args: list[str]) -> str:
+def _info_qtree(machine: MachineControl, args: list[str]) -> str:
     from emu.devices.base import Device
 
     m = machine.memory
@@ -179,8 +180,8 @@ def _info_qtree(machine: Any, args: list[str]) -> str:
         out.append(f'  dev: {dev.type_name}, id ""\n')
         for name, lines in dev.gpio_in.items():
             out.append(f'    gpio-in "{name or ""}" {len(lines)}\n')
-        for name, lines in dev.gpio_out.items():
-            out.append(f'    gpio-out "{name or ""}" {len(lines)}\n')
+        for name, outs in dev.gpio_out.items():
+            out.append(f'    gpio-out "{name or ""}" {len(outs)}\n')
         for addr, size in mmio.get(id(dev), []):
             out.append(f"    mmio {addr:016x}/{size:016x}\n")
     return "".join(out)
@@ -195,7 +196,7 @@ def _mapped_io(mr: MemoryRegion, base: int) -> list[tuple[Any, int, int]]:
     return found
 
 
-_INFO: dict[str, Callable[[Any, list[str]], str]] = {
+_INFO: dict[str, Callable[[MachineControl, list[str]], str]] = {
     "status": _info_status, "version": _info_version, "name": _info_name, "uuid": _info_uuid,
     "chardev": _info_chardev, "cpus": _info_cpus, "mtree": _info_mtree, "qtree": _info_qtree,
 }
@@ -207,16 +208,16 @@ _INFO: dict[str, Callable[[Any, list[str]], str]] = {
 _SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
 
 
-def _xp(machine: Any, args: list[str], state: dict[str, Any]) -> str:
+def _xp(machine: MachineControl, args: list[str], state: dict[str, Any]) -> str:
     """``xp /[count][format][size] addr``: physical memory; format and size stick between calls."""
     fmt, size = state.get("fmt", "x"), state.get("size", 4)
     count = 1
     if args and args[0].startswith("/"):
         spec = args.pop(0)[1:]
-        digits = ""
+        count_text = ""
         while spec and spec[0].isdigit():
-            digits, spec = digits + spec[0], spec[1:]
-        count = int(digits) if digits else 1
+            count_text, spec = count_text + spec[0], spec[1:]
+        count = int(count_text) if count_text else 1
         for ch in spec:
             if ch in _SIZES:
                 size = _SIZES[ch]

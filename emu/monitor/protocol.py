@@ -1,4 +1,10 @@
-"""QMP protocol core: sessions, envelope handling, command registry, events.
+"""QMP protocol core: sessions, envelope handling, the command registry type, events.
+
+It owns ``QmpServer``/``QmpSession``, ``CommandRegistry`` and ``MachineControl`` (what commands may
+ask of the system). It is the bottom of the monitor: it imports the QAPI schema engine (``qapi``),
+the JSON codec (``qjson``), ``emu.errors`` and, for types only, the leaf ``fds``; never the command
+modules, ``hmp``, ``registry`` or ``frontend``. A server is given its registry, which the assembler
+builds with ``emu.monitor.registry.build_registry()``.
 
 Socket-free and transport-agnostic. A transport (the main loop's chardev code)
 creates a session with :meth:`QmpServer.new_session`, passing a ``write``
@@ -26,13 +32,17 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from emu.errors import QapiError
+from emu.monitor.qapi import Schema
 from emu.monitor.qjson import JsonStreamParser, dumps, qdict_order
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import TypeAlias
 
-    from emu.monitor.qapi import Schema
+    from emu.machine.base import Machine
+    from emu.migration.manager import MigrationManager
+    from emu.monitor.fds import FdSets
 
     #: Handler signature: ``handler(ctx, args) -> return value`` (None means ``{}``).
     Handler: TypeAlias = Callable[["CommandContext", dict[str, Any]], Any]
@@ -41,10 +51,9 @@ __all__ = [
     "QEMU_VERSION",
     "QEMU_PACKAGE",
     "version_info",
-    "QmpError",
     "MachineControl",
     "Arg",
-    "Command",
+    "CommandHandler",
     "CommandContext",
     "CommandRegistry",
     "QmpServer",
@@ -64,25 +73,8 @@ def version_info() -> dict[str, Any]:
     return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": QEMU_PACKAGE}
 
 
-class QmpError(Exception):
-    """A QMP error reply: ``{"error": {"class": cls, "desc": desc}}``.
-
-    Raise it from command handlers and machine methods. ``cls`` is one of
-    QEMU's ``QapiErrorClass`` names (``GenericError``, ``CommandNotFound``,
-    ``DeviceNotActive``, ``DeviceNotFound``, ``KVMMissingCap``).
-    """
-
-    def __init__(self, desc: str, cls: str = "GenericError") -> None:
-        super().__init__(desc)
-        self.desc = desc
-        self.cls = cls
-
-    def __repr__(self) -> str:
-        return f"QmpError({self.desc!r}, {self.cls!r})"
-
-
 class MachineControl(Protocol):
-    """What the monitor needs from the machine (implemented in ``emu.vm``).
+    """What the monitor needs from the machine (implemented by emu.control.SystemControl).
 
     The machine layer, not the command handlers, emits the ``STOP``, ``RESUME``
     and ``SHUTDOWN`` events through :meth:`QmpServer.emit_event`.
@@ -103,10 +95,30 @@ class MachineControl(Protocol):
         """The QOM root object (``/``), an ``emu.qom.QObject``, for ``qom-*`` commands."""
         ...
 
-    name: str | None  # -name
-    uuid: str | None  # -uuid
-    fdsets: Any  # emu.monitor.fds.FdSets
-    memory: Any  # the machine (address spaces, memory tree) for HMP
+    @property
+    def name(self) -> str | None:
+        """``-name``, or None."""
+        ...
+
+    @property
+    def uuid(self) -> str | None:
+        """``-uuid``, or None."""
+        ...
+
+    @property
+    def fdsets(self) -> FdSets:
+        """The process-wide fd sets (``add-fd``, ``remove-fd``, ``query-fdsets``)."""
+        ...
+
+    @property
+    def memory(self) -> Machine:
+        """The machine (address spaces, memory tree, devices) for HMP's dumps."""
+        ...
+
+    @property
+    def migration(self) -> MigrationManager:
+        """The VM's migration manager (the ``migrate*`` and ``query-migrate*`` commands)."""
+        ...
 
     def reset(self) -> None:
         """``system_reset``; emits ``RESET`` synchronously."""
@@ -118,7 +130,7 @@ class MachineControl(Protocol):
 
     def set_actions(self, values: dict[str, str]) -> None:
         """``set-action``/``watchdog-set-action`` with values the schema accepted
-        (keys ``reboot``, ``shutdown``, ``panic``, ``watchdog``); QmpError for one not modelled."""
+        (keys ``reboot``, ``shutdown``, ``panic``, ``watchdog``); QapiError for one not modelled."""
         ...
 
     def machine_types(self) -> list[dict[str, Any]]:
@@ -134,11 +146,11 @@ class MachineControl(Protocol):
         ...
 
     def stop(self) -> None:
-        """Pause the VM (``stop``); emits ``STOP`` synchronously. Raise QmpError on failure."""
+        """Pause the VM (``stop``); emits ``STOP`` synchronously. Raise QapiError on failure."""
         ...
 
     def cont(self) -> None:
-        """Resume the VM (``cont``); emits ``RESUME`` synchronously. Raise QmpError on failure."""
+        """Resume the VM (``cont``); emits ``RESUME`` synchronously. Raise QapiError on failure."""
         ...
 
     def request_shutdown(self, reason: str) -> None:
@@ -170,9 +182,11 @@ class Arg:
         return f"Arg({self.name!r}, {self.type!r}, optional={self.optional})"
 
 
-class Command:
-    """A command with a handler. ``allow_oob``: may run with ``exec-oob``. ``allow_preneg``:
-    available before capability negotiation (only ``qmp_capabilities``)."""
+class CommandHandler:
+    """A command's handler and dispatch flags (the schema's ``qapi.Command`` is its declaration).
+
+    ``allow_oob``: may run with ``exec-oob``. ``allow_preneg``: available before capability
+    negotiation (only ``qmp_capabilities``)."""
 
     __slots__ = ("name", "handler", "allow_oob", "allow_preneg")
 
@@ -187,25 +201,22 @@ class CommandRegistry:
     """Handlers for the commands of a QAPI schema (``emu.monitor.qapi.Schema``).
 
     A command is declared in the schema (its arguments, return type, events) and implemented by a
-    handler registered with the :meth:`command` decorator::
+    handler registered with :meth:`command` (a command module's ``register(registry)`` does it)::
 
-        @registry.command("query-status")
-        def query_status(ctx, args): ...
+        registry.command("query-status")(query_status)
 
     Arguments are validated by the schema's input visitor before the handler runs.
     """
 
     def __init__(self, schema: Schema | None = None) -> None:
-        from emu.monitor.qapi import Schema
-
         self.schema = schema if schema is not None else Schema()
-        self._commands: dict[str, Command] = {}
+        self._commands: dict[str, CommandHandler] = {}
 
     def define_enum(self, name: str, values: Iterable[str]) -> None:
         """Declare an enum type (shorthand for an ``{'enum': ...}`` schema entry)."""
         self.schema.extend([{"enum": name, "data": list(values)}])
 
-    def register(self, cmd: Command) -> Command:
+    def register(self, cmd: CommandHandler) -> CommandHandler:
         """Add (or replace) a command's handler; the schema must declare the command."""
         if cmd.name not in self.schema.commands:
             raise ValueError(f"command '{cmd.name}' is not in the QAPI schema")
@@ -229,7 +240,7 @@ class CommandRegistry:
                 data = {("*" if a.optional else "") + a.name: _type_expr(a.type) for a in args or ()}
                 self.schema.declare_command({"command": name, "data": data, "allow-oob": allow_oob})
             oob = allow_oob or self.schema.commands[name].allow_oob
-            self.register(Command(name, fn, allow_oob=oob, allow_preneg=allow_preneg))
+            self.register(CommandHandler(name, fn, allow_oob=oob, allow_preneg=allow_preneg))
             return fn
 
         return deco
@@ -240,7 +251,7 @@ class CommandRegistry:
         other._commands = dict(self._commands)
         return other
 
-    def get(self, name: str) -> Command | None:
+    def get(self, name: str) -> CommandHandler | None:
         """Look a command up by name."""
         return self._commands.get(name)
 
@@ -248,8 +259,8 @@ class CommandRegistry:
         """Commands that have a handler, in registration order."""
         return list(self._commands)
 
-    def validate(self, cmd: Command, args: Mapping[str, Any]) -> dict[str, Any]:
-        """Check ``args`` against the schema; return them converted (QmpError with QEMU's text)."""
+    def validate(self, cmd: CommandHandler, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Check ``args`` against the schema; return them converted (QapiError with QEMU's text)."""
         return self.schema.check_args(cmd.name, args)
 
 
@@ -269,10 +280,10 @@ class CommandContext:
 
     @property
     def machine(self) -> MachineControl:
-        """The machine; QmpError if the server has none."""
+        """The machine; QapiError if the server has none."""
         machine = self.server.machine
         if machine is None:
-            raise QmpError("No machine is attached to this monitor")
+            raise QapiError("No machine is attached to this monitor")
         return machine
 
     def close_after_reply(self) -> None:
@@ -285,13 +296,6 @@ class CommandContext:
 # Server and sessions
 
 
-def _default_registry() -> CommandRegistry:
-    # Imported lazily: commands.py imports this module for the registry types.
-    from emu.monitor.commands import REGISTRY
-
-    return REGISTRY
-
-
 def _report_internal_error(exc: BaseException) -> None:
     import traceback  # only on the error path: keeps startup light
 
@@ -300,19 +304,22 @@ def _report_internal_error(exc: BaseException) -> None:
 
 
 class QmpServer:
-    """Shared monitor state: registry, version, machine and live sessions."""
+    """Shared monitor state: registry, version, machine and live sessions.
+
+    ``registry`` is required: the commands are whatever the assembler registered
+    (``emu.monitor.registry.build_registry()`` for the emulator's full set)."""
 
     def __init__(
         self,
         machine: MachineControl | None = None,
         *,
-        registry: CommandRegistry | None = None,
+        registry: CommandRegistry,
         version: Mapping[str, Any] | None = None,
         offer_oob: bool = True,
         on_internal_error: Callable[[BaseException], None] | None = _report_internal_error,
     ) -> None:
         self.machine = machine
-        self.registry = registry if registry is not None else _default_registry()
+        self.registry = registry
         self.version: dict[str, Any] = dict(version) if version is not None else version_info()
         self.offer_oob = offer_oob
         self.on_internal_error = on_internal_error
@@ -522,13 +529,13 @@ class QmpSession:
             name, oob = self._check_envelope(request)
             cmd = self.server.registry.get(name)
             if cmd is None or not (self.negotiated or cmd.allow_preneg):
-                raise QmpError(f"The command {name} has not been found", "CommandNotFound")
+                raise QapiError(f"The command {name} has not been found", "CommandNotFound")
             if oob and not cmd.allow_oob:
-                raise QmpError(f"The command {name} does not support OOB")
+                raise QapiError(f"The command {name} does not support OOB")
             args = self.server.registry.validate(cmd, request.get("arguments", {}))
             ret = cmd.handler(CommandContext(self.server, self), args)
             response = {"return": {} if ret is None else ret}
-        except QmpError as exc:
+        except QapiError as exc:
             desc = exc.desc
             if not self.negotiated and exc.cls == "CommandNotFound":
                 desc = _NEGOTIATION_DESC
@@ -547,17 +554,17 @@ class QmpSession:
             value = request[key]
             if key == "execute" or (key == "exec-oob" and self.oob_enabled):
                 if not isinstance(value, str):
-                    raise QmpError(f"QMP input member '{key}' must be a string")
+                    raise QapiError(f"QMP input member '{key}' must be a string")
                 if exec_key is not None:
-                    raise QmpError(f"QMP input member '{key}' clashes with '{exec_key}'")
+                    raise QapiError(f"QMP input member '{key}' clashes with '{exec_key}'")
                 exec_key = key
             elif key == "arguments":
                 if not isinstance(value, dict):
-                    raise QmpError("QMP input member 'arguments' must be an object")
+                    raise QapiError("QMP input member 'arguments' must be an object")
             elif key != "id":
-                raise QmpError(f"QMP input member '{key}' is unexpected")
+                raise QapiError(f"QMP input member '{key}' is unexpected")
         if exec_key is None:
-            raise QmpError("QMP input lacks member 'execute'")
+            raise QapiError("QMP input lacks member 'execute'")
         return request[exec_key], exec_key == "exec-oob"
 
     def negotiate(self, oob: bool) -> None:

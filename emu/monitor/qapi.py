@@ -7,14 +7,16 @@ messages: full member paths (``channels[0].addr.port``) for missing, unexpected 
 members; bare member names for enum values and integer ranges; the first error in schema order
 wins, and an object's unexpected members are reported after its known members were visited.
 ``Schema.introspect`` produces ``query-qmp-schema``'s SchemaInfo list from the same data.
+
+Below the protocol: it imports only ``ghash``, ``qjson`` and ``emu.errors``.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from emu.errors import QapiError
 from emu.monitor.ghash import first_unexpected
-from emu.monitor.protocol import QmpError
 from emu.monitor.qjson import qdict_order
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -270,11 +272,11 @@ class Schema:
 
     # ---- the input visitor
     def check_args(self, command: str, args: Mapping[str, Any]) -> dict[str, Any]:
-        """Validates (and converts) a command's arguments; QmpError with QEMU's text if invalid."""
+        """Validates (and converts) a command's arguments; QapiError with QEMU's text if invalid."""
         cmd = self.commands[command]
         if cmd.arg_type is None:
             if args:
-                raise QmpError(f"Parameter '{first_unexpected(qdict_order(list(args)), [])}' is unexpected")
+                raise QapiError(f"Parameter '{first_unexpected(qdict_order(list(args)), [])}' is unexpected")
             return {}
         return self._visit_object(self.entities[cmd.arg_type], args, "")  # type: ignore[arg-type]
 
@@ -285,17 +287,17 @@ class Schema:
             return _visit_builtin(ent.name, value, path, name)
         if isinstance(ent, Enum):
             if not isinstance(value, str):
-                raise QmpError(f"Invalid parameter type for '{path}', expected: string")
+                raise QapiError(f"Invalid parameter type for '{path}', expected: string")
             if value not in ent.value_set:
-                raise QmpError(f"Parameter '{name if name is not None else 'null'}' does not accept value '{value}'")
+                raise QapiError(f"Parameter '{name if name is not None else 'null'}' does not accept value '{value}'")
             return value
         if isinstance(ent, Array):
             if not isinstance(value, list):
-                raise QmpError(f"Invalid parameter type for '{path}', expected: array")
+                raise QapiError(f"Invalid parameter type for '{path}', expected: array")
             return [self.visit(ent.element, v, f"{path}[{i}]", None) for i, v in enumerate(value)]
         if isinstance(ent, Struct):
             if not isinstance(value, dict):
-                raise QmpError(f"Invalid parameter type for '{path}', expected: object")
+                raise QapiError(f"Invalid parameter type for '{path}', expected: object")
             return self._visit_object(ent, value, path)
         if isinstance(ent, Alternate):
             # QEMU picks the branch by the value's QObject type, and every JSON number is a QNum:
@@ -305,7 +307,8 @@ class Schema:
                 if self._qtype_of_type(branch.type) == want:
                     return self.visit(branch.type, value, path, name)
             # the generated alternate visitor names the bare member, not the path
-            raise QmpError(f"Invalid parameter type for '{name if name is not None else 'null'}', expected: {ent.name}")
+            bare = name if name is not None else "null"
+            raise QapiError(f"Invalid parameter type for '{bare}', expected: {ent.name}")
         raise SchemaError(f"cannot visit '{type_name}'")
 
     def _qtype_of_type(self, type_name: str) -> str:
@@ -328,7 +331,7 @@ class Schema:
             # checked when the object's visit ends, after all its known members; with several
             # unknown keys QEMU names the first its GHashTable yields
             first = first_unexpected(qdict_order(list(value)), list(out))
-            raise QmpError(f"Parameter '{_join(path, first or '')}' is unexpected")
+            raise QapiError(f"Parameter '{_join(path, first or '')}' is unexpected")
         return out
 
     def _visit_struct_members(self, st: Struct, value: Mapping[str, Any], path: str) -> dict[str, Any]:
@@ -349,7 +352,7 @@ class Schema:
             if m.name in value:
                 out[m.name] = self.visit(m.type, value[m.name], _join(path, m.name), m.name)
             elif not m.optional:
-                raise QmpError(f"Parameter '{_join(path, m.name)}' is missing")
+                raise QapiError(f"Parameter '{_join(path, m.name)}' is missing")
         return out
 
     # ---- introspection (query-qmp-schema)
@@ -446,35 +449,35 @@ def _visit_builtin(kind: str, value: Any, path: str, name: str | None) -> Any:
     bare = name if name is not None else "null"
     if kind == "str":
         if not isinstance(value, str):
-            raise QmpError(f"Invalid parameter type for '{path}', expected: string")
+            raise QapiError(f"Invalid parameter type for '{path}', expected: string")
         return value
     if kind == "bool":
         if not isinstance(value, bool):
-            raise QmpError(f"Invalid parameter type for '{path}', expected: boolean")
+            raise QapiError(f"Invalid parameter type for '{path}', expected: boolean")
         return value
     if kind == "null":
         if value is not None:
-            raise QmpError(f"Invalid parameter type for '{path}', expected: null")
+            raise QapiError(f"Invalid parameter type for '{path}', expected: null")
         return None
     if kind == "any":
         return value
     if kind == "number":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise QmpError(f"Invalid parameter type for '{path}', expected: number")
+            raise QapiError(f"Invalid parameter type for '{path}', expected: number")
         return float(value)
     if kind.startswith("u") or kind == "size":
         # QEMU's visitor reads every unsigned type as uint64 first; negative values wrap.
         if isinstance(value, bool) or not isinstance(value, int) or not INT64_MIN <= value <= UINT64_MAX:
-            raise QmpError(f"Parameter '{path}' expects uint64")
+            raise QapiError(f"Parameter '{path}' expects uint64")
         value &= UINT64_MAX
         lo, hi = INT_RANGES.get(kind, (0, UINT64_MAX))
         if value > hi:
-            raise QmpError(f"Parameter '{bare}' expects {kind}_t")
+            raise QapiError(f"Parameter '{bare}' expects {kind}_t")
         return value
     # signed integers
     if isinstance(value, bool) or not isinstance(value, int) or not INT64_MIN <= value <= INT64_MAX:
-        raise QmpError(f"Invalid parameter type for '{path}', expected: integer")
+        raise QapiError(f"Invalid parameter type for '{path}', expected: integer")
     lo, hi = INT_RANGES.get(kind, (INT64_MIN, INT64_MAX))
     if not lo <= value <= hi:
-        raise QmpError(f"Parameter '{bare}' expects {kind}_t")
+        raise QapiError(f"Parameter '{bare}' expects {kind}_t")
     return value

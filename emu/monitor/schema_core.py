@@ -60,6 +60,9 @@ development commits; see docs/qmp-facts.md §0):
   CpuInstanceProperties has drawer-id/book-id (8.2) and module-id (9.1).
 * qapi/misc.json        @ d461c2797374 ("qapi: convert "Note" sections to
   plain rST", July 2024)
+
+Plain data, a leaf of the monitor: it imports nothing from ``emu``. ``emu.monitor.registry``
+compiles it (with ``emu.monitor.qapi.Schema``) and adds the migration schema after it.
 """
 
 from __future__ import annotations

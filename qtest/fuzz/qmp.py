@@ -97,10 +97,10 @@ class SchemaModel:
 
 def load_schema() -> SchemaModel:
     """Our QAPI schema (core + migration) as the emulator's ``query-qmp-schema`` returns it."""
-    import emu.migration.commands  # noqa: F401 - declares the migration commands in REGISTRY
-    from emu.monitor.commands import REGISTRY
+    from emu.monitor.registry import build_registry
 
-    return SchemaModel(REGISTRY.schema.introspect(), REGISTRY.names())
+    registry = build_registry()
+    return SchemaModel(registry.schema.introspect(), registry.names())
 
 
 # ---------------------------------------------------------------------------------------------

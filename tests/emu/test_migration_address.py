@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from emu.errors import QapiError
 from emu.migration.address import (
     Exec,
     Fd,
@@ -32,7 +33,6 @@ from emu.migration.address import (
     to_socket_address_info,
 )
 from emu.migration.schema import SCHEMA
-from emu.monitor.protocol import QmpError
 from emu.monitor.qapi import Schema
 from emu.monitor.schema_core import SCHEMA as CORE
 
@@ -362,7 +362,7 @@ VISITOR = [
 @pytest.mark.parametrize("args,message", VISITOR)
 @pytest.mark.parametrize("command", ["migrate", "migrate-incoming"])
 def test_visitor_on_channels(args: dict[str, Any], message: str, command: str) -> None:
-    with pytest.raises(QmpError) as info:
+    with pytest.raises(QapiError) as info:
         SCHEMA_ALL.check_args(command, args)
     assert info.value.desc == message
 
@@ -373,7 +373,7 @@ def test_visitor_accepts_the_upstream_arguments() -> None:
     assert SCHEMA_ALL.check_args("migrate", {"uri": "tcp:127.0.0.1:0", "channels": postcopy})  # QAPI accepts both
     assert SCHEMA_ALL.check_args("migrate", {}) == {}
     assert SCHEMA_ALL.check_args("migrate", {"resume": True, "detach": True, "uri": "unix:/x"})
-    with pytest.raises(QmpError, match="'exit-on-error' is unexpected"):
+    with pytest.raises(QapiError, match="'exit-on-error' is unexpected"):
         SCHEMA_ALL.check_args("migrate", {"uri": "unix:/x", "exit-on-error": True})
-    with pytest.raises(QmpError, match="'resume' is unexpected"):
+    with pytest.raises(QapiError, match="'resume' is unexpected"):
         SCHEMA_ALL.check_args("migrate-incoming", {"uri": "unix:/x", "resume": True})

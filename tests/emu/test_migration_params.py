@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from emu.errors import QapiError
 from emu.migration.params import CAPABILITIES, RUNNING_STATES, MigrationConfig
 from emu.migration.schema import SCHEMA as MIG
 from emu.migration.schema_params import SCHEMA as PARAMS
-from emu.monitor.protocol import QmpError
 from emu.monitor.qapi import Schema
 from emu.monitor.qjson import dumps, qdict_order
 from emu.monitor.schema_core import SCHEMA as CORE
@@ -43,7 +43,7 @@ def set_params(cfg: MigrationConfig, args: dict[str, Any]) -> None:
 
 
 def refused(fn: Any, *a: Any, **kw: Any) -> str:
-    with pytest.raises(QmpError) as exc:
+    with pytest.raises(QapiError) as exc:
         fn(*a, **kw)
     assert exc.value.cls == "GenericError"
     return exc.value.desc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emu.monitor.protocol import QmpError
+from emu.errors import QapiError
 from emu.monitor.qapi import Schema, SchemaError
 
 # A slice of qapi/sockets.json and qapi/migration.json (9.1), enough for §2's worked examples.
@@ -49,7 +49,7 @@ def schema() -> Schema:
 
 
 def error(schema: Schema, command: str, args: dict) -> str:
-    with pytest.raises(QmpError) as ei:
+    with pytest.raises(QapiError) as ei:
         schema.check_args(command, args)
     assert ei.value.cls == "GenericError"
     return ei.value.desc

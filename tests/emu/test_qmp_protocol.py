@@ -1,4 +1,4 @@
-"""Tests for emu.monitor.protocol / commands: sessions with a fake machine, and
+"""Tests for emu.monitor.protocol / commands / registry: sessions with a fake machine, and
 the real qemu.qmp client over a socketpair."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 import pytest
+from fake_machine import FakeMachine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,56 +23,19 @@ from emu.monitor.protocol import (
     QEMU_VERSION,
     Arg,
     CommandRegistry,
-    QmpError,
     QmpServer,
     QmpSession,
 )
+from emu.monitor.registry import build_registry
 
 GREETING = (
     b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 1, "major": 9}, "package": "qtest-emu"}, '
     b'"capabilities": ["oob"]}}\r\n'
 )
 NEGOTIATION = "Expecting capabilities negotiation with 'qmp_capabilities'"
+#: The emulator's command set, as the process serves it (handlers run against the FakeMachine).
+REGISTRY = build_registry()
 EVENT_RE = re.compile(rb'\{"timestamp": \{"seconds": \d+, "microseconds": \d+\}, "event": "([A-Z_]+)"(, "data": .*)?\}\r\n')
-
-
-class FakeMachine:
-    """A MachineControl with QEMU-like runstate changes and event emission."""
-
-    def __init__(self, runstate: str = "prelaunch") -> None:
-        self.server: QmpServer | None = None
-        self.runstate = runstate
-        self.shutdown_reason: str | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.runstate == "running"
-
-    def stop(self) -> None:
-        if self.runstate == "running":
-            self.runstate = "paused"
-            assert self.server is not None
-            self.server.emit_event("STOP")
-
-    def cont(self) -> None:
-        if self.runstate == "shutdown":
-            raise QmpError("Resetting the Virtual Machine is required")
-        if self.runstate != "running":
-            self.runstate = "running"
-            assert self.server is not None
-            self.server.emit_event("RESUME")
-
-    def request_shutdown(self, reason: str) -> None:
-        self.shutdown_reason = reason
-
-    def main_loop_iteration(self) -> bool:
-        """What the lead's main loop does after dispatching: True when it exits."""
-        if self.shutdown_reason is None:
-            return False
-        assert self.server is not None
-        self.server.emit_event("SHUTDOWN", {"guest": False, "reason": self.shutdown_reason})
-        self.server.close_all()
-        return True
 
 
 class Conn:
@@ -105,7 +69,7 @@ class Conn:
 
 def make(runstate: str = "prelaunch", negotiated: bool = False) -> tuple[QmpServer, FakeMachine, Conn]:
     machine = FakeMachine(runstate)
-    server = QmpServer(machine)
+    server = QmpServer(machine, registry=REGISTRY)
     machine.server = server
     conn = Conn(server)
     conn.take()  # greeting
@@ -119,7 +83,7 @@ def make(runstate: str = "prelaunch", negotiated: bool = False) -> tuple[QmpServ
 
 
 def test_greeting_exact_bytes() -> None:
-    server = QmpServer(FakeMachine())
+    server = QmpServer(FakeMachine(), registry=REGISTRY)
     conn = Conn(server)
     assert conn.take() == [GREETING]
     assert QEMU_VERSION == (9, 1, 0) and QEMU_PACKAGE == "qtest-emu"
@@ -171,7 +135,7 @@ def test_negotiation_bad_arguments(arguments: str, desc: str) -> None:
 
 
 def test_oob_not_offered() -> None:
-    server = QmpServer(FakeMachine(), offer_oob=False)
+    server = QmpServer(FakeMachine(), registry=REGISTRY, offer_oob=False)
     conn = Conn(server)
     assert conn.take() == [GREETING.replace(b'["oob"]', b"[]")]
     got = conn.send('{"execute":"qmp_capabilities","arguments":{"enable":["oob"]}}')
@@ -383,7 +347,7 @@ def test_handler_exception_becomes_generic_error() -> None:
 
 
 def test_no_machine_is_an_error_not_a_crash() -> None:
-    server = QmpServer(None, on_internal_error=None)
+    server = QmpServer(None, registry=REGISTRY, on_internal_error=None)
     conn = Conn(server)
     conn.take()
     conn.send('{"execute": "qmp_capabilities"}')
@@ -475,9 +439,17 @@ def test_fds_are_stashed_and_closed_on_disconnect() -> None:
 # Argument validation
 
 
-def _test_registry() -> CommandRegistry:
-    from emu.monitor.commands import REGISTRY
+def test_build_registry_is_explicit_and_fresh() -> None:
+    """Each call builds a new registry (core commands, then migration's); nothing is shared or global."""
+    a, b = build_registry(), build_registry()
+    assert a is not b and a.schema is not b.schema and a.names() == b.names()
+    assert a.names()[0] == "qmp_capabilities" and {"migrate", "query-migrate-parameters"} <= set(a.names())
+    assert a.names().index("human-monitor-command") < a.names().index("migrate")
+    a.command("x-extra")(lambda ctx, args: None)
+    assert "x-extra" in a.names() and "x-extra" not in b.names() and "x-extra" not in b.schema.commands
 
+
+def _test_registry() -> CommandRegistry:
     reg = REGISTRY.copy()
     assert isinstance(reg, CommandRegistry) and reg.names() == REGISTRY.names()
     reg.define_enum("Color", ("red", "green"))
@@ -662,7 +634,7 @@ class SocketPump:
 
 def _pump_pair(runstate: str = "running") -> tuple[QmpServer, FakeMachine, SocketPump, socket.socket]:
     machine = FakeMachine(runstate)
-    server = QmpServer(machine)
+    server = QmpServer(machine, registry=REGISTRY)
     machine.server = server
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pump = SocketPump(server, machine, ours)
@@ -751,7 +723,7 @@ def test_qemu_qmp_legacy_client_without_ids() -> None:
 
 
 def test_pretty_session() -> None:
-    server = QmpServer(FakeMachine())
+    server = QmpServer(FakeMachine(), registry=REGISTRY)
     out: list[bytes] = []
     session = server.new_session(out.append, pretty=True)
     session.opened()

@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from emu.errors import QapiError
 from emu.migration.params import MigrationConfig
 from emu.migration.schema import SCHEMA as MIG
 from emu.migration.schema_params import SCHEMA as PARAMS
-from emu.monitor.protocol import QmpError
 from emu.monitor.qapi import Schema
 from emu.monitor.schema_core import SCHEMA as CORE
 
@@ -162,7 +162,7 @@ def run(cfg: MigrationConfig, command: str, args: dict[str, Any], **kw: Any) -> 
             cfg.set_capabilities(visited["capabilities"], **kw)
         else:
             cfg.set_parameters(visited)
-    except QmpError as exc:
+    except QapiError as exc:
         assert exc.cls == "GenericError"
         return exc.desc
     return None

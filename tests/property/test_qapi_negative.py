@@ -27,9 +27,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from emu.monitor.commands import REGISTRY
-from emu.monitor.protocol import Command, CommandRegistry, QmpError, QmpServer, QmpSession
+from emu.errors import QapiError
+from emu.monitor.protocol import CommandHandler, CommandRegistry, QmpServer, QmpSession
 from emu.monitor.qapi import Alternate, Builtin, Enum, Schema, Struct
+from emu.monitor.registry import build_registry
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 UINT64_MAX = (1 << 64) - 1
@@ -88,6 +89,8 @@ EXTRA: list[dict[str, Any]] = [
                                        '*all': ['XTstAll']}},
 ]
 EXTRA_COMMANDS = [e["command"] for e in EXTRA if "command" in e]
+#: The emulator's command set (core and migration), as the process serves it.
+REGISTRY = build_registry()
 CORE_COMMANDS = sorted(REGISTRY.schema.commands)
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +112,7 @@ def _build_registry() -> CommandRegistry:
     reg.schema.extend(EXTRA)
     for name in reg.schema.commands:
         old = reg.get(name)
-        reg.register(Command(name, _recording(name, old.handler if old else None),
+        reg.register(CommandHandler(name, _recording(name, old.handler if old else None),
                              allow_oob=old.allow_oob if old else False,
                              allow_preneg=old.allow_preneg if old else False))
     return reg
@@ -454,7 +457,7 @@ def arg_type(schema: Schema, command: str) -> str | None:
 
 
 def check_direct(schema: Schema, command: str, args: dict[str, Any], expected: str, what: str) -> None:
-    with pytest.raises(QmpError) as info:
+    with pytest.raises(QapiError) as info:
         schema.check_args(command, args)
     assert (info.value.cls, info.value.desc) == ("GenericError", expected), (what, args)
 

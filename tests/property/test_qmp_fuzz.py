@@ -23,17 +23,25 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emu.monitor.commands import REGISTRY
 from emu.monitor.protocol import QmpServer, QmpSession
+from emu.monitor.registry import build_registry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emu"))
+from fake_machine import FakeMachine  # noqa: E402
+
+#: The emulator's command set, as the process serves it.
+REGISTRY = build_registry()
 
 ERROR_CLASSES = {"GenericError", "CommandNotFound", "DeviceNotActive", "DeviceNotFound", "KVMMissingCap"}
 PROBE = b'{"execute":"query-status","id":"probe"}'
@@ -41,47 +49,12 @@ RESYNC = [b"\x1b", b"\xff", b"\xfe", b"\x00", b"\x01", b"\x1f"]
 INT64_MIN, UINT64_MAX = -(1 << 63), (1 << 64) - 1
 
 
-class FakeMachine:
-    """MachineControl with QEMU-like run-state events; anything else raises (an internal error reply)."""
-
-    def __init__(self) -> None:
-        self.server: QmpServer | None = None
-        self.runstate = "running"
-        self.shutdown_reason: str | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.runstate == "running"
-
-    def stop(self) -> None:
-        if self.runstate == "running":
-            self.runstate = "paused"
-            assert self.server is not None
-            self.server.emit_event("STOP")
-
-    def cont(self) -> None:
-        if self.runstate != "running":
-            self.runstate = "running"
-            assert self.server is not None
-            self.server.emit_event("RESUME")
-
-    def reset(self) -> None:
-        assert self.server is not None
-        self.server.emit_event("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
-
-    def powerdown(self) -> None:
-        assert self.server is not None
-        self.server.emit_event("POWERDOWN")
-
-    def request_shutdown(self, reason: str) -> None:
-        self.shutdown_reason = reason
-
-
 class Conn:
     def __init__(self, negotiate: bool) -> None:
-        self.machine = FakeMachine()
+        self.machine = FakeMachine("running")
         self.internal_errors: list[BaseException] = []
-        self.server = QmpServer(self.machine, on_internal_error=self.internal_errors.append)  # type: ignore[arg-type]
+        self.server = QmpServer(self.machine, registry=REGISTRY,  # type: ignore[arg-type]
+                                on_internal_error=self.internal_errors.append)
         self.machine.server = self.server
         self.out: list[bytes] = []
         self.session: QmpSession = self.server.new_session(self.out.append)
