@@ -40,11 +40,15 @@ static inline struct iovec *iov_advance(struct iovec *iov, int *n, size_t k)
     return iov;
 }
 
-/* Writes iov[0..n) completely: 0 or a negated errno. */
-static inline int64_t writev_all(int fd, int wake_fd, struct iovec *iov, int n)
+/* Moves all of iov[0..n) through fd, reading (readv) or writing (writev): 0, a negated errno, or
+ * when reading -EPIPE at end of stream first. */
+static inline int64_t iov_move_all(int fd, int wake_fd, struct iovec *iov, int n, int reading)
 {
     while (n > 0) {
-        ssize_t k = writev(fd, iov, n);
+        ssize_t k = reading ? readv(fd, iov, n) : writev(fd, iov, n);
+        if (k == 0 && reading) {
+            return -EPIPE;
+        }
         if (k < 0) {
             if (errno == EINTR) {
                 continue;
@@ -52,7 +56,7 @@ static inline int64_t writev_all(int fd, int wake_fd, struct iovec *iov, int n)
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
                 return -errno;
             }
-            int64_t r = iov_wait(fd, POLLOUT, wake_fd);
+            int64_t r = iov_wait(fd, reading ? POLLIN : POLLOUT, wake_fd);
             if (r < 0) {
                 return r;
             }
@@ -63,30 +67,16 @@ static inline int64_t writev_all(int fd, int wake_fd, struct iovec *iov, int n)
     return 0;
 }
 
+/* Writes iov[0..n) completely: 0 or a negated errno. */
+static inline int64_t writev_all(int fd, int wake_fd, struct iovec *iov, int n)
+{
+    return iov_move_all(fd, wake_fd, iov, n, 0);
+}
+
 /* Fills iov[0..n) completely: 0, -EPIPE at end of stream first, or a negated errno. */
 static inline int64_t readv_all(int fd, int wake_fd, struct iovec *iov, int n)
 {
-    while (n > 0) {
-        ssize_t k = readv(fd, iov, n);
-        if (k == 0) {
-            return -EPIPE;
-        }
-        if (k < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                return -errno;
-            }
-            int64_t r = iov_wait(fd, POLLIN, wake_fd);
-            if (r < 0) {
-                return r;
-            }
-            continue;
-        }
-        iov = iov_advance(iov, &n, (size_t)k);
-    }
-    return 0;
+    return iov_move_all(fd, wake_fd, iov, n, 1);
 }
 
 #endif

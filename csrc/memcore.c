@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "memcore.h"
 #include "iov.h"
+#include "ram_flags.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -308,10 +309,6 @@ int mc_zero_pages_pm(mc_block *b, uint64_t page, uint64_t npages, int pagemap_fd
 
 /* ---------------------------------------------------------------- migration: RAM records */
 
-#define RAM_FLAG_ZERO 0x02u
-#define RAM_FLAG_PAGE 0x08u
-#define RAM_FLAG_CONTINUE 0x20u
-
 /* One pass over the buffered records: how far the run goes and the span of its zero-fill pages. */
 static uint64_t ram_run_scan(mc_block *b, const uint8_t *buf, uint64_t len, uint64_t rmap_len,
                              uint64_t *zmin, uint64_t *zmax, int *ascending)
@@ -322,10 +319,7 @@ static uint64_t ram_run_scan(mc_block *b, const uint8_t *buf, uint64_t len, uint
     *zmax = 0;
     *ascending = 1;
     while (len - pos >= 8) {
-        uint64_t word = 0;
-        for (int i = 0; i < 8; i++) {
-            word = (word << 8) | buf[pos + i];
-        }
+        uint64_t word = ram_get_be64(buf + pos);
         uint64_t flags = word & (MC_PAGE_SIZE - 1);
         uint64_t page = word >> MC_PAGE_BITS;
         if (page >= b->pages || page >= rmap_len) {
@@ -335,13 +329,13 @@ static uint64_t ram_run_scan(mc_block *b, const uint8_t *buf, uint64_t len, uint
             *ascending = 0;
         }
         prev = page;
-        if (flags == (RAM_FLAG_ZERO | RAM_FLAG_CONTINUE) && len - pos >= 9) {
+        if (flags == (RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE) && len - pos >= 9) {
             if (buf[pos + 8] == 0) {
                 *zmin = page < *zmin ? page : *zmin;
                 *zmax = page > *zmax ? page : *zmax;
             }
             pos += 9;
-        } else if (flags == (RAM_FLAG_PAGE | RAM_FLAG_CONTINUE) && len - pos >= 8 + MC_PAGE_SIZE) {
+        } else if (flags == (RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE) && len - pos >= 8 + MC_PAGE_SIZE) {
             pos += 8 + MC_PAGE_SIZE;
         } else {
             break;
@@ -367,13 +361,10 @@ static void load_apply(load_job *j)
     const uint8_t *buf = j->buf;
     uint64_t pos = j->start;
     while (pos < j->end) {
-        uint64_t word = 0;
-        for (int i = 0; i < 8; i++) {
-            word = (word << 8) | buf[pos + i];
-        }
+        uint64_t word = ram_get_be64(buf + pos);
         uint64_t off = word & ~(uint64_t)(MC_PAGE_SIZE - 1);
         uint64_t page = off >> MC_PAGE_BITS;
-        if ((word & (MC_PAGE_SIZE - 1)) == (RAM_FLAG_ZERO | RAM_FLAG_CONTINUE)) {
+        if ((word & (MC_PAGE_SIZE - 1)) == (RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE)) {
             uint8_t fill = buf[pos + 8];
             int untouched = fill == 0 && j->pm && !((j->pm[page - j->zmin] >> 62) & 3);
             if (!untouched && (fill != 0 || !mc_is_zero(b->host + off, MC_PAGE_SIZE))) {
@@ -471,7 +462,7 @@ uint64_t mc_ram_load_run(mc_block *b, const uint8_t *buf, uint64_t len, uint8_t 
         while (mid < end / 2) {
             uint64_t flags = buf[mid + 7] & 0xff;
             flags |= (uint64_t)(buf[mid + 6] & 0x0f) << 8;
-            mid += flags == (RAM_FLAG_ZERO | RAM_FLAG_CONTINUE) ? 9 : 8 + MC_PAGE_SIZE;
+            mid += flags == (RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE) ? 9 : 8 + MC_PAGE_SIZE;
         }
         first.end = second.start = mid;
         pthread_mutex_lock(&helper_mu);
@@ -494,14 +485,6 @@ uint64_t mc_ram_load_run(mc_block *b, const uint8_t *buf, uint64_t len, uint8_t 
     return end;
 }
 
-static uint8_t *put_be64(uint8_t *o, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        *o++ = (uint8_t)(v >> (i * 8));
-    }
-    return o;
-}
-
 int64_t mc_ram_encode_run(mc_block *b, uint64_t page, uint64_t npages, const uint8_t *zero_map,
                           const uint8_t *name, uint64_t name_len, uint8_t *out, uint64_t cap)
 {
@@ -519,15 +502,7 @@ int64_t mc_ram_encode_run(mc_block *b, uint64_t page, uint64_t npages, const uin
     for (uint64_t i = 0; i < npages; i++) {
         uint64_t off = (page + i) << MC_PAGE_BITS;
         int zero = zero_map[i] != 0;
-        uint64_t flags = zero ? RAM_FLAG_ZERO : RAM_FLAG_PAGE;
-        if (i == 0 && name) {
-            o = put_be64(o, off | flags);
-            *o++ = (uint8_t)name_len;
-            memcpy(o, name, name_len);
-            o += name_len;
-        } else {
-            o = put_be64(o, off | flags | RAM_FLAG_CONTINUE);
-        }
+        o = ram_put_header(o, off | (zero ? RAM_SAVE_FLAG_ZERO : RAM_SAVE_FLAG_PAGE), name, name_len, i == 0 && name);
         if (zero) {
             *o++ = 0;
         } else {
@@ -561,15 +536,8 @@ int64_t mc_ram_send_run(mc_block *b, uint64_t page, uint64_t npages, const uint8
             uint64_t off = (page + i) << MC_PAGE_BITS;
             int zero = zero_map[i] != 0;
             uint8_t *start = h;
-            uint64_t flags = zero ? RAM_FLAG_ZERO : RAM_FLAG_PAGE;
-            if (i == 0 && name) {
-                h = put_be64(h, off | flags);
-                *h++ = (uint8_t)name_len;
-                memcpy(h, name, name_len);
-                h += name_len;
-            } else {
-                h = put_be64(h, off | flags | RAM_FLAG_CONTINUE);
-            }
+            h = ram_put_header(h, off | (zero ? RAM_SAVE_FLAG_ZERO : RAM_SAVE_FLAG_PAGE), name, name_len,
+                               i == 0 && name);
             if (zero) {
                 *h++ = 0;
             }
@@ -939,88 +907,116 @@ static int no_mmio(mc_flat *f, uint64_t addr, uint64_t size)
     return no_mmio_span(r, n, addr, last);
 }
 
+/* A qtest line's first three tokens, split on every single space as g_strsplit does. */
+typedef struct {
+    const char *tok[3];
+    size_t tlen[3];
+    int nt;
+} qt_tokens;
+
+static void qt_split(const char *p, const char *e, qt_tokens *t)
+{
+    t->nt = 0;
+    while (t->nt < 3) {
+        const char *sp = memchr(p, ' ', (size_t)(e - p));
+        t->tok[t->nt] = p;
+        t->tlen[t->nt] = sp ? (size_t)(sp - p) : (size_t)(e - p);
+        t->nt++;
+        if (!sp) {
+            return;
+        }
+        p = sp + 1;
+    }
+}
+
+/* The access size of a read/write command from its last letter (readb .. writeq), or 0. */
+static int qt_access_size(char suffix)
+{
+    switch (suffix) {
+    case 'b': return 1;
+    case 'w': return 2;
+    case 'l': return 4;
+    case 'q': return 8;
+    default: return 0;
+    }
+}
+
+/* Answers a RAM/ROM/unassigned read or write of `size` bytes at addr into out: the reply's length. */
+static uint64_t qt_access(mc_flat *mem, int is_write, uint64_t addr, int size, uint64_t val, char *out,
+                          uint64_t room)
+{
+    uint8_t bytes[8];
+    int64_t mmio;
+    if (is_write) {
+        for (int i = 0; i < size; i++) {
+            bytes[i] = (uint8_t)(val >> (8 * i)); /* x86 is little-endian */
+        }
+        as_access(mem, OP_WRITE, addr, NULL, bytes, 0, (uint64_t)size, &mmio);
+        memcpy(out, "OK\n", 3);
+        return 3;
+    }
+    as_access(mem, OP_READ, addr, bytes, NULL, 0, (uint64_t)size, &mmio);
+    uint64_t v = 0;
+    for (int i = size - 1; i >= 0; i--) {
+        v = (v << 8) | bytes[i];
+    }
+    return (uint64_t)snprintf(out, room, "OK 0x%016" PRIx64 "\n", v);
+}
+
+/* Answers the line [line, nl) into out (room >= 64 bytes): the reply's length, or -1 when the
+ * line is not one the fast path answers exactly as the Python server would. */
+static int64_t qt_answer(mc_flat *mem, const char *line, const char *nl, char *out, uint64_t room)
+{
+    qt_tokens t;
+    qt_split(line, nl, &t);
+    if (nl == line) {
+        return -1;
+    }
+    int is_write;
+    if (t.tlen[0] == 5 && memcmp(t.tok[0], "read", 4) == 0) {
+        is_write = 0;
+    } else if (t.tlen[0] == 6 && memcmp(t.tok[0], "write", 5) == 0) {
+        is_write = 1;
+    } else if (t.tlen[0] == 10 && memcmp(t.tok[0], "endianness", 10) == 0) {
+        memcpy(out, "OK little\n", 10);
+        return 10;
+    } else {
+        return -1;
+    }
+    int size = qt_access_size(t.tok[0][t.tlen[0] - 1]);
+    if (!size || t.nt < 2 + is_write) {
+        return -1;
+    }
+    uint64_t addr, val = 0;
+    if (parse_u64_token(t.tok[1], t.tlen[1], &addr) != 0) {
+        return -1;
+    }
+    if (is_write && parse_u64_token(t.tok[2], t.tlen[2], &val) != 0) {
+        return -1;
+    }
+    if (!no_mmio(mem, addr, (uint64_t)size)) {
+        return -1;
+    }
+    return (int64_t)qt_access(mem, is_write, addr, size, val, out, room);
+}
+
 int64_t mc_qtest_fast(mc_flat *mem, const char *buf, uint64_t len, char *out, uint64_t outcap,
                       uint64_t *consumed, uint64_t *outlen)
 {
     uint64_t pos = 0, o = 0;
     int64_t lines = 0;
-    int64_t mmio;
     while (pos < len && outcap - o >= 64) {
         const char *line = buf + pos;
         const char *nl = memchr(line, '\n', len - pos);
         if (!nl) {
             break;
         }
-        size_t ll = (size_t)(nl - line);
-        /* token boundaries: split on every single space, as g_strsplit does */
-        const char *tok[3];
-        size_t tlen[3];
-        int nt = 0;
-        const char *p = line, *e = nl;
-        while (nt < 3) {
-            const char *sp = memchr(p, ' ', (size_t)(e - p));
-            tok[nt] = p;
-            tlen[nt] = sp ? (size_t)(sp - p) : (size_t)(e - p);
-            nt++;
-            if (!sp) {
-                break;
-            }
-            p = sp + 1;
-        }
-        if (ll == 0) {
+        int64_t n = qt_answer(mem, line, nl, out + o, outcap - o);
+        if (n < 0) {
             break;
         }
-        int size = 0, is_write = 0;
-        if (tlen[0] == 5 && memcmp(tok[0], "read", 4) == 0) {
-            is_write = 0;
-        } else if (tlen[0] == 6 && memcmp(tok[0], "write", 5) == 0) {
-            is_write = 1;
-        } else if (tlen[0] == 10 && memcmp(tok[0], "endianness", 10) == 0) {
-            memcpy(out + o, "OK little\n", 10);
-            o += 10;
-            pos += ll + 1;
-            lines++;
-            continue;
-        } else {
-            break;
-        }
-        switch (tok[0][tlen[0] - 1]) {
-        case 'b': size = 1; break;
-        case 'w': size = 2; break;
-        case 'l': size = 4; break;
-        case 'q': size = 8; break;
-        default: size = 0;
-        }
-        if (!size || nt < 2 + is_write) {
-            break;
-        }
-        uint64_t addr, val = 0;
-        if (parse_u64_token(tok[1], tlen[1], &addr) != 0) {
-            break;
-        }
-        if (is_write && parse_u64_token(tok[2], tlen[2], &val) != 0) {
-            break;
-        }
-        if (!no_mmio(mem, addr, (uint64_t)size)) {
-            break;
-        }
-        uint8_t bytes[8];
-        if (is_write) {
-            for (int i = 0; i < size; i++) {
-                bytes[i] = (uint8_t)(val >> (8 * i)); /* x86 is little-endian */
-            }
-            as_access(mem, OP_WRITE, addr, NULL, bytes, 0, (uint64_t)size, &mmio);
-            memcpy(out + o, "OK\n", 3);
-            o += 3;
-        } else {
-            as_access(mem, OP_READ, addr, bytes, NULL, 0, (uint64_t)size, &mmio);
-            uint64_t v = 0;
-            for (int i = size - 1; i >= 0; i--) {
-                v = (v << 8) | bytes[i];
-            }
-            o += (uint64_t)snprintf(out + o, outcap - o, "OK 0x%016" PRIx64 "\n", v);
-        }
-        pos += ll + 1;
+        o += (uint64_t)n;
+        pos += (uint64_t)(nl - line) + 1;
         lines++;
     }
     *consumed = pos;

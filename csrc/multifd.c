@@ -1,24 +1,9 @@
+/* multifd: page gathering and scattering of multifd packets. See multifd.h. */
 #include "multifd.h"
 #include "iov.h"
+#include "ram_flags.h"
 
 #include <string.h>
-
-static void put_be64(uint8_t *o, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        o[i] = (uint8_t)v;
-        v >>= 8;
-    }
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) {
-        v = (v << 8) | p[i];
-    }
-    return v;
-}
 
 int mf_fill_packet(mc_block *b, const uint64_t *pages, uint64_t n, uint64_t normal, uint8_t *table,
                    uint8_t *data)
@@ -35,7 +20,7 @@ int mf_fill_packet(mc_block *b, const uint64_t *pages, uint64_t n, uint64_t norm
     const uint8_t *host = mc_block_host(b);
     for (uint64_t i = 0; i < n; i++) {
         uint64_t off = pages[i] << MC_PAGE_BITS;
-        put_be64(table + 8 * i, off);
+        ram_put_be64(table + 8 * i, off);
         if (i < normal && data) {
             memcpy(data + i * MC_PAGE_SIZE, host + off, MC_PAGE_SIZE);
         }
@@ -52,7 +37,7 @@ int64_t mf_apply_packet(mc_block *b, uint64_t limit, const uint8_t *table, uint6
     }
     uint8_t *host = mc_block_host(b);
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t off = get_be64(table + 8 * i);
+        uint64_t off = ram_get_be64(table + 8 * i);
         if (off >= limit || (off & (MC_PAGE_SIZE - 1))) {
             return -(int64_t)(MF_BADOFF_BASE + i);
         }
@@ -99,7 +84,7 @@ int64_t mf_recv_packet(mc_block *b, uint64_t limit, const uint8_t *table, uint64
         return MC_EINVAL;
     }
     for (uint64_t i = 0; i < n; i++) {  /* every offset checked before anything is written */
-        uint64_t off = get_be64(table + 8 * i);
+        uint64_t off = ram_get_be64(table + 8 * i);
         if (off >= limit || (off & (MC_PAGE_SIZE - 1))) {
             return -(int64_t)(MF_BADOFF_BASE + i);
         }
@@ -107,7 +92,7 @@ int64_t mf_recv_packet(mc_block *b, uint64_t limit, const uint8_t *table, uint64
     uint8_t *host = mc_block_host(b);
     struct iovec iov[MF_MAX_PAGES];
     for (uint64_t i = 0; i < normal; i++) {
-        iov[i].iov_base = host + get_be64(table + 8 * i);
+        iov[i].iov_base = host + ram_get_be64(table + 8 * i);
         iov[i].iov_len = MC_PAGE_SIZE;
     }
     int64_t r = normal ? readv_all(fd, wake_fd, iov, (int)normal) : 0;
@@ -115,7 +100,7 @@ int64_t mf_recv_packet(mc_block *b, uint64_t limit, const uint8_t *table, uint64
         return r;
     }
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t off = get_be64(table + 8 * i);
+        uint64_t off = ram_get_be64(table + 8 * i);
         uint64_t page = off >> MC_PAGE_BITS;
         if (i >= normal && received[page] && !mc_is_zero(host + off, MC_PAGE_SIZE)) {
             memset(host + off, 0, MC_PAGE_SIZE);

@@ -20,11 +20,11 @@
 /* Offset i of a packet's table is bad: -(MF_BADOFF_BASE + i), clear of the negated errno values. */
 #define MF_BADOFF_BASE 1048576
 
-
 /*
  * Sender: writes the be64 offsets of pages[0..n) (page numbers inside `b`) to `table` and copies the
- * first `normal` of those pages to `data` (normal * 4096 bytes; data may be NULL: table only). The remaining n - normal entries
- * are zero pages: listed, not copied. Returns 0, or MC_EINVAL for a page outside the block.
+ * first `normal` of those pages to `data` (normal * 4096 bytes; data may be NULL: table only). The
+ * remaining n - normal entries are zero pages: listed, not copied. Returns 0, or MC_EINVAL for a page
+ * outside the block.
  */
 int mf_fill_packet(mc_block *b, const uint64_t *pages, uint64_t n, uint64_t normal, uint8_t *table,
                    uint8_t *data);

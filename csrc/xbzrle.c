@@ -1,6 +1,7 @@
 /* xbzrle: XBZRLE page cache, delta encoder and record encoder (source side). See xbzrle.h. */
 #define _GNU_SOURCE
 #include "xbzrle.h"
+#include "ram_flags.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -10,12 +11,6 @@
 /* Slot tags: key | 1 for a used slot, 0 for an empty one (keys are page-aligned), so that a
  * calloc'ed tag array needs no initialisation pass. */
 #define TAG(key) ((key) | 1)
-
-#define FLAG_ZERO 0x02u
-#define FLAG_PAGE 0x08u
-#define FLAG_CONTINUE 0x20u
-#define FLAG_XBZRLE 0x40u
-#define ENCODING_FLAG_XBZRLE 0x01u
 
 struct xb_cache {
     uint64_t nslots;
@@ -235,118 +230,140 @@ int xb_encode_page(const uint8_t *old_page, const uint8_t *new_page, uint8_t *ds
 
 /* ---------------------------------------------------------------- record encoder */
 
-static inline uint8_t *put_be64(uint8_t *o, uint64_t v)
+/* The validity checks of xb_encode_run, all made before anything changes: 0 or MC_EINVAL. */
+static int run_check(const xb_cache *c, const xb_run *r)
 {
-    for (int i = 7; i >= 0; i--) {
-        *o++ = (uint8_t)(v >> (i * 8));
-    }
-    return o;
-}
-
-/* Record header: the block name on the first record written (QEMU's last_sent_block), else CONTINUE. */
-static inline uint8_t *put_header(uint8_t *o, uint64_t word, const uint8_t *name, uint64_t name_len,
-                                  int *name_pending)
-{
-    if (*name_pending) {
-        o = put_be64(o, word);
-        *o++ = (uint8_t)name_len;
-        memcpy(o, name, name_len);
-        *name_pending = 0;
-        return o + name_len;
-    }
-    return put_be64(o, word | FLAG_CONTINUE);
-}
-
-int64_t xb_encode_run(xb_cache *c, mc_block *b, uint64_t key_base, uint64_t page, uint64_t npages,
-                      const uint8_t *zero_map, const uint8_t *name, uint64_t name_len, int *name_pending,
-                      uint64_t generation, int started, int last_stage, uint8_t *out, uint64_t cap,
-                      xb_stats *stats)
-{
-    if (!b || !name_pending || name_len > 255 || (*name_pending && !name) || (started && !c)) {
+    if (!r || !r->block || r->name_len > 255 || (r->name_pending && !r->name) || (r->started && !c)) {
         return MC_EINVAL;
     }
-    uint64_t pages = mc_block_pages(b);
-    if (page > pages || npages > pages - page || (npages && !zero_map)) {
+    uint64_t pages = mc_block_pages(r->block);
+    if (r->page > pages || r->npages > pages - r->page || (r->npages && !r->zero_map)) {
         return MC_EINVAL;
     }
-    if ((key_base & (PS - 1)) || key_base > UINT64_MAX - pages * PS) {
+    if ((r->key_base & (PS - 1)) || r->key_base > UINT64_MAX - pages * PS) {
         return MC_EINVAL; /* keys must be page-aligned and not wrap */
     }
-    /* Checked up front so that an error leaves the cache, the stats and *name_pending untouched. */
-    uint64_t need = *name_pending ? 1 + name_len : 0;
-    uint64_t page_max = started ? XB_RECORD_MAX : 8 + PS;
-    for (uint64_t i = 0; i < npages; i++) {
-        need += zero_map[i] ? XB_ZERO_RECORD : page_max;
+    /* the worst case fits, so that no page can fail halfway through the run */
+    uint64_t need = r->name_pending ? 1 + r->name_len : 0;
+    uint64_t page_max = r->started ? XB_RECORD_MAX : 8 + PS;
+    for (uint64_t i = 0; i < r->npages; i++) {
+        need += r->zero_map[i] ? XB_ZERO_RECORD : page_max;
     }
-    if (cap < need || (need && !out)) {
+    if (r->cap < need || (need && !r->out)) {
         return MC_EINVAL;
     }
-    if (npages == 0) {
+    return 0;
+}
+
+/* One run being encoded: where the next record goes. */
+typedef struct {
+    xb_cache *c;
+    xb_run *r;
+    xb_stats *st;
+    uint8_t *o;
+} run_writer;
+
+/* A record header: the block name on the first record written (QEMU's last_sent_block), else CONTINUE. */
+static void put_header(run_writer *w, uint64_t word)
+{
+    w->o = ram_put_header(w->o, word, w->r->name, w->r->name_len, w->r->name_pending);
+    w->r->name_pending = 0;
+}
+
+static void put_zero(run_writer *w, uint64_t off, uint64_t key)
+{
+    put_header(w, off | RAM_SAVE_FLAG_ZERO);
+    *w->o++ = 0;
+    w->st->zero++;
+    if (w->r->started) {
+        /* xbzrle_cache_zero_page: the destination now holds zeros; refusal is harmless */
+        cache_insert(w->c, key, NULL, w->r->generation);
+    }
+}
+
+static void put_page(run_writer *w, uint64_t off, const uint8_t *src)
+{
+    put_header(w, off | RAM_SAVE_FLAG_PAGE);
+    memcpy(w->o, src, PS);
+    w->o += PS;
+    w->st->normal++;
+}
+
+static void put_xbzrle(run_writer *w, uint64_t off, const uint8_t *enc, int n)
+{
+    uint8_t *start = w->o;
+    put_header(w, off | RAM_SAVE_FLAG_XBZRLE);
+    *w->o++ = RAM_ENCODING_FLAG_XBZRLE;
+    *w->o++ = (uint8_t)(n >> 8);
+    *w->o++ = (uint8_t)n;
+    memcpy(w->o, enc, (size_t)n);
+    w->o += n;
+    w->st->bytes += (uint64_t)(w->o - start) - 8; /* QEMU leaves out the be64 word */
+    w->st->encoded += (uint64_t)n;
+    w->st->xbzrle++;
+}
+
+/* A page in the cache: encoded against the cached copy (identical: nothing is written). */
+static void put_hit(run_writer *w, uint64_t off, uint8_t *cached, const uint8_t *src)
+{
+    uint8_t snap[MC_PAGE_SIZE], enc[MC_PAGE_SIZE];
+    w->st->pages++;
+    memcpy(snap, src, PS); /* the guest may keep writing: encode and send one snapshot */
+    int n = xb_encode_page(cached, snap, enc);
+    if (n == 0) {
+        w->st->skipped++;
+        return;
+    }
+    if (!w->r->last_stage) {
+        memcpy(cached, snap, PS); /* the cache follows what is sent, also on overflow */
+    }
+    if (n > 0) {
+        put_xbzrle(w, off, enc, n);
+        return;
+    }
+    w->st->overflow++;
+    w->st->bytes += PS;
+    put_page(w, off, snap);
+}
+
+/* A non-zero page once XBZRLE has started: a hit is encoded, a miss is cached and sent whole. */
+static void put_started(run_writer *w, uint64_t off, uint64_t key, const uint8_t *src)
+{
+    uint8_t *slot = slot_data(w->c, slot_of(w->c, key));
+    if (xb_cache_is_cached(w->c, key, w->r->generation)) {
+        put_hit(w, off, slot, src);
+        return;
+    }
+    w->st->cache_miss++;
+    /* send the cached copy so that the cache holds exactly what the destination got */
+    if (!w->r->last_stage && cache_insert(w->c, key, src, w->r->generation) == 0) {
+        src = slot;
+    }
+    put_page(w, off, src);
+}
+
+int64_t xb_encode_run(xb_cache *c, xb_run *run, xb_stats *stats)
+{
+    if (run_check(c, run) != 0) {
+        return MC_EINVAL; /* the cache, the stats and run->name_pending are untouched */
+    }
+    if (run->npages == 0) {
         return 0;
     }
-
-    xb_stats dummy;
-    xb_stats *st = stats ? stats : &dummy;
-    const uint8_t *host = mc_block_host(b);
-    uint8_t snap[MC_PAGE_SIZE], enc[MC_PAGE_SIZE];
-    uint8_t *o = out;
-    for (uint64_t i = 0; i < npages; i++) {
-        uint64_t off = (page + i) * PS;
-        uint64_t key = key_base + off;
-        const uint8_t *src = host + off;
-        if (zero_map[i]) {
-            o = put_header(o, off | FLAG_ZERO, name, name_len, name_pending);
-            *o++ = 0;
-            st->zero++;
-            if (started) {
-                /* xbzrle_cache_zero_page: the destination now holds zeros; refusal is harmless */
-                cache_insert(c, key, NULL, generation);
-            }
-            continue;
+    xb_stats dummy = {0};
+    run_writer w = {c, run, stats ? stats : &dummy, run->out};
+    const uint8_t *host = mc_block_host(run->block);
+    for (uint64_t i = 0; i < run->npages; i++) {
+        uint64_t off = (run->page + i) * PS;
+        uint64_t key = run->key_base + off;
+        if (run->zero_map[i]) {
+            put_zero(&w, off, key);
+        } else if (run->started) {
+            put_started(&w, off, key, host + off);
+        } else {
+            put_page(&w, off, host + off);
         }
-        if (started) {
-            uint64_t s = slot_of(c, key);
-            if (!xb_cache_is_cached(c, key, generation)) {
-                st->cache_miss++;
-                /* send the cached copy so that the cache holds exactly what the destination got */
-                if (!last_stage && cache_insert(c, key, src, generation) == 0) {
-                    src = slot_data(c, s);
-                }
-            } else {
-                st->pages++;
-                uint8_t *cached = slot_data(c, s);
-                memcpy(snap, src, PS); /* the guest may keep writing: encode and send one snapshot */
-                int n = xb_encode_page(cached, snap, enc);
-                if (n == 0) {
-                    st->skipped++;
-                    continue;
-                }
-                if (!last_stage) {
-                    memcpy(cached, snap, PS); /* the cache follows what is sent, also on overflow */
-                }
-                if (n > 0) {
-                    uint8_t *start = o;
-                    o = put_header(o, off | FLAG_XBZRLE, name, name_len, name_pending);
-                    *o++ = ENCODING_FLAG_XBZRLE;
-                    *o++ = (uint8_t)(n >> 8);
-                    *o++ = (uint8_t)n;
-                    memcpy(o, enc, (size_t)n);
-                    o += n;
-                    st->bytes += (uint64_t)(o - start) - 8; /* QEMU leaves out the be64 word */
-                    st->encoded += (uint64_t)n;
-                    st->xbzrle++;
-                    continue;
-                }
-                st->overflow++;
-                st->bytes += PS;
-                src = snap;
-            }
-        }
-        o = put_header(o, off | FLAG_PAGE, name, name_len, name_pending);
-        memcpy(o, src, PS);
-        o += PS;
-        st->normal++;
     }
-    st->transferred += (uint64_t)(o - out);
-    return (int64_t)(o - out);
+    w.st->transferred += (uint64_t)(w.o - run->out);
+    return (int64_t)(w.o - run->out);
 }

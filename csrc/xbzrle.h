@@ -58,10 +58,26 @@ int xb_cache_peek(xb_cache *c, uint64_t key, uint8_t *data, uint64_t *age);
  * 0 if the pages are identical, -1 on overflow (QEMU's limit, see xbzrle.c). */
 int xb_encode_page(const uint8_t *old_page, const uint8_t *new_page, uint8_t *dst);
 
+/* One call of xb_encode_run: what to encode, how, and where to. */
+typedef struct {
+    mc_block *block;
+    uint64_t key_base;       /* the block's ram_addr: a page's cache key is key_base + its offset */
+    uint64_t page, npages;   /* the pages [page, page+npages) of block, in order */
+    const uint8_t *zero_map; /* npages bytes, non-zero = an all-zero page */
+    const uint8_t *name;     /* the block name (name_len <= 255), if it may be pending */
+    uint64_t name_len;
+    int name_pending;        /* in: the next record written must carry the name; out: 0 once one was */
+    int started;             /* XBZRLE active: past the first complete round */
+    int last_stage;          /* the completion stage: the cache is no longer updated */
+    uint64_t generation;     /* QEMU's dirty_sync_count */
+    uint8_t *out;            /* cap bytes for the records */
+    uint64_t cap;
+} xb_run;
+
 /*
- * Encodes pages [page, page+npages) of b, in order, as RAM section records into out:
+ * Encodes pages [page, page+npages) of run->block, in order, as RAM section records into run->out:
  *  - zero_map[i] != 0: ZERO record (fill 0); if started, zeros are inserted for its key.
- *  - else if started (XBZRLE active: past the first complete round), key = key_base + offset:
+ *  - else if started, key = key_base + offset:
  *      miss: cache_miss; unless last_stage the page is inserted and the PAGE record is sent from
  *            the cached copy (what is sent is what is cached); refused or last stage: from RAM.
  *      hit:  pages; the page is snapshotted, then encoded against the cached copy:
@@ -70,15 +86,12 @@ int xb_encode_page(const uint8_t *old_page, const uint8_t *new_page, uint8_t *ds
  *            else:      XBZRLE record (u8 1, be16 len, delta);
  *            unless last_stage (or skipped) the cache copy becomes the snapshot.
  *  - else: PAGE record with the page's bytes (as mc_ram_encode_run).
- * *name_pending in: the next record written must carry the block name (name, name_len <= 255);
- * out: 0 once a record was written (a skipped page writes nothing). Other records CONTINUE.
- * cap must be at least the worst case: per zero page XB_ZERO_RECORD, per other page XB_RECORD_MAX,
- * plus 1 + name_len if the name is pending. generation: QEMU's dirty_sync_count.
- * stats (may be NULL) is added to. Returns the bytes written, or MC_EINVAL (nothing changed).
+ * The first record written carries the block name if run->name_pending (which then becomes 0; a
+ * skipped page writes nothing); the others CONTINUE. cap must be at least the worst case: per zero
+ * page XB_ZERO_RECORD, per other page XB_RECORD_MAX (8 + 4096 unless started), plus 1 + name_len if
+ * the name is pending. c may be NULL unless started. stats (may be NULL) is added to.
+ * Returns the bytes written, or MC_EINVAL (nothing changed, run->name_pending included).
  */
-int64_t xb_encode_run(xb_cache *c, mc_block *b, uint64_t key_base, uint64_t page, uint64_t npages,
-                      const uint8_t *zero_map, const uint8_t *name, uint64_t name_len, int *name_pending,
-                      uint64_t generation, int started, int last_stage, uint8_t *out, uint64_t cap,
-                      xb_stats *stats);
+int64_t xb_encode_run(xb_cache *c, xb_run *run, xb_stats *stats);
 
 #endif

@@ -58,7 +58,7 @@ def _load() -> ModuleType:
     if path:
         return load_from(path)
     try:
-        import emu._memcore as module  # type: ignore[import-not-found]
+        import emu._memcore as module
     except ImportError as exc:  # pragma: no cover - only on a broken install
         raise ImportError(
             "emu._memcore is not built; install the package with `pip install -e .` "

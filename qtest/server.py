@@ -45,6 +45,11 @@ _BULK_ARG = {b"write": 3, b"b64write": 3}
 # (a 16 MiB "a/a/a..." path would become millions of strings).
 MAX_QOM_DEPTH = 256
 
+#: What the server hands the transport: bytes, or a bytearray it gives up (never modified afterwards).
+Output = bytes | bytearray
+#: A command handler: the line's tokens in, its reply out (None: it sent a streamed reply itself).
+Handler = Callable[[list[bytes]], Output | None]
+
 
 def _tokenize(buf: bytes | bytearray, start: int, end: int,
               view: memoryview | None = None) -> list[bytes | memoryview]:
@@ -118,7 +123,7 @@ class QTestLog:
         # QEMU restarts its stopwatch on OPENED; between clients it reads as 0.
         return time.monotonic() - self._t0 if self._t0 is not None else 0.0
 
-    def _put(self, *pieces: bytes | memoryview) -> None:
+    def _put(self, *pieces: bytes | bytearray | memoryview) -> None:
         try:
             for piece in pieces:  # written in pieces: a multi-megabyte line is not copied
                 self.stream.write(piece)
@@ -140,10 +145,10 @@ class QTestLog:
         end = b" [... %d bytes dropped]\n" % dropped if dropped else b"\n"
         self._put(b"[R +%.6f] " % self._elapsed(), line, end)
 
-    def sent(self, text: bytes) -> None:
+    def sent(self, text: Output) -> None:
         self._put(b"[S +%.6f] %s" % (self._elapsed(), text))
 
-    def raw(self, text: bytes) -> None:
+    def raw(self, text: Output) -> None:
         self._put(text)
 
 
@@ -157,7 +162,7 @@ class IrqInterceptor:
 class QTestServer:
     """One qtest endpoint bound to a VM. Call ``opened``/``feed``/``closed`` from the transport."""
 
-    def __init__(self, vm: VM, *, log: QTestLog | None = None, write: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, vm: VM, *, log: QTestLog | None = None, write: Callable[[Output], None] | None = None) -> None:
         self.vm = vm
         self.machine = vm.machine
         self.mem = vm.machine.address_space_memory
@@ -182,7 +187,7 @@ class QTestServer:
         self._fast_out = ffi.new("char[]", FAST_OUT)
         self._fast_counts = ffi.new("uint64_t[2]")
         self.intercepted: Device | None = None
-        self._handlers: dict[bytes, Callable[[list[bytes]], bytes]] = {
+        self._handlers: dict[bytes, Handler] = {
             b"irq_intercept_out": self._irq_intercept_out,
             b"irq_intercept_in": self._irq_intercept_in,
             b"set_irq_in": self._set_irq_in,
@@ -397,7 +402,7 @@ class QTestServer:
             if self.write is not None and self.connected:
                 self.write(out)
 
-    def _reply(self, text: bytes | bytearray) -> None:
+    def _reply(self, text: Output) -> None:
         if self.log and self.connected:
             if text is ERR_SIZE:
                 self.log.raw(text)  # QEMU <= 9.2 logs this one without the [S +t] prefix
@@ -497,7 +502,7 @@ class QTestServer:
         data = self.mem.read(addr, size)
         return b"OK 0x" + binascii.hexlify(data) + b"\n"
 
-    def _b64read(self, words: list[bytes]) -> bytes | None:
+    def _b64read(self, words: list[bytes]) -> Output | None:
         self._need(words, 2)
         addr = strtou64(words[1])
         size = strtou64(words[2])
@@ -534,14 +539,22 @@ class QTestServer:
             first = False
             done += n
 
-    def _write_hex(self, words: list[bytes]) -> bytes:
+    def _bulk_write_args(self, words: list[bytes]) -> tuple[int, int, bytes] | None:
+        """``write``/``b64write ADDR SIZE DATA``: (addr, size, data), or None when DATA is shorter
+        than 3 bytes (QEMU's ``ERR invalid argument size``). DATA may be a memoryview of a long line."""
         self._need(words, 3)
         addr = strtou64(words[1])
         size = strtou64(words[2])
-        hexdata = words[3]
-        if len(hexdata) < 3:
-            return ERR_SIZE
+        if len(words[3]) < 3:
+            return None
         self._check_size(size)
+        return addr, size, words[3]
+
+    def _write_hex(self, words: list[bytes]) -> bytes:
+        args = self._bulk_write_args(words)
+        if args is None:
+            return ERR_SIZE
+        addr, size, hexdata = args
         data = bytearray(size)
         if size:
             lib.mc_qtest_hex_decode(ffi.from_buffer(hexdata), len(hexdata), ffi.from_buffer(data), size)
@@ -558,13 +571,10 @@ class QTestServer:
         return b"OK\n"
 
     def _b64write(self, words: list[bytes]) -> bytes:
-        self._need(words, 3)
-        addr = strtou64(words[1])
-        size = strtou64(words[2])
-        text = words[3]
-        if len(text) < 3:
+        args = self._bulk_write_args(words)
+        if args is None:
             return ERR_SIZE
-        self._check_size(size)
+        addr, size, text = args
         st = self._active_stream
         if st is not None and isinstance(text, memoryview) and st.size == size:
             line = text.obj
@@ -578,9 +588,8 @@ class QTestServer:
                 self.log.sent(b"b64write: data length mismatch (told %d, found %d)\n" % (size, n))
             # QEMU decodes in place and writes SIZE bytes anyway: the decoded bytes, then the rest
             # of the argument's own text; past its end we write zeros instead of heap contents.
-            tail = bytes(text[n:size]) if n < size else b""
-            data: bytes | memoryview = bytes(out[: min(n, size)]) + tail
-            data += bytes(size - len(data))
+            head = bytes(out[: min(n, size)]) + (bytes(text[n:size]) if n < size else b"")
+            data: bytes | memoryview = head + bytes(size - len(head))
         else:
             data = memoryview(out)[:n]
         if size:
@@ -613,30 +622,28 @@ class QTestServer:
             raise QTestFail(b"Unknown device")
         return obj
 
-    def _claim(self, dev: Device) -> bool:
-        """True if ``dev`` is newly intercepted; FAIL if another device already is."""
-        if self.intercepted is not None:
-            if self.intercepted is dev:
-                return False
-            raise QTestFail(b"IRQ intercept already enabled")
-        self.intercepted = dev
-        return True
-
-    def _irq_intercept_in(self, words: list[bytes]) -> bytes:
+    def _claim(self, words: list[bytes]) -> Device | None:
+        """``irq_intercept_* QOM_PATH``: the device if it is newly intercepted, None if it already
+        was; FAIL if another device is."""
         self._need(words, 1)
         dev = self._resolve_device(words[1])
-        if self._claim(dev):
-            # 7.2: only the unnamed input list; the original handler still sees every change.
+        if self.intercepted is not None:
+            if self.intercepted is dev:
+                return None
+            raise QTestFail(b"IRQ intercept already enabled")
+        self.intercepted = dev
+        return dev
+
+    def _irq_intercept_in(self, words: list[bytes]) -> bytes:
+        dev = self._claim(words)
+        if dev is not None:  # 7.2: only the unnamed input list; the original handler still sees every change
             for line in dev.gpio_in.get(None, []):
-                orig = line.handler
-                line.handler = self._make_interceptor(orig)
+                line.handler = self._make_interceptor(line.handler)
         return b"OK\n"
 
     def _irq_intercept_out(self, words: list[bytes]) -> bytes:
-        self._need(words, 1)
-        dev = self._resolve_device(words[1])
-        if self._claim(dev):
-            # 7.2 ignores NAME and redirects the unnamed output list, forwarding to the old target.
+        dev = self._claim(words)
+        if dev is not None:  # 7.2 ignores NAME and redirects the unnamed output list, forwarding to the old target
             for out in dev.gpio_out.get(None, []):
                 target = out.target
                 out.connect(IRQ(self._make_interceptor(target.set if target else None, forward_n=False), out.n))

@@ -166,18 +166,21 @@ class XbzrleCache:
         zeros = npages - bytes(zero_map[:npages]).count(0)
         cap = zeros * ZERO_RECORD + (npages - zeros) * RECORD_MAX + (1 + len(name) if name is not None else 0)
         out = bytearray(cap)
-        pending = ffi.new("int *", name is not None)
         try:
-            with self._lock, ffi.from_buffer(out) as dst, ffi.from_buffer(zero_map) as zmap:
-                n = lib.xb_encode_run(self._cache, block.ptr, key_base, page, npages, zmap,
-                                      name if name is not None else ffi.NULL, len(name or b""), pending,
-                                      generation, bool(started), bool(last_stage), dst, cap, self._st)
+            with (self._lock, ffi.from_buffer(out) as dst, ffi.from_buffer(zero_map) as zmap,
+                  ffi.from_buffer(name or b"") as name_buf):
+                run = ffi.new("xb_run *", {
+                    "block": block.ptr, "key_base": key_base, "page": page, "npages": npages, "zero_map": zmap,
+                    "name": name_buf if name is not None else ffi.NULL, "name_len": len(name or b""),
+                    "name_pending": name is not None, "started": bool(started), "last_stage": bool(last_stage),
+                    "generation": generation, "out": dst, "cap": cap})
+                n = lib.xb_encode_run(self._cache, run, self._st)
         except OverflowError:  # a negative or > 64-bit page, key base or generation
             n = -1
         if n < 0:
             raise XbzrleError(f"pages {page}+{npages} (key base {key_base:#x}) invalid for {block!r}")
         del out[n:]
-        return out, bool(pending[0])
+        return out, bool(run.name_pending)
 
     @property
     def stats(self) -> XbzrleStats:
