@@ -27,6 +27,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from emu.migration.errors import QemuTextError
+
 __all__ = [
     "MigrationAddressError",
     "SocketAddress", "Inet", "Unix", "Vsock", "Fd",
@@ -41,19 +43,11 @@ _C_SPACE = " \t\n\v\f\r"  # C isspace() in the "C" locale
 _STRERROR = {"EINVAL": "Invalid argument", "ERANGE": "Numerical result out of range"}
 
 
-class MigrationAddressError(ValueError):
+class MigrationAddressError(QemuTextError, ValueError):
     """A ``uri``/``channels`` error; ``message`` (also ``desc``) is QEMU's exact text.
 
     QMP reports every one of them as ``GenericError`` with this text as ``desc``.
     """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    @property
-    def desc(self) -> str:
-        return self.message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +66,7 @@ class _Value:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._key() == other._key()  # type: ignore[attr-defined]
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self._key()))

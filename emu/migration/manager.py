@@ -5,7 +5,12 @@ while the guest runs, then stop-and-copy when what is left fits the downtime lim
 with multifd channels beside the main stream. The destination accepts the main channel (and the
 multifd channels), loads the stream and resumes as QEMU does (autostart, or the received run
 state). Status transitions and MIGRATION/MIGRATION_PASS events (when the ``events`` capability is
-on) follow QEMU 9.1.
+on) follow QEMU 9.1; ``migrate_cancel`` ends a run ``cancelled`` (:class:`MigrationCancelled`
+where the run notices it, or the I/O error its channel shutdown causes).
+
+The top of ``emu.migration``: it drives the modules below it (address, transport, stream,
+precopy, multifd, xbzrle, throttle, params) and the machine state it saves; the QMP commands
+above call it, and it imports nothing of the monitor.
 """
 from __future__ import annotations
 
@@ -14,12 +19,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from emu.devices.migration_fault import MigrationSetupError
-from emu.migration.address import MigrationAddress
+from emu.migration.address import Inet, MigrationAddress, Socket
 from emu.migration.multifd import MultifdError, MultifdReceiver, MultifdSender
 from emu.migration.params import MigrationConfig
 from emu.migration.precopy import PrecopySaver, RateLimiter
@@ -47,6 +53,12 @@ IMPLEMENTED_CAPABILITIES = frozenset({"events", "xbzrle", "auto-converge", "mult
 MAPPED_RAM_UNSUPPORTED = "mapped-ram migration is not supported by this emulator"
 
 
+def _is_stream_socket(addr: MigrationAddress) -> bool:
+    """An inet, unix or vsock socket: connected (source) and listened on (destination) by QEMU
+    itself, unlike an fd: socket."""
+    return isinstance(addr, Socket) and addr.socket.type in ("inet", "unix", "vsock")
+
+
 def _count_pages(dirty: dict[Any, Any]) -> int:
     """Dirty pages in a round's bitmaps (a popcount over the words, in numpy)."""
     return int(sum(int(np.unpackbits(words.view(np.uint8)).sum()) for words in dirty.values()))
@@ -54,6 +66,35 @@ def _count_pages(dirty: dict[Any, Any]) -> int:
 
 class MigrationError(Exception):
     """A QMP-level refusal; the text is QEMU's."""
+
+
+class MigrationCancelled(Exception):
+    """``migrate_cancel`` was noticed by the outgoing run: it ends ``cancelled``, not ``failed``."""
+
+
+@dataclass
+class _GuestBefore:
+    """How the guest was before the switchover stopped it, to put it back if the migration does
+    not complete: its run state (``None``: the switchover was not reached) and whether it ran."""
+
+    runstate: str | None = None
+    stopped_by_us: bool = False
+
+
+class _Bandwidth:
+    """QEMU's bandwidth estimate: bytes over time in windows of at least 100 ms (BUFFER_DELAY);
+    until the first window closes it is 0, so only a clean bitmap completes."""
+
+    def __init__(self, sent: int) -> None:
+        self.rate = 0.0
+        self._start, self._sent = time.monotonic(), sent
+
+    def measure(self, sent: int) -> None:
+        """After a round: a new estimate once the window has lasted long enough."""
+        now = time.monotonic()
+        if now - self._start >= RateLimiter.WINDOW:
+            self.rate = (sent - self._sent) / (now - self._start)
+            self._start, self._sent = now, sent
 
 
 class _Sink:
@@ -136,7 +177,7 @@ class MigrationManager:
             self._rates_at = time.monotonic()
             self.start_time = time.monotonic()
             self._set("setup")
-        if addr.transport == "socket" and addr.socket.type in ("inet", "unix", "vsock"):
+        if _is_stream_socket(addr):
             # QEMU connects these asynchronously: migrate succeeds, a failure shows up as "failed"
             self._spawn("migration", self._connect_and_run, addr)
             return
@@ -171,9 +212,12 @@ class MigrationManager:
 
         threading.Thread(target=guarded, name=name, daemon=True).start()
 
+    def _warn(self, message: str) -> None:
+        """A transport's warning on stderr, as QEMU's warn_report."""
+        sys.stderr.write(f"{self.prog}: warning: {message}\n")
+
     def _open(self, addr: MigrationAddress) -> Any:
-        return open_outgoing(addr, named_fds=self.named_fds(), fdsets=self.fdsets,
-                             warn=lambda m: sys.stderr.write(f"{self.prog}: warning: {m}\n"))
+        return open_outgoing(addr, named_fds=self.named_fds(), fdsets=self.fdsets, warn=self._warn)
 
     def _connect_and_run(self, addr: MigrationAddress) -> None:
         try:
@@ -215,7 +259,7 @@ class MigrationManager:
             return channel
         _, creds = self._tls_creds(channel, "client")
         hostname = self.config.parameter("tls-hostname") or None
-        if hostname is None and addr.transport == "socket" and addr.socket.type == "inet":
+        if hostname is None and isinstance(addr, Socket) and isinstance(addr.socket, Inet):
             hostname = addr.socket.host
         return tls_upgrade(channel, creds, hostname=hostname)
 
@@ -248,119 +292,144 @@ class MigrationManager:
         return self._multifd
 
     def _run_outgoing(self, channel: Any, multifd: MultifdSender | None = None) -> None:
-        machine = self.vm.machine
-        stopped_by_us = False
-        old_state: str | None = None
+        """The migration thread's run on a connected channel: setup, precopy rounds, switchover;
+        it ends ``completed``, ``cancelled`` or ``failed`` (the guest then as it was)."""
+        guest = _GuestBefore()
         try:
-            machine.migration_setup("save-setup")  # each handler's save_setup, before any byte goes out
-            uuid = self._uuid_bytes() if self.config.capability("validate-uuid") else None
-            xbzrle = None
-            if self.config.capability("xbzrle"):  # xbzrle_init: the cache for this migration
-                from emu.migration.xbzrle import XbzrleCache, XbzrleError
-
-                try:
-                    xbzrle = XbzrleCache(self.config.parameter("xbzrle-cache-size"))
-                except (MemoryError, XbzrleError):
-                    raise MigrationSetupError("Failed to allocate page cache") from None
-            self._xbzrle = xbzrle
-            saver = PrecopySaver(StreamWriter(_Sink(channel)), machine.ram_blocks, machine.name, uuid, multifd,
-                                 self.config.parameter("zero-page-detection"), self.flush_after_each_section,
-                                 xbzrle, channel.send_page_records)
-            saver.start()
-            self.setup_time = time.monotonic()
-            self.sync_count = 1
-            self._throttle_check(0, saver)  # the setup sync starts the first measuring period
-            self._pass(1)  # the setup sync: every page is dirty for the bulk round
-            # the ram block is there from the first active report (QEMU's tests poll it)
-            self._update_stats(saver, remaining=sum(b.used_length for b in machine.ram_blocks))
-            self._set("active")
-            limiter = RateLimiter(self.config.parameter("max-bandwidth"), self._cancel.is_set, channel.peer_gone)
-            dirty = PrecopySaver.all_pages(machine.ram_blocks)
-            # QEMU's estimate: bytes over time in windows of at least 100 ms (BUFFER_DELAY); until
-            # the first window closes it is 0, so only a clean bitmap completes
-            bandwidth = 0.0
-            window_start, window_bytes = time.monotonic(), saver.bytes_sent
-            unsent: dict[Any, Any] | None = None  # synced but not yet sent when the loop ends
-
-            def progress(sent: int) -> None:
-                """After each chunk: the rate limit, and live counters (QEMU's tests poll them)."""
-                limiter(sent)
-                self._update_stats(saver, self.stats.get("remaining", 0))
-
-            while True:
-                if self._cancel.is_set():
-                    raise TransportError("migration cancelled")
-                limiter.limit = self.config.parameter("max-bandwidth")
-                limiter.reset_round()
-                saver.generation = self.sync_count
-                saver.send_pages(dirty, QEMU_VM_SECTION_PART, progress, limiter.chunk_pages)
-                saver.xbzrle_started = True  # a round is complete: XBZRLE from now on
-                now = time.monotonic()
-                if now - window_start >= RateLimiter.WINDOW:
-                    bandwidth = (saver.bytes_sent - window_bytes) / (now - window_start)
-                    window_start, window_bytes = now, saver.bytes_sent
-                self._update_stats(saver, remaining=0)
-                if not self.vm.running:
-                    break  # a stopped guest dirties nothing: straight to completion
-                dirty = saver.sync()
-                self.sync_count += 1
-                remaining = _count_pages(dirty) * PAGE
-                self._throttle_check(remaining // PAGE, saver)
-                self._pass(self.sync_count)
-                self._update_stats(saver, remaining)
-                downtime_limit = self.config.parameter("downtime-limit") / 1000
-                if remaining == 0 or remaining <= bandwidth * downtime_limit:
-                    unsent = dirty
-                    break
-            # stop and copy: what is still dirty goes out with the VM stopped
-            was_running = self.vm.running
-            old_state = self.vm.runstate
-            stop_at = time.monotonic()
-            self._stop_bytes = saver.bytes_sent  # what goes out from here on is downtime-bytes
-            self.vm.set_runstate("finish-migrate")  # QEMU's migration_stop_vm
-            stopped_by_us = was_running
-            self._maybe_pause()  # before the last sync: what changes while paused still goes out
-            final = saver.sync()
-            self.sync_count += 1
-            saver.generation = self.sync_count
-            self._pass(self.sync_count)
-            if unsent is not None:
-                final = {b: final[b] | unsent[b] for b in final}
-            devices = machine.migration_entries(saving=True)
-            saver.finish(final, devices, "running" if was_running else old_state)
-            if self._cancel.is_set():
-                raise TransportError("migration cancelled")
-            self.downtime = time.monotonic() - stop_at
-            self._update_stats(saver, remaining=0)
-            self.end_time = time.monotonic()
-            self._throttle_stop()
-            self.vm.set_runstate("postmigrate")
-            self._set("completed")
+            saver = self._setup_outgoing(channel, multifd)
+            unsent = self._precopy_rounds(saver, channel)
+            self._switchover(saver, unsent, guest)
+        except MigrationCancelled:
+            self._end_incomplete(guest)
+            self._set("cancelled")
         except Exception as e:  # noqa: BLE001 - whatever went wrong, the migration must end failed
             if not isinstance(e, (TransportError, OSError, StreamError, MigrationSetupError, MultifdError)):
                 sys.stderr.write(f"{self.prog}: migration: unexpected {type(e).__name__}: {e}\n")
-            self._throttle_stop()
-            # as QEMU's migrate_fd_cleanup: a migration that did not complete leaves the guest as it was
-            if stopped_by_us:
-                self.vm.cont()
-            elif old_state is not None and self.vm.runstate == "finish-migrate":
-                self.vm.set_runstate(old_state)
-            if self._cancel.is_set():
+            self._end_incomplete(guest)
+            if self._cancel.is_set():  # an I/O error caused by cancel's shutdown of the channels
                 self._set("cancelled")
             else:
                 self.error_desc = str(e)
                 self._set("failed")
         finally:
-            if multifd is not None:
-                if self.status != "completed":
-                    multifd.shutdown()
-                multifd.close()
-                self._multifd = None
-            try:
-                channel.close()
-            except Exception:  # noqa: BLE001 - closing a broken channel must not mask the result
-                pass
-            self._channel = None
+            self._close_outgoing(channel, multifd)
+
+    def _check_cancelled(self) -> None:
+        """Raises :class:`MigrationCancelled` once ``migrate_cancel`` has been asked for."""
+        if self._cancel.is_set():
+            raise MigrationCancelled()
+
+    def _xbzrle_cache(self) -> Any:
+        """QEMU's xbzrle_init: the page cache for this migration when the capability is on."""
+        if not self.config.capability("xbzrle"):
+            return None
+        from emu.migration.xbzrle import XbzrleCache, XbzrleError
+
+        try:
+            return XbzrleCache(self.config.parameter("xbzrle-cache-size"))
+        except (MemoryError, XbzrleError):
+            raise MigrationSetupError("Failed to allocate page cache") from None
+
+    def _setup_outgoing(self, channel: Any, multifd: MultifdSender | None) -> PrecopySaver:
+        """The setup stage: the handlers' save_setup, the stream's header and RAM START, the first
+        sync; then ``active``, with the RAM statistics already there (QEMU's tests poll them)."""
+        machine = self.vm.machine
+        machine.migration_setup("save-setup")  # each handler's save_setup, before any byte goes out
+        uuid = self._uuid_bytes() if self.config.capability("validate-uuid") else None
+        self._xbzrle = xbzrle = self._xbzrle_cache()
+        saver = PrecopySaver(StreamWriter(_Sink(channel)), machine.ram_blocks, machine.name, uuid, multifd,
+                             self.config.parameter("zero-page-detection"), self.flush_after_each_section,
+                             xbzrle, channel.send_page_records)
+        saver.start()
+        self.setup_time = time.monotonic()
+        self.sync_count = 1
+        self._throttle_check(0, saver)  # the setup sync starts the first measuring period
+        self._pass(1)  # the setup sync: every page is dirty for the bulk round
+        self._update_stats(saver, remaining=sum(b.used_length for b in machine.ram_blocks))
+        self._set("active")
+        return saver
+
+    def _precopy_rounds(self, saver: PrecopySaver, channel: Any) -> dict[Any, Any] | None:
+        """Rounds of dirty pages within the bandwidth limit while the guest runs, until what is
+        left fits the downtime limit; returns those pages, synced but not yet sent (``None`` when
+        the guest was stopped: a round then leaves nothing dirty)."""
+        limiter = RateLimiter(self.config.parameter("max-bandwidth"), self._cancel.is_set, channel.peer_gone)
+        dirty = PrecopySaver.all_pages(self.vm.machine.ram_blocks)
+        bandwidth = _Bandwidth(saver.bytes_sent)
+
+        def progress(sent: int) -> None:
+            """After each chunk: the rate limit, and live counters (QEMU's tests poll them)."""
+            limiter(sent)
+            self._update_stats(saver, self.stats.get("remaining", 0))
+
+        while True:
+            self._check_cancelled()
+            limiter.limit = self.config.parameter("max-bandwidth")
+            limiter.reset_round()
+            saver.generation = self.sync_count
+            saver.send_pages(dirty, QEMU_VM_SECTION_PART, progress, limiter.chunk_pages)
+            saver.xbzrle_started = True  # a round is complete: XBZRLE from now on
+            bandwidth.measure(saver.bytes_sent)
+            self._update_stats(saver, remaining=0)
+            if not self.vm.running:
+                return None  # a stopped guest dirties nothing: straight to completion
+            dirty = saver.sync()
+            self.sync_count += 1
+            remaining = _count_pages(dirty) * PAGE
+            self._throttle_check(remaining // PAGE, saver)
+            self._pass(self.sync_count)
+            self._update_stats(saver, remaining)
+            downtime_limit = self.config.parameter("downtime-limit") / 1000
+            if remaining == 0 or remaining <= bandwidth.rate * downtime_limit:
+                return dirty
+
+    def _switchover(self, saver: PrecopySaver, unsent: dict[Any, Any] | None, guest: _GuestBefore) -> None:
+        """Stop and copy: the guest stops (``guest`` records how it was), what is still dirty goes
+        out with the devices' state, and the migration completes."""
+        was_running = self.vm.running
+        guest.runstate = old_state = self.vm.runstate
+        stop_at = time.monotonic()
+        self._stop_bytes = saver.bytes_sent  # what goes out from here on is downtime-bytes
+        self.vm.set_runstate("finish-migrate")  # QEMU's migration_stop_vm
+        guest.stopped_by_us = was_running
+        self._maybe_pause()  # before the last sync: what changes while paused still goes out
+        final = saver.sync()
+        self.sync_count += 1
+        saver.generation = self.sync_count
+        self._pass(self.sync_count)
+        if unsent is not None:
+            final = {b: final[b] | unsent[b] for b in final}
+        devices = self.vm.machine.migration_entries(saving=True)
+        saver.finish(final, devices, "running" if was_running else old_state)
+        self._check_cancelled()
+        self.downtime = time.monotonic() - stop_at
+        self._update_stats(saver, remaining=0)
+        self.end_time = time.monotonic()
+        self._throttle_stop()
+        self.vm.set_runstate("postmigrate")
+        self._set("completed")
+
+    def _end_incomplete(self, guest: _GuestBefore) -> None:
+        """As QEMU's migrate_fd_cleanup: a migration that did not complete leaves the guest as it
+        was, at full speed."""
+        self._throttle_stop()
+        if guest.stopped_by_us:
+            self.vm.cont()
+        elif guest.runstate is not None and self.vm.runstate == "finish-migrate":
+            self.vm.set_runstate(guest.runstate)
+
+    def _close_outgoing(self, channel: Any, multifd: MultifdSender | None) -> None:
+        """Whatever the outcome: the multifd channels (aborted unless completed) and the main one."""
+        if multifd is not None:
+            if self.status != "completed":
+                multifd.shutdown()
+            multifd.close()
+            self._multifd = None
+        try:
+            channel.close()
+        except Exception:  # noqa: BLE001 - closing a broken channel must not mask the result
+            pass
+        self._channel = None
 
     def _throttle_check(self, new_dirty_pages: int, saver: PrecopySaver) -> None:
         """After a bitmap sync: auto-converge may throttle the vCPU down (QEMU's
@@ -387,8 +456,7 @@ class MigrationManager:
             return
         self._set("pre-switchover")
         while not self._continue.wait(0.1):
-            if self._cancel.is_set():
-                raise TransportError("migration cancelled")
+            self._check_cancelled()
         self._continue.clear()
         self._set("device")
 
@@ -457,11 +525,11 @@ class MigrationManager:
             # QEMU's listen queue: 1, or the multifd channel count (the main channel comes too)
             backlog = self.config.parameter("multifd-channels") if self.config.capability("multifd") else 1
             listener = listen_incoming(addr, named_fds=self.named_fds(), fdsets=self.fdsets, backlog=backlog,
-                                       warn=lambda m: sys.stderr.write(f"{self.prog}: warning: {m}\n"))
+                                       warn=self._warn)
         except TransportError as e:
             raise MigrationError(str(e)) from None
         self.incoming_started = True
-        self.incoming_listening = addr.transport == "socket" and addr.socket.type in ("inet", "unix", "vsock")
+        self.incoming_listening = _is_stream_socket(addr)
         self.socket_addresses = listener.socket_address()
         self._set("setup", incoming=True)
         self._spawn("migration-incoming", self._run_incoming, listener, exit_on_error)

@@ -57,6 +57,7 @@ class _Compressor:
 
     def __init__(self, method: str, level: int) -> None:
         self.method = method
+        self._z: Any  # a zlib or a zstd compression object: the same two calls on either
         if method == "zlib":
             self._z = zlib.compressobj(level)
         elif method == "zstd":
@@ -102,8 +103,8 @@ class _Decompressor:
             import zstandard
 
             self._feed = _Feed()
-            self._r = zstandard.ZstdDecompressor().stream_reader(self._feed, read_size=1 << 16,
-                                                                 read_across_frames=True)
+            source: Any = self._feed  # zstd reads it as a file: only read() is used
+            self._r = zstandard.ZstdDecompressor().stream_reader(source, read_size=1 << 16, read_across_frames=True)
 
     def decompress(self, data: bytes, expect: int) -> bytes:
         if self.method == "zlib":
@@ -395,6 +396,7 @@ class MultifdReceiver:
             raise MultifdError(f"multifd: received packet with {zero} zero pages and expected maximum zero "
                                f"pages are {PAGE_COUNT - normal}")
         n = normal + zero
+        block: Any = None
         if n:
             name = bytes(header[64:320]).split(b"\0", 1)[0].decode("utf-8", "replace")
             block = self.blocks.get(name)

@@ -4,6 +4,11 @@ RAM START carries MEM_SIZE; each round syncs the dirty bitmaps (C, atomic per wo
 dirty pages in a PART section (zero pages as ZERO records, found in C) within the bandwidth
 limit; when what is left fits the downtime limit, the VM stops and the last dirty pages go out in
 the END section, followed by the device sections, globalstate, EOF and the vmdesc.
+
+This is the one saver: ``migrate`` runs it (``emu.migration.manager``), and a stopped source's
+one-shot stream (QEMU 7.2's, byte for byte, for ``-M none``) is the same three steps with nothing
+dirtied between them (``start``, ``send_pages`` of every page, ``finish``). It writes through
+``stream.StreamWriter``; the manager above it owns statuses, events and threads.
 """
 from __future__ import annotations
 
@@ -16,6 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from emu.migration import vmstate as vms
+from emu.migration.ram_flags import (
+    RAM_SAVE_FLAG_CONTINUE,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SAVE_FLAG_MULTIFD_FLUSH,
+    RAM_SAVE_FLAG_ZERO,
+)
 from emu.migration.stream import (
     PAGE_SIZE,
     QEMU_VM_CONFIGURATION,
@@ -23,22 +35,14 @@ from emu.migration.stream import (
     QEMU_VM_FILE_MAGIC,
     QEMU_VM_FILE_VERSION,
     QEMU_VM_SECTION_END,
+    QEMU_VM_SECTION_FOOTER,
     QEMU_VM_SECTION_FULL,
     QEMU_VM_SECTION_START,
     QEMU_VM_SUBSECTION,
     QEMU_VM_VMDESCRIPTION,
     RAM_IDSTR,
-    RAM_SAVE_FLAG_CONTINUE,
-    RAM_SAVE_FLAG_EOS,
-    RAM_SAVE_FLAG_MEM_SIZE,
-    RAM_SAVE_FLAG_MULTIFD_FLUSH,
-    RAM_SAVE_FLAG_ZERO,
     RAM_VERSION,
     StreamWriter,
-    _counted,
-    _footer,
-    _section_header,
-    encode_page_records,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +50,34 @@ if TYPE_CHECKING:
     from emu.migration.xbzrle import XbzrleCache
 
 RAM_SECTION_ID = 2
+
+
+def _counted(s: str | bytes) -> bytes:
+    b = s.encode() if isinstance(s, str) else bytes(s)
+    if len(b) > 255:
+        raise ValueError(f"name too long for a counted string: {b!r}")
+    return bytes((len(b),)) + b
+
+
+def _section_header(kind: int, section_id: int, idstr: str = "", instance_id: int = 0, version_id: int = 0) -> bytes:
+    if kind in (QEMU_VM_SECTION_START, QEMU_VM_SECTION_FULL):
+        return struct.pack(">BI", kind, section_id) + _counted(idstr) + struct.pack(">II", instance_id, version_id)
+    return struct.pack(">BI", kind, section_id)
+
+
+def _footer(section_id: int) -> bytes:
+    return struct.pack(">BI", QEMU_VM_SECTION_FOOTER, section_id)
+
+
+def encode_page_records(block: Any, first_page: int, npages: int, zero_map: bytes, named_first: bool) -> bytearray:
+    """RAM page records for pages ``first_page .. first_page+npages-1`` of ``block``, encoded in C.
+
+    ``zero_map`` has one byte per page (1 = all zero, from ``RamBlock.zero_pages``): those become
+    ZERO records (fill 0), the others PAGE records with the page's bytes. The first record carries
+    the block name if ``named_first``; every other record uses CONTINUE.
+    """
+    name = block.name.encode() if named_first else None
+    return block.encode_page_records(first_page, npages, zero_map, name)
 
 
 def _zero_records(pages: np.ndarray, name: bytes | None) -> bytes:
@@ -77,7 +109,7 @@ class RateLimiter:
         self.cancelled = cancelled
         self.peer_gone = peer_gone
         self.window_start = time.monotonic()
-        self.window_bytes = 0
+        self.window_bytes: float = 0  # less a float budget once a window closes
         self.last_total = 0
 
     @property

@@ -1,25 +1,29 @@
-"""The QEMU migration stream (main channel, precopy), independent of sockets and of QMP.
+"""The QEMU migration stream (main channel, precopy): reading, writing and loading it, independent
+of sockets and of QMP. Writing a stream is ``emu.migration.precopy``'s (the saver ``migrate`` uses).
 
 Spec: ``migration-stream.md`` (§2 grammar, §3 configuration, §4 commands, §5 loader messages,
-§6 vmdesc, §8 RAM, §9 XBZRLE). Test vectors: ``vectors/README.md``.
+§6 vmdesc, §8 RAM, §9 XBZRLE). Test vectors: ``vectors/README.md``. RAM record flags:
+``emu.migration.ram_flags``.
 
 * :class:`StreamReader` / :class:`StreamWriter` sit on any object with ``read(n)`` / ``write(b)``
   (file, pipe, socket wrapper); short reads and short writes are handled.
-* :func:`save_stream` writes a complete precopy stream as QEMU 7.2 does for a stopped source.
 * :func:`load_stream` loads a stream with QEMU 7.2's semantics and exact stderr messages; failures
-  raise :class:`StreamError`.
-* :func:`parse_stream` walks a stream structurally (for tests and analysis).
+  raise :class:`StreamError`. With a :class:`StreamTrace` it also reports what it walked: every
+  item with its offsets and fields, every RAM record with its parts (for tests, analysis and the
+  stream fuzzer, which split streams with it).
 
 **RAM state after a failed load** (as in QEMU 7.2): every page record *before* the failing one has
 been applied to the RAM blocks (RAM is written as records arrive; nothing is rolled back). The
 failing record itself is not applied: a truncated PAGE is not written (QEMU would copy the partial
 bytes) and an XBZRLE delta that fails to decode leaves the page as it was (QEMU may have patched part
 of it). ``StreamError.records_applied`` tells how many page records were applied.
+
+This module sits below the migration manager and the saver; it imports only ``vmstate`` and
+``ram_flags`` of ``emu.migration`` (and ``multifd`` for its error type, at load time).
 """
 from __future__ import annotations
 
 import errno
-import json
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +31,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emu.migration import vmstate as vms
+from emu.migration.ram_flags import (
+    ENCODING_FLAG_XBZRLE,
+    RAM_FLAGS_MASK,
+    RAM_SAVE_FLAG_COMPRESS_PAGE,
+    RAM_SAVE_FLAG_CONTINUE,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_HOOK,
+    RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SAVE_FLAG_MULTIFD_FLUSH,
+    RAM_SAVE_FLAG_PAGE,
+    RAM_SAVE_FLAG_XBZRLE,
+    RAM_SAVE_FLAG_ZERO,
+)
 from emu.migration.vmstate import LoadContext, SaveStateEntry
 
 __all__ = [
@@ -34,18 +51,16 @@ __all__ = [
     "QEMU_VM_FILE_MAGIC",
     "QEMU_VM_FILE_VERSION",
     "LoadResult",
+    "RamRecord",
     "StreamEOFError",
     "StreamError",
     "StreamItem",
     "StreamReader",
+    "StreamTrace",
     "StreamWriter",
-    "encode_page_records",
     "load_stream",
     "machine_none_devices",
-    "parse_stream",
-    "save_stream",
     "xbzrle_decode",
-    "xbzrle_encode",
 ]
 
 QEMU_VM_FILE_MAGIC = 0x5145564D
@@ -64,18 +79,6 @@ QEMU_VM_SECTION_FOOTER = 0x7E
 
 PAGE_SIZE = 4096
 PAGE_MASK = ~(PAGE_SIZE - 1) & 0xFFFFFFFFFFFFFFFF
-
-RAM_SAVE_FLAG_FULL = 0x01
-RAM_SAVE_FLAG_ZERO = 0x02
-RAM_SAVE_FLAG_MEM_SIZE = 0x04
-RAM_SAVE_FLAG_PAGE = 0x08
-RAM_SAVE_FLAG_EOS = 0x10
-RAM_SAVE_FLAG_CONTINUE = 0x20
-RAM_SAVE_FLAG_XBZRLE = 0x40
-RAM_SAVE_FLAG_HOOK = 0x80
-RAM_SAVE_FLAG_COMPRESS_PAGE = 0x100
-RAM_SAVE_FLAG_MULTIFD_FLUSH = 0x200
-ENCODING_FLAG_XBZRLE = 0x1
 
 RAM_IDSTR = "ram"
 RAM_VERSION = 4
@@ -193,7 +196,26 @@ class _Prefetcher:
         self._thread.join(timeout)
 
 
-class StreamReader:
+class _BigEndianReads:
+    """Integer reads over the class's ``_exact(n)`` (``n`` bytes, however it handles a short read)."""
+
+    def _exact(self, n: int) -> bytes:
+        raise NotImplementedError
+
+    def u8(self) -> int:
+        return self._exact(1)[0]
+
+    def be16(self) -> int:
+        return struct.unpack(">H", self._exact(2))[0]
+
+    def be32(self) -> int:
+        return struct.unpack(">I", self._exact(4))[0]
+
+    def be64(self) -> int:
+        return struct.unpack(">Q", self._exact(8))[0]
+
+
+class StreamReader(_BigEndianReads):
     """Buffered exact reads over any object with ``read(n) -> bytes`` (short reads allowed; ``b""``
     means end of stream). Uses ``read1`` when the source has it so a pipe or socket never blocks for
     more than is available. ``offset`` counts consumed bytes.
@@ -328,17 +350,7 @@ class StreamReader:
         self.offset += n
         return n
 
-    def u8(self) -> int:
-        return self.read(1)[0]
-
-    def be16(self) -> int:
-        return struct.unpack(">H", self.read(2))[0]
-
-    def be32(self) -> int:
-        return struct.unpack(">I", self.read(4))[0]
-
-    def be64(self) -> int:
-        return struct.unpack(">Q", self.read(8))[0]
+    _exact = read
 
 
 class StreamWriter:
@@ -398,24 +410,7 @@ def machine_none_devices(cpu_ticks_offset: int = 0, cpu_clock_offset: int = 0) -
     return [vms.timer_entry(cpu_ticks_offset, cpu_clock_offset, section_id=0)]
 
 
-def _counted(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else bytes(s)
-    if len(b) > 255:
-        raise ValueError(f"name too long for a counted string: {b!r}")
-    return bytes((len(b),)) + b
-
-
-def _section_header(kind: int, section_id: int, idstr: str = "", instance_id: int = 0, version_id: int = 0) -> bytes:
-    if kind in (QEMU_VM_SECTION_START, QEMU_VM_SECTION_FULL):
-        return struct.pack(">BI", kind, section_id) + _counted(idstr) + struct.pack(">II", instance_id, version_id)
-    return struct.pack(">BI", kind, section_id)
-
-
-def _footer(section_id: int) -> bytes:
-    return struct.pack(">BI", QEMU_VM_SECTION_FOOTER, section_id)
-
-
-# ================================================================ XBZRLE (§9)
+# ================================================================ XBZRLE (§9), the destination's decoder
 
 def _uleb_small(buf: bytes, i: int) -> tuple[int, int]:
     """QEMU ``uleb128_decode_small``: (value, bytes used) or (-1, -1) for a 3-byte value."""
@@ -456,135 +451,81 @@ def xbzrle_decode(src: bytes, dst: bytearray) -> int:
     return d
 
 
-def _uleb_encode(v: int) -> bytes:
-    if v < 0x80:
-        return bytes((v,))
-    if v > 0x3FFF:
-        raise ValueError("uleb128 small overflow")
-    return bytes((0x80 | (v & 0x7F), v >> 7))
+# ================================================================ tracing a load
+
+@dataclass
+class RamRecord:
+    """One RAM record as the loader read it: ``offset`` of its be64 word, its ``flags``, and its
+    ``parts`` in stream order as (part, length): ``word``, ``name`` (a counted block name, absent
+    with CONTINUE), then ``fill`` (ZERO), ``page`` (PAGE), ``encoding``/``delta_len``/``delta``
+    (XBZRLE), or ``name``/``length`` pairs (MEM_SIZE, whose values ``sizes`` lists)."""
+
+    offset: int
+    flags: int
+    parts: list[tuple[str, int]] = field(default_factory=list)
+    sizes: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def kind(self) -> int:
+        """The flags without CONTINUE (``RAM_SAVE_FLAG_ZERO``, ``..._PAGE``, ...)."""
+        return self.flags & ~RAM_SAVE_FLAG_CONTINUE
+
+    @property
+    def end(self) -> int:
+        """The offset after the parts read so far."""
+        return self.offset + sum(n for _, n in self.parts)
 
 
-def xbzrle_encode(old: bytes, new: bytes, limit: int = PAGE_SIZE) -> bytes | None:
-    """Encodes ``new`` against ``old`` (zero-run / nonzero-run pairs). ``b""`` if identical,
-    ``None`` on overflow (> ``limit`` bytes): the caller then sends a normal PAGE."""
-    n = len(new)
-    out = bytearray()
-    i = 0
-    while i < n:
-        j = i
-        while j < n and old[j] == new[j]:
-            j += 1
-        if j == n:
-            break
-        zrun = j - i
-        k = j
-        while k < n and old[k] != new[k]:
-            k += 1
-        out += _uleb_encode(zrun) + _uleb_encode(k - j) + new[j:k]
-        if len(out) > limit:
-            return None
-        i = k
-    return bytes(out)
+@dataclass
+class StreamItem:
+    """One top-level item as the loader read it. ``kind``: header, config, START/PART/END/FULL,
+    command, EOF, vmdesc. ``offset``..``end``: its bytes (``end`` stays ``None`` when the load
+    stopped inside it; a PACKAGED command ends after its length, its nested items follow as items).
+    Sections: ``section_id``, ``idstr`` (PART/END: the START's), ``instance_id`` and ``version_id``
+    (START/FULL), ``body_size`` (bytes between header and footer), ``records`` (RAM sections).
+    ``name``: the configuration's machine name or a command's name; ``length``: a command's or the
+    vmdesc's payload length; ``value``: the header's magic or a command's number; ``version_id`` of
+    the header: the stream version."""
+
+    kind: str
+    offset: int
+    end: int | None = None
+    section_id: int | None = None
+    idstr: str | None = None
+    instance_id: int | None = None
+    version_id: int | None = None
+    body_size: int | None = None
+    name: str | None = None
+    length: int | None = None
+    value: int | None = None
+    records: list[RamRecord] = field(default_factory=list)
 
 
-# ================================================================ saving
+class StreamTrace:
+    """What one load walked (``load_stream(..., trace=StreamTrace())``): ``items`` in stream order,
+    at absolute offsets (a PACKAGED command's nested stream too). A traced load applies RAM records
+    one at a time in Python, since the C fast path for runs of records reports no offsets; what it
+    loads is the same."""
 
-def encode_page_records(block: Any, first_page: int, npages: int, zero_map: bytes, named_first: bool) -> bytearray:
-    """RAM page records for pages ``first_page .. first_page+npages-1`` of ``block``, encoded in C.
+    def __init__(self) -> None:
+        self.items: list[StreamItem] = []
 
-    ``zero_map`` has one byte per page (1 = all zero, from ``RamBlock.zero_pages``): those become
-    ZERO records (fill 0), the others PAGE records with the page's bytes. The first record carries
-    the block name if ``named_first``; every other record uses CONTINUE.
-    """
-    name = block.name.encode() if named_first else None
-    return block.encode_page_records(first_page, npages, zero_map, name)
+    def add(self, kind: str, offset: int, **fields: Any) -> StreamItem:
+        """A new item that begins at ``offset``; the loader fills in the rest as it reads."""
+        item = StreamItem(kind, offset, **fields)
+        self.items.append(item)
+        return item
 
-
-def save_stream(
-    writer: StreamWriter | Any,
-    ram_blocks: Sequence[Any],
-    devices: Sequence[SaveStateEntry] | None,
-    machine_name: str,
-    runstate: str | None = "running",
-    *,
-    ram_section_id: int = 2,
-    globalstate_section_id: int = 4,
-    vmdesc: bool = True,
-    batch_pages: int = 4096,
-) -> dict:
-    """Writes a complete precopy stream as QEMU 7.2 does for a stopped source.
-
-    Items: header, CONFIGURATION(machine_name), RAM START (MEM_SIZE + EOS), one PART with every page
-    of every block (ZERO/PAGE records, the first record of each block named, then CONTINUE) + EOS,
-    RAM END (EOS), FULL sections for ``devices`` (``None`` = the ``-M none`` set: ``timer``) and for
-    ``globalstate`` (``runstate``; ``None`` omits it), EOF, then the vmdesc unless ``vmdesc=False``.
-    Section ids default to QEMU 7.2 ``-M none`` numbering (timer 0, ram 2, globalstate 4).
-    Returns counters: ``zero_pages``, ``normal_pages``, ``bytes``.
-    """
-    if not isinstance(writer, StreamWriter):
-        writer = StreamWriter(writer)
-    start = writer.offset
-    if devices is None:
-        devices = machine_none_devices()
-    entries = list(devices)
-    if runstate is not None:
-        entries.append(vms.globalstate_entry(runstate, globalstate_section_id))
-    used = {ram_section_id} | {e.section_id for e in entries if e.section_id is not None}
-    next_id = max(used) + 1
-    for e in entries:
-        if e.section_id is None:
-            e.section_id = next_id
-            next_id += 1
-
-    writer.write(struct.pack(">II", QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION))
-    name = machine_name.encode()
-    writer.write(struct.pack(">BI", QEMU_VM_CONFIGURATION, len(name)) + name)
-
-    sid = ram_section_id
-    zero = normal = 0
-    if ram_blocks:
-        # setup: MEM_SIZE + EOS
-        total = sum(b.used_length for b in ram_blocks)
-        body = bytearray(struct.pack(">Q", total | RAM_SAVE_FLAG_MEM_SIZE))
-        for b in ram_blocks:
-            body += _counted(b.name) + struct.pack(">Q", b.used_length)
-        body += struct.pack(">Q", RAM_SAVE_FLAG_EOS)
-        writer.write(_section_header(QEMU_VM_SECTION_START, sid, RAM_IDSTR, 0, RAM_VERSION) + body + _footer(sid))
-        # iterate: one pass over all pages (a stopped source sends everything in the first PART)
-        writer.write(_section_header(QEMU_VM_SECTION_PART, sid))
-        for b in ram_blocks:
-            pages = b.used_length // PAGE_SIZE
-            named = True
-            for first in range(0, pages, batch_pages):
-                n = min(batch_pages, pages - first)
-                zmap = b.zero_pages(first, n)
-                z = zmap.count(1)
-                zero += z
-                normal += n - z
-                writer.write(encode_page_records(b, first, n, zmap, named))
-                named = False
-        writer.write(struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(sid))
-        # complete: nothing left dirty
-        writer.write(_section_header(QEMU_VM_SECTION_END, sid) + struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(sid))
-
-    desc_devices = []
-    for e in entries:
-        dsid = int(e.section_id or 0)
-        dbody = vms.save_state(e.vmsd, e.state)
-        writer.write(_section_header(QEMU_VM_SECTION_FULL, dsid, e.idstr, e.instance_id, e.vmsd.version_id)
-                     + dbody + _footer(dsid))
-        desc_devices.append(vms.vmdesc_device(e))
-    writer.write(bytes((QEMU_VM_EOF,)))
-    if vmdesc:
-        js = json.dumps({"page_size": PAGE_SIZE, "devices": desc_devices}).encode()
-        writer.write(struct.pack(">BI", QEMU_VM_VMDESCRIPTION, len(js)) + js)
-    writer.flush()
-    return {"zero_pages": zero, "normal_pages": normal, "bytes": writer.offset - start}
+    def record(self, offset: int, flags: int, word_end: int) -> RamRecord:
+        """A RAM record of the current (last) item, whose word was read from ``offset`` to ``word_end``."""
+        rec = RamRecord(offset, flags, [("word", word_end - offset)])
+        self.items[-1].records.append(rec)
+        return rec
 
 
 # ================================================================ loading
 
-class _QFile:
+class _QFile(_BigEndianReads):
     """QEMUFile read semantics over a :class:`StreamReader`: past the end, reads return zero bytes
     and set a sticky ``-EIO`` error (QEMU checks the error only at specific points).
 
@@ -595,9 +536,16 @@ class _QFile:
 
     PIECE = 1 << 20
 
-    def __init__(self, reader: StreamReader) -> None:
+    def __init__(self, reader: StreamReader, base: int = 0) -> None:
+        """``base``: where the reader's first byte stands in the outer stream (a nested one)."""
         self.r = reader
+        self.base = base
         self.error = 0
+
+    @property
+    def offset(self) -> int:
+        """The stream offset of the next byte to read (in the outermost stream)."""
+        return self.base + self.r.offset
 
     def set_error(self, ret: int) -> None:
         if not self.error:
@@ -646,17 +594,7 @@ class _QFile:
         while n > 0 and not self.error:
             n -= len(self._read(min(n, self.PIECE)))
 
-    def u8(self) -> int:
-        return self.get(1)[0]
-
-    def be16(self) -> int:
-        return struct.unpack(">H", self.get(2))[0]
-
-    def be32(self) -> int:
-        return struct.unpack(">I", self.get(4))[0]
-
-    def be64(self) -> int:
-        return struct.unpack(">Q", self.get(8))[0]
+    _exact = get
 
     def counted(self) -> tuple[bytes, bool]:
         n = self.u8()
@@ -671,7 +609,8 @@ class _RamHandler:
     idstr = RAM_IDSTR
     instance_id = 0
 
-    def __init__(self, blocks: dict[str, Any], stats: dict, multifd: Any = None) -> None:
+    def __init__(self, blocks: dict[str, Any], stats: dict, multifd: Any = None,
+                 trace: StreamTrace | None = None) -> None:
         self.blocks = blocks
         self.last_block: Any | None = None
         self.stats = stats
@@ -680,6 +619,8 @@ class _RamHandler:
         #: QEMU's receivedmap: one byte per page, set by every ZERO/PAGE/XBZRLE record (and by
         #: the multifd channels, which share it)
         self.received: dict[str, bytearray] = multifd.received if multifd is not None else {}
+        self.trace = trace
+        self._rec: RamRecord | None = None  # the record being traced
 
     def load(self, f: _QFile, version_id: int, ctx: LoadContext) -> int:
         if version_id != RAM_VERSION:
@@ -687,59 +628,69 @@ class _RamHandler:
         ret = 0
         flags = 0
         while not ret and not flags & RAM_SAVE_FLAG_EOS:
-            if self.last_block is not None and not f.error:
+            if self.last_block is not None and not f.error and self.trace is None:
                 self._apply_buffered_run(f)
+            start = f.offset
             word = f.be64()
-            flags = word & (PAGE_SIZE - 1)
-            addr = word & PAGE_MASK
-            if flags & RAM_SAVE_FLAG_COMPRESS_PAGE:  # no compress capability on this destination
-                ctx.error("Received an unexpected compressed page")
-                ret = -errno.EINVAL
-                break
-            block: Any = None
-            if flags & (RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_XBZRLE):
-                block = self._block_from_stream(f, flags, ctx)
-                if block is None or addr >= block.used_length:
-                    ctx.error(f"Illegal RAM offset {addr:x}")
-                    ret = -errno.EINVAL
-                    break
-                rmap = self.received.get(block.name)
-                if rmap is None:
-                    rmap = self.received[block.name] = bytearray(block.used_length // PAGE_SIZE)
-                rmap[addr >> 12] = 1
-            kind = flags & ~RAM_SAVE_FLAG_CONTINUE
-            if kind == RAM_SAVE_FLAG_MEM_SIZE:
-                ret = self._mem_size(f, addr, ctx)
-            elif kind == RAM_SAVE_FLAG_ZERO:
-                ch = f.u8()
-                if not f.error:
-                    self._zero_page(block, addr, ch)
-            elif kind == RAM_SAVE_FLAG_PAGE:
-                data = f.get_partial(PAGE_SIZE)
-                if len(data) == PAGE_SIZE:
-                    block.write(addr, data)
-                    self.stats["normal_pages"] += 1
-            elif kind == RAM_SAVE_FLAG_XBZRLE:
-                if self._xbzrle(f, block, addr, ctx) < 0:
-                    ctx.error(f"Failed to decompress XBZRLE page at {addr:x}")
-                    ret = -errno.EINVAL
-                    break
-            elif kind == RAM_SAVE_FLAG_EOS:
-                if self.multifd is not None and self.multifd.flush_after_each_section:
-                    ret = self._multifd_sync(ctx)
-            elif kind == RAM_SAVE_FLAG_MULTIFD_FLUSH and self.multifd is not None:
-                # 8.0+: the sync point once per round (7.2, without multifd, rejects the flag below)
-                ret = self._multifd_sync(ctx)
-            elif flags & RAM_SAVE_FLAG_HOOK:
-                f.set_error(-errno.EINVAL)  # a hook without RDMA: silent EINVAL
-            else:
-                ctx.error(f"Unknown combination of migration flags: {flags:#x}")
-                ret = -errno.EINVAL
-            if not ret:
-                ret = f.error
-            if not ret and kind in (RAM_SAVE_FLAG_ZERO, RAM_SAVE_FLAG_PAGE, RAM_SAVE_FLAG_XBZRLE):
+            flags = word & RAM_FLAGS_MASK
+            if self.trace is not None:
+                self._rec = self.trace.record(start, flags, f.offset)
+            ret = self._record(f, flags, word & PAGE_MASK, ctx) or f.error
+            if not ret and flags & ~RAM_SAVE_FLAG_CONTINUE in (RAM_SAVE_FLAG_ZERO, RAM_SAVE_FLAG_PAGE,
+                                                               RAM_SAVE_FLAG_XBZRLE):
                 self.stats["records_applied"] += 1
         return ret
+
+    def _record(self, f: _QFile, flags: int, addr: int, ctx: LoadContext) -> int:
+        """One record after its word: 0, or a negated errno (the message given to ``ctx``)."""
+        if flags & RAM_SAVE_FLAG_COMPRESS_PAGE:  # no compress capability on this destination
+            ctx.error("Received an unexpected compressed page")
+            return -errno.EINVAL
+        block: Any = None
+        if flags & (RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_XBZRLE):
+            block = self._block_from_stream(f, flags, ctx)
+            if block is None or addr >= block.used_length:
+                ctx.error(f"Illegal RAM offset {addr:x}")
+                return -errno.EINVAL
+            rmap = self.received.get(block.name)
+            if rmap is None:
+                rmap = self.received[block.name] = bytearray(block.used_length // PAGE_SIZE)
+            rmap[addr >> 12] = 1
+        kind = flags & ~RAM_SAVE_FLAG_CONTINUE
+        if kind == RAM_SAVE_FLAG_MEM_SIZE:
+            return self._mem_size(f, addr, ctx)
+        if kind == RAM_SAVE_FLAG_ZERO:
+            ch = f.u8()
+            self._mark(f, "fill")
+            if not f.error:
+                self._zero_page(block, addr, ch)
+        elif kind == RAM_SAVE_FLAG_PAGE:
+            data = f.get_partial(PAGE_SIZE)
+            self._mark(f, "page")
+            if len(data) == PAGE_SIZE:
+                block.write(addr, data)
+                self.stats["normal_pages"] += 1
+        elif kind == RAM_SAVE_FLAG_XBZRLE:
+            if self._xbzrle(f, block, addr, ctx) < 0:
+                ctx.error(f"Failed to decompress XBZRLE page at {addr:x}")
+                return -errno.EINVAL
+        elif kind == RAM_SAVE_FLAG_EOS:
+            if self.multifd is not None and self.multifd.flush_after_each_section:
+                return self._multifd_sync(ctx)
+        elif kind == RAM_SAVE_FLAG_MULTIFD_FLUSH and self.multifd is not None:
+            # 8.0+: the sync point once per round (7.2, without multifd, rejects the flag below)
+            return self._multifd_sync(ctx)
+        elif flags & RAM_SAVE_FLAG_HOOK:
+            f.set_error(-errno.EINVAL)  # a hook without RDMA: silent EINVAL
+        else:
+            ctx.error(f"Unknown combination of migration flags: {flags:#x}")
+            return -errno.EINVAL
+        return 0
+
+    def _mark(self, f: _QFile, part: str) -> None:
+        """Traces the part of the current record that was just read (up to ``f.offset``)."""
+        if self._rec is not None:
+            self._rec.parts.append((part, f.offset - self._rec.end))
 
     def _multifd_sync(self, ctx: LoadContext) -> int:
         """Waits until every multifd channel has delivered its pages up to this sync point."""
@@ -757,7 +708,7 @@ class _RamHandler:
         C call; the record loop above sees only what C declined (other records, errors, a record
         split across reads)."""
         block = self.last_block
-        rmap = self.received.get(block.name)
+        rmap = self.received.get(block.name) if block is not None else None
         fast = getattr(block, "load_page_records", None)
         if rmap is None or fast is None:
             return
@@ -779,6 +730,7 @@ class _RamHandler:
                 return None
             return self.last_block
         raw = f.get(f.u8())
+        self._mark(f, "name")
         name = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
         block = self.blocks.get(name)
         if block is None:
@@ -791,8 +743,12 @@ class _RamHandler:
         ret = 0
         while not ret and total:
             raw = f.get(f.u8())
+            self._mark(f, "name")
             name = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
             length = f.be64()
+            self._mark(f, "length")
+            if self._rec is not None:
+                self._rec.sizes.append((name, length))
             block = self.blocks.get(name)
             if block is None:
                 ctx.error(f'Unknown ramblock "{name}", cannot accept migration')
@@ -814,7 +770,9 @@ class _RamHandler:
 
     def _xbzrle(self, f: _QFile, block: Any, addr: int, ctx: LoadContext) -> int:
         enc = f.u8()
+        self._mark(f, "encoding")
         xlen = f.be16()
+        self._mark(f, "delta_len")
         if enc != ENCODING_FLAG_XBZRLE:
             ctx.error("Failed to load XBZRLE page - wrong compression!")
             return -1
@@ -822,6 +780,7 @@ class _RamHandler:
             ctx.error("Failed to load XBZRLE page - len overflow!")
             return -1
         delta = f.get(xlen)
+        self._mark(f, "delta")
         page = bytearray(block.read(addr, PAGE_SIZE))
         if xbzrle_decode(delta, page) == -1:
             ctx.error("Failed to load XBZRLE page - decode error!")
@@ -859,11 +818,16 @@ class LoadResult:
 
 
 class _Loader:
+    """QEMU 7.2 ``qemu_loadvm_state``: the top-level items, sections dispatched to their handlers.
+    Each step returns 0 or a negated errno, its messages given to ``ctx``."""
+
     def __init__(self, blocks: dict[str, Any], devices: Sequence[SaveStateEntry], machine_name: str,
-                 uuid: bytes | None, capabilities: Iterable[str], return_path: Any, multifd: Any = None) -> None:
+                 uuid: bytes | None, capabilities: Iterable[str], return_path: Any, multifd: Any = None,
+                 trace: StreamTrace | None = None) -> None:
         self.ctx = LoadContext()
         self.stats = {"zero_pages": 0, "normal_pages": 0, "xbzrle_pages": 0, "records_applied": 0}
-        self.ram = _RamHandler(blocks, self.stats, multifd)
+        self.trace = trace
+        self.ram = _RamHandler(blocks, self.stats, multifd, trace)
         self.handlers: list[Any] = [self.ram] + [_DeviceHandler(e) for e in devices]
         self.loadvm: list[tuple[int, Any, int]] = []  # (section_id, handler, version), newest first
         self.machine_name = machine_name
@@ -879,6 +843,10 @@ class _Loader:
                 return h
         return None
 
+    def _traced(self, kind: str, offset: int, **fields: Any) -> StreamItem | None:
+        """A new item of the trace (``None`` when the load is not traced)."""
+        return self.trace.add(kind, offset, **fields) if self.trace is not None else None
+
     # ---- top level (qemu_loadvm_state)
     def run(self, f: _QFile) -> int:
         magic = f.be32()
@@ -886,46 +854,63 @@ class _Loader:
             self.ctx.error("Not a migration stream")
             return -errno.EINVAL
         version = f.be32()
+        self._traced("header", 0, end=f.offset, version_id=version, value=magic)
         if version == QEMU_VM_FILE_VERSION_COMPAT:
             self.ctx.error("SaveVM v2 format is obsolete and don't work anymore")
             return -errno.ENOTSUP
         if version != QEMU_VM_FILE_VERSION:
             self.ctx.error("Unsupported migration stream version")
             return -errno.ENOTSUP
+        off = f.offset
         if f.u8() != QEMU_VM_CONFIGURATION:
             self.ctx.error("Configuration section missing")
             return -errno.EINVAL
-        cfg = {"local_machine": self.machine_name, "local_uuid": self.uuid,
-               "local_capabilities": self.capabilities}
+        cfg: dict[str, Any] = {"local_machine": self.machine_name, "local_uuid": self.uuid,
+                               "local_capabilities": self.capabilities}
+        it = self._traced("config", off)
         ret = vms.load_state(f, vms.VMSTATE_CONFIGURATION, cfg, 0, self.ctx)
         if ret:
             return ret
+        if it is not None:
+            it.end, it.name = f.offset, bytes(cfg.get("name", b"")).decode("utf-8", "replace")
         ret = self.main(f)
         if ret == 0:
             ret = f.error
         if ret == 0:
-            t = f.u8()
-            if t != QEMU_VM_VMDESCRIPTION:
-                self.ctx.error(f"Expected vmdescription section, but got {t}")
-            else:
-                f.skip(f.be32())  # errors past this point are ignored, as in QEMU
+            self.vmdesc(f)
         return ret
+
+    def vmdesc(self, f: _QFile) -> None:
+        """The vmdesc after EOF: skipped (its absence is only a message); errors here are ignored,
+        as in QEMU."""
+        off = f.offset
+        t = f.u8()
+        if t != QEMU_VM_VMDESCRIPTION:
+            self.ctx.error(f"Expected vmdescription section, but got {t}")
+            return
+        n = f.be32()
+        it = self._traced("vmdesc", off, length=n)
+        f.skip(n)
+        if it is not None and not f.error:
+            it.end = f.offset
 
     def main(self, f: _QFile) -> int:
         """qemu_loadvm_state_main: items until EOF."""
         ret = 0
         while True:
+            off = f.offset
             t = f.u8()
             if f.error:
                 ret = f.error
                 break
             if t in (QEMU_VM_SECTION_START, QEMU_VM_SECTION_FULL):
-                ret = self.section_start_full(f)
+                ret = self.section_start_full(f, t, off)
             elif t in (QEMU_VM_SECTION_PART, QEMU_VM_SECTION_END):
-                ret = self.section_part_end(f)
+                ret = self.section_part_end(f, t, off)
             elif t == QEMU_VM_COMMAND:
-                ret = self.command(f)
+                ret = self.command(f, off)
             elif t == QEMU_VM_EOF:
+                self._traced("EOF", off, end=f.offset)
                 break
             else:
                 self.ctx.error(f"Unknown savevm section type {t}")
@@ -936,7 +921,7 @@ class _Loader:
             f.set_error(ret)
         return ret
 
-    def section_start_full(self, f: _QFile) -> int:
+    def section_start_full(self, f: _QFile, kind: int, offset: int) -> int:
         section_id = f.be32()
         idstr, ok = f.counted()
         if not ok or not idstr:
@@ -947,6 +932,8 @@ class _Loader:
         if f.error:
             self.ctx.error(f"qemu_loadvm_section_start_full: Failed to read instance/version ID: {f.error}")
             return f.error
+        it = self._traced(_SECTION_NAMES[kind], offset, section_id=section_id,
+                          idstr=idstr.decode("utf-8", "replace"), instance_id=instance_id, version_id=version_id)
         shown = idstr.split(b"\0", 1)[0].decode("utf-8", "replace")
         se = self.find_se(idstr, instance_id)
         if se is None:
@@ -958,47 +945,60 @@ class _Loader:
             return -errno.EINVAL
         self.loadvm.insert(0, (section_id, se, version_id))
         self.sections.append((se.idstr, section_id))
-        ret = se.load(f, version_id, self.ctx)
+        ret = self.body(f, se, version_id, it)
         if ret < 0:
             self.ctx.error(f"error while loading state for instance {instance_id:#x} of device '{shown}'")
             return ret
-        return 0 if self.check_footer(f, se, section_id) else -errno.EINVAL
+        return self.check_footer(f, se, section_id, it)
 
-    def section_part_end(self, f: _QFile) -> int:
+    def section_part_end(self, f: _QFile, kind: int, offset: int) -> int:
         section_id = f.be32()
         if f.error:
             self.ctx.error(f"qemu_loadvm_section_part_end: Failed to read section ID: {f.error}")
             return f.error
         le = next((x for x in self.loadvm if x[0] == section_id), None)
+        it = self._traced(_SECTION_NAMES[kind], offset, section_id=section_id, idstr=le[1].idstr if le else None)
         if le is None:
             self.ctx.error(f"Unknown savevm section {_s32(section_id)}")
             return -errno.EINVAL
         _, se, version_id = le
-        ret = se.load(f, version_id, self.ctx)
+        ret = self.body(f, se, version_id, it)
         if ret < 0:
             self.ctx.error(f"error while loading state section id {_s32(section_id)}({se.idstr})")
             return ret
-        return 0 if self.check_footer(f, se, section_id) else -errno.EINVAL
+        return self.check_footer(f, se, section_id, it)
 
-    def check_footer(self, f: _QFile, se: Any, section_id: int) -> bool:
+    def body(self, f: _QFile, se: Any, version_id: int, it: StreamItem | None) -> int:
+        """A section's body, loaded by its handler."""
+        start = f.offset
+        ret = se.load(f, version_id, self.ctx)
+        if it is not None:
+            it.body_size = f.offset - start
+        return int(ret)
+
+    def check_footer(self, f: _QFile, se: Any, section_id: int, it: StreamItem | None) -> int:
         mark = f.u8()
         if f.error:
             self.ctx.error(f"check_section_footer: Read section footer failed: {f.error}")
-            return False
+            return -errno.EINVAL
         if mark != QEMU_VM_SECTION_FOOTER:
             self.ctx.error(f"Missing section footer for {se.idstr}")
-            return False
+            return -errno.EINVAL
         rid = f.be32()
         if rid != section_id:
             self.ctx.error(f"Mismatched section id in footer for {se.idstr} - read {rid:#x} expected {section_id:#x}")
-            return False
-        return True
+            return -errno.EINVAL
+        if it is not None:
+            it.end = f.offset
+        return 0
 
-    def command(self, f: _QFile) -> int:
+    def command(self, f: _QFile, offset: int) -> int:
         cmd = f.be16()
         length = f.be16()
         if f.error:
             return f.error
+        self._traced("command", offset, end=f.offset + length, value=cmd, length=length,
+                     name=_MIG_CMDS[cmd][0] if cmd in _MIG_CMDS else None)
         if cmd >= MIG_CMD_MAX or cmd == 0:
             self.ctx.error(f"MIG_CMD {cmd:#x} unknown (len {length:#x})")
             return -errno.EINVAL
@@ -1033,7 +1033,7 @@ class _Loader:
             if len(blob) != blen:
                 self.ctx.error(f"CMD_PACKAGED: Buffer receive fail ret={len(blob)} length={blen}")
                 return -errno.EAGAIN  # QEMU's count of bytes received is never negative [7.2-verified]
-            return self.main(_QFile(StreamReader.from_bytes(blob)))
+            return self.main(_QFile(StreamReader.from_bytes(blob), base=f.offset - len(blob)))
         if cmd in (4, 5, 6):  # postcopy commands in postcopy state NONE
             f.skip(length)
             self.ctx.error(f"CMD_{name} in wrong postcopy state (0)")
@@ -1058,6 +1058,7 @@ def load_stream(
     capabilities: Iterable[str] = (),
     return_path: Any = None,
     multifd: Any = None,
+    trace: StreamTrace | None = None,
 ) -> LoadResult:
     """Loads a precopy stream like a QEMU 7.2 destination (``-incoming``).
 
@@ -1066,6 +1067,7 @@ def load_stream(
     ``capabilities``: enabled migration capabilities (only ``x-ignore-shared`` is validated).
     ``return_path``: callable ``(msg_type, payload)`` if a return path exists (PING answers PONG).
     ``multifd``: the ``MultifdReceiver`` whose channels carry pages beside this stream.
+    ``trace``: collects what the load walked, item by item (see :class:`StreamTrace`).
     Returns :class:`LoadResult`; raises :class:`StreamError` with QEMU's exact messages.
     """
     if not isinstance(reader, StreamReader):
@@ -1078,7 +1080,7 @@ def load_stream(
         gs = vms.SaveStateEntry("globalstate", 0, vms.VMSTATE_GLOBALSTATE, {})
         devices.append(gs)
     gs.state.clear()
-    loader = _Loader(ram_blocks_by_name, devices, machine_name, uuid, capabilities, return_path, multifd)
+    loader = _Loader(ram_blocks_by_name, devices, machine_name, uuid, capabilities, return_path, multifd, trace)
     f = _QFile(reader)
     ret = loader.run(f)
     lines = loader.ctx.lines
@@ -1093,217 +1095,3 @@ def load_stream(
         runstate = received
     return LoadResult(runstate, list(lines), received, loader.stats["zero_pages"], loader.stats["normal_pages"],
                       loader.stats["xbzrle_pages"], loader.sections)
-
-
-# ================================================================ structural parse
-
-@dataclass
-class StreamItem:
-    """One top-level item. ``kind``: header, config, START/PART/END/FULL, command, EOF, vmdesc,
-    trailing. For sections: ``section_id``, ``idstr`` (START/FULL; PART/END get it from the START),
-    ``instance_id``, ``version_id``, ``body_size`` (bytes between header and footer). For RAM
-    sections ``ram`` counts records: mem_size (list of (name, length)), zero, page, xbzrle, eos,
-    named, continue. ``length``: config name / vmdesc JSON / command payload length."""
-
-    kind: str
-    offset: int
-    section_id: int | None = None
-    idstr: str | None = None
-    instance_id: int | None = None
-    version_id: int | None = None
-    body_size: int | None = None
-    ram: dict | None = None
-    name: str | None = None
-    length: int | None = None
-    value: Any = None
-
-
-def _find_vmdesc(data: bytes) -> dict | None:
-    """analyze-migration.py's trick: last NUL, first '{' after it, 0x06 five bytes before."""
-    nul = data.rfind(b"\0")
-    brace = data.find(b"{", nul + 1)
-    if brace < 5 or data[brace - 5] != QEMU_VM_VMDESCRIPTION:
-        return None
-    n = struct.unpack(">I", data[brace - 4:brace])[0]
-    try:
-        return json.loads(data[brace:brace + n])
-    except ValueError:
-        return None
-
-
-def _desc_size(desc: dict) -> int | None:
-    if desc.get("subsections"):
-        return None
-    return sum(int(fl["size"]) * int(fl.get("array_len", 1)) for fl in desc.get("fields", []))
-
-
-def parse_stream(data: bytes, vmsds: dict[str, vms.VMStateDescription] | None = None) -> list[StreamItem]:
-    """Walks a stream and lists its items (no RAM is touched). Device bodies are sized with the
-    built-in vmsds (``timer``, ``globalstate``, plus ``vmsds``) or the stream's vmdesc.
-    Raises ``ValueError`` on a malformed stream."""
-    known = {"timer": vms.VMSTATE_TIMERS, "globalstate": vms.VMSTATE_GLOBALSTATE}
-    known.update(vmsds or {})
-    desc = _find_vmdesc(data)
-    desc_by = {(d["name"], d["instance_id"]): d for d in (desc or {}).get("devices", [])}
-    items: list[StreamItem] = []
-    pos = 0
-
-    def need(n: int) -> None:
-        if pos + n > len(data):
-            raise ValueError(f"stream truncated at {pos:#x} (need {n} bytes)")
-
-    def u8() -> int:
-        nonlocal pos
-        need(1)
-        pos += 1
-        return data[pos - 1]
-
-    def be(n: int) -> int:
-        nonlocal pos
-        need(n)
-        pos += n
-        return int.from_bytes(data[pos - n:pos], "big")
-
-    def raw(n: int) -> bytes:
-        nonlocal pos
-        need(n)
-        pos += n
-        return data[pos - n:pos]
-
-    magic, version = be(4), be(4)
-    items.append(StreamItem("header", 0, version_id=version, value=magic))
-    if magic != QEMU_VM_FILE_MAGIC:
-        raise ValueError("not a migration stream")
-    ids: dict[int, str] = {}
-    state: dict[str, Any] = {"last_block": None}
-
-    def ram_body() -> dict:
-        nonlocal pos
-        c: dict[str, Any] = {"mem_size": [], "zero": 0, "page": 0, "xbzrle": 0, "eos": 0, "named": 0,
-                             "continue": 0, "other": 0}
-        while True:
-            word = be(8)
-            flags = word & (PAGE_SIZE - 1)
-            kind = flags & ~RAM_SAVE_FLAG_CONTINUE
-            if kind == RAM_SAVE_FLAG_MEM_SIZE:
-                total = word & PAGE_MASK
-                while total:
-                    nm = raw(u8()).decode("utf-8", "replace")
-                    ln = be(8)
-                    c["mem_size"].append((nm, ln))
-                    total = max(total - ln, 0)
-                continue
-            if kind == RAM_SAVE_FLAG_EOS:
-                c["eos"] += 1
-                return c
-            if kind not in (RAM_SAVE_FLAG_ZERO, RAM_SAVE_FLAG_PAGE, RAM_SAVE_FLAG_XBZRLE):
-                raise ValueError(f"RAM flags {flags:#x} at {pos - 8:#x}")
-            if flags & RAM_SAVE_FLAG_CONTINUE:
-                c["continue"] += 1
-            else:
-                state["last_block"] = raw(u8())
-                c["named"] += 1
-            if kind == RAM_SAVE_FLAG_ZERO:
-                u8()
-                c["zero"] += 1
-            elif kind == RAM_SAVE_FLAG_PAGE:
-                raw(PAGE_SIZE)
-                c["page"] += 1
-            else:
-                u8()
-                raw(be(2))
-                c["xbzrle"] += 1
-
-    def device_body(idstr: str, instance: int, version: int) -> None:
-        nonlocal pos
-        if idstr in known:
-            f = _QFile(StreamReader.from_bytes(data[pos:]))
-            ret = vms.load_state(f, known[idstr], {"local_machine": ""}, version, LoadContext())
-            consumed = f.r.offset
-            if f.error:
-                raise ValueError(f"cannot parse {idstr} at {pos:#x}")
-            del ret
-            pos += consumed
-            return
-        d = desc_by.get((idstr, instance))
-        size = _desc_size(d) if d else None
-        if size is None:
-            raise ValueError(f"no layout for section {idstr!r} {instance} at {pos:#x}")
-        raw(size)
-
-    def walk(end: int, nested: bool) -> None:
-        nonlocal pos
-        while pos < end:
-            off = pos
-            t = u8()
-            if t == QEMU_VM_CONFIGURATION and not items[1:]:
-                n = be(4)
-                nm = raw(n).decode("utf-8", "replace")
-                it = StreamItem("config", off, name=nm, length=n, value=[])
-                while pos < len(data) and data[pos] == QEMU_VM_SUBSECTION:
-                    u8()
-                    sname = raw(u8()).decode("utf-8", "replace")
-                    be(4)
-                    if sname == "configuration/uuid":
-                        raw(16)
-                    elif sname == "configuration/target-page-bits":
-                        be(4)
-                    elif sname == "configuration/capabilities":
-                        for _ in range(be(4)):
-                            raw(u8())
-                    else:
-                        raise ValueError(f"unknown subsection {sname}")
-                    it.value.append(sname)
-                items.append(it)
-            elif t in (QEMU_VM_SECTION_START, QEMU_VM_SECTION_FULL):
-                sid = be(4)
-                idstr = raw(u8()).decode("utf-8", "replace")
-                inst, ver = be(4), be(4)
-                ids[sid] = idstr
-                body = pos
-                it = StreamItem(_SECTION_NAMES[t], off, sid, idstr, inst, ver)
-                if idstr == RAM_IDSTR:
-                    it.ram = ram_body()
-                else:
-                    device_body(idstr, inst, ver)
-                it.body_size = pos - body
-                if u8() != QEMU_VM_SECTION_FOOTER or be(4) != sid:
-                    raise ValueError(f"bad footer for section {sid} at {pos - 5:#x}")
-                items.append(it)
-            elif t in (QEMU_VM_SECTION_PART, QEMU_VM_SECTION_END):
-                sid = be(4)
-                pidstr = ids.get(sid)
-                if pidstr != RAM_IDSTR:
-                    raise ValueError(f"PART/END for section {sid} ({pidstr}) at {off:#x}")
-                body = pos
-                it = StreamItem(_SECTION_NAMES[t], off, sid, pidstr, ram=ram_body())
-                it.body_size = pos - body
-                if u8() != QEMU_VM_SECTION_FOOTER or be(4) != sid:
-                    raise ValueError(f"bad footer for section {sid} at {pos - 5:#x}")
-                items.append(it)
-            elif t == QEMU_VM_COMMAND:
-                cmd, n = be(2), be(2)
-                payload = raw(n)
-                items.append(StreamItem("command", off, length=n, value=cmd, name=_MIG_CMDS.get(cmd, ("?",))[0]))
-                if cmd == 7:
-                    blen = int.from_bytes(payload, "big")
-                    walk(pos + blen, True)
-            elif t == QEMU_VM_EOF:
-                items.append(StreamItem("EOF", off, value="nested" if nested else None))
-                if nested:
-                    continue
-                return
-            else:
-                raise ValueError(f"unknown item type {t:#x} at {off:#x}")
-
-    walk(len(data), False)
-    if pos < len(data):
-        off = pos
-        if data[pos] == QEMU_VM_VMDESCRIPTION and pos + 5 <= len(data):
-            pos += 1
-            n = be(4)
-            items.append(StreamItem("vmdesc", off, length=n, value=data[pos:pos + n]))
-            pos += n
-        if pos < len(data):
-            items.append(StreamItem("trailing", pos, length=len(data) - pos))
-    return items

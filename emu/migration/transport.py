@@ -56,6 +56,7 @@ from emu.migration.address import (
     Unix,
     Vsock,
 )
+from emu.migration.errors import QemuTextError
 
 __all__ = [
     "FD_FILE_DEPRECATED",
@@ -75,16 +76,8 @@ _UNIX_PATH_MAX = 108  # sizeof(struct sockaddr_un.sun_path) on Linux
 _C_SPACE = " \t\n\v\f\r"
 
 
-class TransportError(Exception):
+class TransportError(QemuTextError):
     """A transport failure; ``message`` is the text QMP / ``query-migrate`` report."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    @property
-    def desc(self) -> str:
-        return self.message
 
 
 class AcceptTimeout(TransportError):
@@ -106,6 +99,14 @@ def _errno_text(msg: str, err: BaseException | int | None) -> str:
     if isinstance(err, OSError) and err.errno is not None:
         return f"{msg}: {os.strerror(err.errno)}"
     return msg
+
+
+def _wake(fd: int) -> None:
+    """Writes a byte to a wake pipe: a poll() waiting on its read end returns."""
+    try:
+        os.write(fd, b"x")
+    except OSError:
+        pass  # full (a wake is already pending) or closed: nothing more to wake
 
 
 def _gai_text(err: BaseException) -> str:
@@ -161,7 +162,8 @@ class Channel:
         return self._closed
 
     @property
-    def shut_down(self) -> bool:
+    def is_shut_down(self) -> bool:
+        """Whether ``shutdown()`` has aborted the stream (reads end, writes fail)."""
         return self._shut
 
     def fileno(self) -> int:
@@ -342,10 +344,7 @@ class Channel:
             if self._closed:
                 return
             self._shut = True
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass
+            _wake(self._wake_w)
             if self._sock is not None:
                 try:
                     self._sock.shutdown(socket.SHUT_RDWR)
@@ -547,10 +546,7 @@ class Listener:
             if self._closed:
                 return
             self._closed = True
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass
+            _wake(self._wake_w)
             ready, self._ready = self._ready, None
         for s in self._socks:
             s.close()
@@ -687,22 +683,17 @@ def _inet_listen_one(addr: Inet, fam: int, proto: int, sa: tuple[Any, ...], back
             raise TransportError(_errno_text("Failed to recreate failed listening socket", e)) from None
         created = True
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # create_fast_reuse_socket
+        step = "Failed to bind socket"
         try:
             _try_bind(sock, addr, fam, (sa[0], p) + tuple(sa[2:]))
-        except OSError as e:
-            sock.close()
-            last = e
-            if e.errno == _errno.EADDRINUSE:
-                continue
-            raise TransportError(_errno_text("Failed to bind socket", e)) from None
-        try:
+            step = "Failed to listen on socket"
             sock.listen(backlog)
         except OSError as e:
             sock.close()
             last = e
-            if e.errno == _errno.EADDRINUSE:
+            if e.errno == _errno.EADDRINUSE:  # this port is taken: the next one
                 continue
-            raise TransportError(_errno_text("Failed to listen on socket", e)) from None
+            raise TransportError(_errno_text(step, e)) from None
         return sock
     msg = "Failed to find an available port" if created else "Failed to create a socket"
     raise TransportError(_errno_text(msg, last))
@@ -1065,7 +1056,7 @@ class TlsChannel(Channel):
         """A normal close first lets the tunnel encrypt and hand to the socket everything written
         (and the TLS close_notify): the stream's last bytes may still sit in the socketpair. A
         channel shut down (cancel, failure) closes at once."""
-        if not self.closed and not self.shut_down:
+        if not self.closed and not self.is_shut_down:
             try:
                 self._sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
             except OSError:

@@ -2,9 +2,10 @@
 
 This module owns the ``stream`` target of ``python -m qtest.fuzz``: its seeds, its mutator, its
 oracles and its reproducers. Seeds are valid streams: QEMU 7.2's ``-M none -m 16M`` stream
-(``../shared/vectors/qemu72-none-16M.mig``), streams written by our own saver for ``-M none`` and
-``-M pc`` (``emu.migration.stream.save_stream``), and hand-built ones with PAGE/ZERO/XBZRLE records,
-configuration subsections, a PACKAGED command and a vmdesc. Each seed is split into items (header,
+(``../shared/vectors/qemu72-none-16M.mig``), streams written by the saver ``migrate`` runs for
+``-M none`` and ``-M pc`` (``emu.migration.precopy.PrecopySaver``), and hand-built ones with
+PAGE/ZERO/XBZRLE records, configuration subsections, a PACKAGED command and a vmdesc. Each seed is
+split, as the loader walks it (``emu.migration.stream.StreamTrace``), into items (header,
 configuration, sections, commands, EOF, vmdesc) and fields (section ids, idstrs, versions, RAM
 record words with their flags and page offsets, block names, lengths, bodies); a mutation changes
 fields, deletes/duplicates/swaps/splices/wraps items, inserts synthetic items, or works on the
@@ -54,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emu.migration import ram_flags as rf
 from qtest.fuzz.common import Finding
 
 __all__ = ["InProcessLoader", "Outcome", "ProcessLoader", "Seed", "StreamTarget", "add_arguments", "build_seeds",
@@ -70,7 +72,16 @@ _REPO = Path(__file__).resolve().parents[2]
 _VECTOR_DIRS = (_REPO.parent / "shared" / "vectors", _REPO / "tests" / "vectors")
 _INT_WIDTH = {"magic": 4, "version": 4, "len32": 4, "sid": 4, "inst": 4, "ver32": 4, "be32": 4, "be64": 8,
               "ramword": 8, "len16": 2, "cmd16": 2, "type": 1, "footer": 1, "fill": 1, "u8": 1}
-_RAM_FLAGS = (0x02, 0x04, 0x08, 0x10, 0x22, 0x28, 0x40, 0x60, 0x80, 0x100, 0x200, 0x01, 0x00, 0x0A, 0x30)
+_CONT = rf.RAM_SAVE_FLAG_CONTINUE
+#: RAM record flags a mutated word takes: every flag, CONTINUE forms, none, and two mixtures
+_RAM_FLAGS = (rf.RAM_SAVE_FLAG_ZERO, rf.RAM_SAVE_FLAG_MEM_SIZE, rf.RAM_SAVE_FLAG_PAGE, rf.RAM_SAVE_FLAG_EOS,
+              rf.RAM_SAVE_FLAG_ZERO | _CONT, rf.RAM_SAVE_FLAG_PAGE | _CONT, rf.RAM_SAVE_FLAG_XBZRLE,
+              rf.RAM_SAVE_FLAG_XBZRLE | _CONT, rf.RAM_SAVE_FLAG_HOOK, rf.RAM_SAVE_FLAG_COMPRESS_PAGE,
+              rf.RAM_SAVE_FLAG_MULTIFD_FLUSH, rf.RAM_SAVE_FLAG_FULL, 0, rf.RAM_SAVE_FLAG_ZERO | rf.RAM_SAVE_FLAG_PAGE,
+              rf.RAM_SAVE_FLAG_EOS | _CONT)
+#: the fuzzer's field kind for each part of a RAM record the loader reports
+_RAM_PART_KINDS = {"word": "ramword", "name": "name8", "length": "be64", "fill": "fill", "page": "page",
+                   "encoding": "u8", "delta_len": "len16", "delta": "raw"}
 _NAMES = (b"ram", b"pc.ram", b"", b"nosuch", b"ram\0junk", b"A" * 255, b"timer", b"globalstate", b"cpu",
           b"mc146818rtc", b"0000:00:01.3/piix4_pm", b"configuration/uuid", b"configuration/bogus", b"\xff\xfe")
 _JSON = (b"", b"{", b"{}", b"[]", b'{"page_size": 4096, "devices": 1}', b'{"devices": [{}]}', b"\xff" * 8,
@@ -85,38 +96,15 @@ _FOREIGN = ("Traceback", "object at 0x", "bytearray(", "<memory at", "memoryview
 
 # ================================================================ splitting a stream into fields
 
-def _ram_fields(data: bytes, pos: int, end: int) -> tuple[list[Field], int]:
-    """The records of a RAM section body from ``pos`` up to its EOS (or ``end``)."""
+def _ram_fields(data: bytes, records: list[Any]) -> list[Field]:
+    """The fields of a RAM section body: each record's parts as the loader read them."""
     out: list[Field] = []
-
-    def take(kind: str, n: int) -> bytes:
-        nonlocal pos
-        chunk = data[pos:pos + n]
-        out.append((kind, chunk))
-        pos += n
-        return chunk
-
-    while pos + 8 <= end:
-        word = int.from_bytes(take("ramword", 8), "big")
-        flags, kind = word & 0xFFF, word & 0xFFF & ~0x20
-        if kind == 0x04:  # MEM_SIZE: (name, length) pairs until the total is used up
-            total = word & ~0xFFF
-            while total > 0 and pos < end:
-                take("name8", 1 + data[pos])
-                total -= int.from_bytes(take("be64", 8), "big")
-            continue
-        if kind == 0x10:
-            break
-        if not flags & 0x20:
-            take("name8", 1 + data[pos])
-        if kind == 0x02:
-            take("fill", 1)
-        elif kind == 0x08:
-            take("page", PAGE)
-        elif kind == 0x40:
-            take("u8", 1)
-            take("raw", int.from_bytes(take("len16", 2), "big"))
-    return out, pos
+    for rec in records:
+        pos = rec.offset
+        for part, n in rec.parts:
+            out.append((_RAM_PART_KINDS[part], data[pos:pos + n]))
+            pos += n
+    return out
 
 
 def _config_fields(chunk: bytes) -> list[Field]:
@@ -143,8 +131,9 @@ def _config_fields(chunk: bytes) -> list[Field]:
     return out
 
 
-def _item_fields(kind: str, chunk: bytes, is_ram: bool) -> list[Field]:
-    """One item of ``parse_stream`` (``chunk``: its bytes) as fields."""
+def _item_fields(item: Any, data: bytes) -> list[Field]:
+    """One item of a load's trace (an ``emu.migration.stream.StreamItem`` of ``data``) as fields."""
+    kind, chunk = item.kind, data[item.offset:item.end]
     if kind == "header":
         return [("magic", chunk[:4]), ("version", chunk[4:8])]
     if kind == "config":
@@ -156,9 +145,8 @@ def _item_fields(kind: str, chunk: bytes, is_ram: bool) -> list[Field]:
             k = chunk[5]
             fields += [("name8", chunk[5:6 + k]), ("inst", chunk[6 + k:10 + k]), ("ver32", chunk[10 + k:14 + k])]
             pos = 14 + k
-        if is_ram:
-            body, pos = _ram_fields(chunk, pos, len(chunk) - 5)
-            fields += body
+        if item.records:  # a RAM section
+            fields += _ram_fields(data, item.records)
         else:
             fields.append(("body", chunk[pos:len(chunk) - 5]))
         return fields + [("footer", chunk[-5:-4]), ("sid", chunk[-4:])]
@@ -173,18 +161,20 @@ def _item_fields(kind: str, chunk: bytes, is_ram: bool) -> list[Field]:
     return [("raw", chunk)]
 
 
-def split_stream(data: bytes, vmsds: dict[str, Any] | None = None) -> list[Item]:
-    """A valid stream as items of typed fields; joining every field gives ``data`` back."""
-    from emu.migration.stream import parse_stream
+def split_stream(data: bytes, machine_type: str = "none") -> list[Item]:
+    """A valid stream as items of typed fields, as the loader walks it into a new ``machine_type``
+    machine (a PACKAGED command's items follow it as items; bytes after the vmdesc are one raw
+    item); joining every field gives ``data`` back."""
+    from emu.migration.stream import StreamTrace, load_stream
 
-    parsed = parse_stream(data, vmsds)
-    items: list[Item] = []
-    for i, it in enumerate(parsed):
-        if it.kind == "command":
-            end = it.offset + 5 + (it.length or 0)  # a PACKAGED blob's items follow as items
-        else:
-            end = parsed[i + 1].offset if i + 1 < len(parsed) else len(data)
-        items.append(tuple(_item_fields(it.kind, data[it.offset:end], it.idstr == "ram")))
+    m = _new_machine(machine_type)
+    trace = StreamTrace()
+    load_stream(io.BytesIO(data), {b.name: b for b in m.ram_blocks}, m.migration_entries(saving=False), m.name,
+                trace=trace)
+    items: list[Item] = [tuple(_item_fields(it, data)) for it in trace.items]
+    end = trace.items[-1].end
+    if end is not None and end < len(data):
+        items.append((("raw", data[end:]),))
     assert join(items) == data, "split_stream lost bytes"
     return items
 
@@ -229,11 +219,14 @@ def _handmade_streams(machine_name: bytes) -> dict[str, bytes]:
     globalstate section, configuration subsections, a PACKAGED command and a vmdesc."""
     pat1 = bytes((i * 7 + 1) & 0xFF for i in range(PAGE))
     pat2 = b"QEMU-EMU" * 512
-    eos = _be64(0x10)
-    mem_size = _be64(RAM_MIB * MiB | 4) + _counted(b"ram") + _be64(RAM_MIB * MiB)
+    eos = _be64(rf.RAM_SAVE_FLAG_EOS)
+    mem_size = _be64(RAM_MIB * MiB | rf.RAM_SAVE_FLAG_MEM_SIZE) + _counted(b"ram") + _be64(RAM_MIB * MiB)
     rs = _section(1, 2, mem_size + eos)
-    rp = _section(2, 2, _be64(0x1008) + _counted(b"ram") + pat1 + _be64(0x2022) + b"\xab" + _be64(0x3028) + pat2
-                  + _be64(0x3060) + b"\x01" + struct.pack(">H", 10) + bytes.fromhex("6404deadbeefb81e0155") + eos)
+    rp = _section(2, 2, _be64(0x1000 | rf.RAM_SAVE_FLAG_PAGE) + _counted(b"ram") + pat1
+                  + _be64(0x2000 | rf.RAM_SAVE_FLAG_ZERO | _CONT) + b"\xab"
+                  + _be64(0x3000 | rf.RAM_SAVE_FLAG_PAGE | _CONT) + pat2
+                  + _be64(0x3000 | rf.RAM_SAVE_FLAG_XBZRLE | _CONT) + b"\x01" + struct.pack(">H", 10)
+                  + bytes.fromhex("6404deadbeefb81e0155") + eos)
     re_ = _section(3, 2, eos)
     gs = _section(4, 4, _be32(7) + b"paused".ljust(100, b"\0"), b"globalstate", 0, 1)
     config = b"\x07" + _be32(len(machine_name)) + machine_name
@@ -250,18 +243,22 @@ def _handmade_streams(machine_name: bytes) -> dict[str, bytes]:
             "subsections-packaged": _HEADER + config + subs + packaged + gs + b"\0"}
 
 
-def _saver_stream(machine: Any, runstate: str) -> tuple[bytes, dict[str, Any]]:
-    """A stream written by our saver for ``machine``, with a few non-zero pages."""
-    from emu.migration.stream import StreamWriter, save_stream
+def _saver_stream(machine: Any, runstate: str) -> bytes:
+    """A stream of the saver ``migrate`` runs, for a stopped ``machine`` with a few non-zero pages:
+    its setup, one round with every page, the completion."""
+    from emu.migration.precopy import PrecopySaver
+    from emu.migration.stream import QEMU_VM_SECTION_PART, StreamWriter
 
     block = machine.ram_blocks[0]
     for page, byte in ((0, 0x11), (1, 0x22), (0x7F, 0x33), (block.used_length // PAGE - 1, 0x44)):
         block.fill(page * PAGE, byte, PAGE)
     block.write(0x5000, b"fuzz" * 1024)
-    entries = machine.migration_entries(saving=True)
     out = io.BytesIO()
-    save_stream(StreamWriter(out), machine.ram_blocks, entries, machine.name, runstate)
-    return out.getvalue(), {e.idstr: e.vmsd for e in entries}
+    saver = PrecopySaver(StreamWriter(out), machine.ram_blocks, machine.name)
+    saver.start()
+    saver.send_pages(PrecopySaver.all_pages(machine.ram_blocks), QEMU_VM_SECTION_PART, lambda sent: None)
+    saver.finish(saver.sync(), machine.migration_entries(saving=True), runstate)
+    return out.getvalue()
 
 
 def build_seeds() -> list[Seed]:
@@ -273,8 +270,8 @@ def build_seeds() -> list[Seed]:
             seeds.append(Seed("qemu72-none-16M", "none", split_stream(path.read_bytes())))
             break
     for machine_type, runstate in (("none", "paused"), ("pc", "prelaunch")):
-        data, vmsds = _saver_stream(_new_machine(machine_type), runstate)
-        seeds.append(Seed(f"saver-{machine_type}", machine_type, split_stream(data, vmsds)))
+        data = _saver_stream(_new_machine(machine_type), runstate)
+        seeds.append(Seed(f"saver-{machine_type}", machine_type, split_stream(data, machine_type)))
     for name, data in _handmade_streams(b"none").items():
         seeds.append(Seed(name, "none", split_stream(data)))
     return seeds
@@ -289,14 +286,14 @@ def _interesting(rng: random.Random, value: int, width: int) -> int:
 
 
 def _mutate_ramword(rng: random.Random, word: int) -> int:
-    flags, addr = word & 0xFFF, word & ~0xFFF
+    flags, addr = word & rf.RAM_FLAGS_MASK, word & ~rf.RAM_FLAGS_MASK
     if rng.random() < 0.5:
         flags = rng.choice((rng.choice(_RAM_FLAGS), flags ^ (1 << rng.randrange(12)), rng.randrange(0x1000)))
     else:
         size = RAM_MIB * MiB
         addr = rng.choice((0, PAGE, size - PAGE, size, 128 * MiB, 1 << 40, addr + PAGE, addr - PAGE,
                            0xFFFFFFFFFFFFF000, rng.randrange(size // PAGE) * PAGE))
-    return (addr & ~0xFFF | flags) & 0xFFFFFFFFFFFFFFFF
+    return (addr & ~rf.RAM_FLAGS_MASK | flags) & 0xFFFFFFFFFFFFFFFF
 
 
 def _mutate_int(rng: random.Random, kind: str, raw: bytes) -> bytes:
@@ -364,11 +361,12 @@ def _synthetic_item(rng: random.Random) -> Item:
     if choice == 4:
         name = rng.choice((b"none", b"pc-i440fx-9.1", b"", b"x" * 300))
         return (("type", b"\x07"), ("len32", _be32(len(name))), ("name", name))
-    records: list[Field] = [("ramword", _be64(rng.randrange(RAM_MIB * MiB // PAGE) * PAGE | 0x08)),
+    records: list[Field] = [("ramword", _be64(rng.randrange(RAM_MIB * MiB // PAGE) * PAGE | rf.RAM_SAVE_FLAG_PAGE)),
                             ("name8", _counted(b"ram")), ("page", rng.randbytes(PAGE))]
-    records += [("ramword", _be64(0x3060)), ("u8", b"\x01"), ("len16", b"\x00\x03"), ("raw", b"\x00\x01\x00")]
-    return (("type", b"\x02"), ("sid", _be32(2)), *records, ("ramword", _be64(0x10)), ("footer", b"\x7e"),
-            ("sid", _be32(2)))
+    records += [("ramword", _be64(0x3000 | rf.RAM_SAVE_FLAG_XBZRLE | _CONT)), ("u8", b"\x01"), ("len16", b"\x00\x03"),
+                ("raw", b"\x00\x01\x00")]
+    return (("type", b"\x02"), ("sid", _be32(2)), *records, ("ramword", _be64(rf.RAM_SAVE_FLAG_EOS)),
+            ("footer", b"\x7e"), ("sid", _be32(2)))
 
 
 def _wrap_packaged(rng: random.Random, items: list[Item]) -> None:

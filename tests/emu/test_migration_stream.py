@@ -1,24 +1,39 @@
-"""The migration stream layer against real QEMU 7.2 data (../shared/vectors)."""
+"""The migration stream layer against real QEMU 7.2 data (../shared/vectors): the saver ``migrate``
+runs (``PrecopySaver``) and the loader, whose trace also shows what it walked."""
 from __future__ import annotations
 
 import io
 import json
+import re
 import struct
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from xbzrle_reference import xbzrle_encode
 
+from emu.migration import ram_flags
 from emu.migration import vmstate as vms
+from emu.migration.precopy import PrecopySaver
+from emu.migration.ram_flags import (
+    RAM_SAVE_FLAG_CONTINUE,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SAVE_FLAG_PAGE,
+    RAM_SAVE_FLAG_XBZRLE,
+    RAM_SAVE_FLAG_ZERO,
+)
 from emu.migration.stream import (
+    QEMU_VM_SECTION_PART,
     StreamEOFError,
     StreamError,
+    StreamItem,
     StreamReader,
+    StreamTrace,
     StreamWriter,
     load_stream,
-    parse_stream,
-    save_stream,
+    machine_none_devices,
     xbzrle_decode,
-    xbzrle_encode,
 )
 from emu.ram import RamBlock
 
@@ -180,13 +195,57 @@ def expected_lines(case: dict) -> list[str]:
     return [ln.removeprefix(PREFIX) for ln in case["stderr"].split("\n") if ln]
 
 
+def save_stopped(sink, blocks: list[RamBlock], runstate: str) -> PrecopySaver:
+    """A stopped ``-M none`` source's stream, written by the saver ``migrate`` runs: its setup, one
+    round with every page, then the completion (nothing is dirtied in between)."""
+    saver = PrecopySaver(sink if isinstance(sink, StreamWriter) else StreamWriter(sink), blocks, "none")
+    saver.start()
+    saver.send_pages(PrecopySaver.all_pages(blocks), QEMU_VM_SECTION_PART, lambda sent: None)
+    saver.finish(saver.sync(), machine_none_devices(), runstate)
+    return saver
+
+
+def traced(data: bytes, ram: RamBlock | None = None) -> list[StreamItem]:
+    """The items the loader walks in ``data`` (loaded into ``ram`` or a fresh block)."""
+    trace = StreamTrace()
+    load_stream(io.BytesIO(data), {"ram": ram if ram is not None else fresh_ram()}, None, "none", trace=trace)
+    return trace.items
+
+
+_KIND_NAMES = {RAM_SAVE_FLAG_ZERO: "zero", RAM_SAVE_FLAG_PAGE: "page", RAM_SAVE_FLAG_XBZRLE: "xbzrle",
+               RAM_SAVE_FLAG_EOS: "eos", RAM_SAVE_FLAG_MEM_SIZE: "mem_size"}
+
+
+def ram_counts(item: StreamItem) -> Counter:
+    """An item's RAM records by kind, plus how many page records carry the block name (named) or
+    use CONTINUE (continue)."""
+    counts: Counter = Counter(_KIND_NAMES.get(r.kind, "other") for r in item.records)
+    for r in item.records:
+        if r.kind in (RAM_SAVE_FLAG_ZERO, RAM_SAVE_FLAG_PAGE, RAM_SAVE_FLAG_XBZRLE):
+            counts["continue" if r.flags & RAM_SAVE_FLAG_CONTINUE else "named"] += 1
+    return counts
+
+
+def assert_tiles(items: list[StreamItem], end: int) -> None:
+    """Every item ends where the next begins (a PACKAGED command where its nested items do), the
+    last at ``end``; a RAM section's records likewise, from its body up to its footer."""
+    assert [i.end for i in items[:-1]] == [i.offset for i in items[1:]]
+    assert items[-1].end == end
+    for it in items:
+        if it.records:
+            recs = it.records
+            assert [r.end for r in recs[:-1]] == [r.offset for r in recs[1:]]
+            assert it.end is not None and it.body_size is not None
+            assert recs[-1].end == it.end - 5 and recs[0].offset == it.end - 5 - it.body_size
+
+
 # ---------------------------------------------------------------- the real stream (vectors README §1)
 
 def test_save_is_byte_exact_against_qemu72_vector():
     out = io.BytesIO()
-    stats = save_stream(out, [fresh_ram()], None, "none", "prelaunch")
+    saver = save_stopped(out, [fresh_ram()], "prelaunch")
     assert out.getvalue() == MIG.read_bytes()
-    assert stats == {"zero_pages": 4096, "normal_pages": 0, "bytes": 37645}
+    assert (saver.sent_zero, saver.sent_normal, saver.bytes_sent) == (4096, 0, 37645)
 
 
 def test_save_through_short_writes():
@@ -200,12 +259,13 @@ def test_save_through_short_writes():
             return n
 
     sink = Trickle()
-    save_stream(StreamWriter(sink, buffer_size=4096), [fresh_ram()], None, "none", "prelaunch")
+    save_stopped(StreamWriter(sink, buffer_size=4096), [fresh_ram()], "prelaunch")
     assert bytes(sink.buf) == MIG.read_bytes()
 
 
-def test_parse_vector_structure():
-    items = parse_stream(MIG.read_bytes())
+def test_trace_of_the_vector_structure():
+    data = MIG.read_bytes()
+    items = traced(data)
     got = [(i.kind, i.offset, i.section_id, i.idstr, i.instance_id, i.version_id, i.body_size) for i in items]
     assert got == [
         ("header", 0x0, None, None, None, 3, None),
@@ -218,14 +278,57 @@ def test_parse_vector_structure():
         ("EOF", 0x9121, None, None, None, None, None),
         ("vmdesc", 0x9122, None, None, None, None, None),
     ]
+    assert items[0].value == 0x5145564D
     assert items[1].name == "none"
-    assert items[2].ram["mem_size"] == [("ram", 16 * MiB)] and items[2].ram["eos"] == 1
-    part = items[3].ram
+    assert [r.sizes for r in items[2].records] == [[("ram", 16 * MiB)], []]
+    assert ram_counts(items[2]) == {"mem_size": 1, "eos": 1}
+    part = ram_counts(items[3])
     assert (part["zero"], part["page"], part["xbzrle"], part["named"], part["continue"]) == (4096, 0, 0, 1, 4095)
-    assert items[4].ram["eos"] == 1 and items[4].ram["zero"] == 0
+    assert ram_counts(items[4]) == {"eos": 1}
+    assert items[3].records[0].parts == [("word", 8), ("name", 4), ("fill", 1)]
+    assert items[3].records[1].parts == [("word", 8), ("fill", 1)]
     assert items[8].length == 486
-    desc = json.loads(items[8].value)
+    desc = json.loads(data[items[8].offset + 5:items[8].end])
     assert [d["name"] for d in desc["devices"]] == ["timer", "globalstate"]
+    assert_tiles(items, len(data))
+
+
+def test_trace_parts_of_every_record_kind_and_a_packaged_stream():
+    data = STREAMS["cmd_packaged"]
+    items = traced(data)
+    assert [i.kind for i in items] == ["header", "config", "command", "START", "PART", "END", "EOF", "EOF"]
+    cmd = items[2]
+    assert (cmd.offset, cmd.end, cmd.value, cmd.name, cmd.length) == (17, 26, 7, "PACKAGED", 4)
+    assert items[3].offset == 26  # nested items at their offsets in the outer stream
+    assert_tiles(items, len(data))
+    assert [r.parts for r in items[4].records] == [
+        [("word", 8), ("name", 4), ("page", 4096)],
+        [("word", 8), ("fill", 1)],
+        [("word", 8), ("page", 4096)],
+        [("word", 8), ("encoding", 1), ("delta_len", 2), ("delta", len(DELTA))],
+        [("word", 8)],
+    ]
+    body = items[4].offset + 5  # after the PART header
+    assert [r.offset for r in items[4].records][:2] == [body, body + 8 + 4 + 4096]
+
+
+def test_trace_stops_before_trailing_bytes_and_inside_a_failing_item():
+    items = traced(STREAMS["trailing_garbage"])
+    assert_tiles(items, len(MINIMAL))  # the loader reads a vmdesc type byte and stops: no item
+    trace = StreamTrace()
+    with pytest.raises(StreamError):
+        load_stream(io.BytesIO(STREAMS["truncated_page"]), {"ram": fresh_ram()}, None, "none", trace=trace)
+    last = trace.items[-1]
+    assert (last.kind, last.end, len(last.records)) == ("PART", None, 1)
+    assert last.records[0].parts == [("word", 8), ("name", 4), ("page", 2000 - 12)]
+
+
+def test_python_ram_flags_are_the_c_core_ones():
+    header = (Path(__file__).resolve().parents[2] / "csrc" / "ram_flags.h").read_text()
+    in_c = {m[1]: int(m[2], 16) for m in re.finditer(r"#define (RAM_(?:SAVE|ENCODING)_FLAG_\w+) (0x[0-9a-f]+)u", header)}
+    in_py = {n: getattr(ram_flags, n) for n in ram_flags.__all__ if n.startswith("RAM_SAVE_FLAG_")}
+    in_py["RAM_ENCODING_FLAG_XBZRLE"] = ram_flags.ENCODING_FLAG_XBZRLE
+    assert in_c == in_py
 
 
 def test_vmdesc_entries_match_vector():
@@ -269,14 +372,18 @@ def test_every_case_is_rebuilt():
     assert set(STREAMS) == set(CASES)
 
 
+@pytest.mark.parametrize("trace", [None, StreamTrace], ids=["plain", "traced"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_qemu72_load_case(name):
+def test_qemu72_load_case(name, trace):
+    """Each case as QEMU 7.2 loads it; a traced load (records one by one) ends the same way."""
     case = CASES[name]
     stream = STREAMS[name]
     assert len(stream) == case["bytes"]
     ram = fresh_ram()
+    if trace is not None:
+        trace = trace()
     if case["status"] == "completed":
-        res = load_stream(io.BytesIO(stream), {"ram": ram}, None, "none")
+        res = load_stream(io.BytesIO(stream), {"ram": ram}, None, "none", trace=trace)
         assert res.warnings == expected_lines(case)
         assert res.runstate == case["runstate"]
         fill = 0xAB if name == "zero_fill_nonzero" else 0
@@ -289,7 +396,7 @@ def test_qemu72_load_case(name):
         } == case["mem"]
     else:
         with pytest.raises(StreamError) as ei:
-            load_stream(io.BytesIO(stream), {"ram": ram}, None, "none")
+            load_stream(io.BytesIO(stream), {"ram": ram}, None, "none", trace=trace)
         lines = expected_lines(case)
         assert ei.value.messages == lines
         strerror = lines[-1].split(": ", 1)[1]
@@ -326,11 +433,12 @@ def test_round_trip_with_data_pages():
     src.write(0x1000, PAT1)
     src.write(0xFFF000, PAT2)
     out = io.BytesIO()
-    stats = save_stream(out, [src], None, "none", "paused")
-    assert stats["normal_pages"] == 2 and stats["zero_pages"] == 4094
-    items = parse_stream(out.getvalue())
-    part = next(i for i in items if i.kind == "PART").ram
+    saver = save_stopped(out, [src], "paused")
+    assert saver.sent_normal == 2 and saver.sent_zero == 4094
+    items = traced(out.getvalue())
+    part = ram_counts(next(i for i in items if i.kind == "PART"))
     assert (part["page"], part["zero"], part["named"]) == (2, 4094, 1)
+    assert_tiles(items, len(out.getvalue()))
     dst = fresh_ram()
     res = load_stream(io.BytesIO(out.getvalue()), {"ram": dst}, None, "none")
     assert res.runstate == "paused" and res.warnings == []
@@ -367,7 +475,7 @@ def test_c_record_runs_give_the_same_ram_whatever_the_read_sizes(step):
         src.write(page * 4096, rng.randbytes(4096))
     src.fill(0x500000, 0x5A, 3 * 4096)  # non-zero fill pages are ordinary pages on the wire
     out = io.BytesIO()
-    save_stream(out, [src], None, "none", "paused")
+    save_stopped(out, [src], "paused")
     dst = fresh_ram()
     dst.fill(0x700000, 0x77, 4096)  # data the zero record for this page must clear
     res = load_stream(_Trickle(out.getvalue(), step), {"ram": dst}, None, "none")

@@ -455,7 +455,7 @@ def test_shutdown_unblocks_socket_read_and_peer_sees_eof() -> None:
         dst.shutdown()
         t.join(10)
         assert not t.is_alive() and result == [b""]
-        assert dst.shut_down
+        assert dst.is_shut_down
         assert read_all(src) == b""  # the source sees the stream end
         with pytest.raises(TransportError) as exc:
             dst.write_all(b"late")

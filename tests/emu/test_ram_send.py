@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from emu.migration.stream import encode_page_records
+from emu.migration.precopy import encode_page_records
 from emu.ram import RamBlock, RamError
 
 

@@ -9,9 +9,11 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from xbzrle_reference import xbzrle_encode
 
 from emu._native import ffi, lib
-from emu.migration.stream import load_stream, xbzrle_decode, xbzrle_encode
+from emu.migration import ram_flags as rf
+from emu.migration.stream import load_stream, xbzrle_decode
 from emu.migration.xbzrle import (
     RECORD_MAX,
     XbzrleCache,
@@ -22,7 +24,8 @@ from emu.migration.xbzrle import (
 )
 from emu.ram import PAGE_SIZE, RamBlock
 
-ZERO, PAGE, CONT, XBZ = 0x02, 0x08, 0x20, 0x40
+ZERO, PAGE, CONT, XBZ = (rf.RAM_SAVE_FLAG_ZERO, rf.RAM_SAVE_FLAG_PAGE, rf.RAM_SAVE_FLAG_CONTINUE,
+                         rf.RAM_SAVE_FLAG_XBZRLE)
 
 
 def parse(buf: bytes | bytearray) -> list[tuple[int, int, bytes | None, bytes]]:
@@ -325,23 +328,28 @@ def test_bad_arguments_are_errors_not_crashes():
         c.encode_run(b, -4096, 0, 4, z, None, 2, True, False)
     assert c.stats == XbzrleCache(4096).stats  # nothing was counted by the failed calls
     # C level: a capacity short of the worst case is refused before anything changes
-    pending = ffi.new("int *", 1)
     st = ffi.new("xb_stats *")
     worst = 1 + 3 + z.count(1) * 9 + z.count(0) * RECORD_MAX
     out = ffi.new("uint8_t[]", worst)
-    args = (c._cache, b.ptr, 0, 0, 4, z, b"ram", 3, pending, 2, 1, 0)
-    assert lib.xb_encode_run(*args, out, worst - 1, st) == lib.MC_EINVAL
-    assert pending[0] == 1 and st.cache_miss == 0 and c.peek(PAGE_SIZE) is None
-    assert lib.xb_encode_run(*args, ffi.NULL, worst, st) == lib.MC_EINVAL
-    assert lib.xb_encode_run(ffi.NULL, b.ptr, 0, 0, 4, z, b"ram", 3, pending, 2, 1, 0, out, worst, st) < 0
-    no_name = ffi.new("int *", 1)
-    assert lib.xb_encode_run(c._cache, b.ptr, 0, 0, 4, z, ffi.NULL, 0, no_name, 2, 1, 0, out, worst, st) < 0
-    n = lib.xb_encode_run(*args, out, worst, st)
-    assert 0 < n <= worst and pending[0] == 0 and st.cache_miss == z.count(0)
+    zmap, ram = ffi.from_buffer(z), ffi.from_buffer(b"ram")
+
+    def run(cap: int, dst=out, name=ram, started: int = 1):
+        return ffi.new("xb_run *", {"block": b.ptr, "key_base": 0, "page": 0, "npages": 4, "zero_map": zmap,
+                                    "name": name, "name_len": 3 if name != ffi.NULL else 0, "name_pending": 1,
+                                    "started": started, "last_stage": 0, "generation": 2, "out": dst, "cap": cap})
+
+    short = run(worst - 1)
+    assert lib.xb_encode_run(c._cache, short, st) == lib.MC_EINVAL
+    assert short.name_pending == 1 and st.cache_miss == 0 and c.peek(PAGE_SIZE) is None
+    assert lib.xb_encode_run(c._cache, run(worst, dst=ffi.NULL), st) == lib.MC_EINVAL
+    assert lib.xb_encode_run(ffi.NULL, run(worst), st) < 0
+    assert lib.xb_encode_run(c._cache, run(worst, name=ffi.NULL), st) < 0
+    ok = run(worst)
+    n = lib.xb_encode_run(c._cache, ok, st)
+    assert 0 < n <= worst and ok.name_pending == 0 and st.cache_miss == z.count(0)
     # the first round needs only mc_ram_encode_run's capacity
     plain = 1 + 3 + z.count(1) * 9 + z.count(0) * (8 + PAGE_SIZE)
-    pending[0] = 1
-    assert lib.xb_encode_run(c._cache, b.ptr, 0, 0, 4, z, b"ram", 3, pending, 2, 0, 0, out, plain, st) == plain
+    assert lib.xb_encode_run(c._cache, run(plain, started=0), st) == plain
 
 
 # ---------------------------------------------------------------- stats and rates

@@ -44,6 +44,17 @@ def test_split_stream_types_the_fields_of_a_ram_section():
     assert kinds.count("page") == 2 and "fill" in kinds and "json" in kinds
     page_words = [b for item in seed.items for k, b in item if k == "ramword"]
     assert bytes.fromhex("0000000000001008") in page_words  # PAGE at 0x1000, block named
+    xbzrle = kinds.index("u8")  # the XBZRLE record: word, encoding, delta length, delta
+    assert kinds[xbzrle - 1:xbzrle + 3] == ["ramword", "u8", "len16", "raw"]
+    # idstrs of START and FULL, the block names of MEM_SIZE and the first PAGE; MEM_SIZE's length
+    assert kinds.count("name8") == 4 and kinds.count("be64") == 1
+
+
+def test_split_stream_covers_bytes_after_the_vmdesc():
+    seed = next(s for s in fuzz.build_seeds() if s.name == "minimal")
+    data = fuzz.join(seed.items) + b"\x99tail"
+    items = fuzz.split_stream(data)
+    assert items[:-1] == seed.items and items[-1] == (("raw", b"\x99tail"),)
 
 
 def test_mutants_differ_and_are_reproducible(target: fuzz.StreamTarget):
