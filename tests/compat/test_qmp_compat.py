@@ -12,16 +12,16 @@ query-version, query-commands, query-qmp-schema (checked structurally on ours on
 signatures of the commands that did not change), query-machines (our ``none`` entry shape only),
 remove-fd while the VM is not running, and qom-list/qom-get of paths whose content differs.
 
-The QMP client below is self-contained (raw sockets, SCM_RIGHTS through ``sendmsg``). The test
-listens on a socket in a short private directory under /tmp and the emulator connects to it
-(``-chardev socket,id=mon,path=P -mon chardev=mon,mode=control``), so no fixed ports, no sleeps.
+The QMP client below reads transcripts over the tests' raw line client (``tests/wire.py``: raw
+sockets, SCM_RIGHTS through ``sendmsg``). The test listens on a socket in a short private directory
+under /tmp and the emulator connects to it (``-chardev socket,id=mon,path=P -mon
+chardev=mon,mode=control``), so no fixed ports, no sleeps.
 After each request a sentinel command with a unique id is sent; everything that arrives up to the
 sentinel's reply belongs to the request, so the number of replies (0, 1 or 2) is observed, not assumed.
 """
 
 from __future__ import annotations
 
-import array
 import json
 import os
 import random
@@ -29,11 +29,9 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
-import tempfile
-import time
 
 import pytest
+from wire import Emulator, LineClient, qmp_request
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 OURS = shutil.which("emu-system-x86_64")
@@ -42,7 +40,6 @@ PC = ["-M", "pc", "-m", "64M", "-nodefaults", "-S", "-display", "none"]
 NONE = ["-M", "none", "-m", "16M", "-nodefaults", "-S", "-display", "none"]
 MACHINES = {"pc": PC, "none": NONE}
 
-START_TIMEOUT = 30.0
 IO_TIMEOUT = 30.0
 
 pytestmark = [
@@ -58,43 +55,13 @@ EOF = "<EOF>"
 # Raw QMP client
 # --------------------------------------------------------------------------------------
 
-class QMP:
-    """One QMP connection: raw bytes out (optionally with fds), parsed messages in."""
+class QMP(LineClient):
+    """One QMP connection observed as a transcript: raw bytes out (optionally with fds), parsed messages
+    in (event timestamps checked and stripped), ``EOF`` once the peer closed or reset the connection."""
 
     def __init__(self, sock: socket.socket):
-        sock.settimeout(IO_TIMEOUT)
-        self.sock = sock
-        self.buf = bytearray()
-        self.eof = False
+        super().__init__(sock, IO_TIMEOUT, reset_is_eof=True)
         self.nsync = 0
-
-    def send(self, data: bytes | str, fds=()) -> None:
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        if fds:
-            self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-        else:
-            self.sock.sendall(data)
-
-    def readline(self) -> bytes | None:
-        start = 0
-        while True:
-            i = self.buf.find(b"\n", start)
-            if i >= 0:
-                line = bytes(self.buf[:i])
-                del self.buf[:i + 1]
-                return line.rstrip(b"\r")
-            if self.eof:
-                return None
-            start = len(self.buf)
-            try:
-                chunk = self.sock.recv(1 << 20)
-            except ConnectionResetError:
-                chunk = b""
-            if chunk:
-                self.buf += chunk
-            else:
-                self.eof = True
 
     def recv(self):
         """Next message, timestamps stripped from events; ``EOF`` when the peer closed."""
@@ -135,100 +102,47 @@ class QMP:
             out.append(msg)
 
     def cmd(self, name: str, args=None, fds=(), **extra):
-        req = {"execute": name}
-        if args is not None:
-            req["arguments"] = args
-        req.update(extra)
-        self.send(json.dumps(req) + "\n", fds)
+        self.send(json.dumps(qmp_request(name, args, **extra)) + "\n", fds)
         return self.until_reply()
 
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
-
-class VM:
+class VM(Emulator):
     """One emulator process whose QMP monitor connects to a socket the test listens on."""
 
     def __init__(self, binary: str, argv: list[str], negotiate: bool = True, second_qmp: bool = False):
-        self.binary = binary
-        self.dir = tempfile.mkdtemp(dir="/tmp", prefix="qmc")
-        self.path = os.path.join(self.dir, "m.sock")
-        self.qmp_path = os.path.join(self.dir, "s.sock")
-        self.errpath = os.path.join(self.dir, "err")
-        self.proc = None
+        super().__init__(binary, prefix="qmc")
+        self.path = str(self.dir / "m.sock")
+        self.qmp_path = str(self.dir / "s.sock")
         self.qmp: QMP | None = None
         self.extra: list[QMP] = []
         self.greeting = None
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        cmdline = [*argv, "-chardev", "socket,id=mon,path=" + self.path, "-mon", "chardev=mon,mode=control"]
+        if second_qmp:
+            cmdline += ["-qmp", "unix:%s,server=on,wait=off" % self.qmp_path]
+        self.qmp = QMP(self.start(cmdline, listen=self.path))
         try:
-            listener.bind(self.path)
-            listener.listen(1)
-            cmdline = [binary, *argv, "-chardev", "socket,id=mon,path=" + self.path,
-                       "-mon", "chardev=mon,mode=control"]
-            if second_qmp:
-                cmdline += ["-qmp", "unix:%s,server=on,wait=off" % self.qmp_path]
-            with open(self.errpath, "wb") as err:
-                self.proc = subprocess.Popen(cmdline, stdin=subprocess.DEVNULL,
-                                             stdout=subprocess.DEVNULL, stderr=err)
-            self.qmp = QMP(self._accept(listener))
             self.greeting = self.qmp.recv()
             if negotiate:
                 assert self.qmp.cmd("qmp_capabilities") == [{"return": {}}]
         except BaseException:
             self.close()
             raise
-        finally:
-            listener.close()
-
-    def _accept(self, listener: socket.socket) -> socket.socket:
-        # Bounded wait for the emulator's connect(); the short timeout only serves to notice
-        # a child that died during start-up.
-        deadline = time.monotonic() + START_TIMEOUT
-        listener.settimeout(0.25)
-        while True:
-            try:
-                return listener.accept()[0]
-            except TimeoutError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError("%s exited with status %s: %s"
-                                   % (self.binary, self.proc.returncode, self.stderr()[-2000:]))
-            if time.monotonic() > deadline:
-                raise RuntimeError("%s did not connect within %ss" % (self.binary, START_TIMEOUT))
 
     def connect_second(self) -> QMP:
         """Connect to the ``-qmp unix:...,server=on`` monitor. It exists: the first monitor
         already greeted us, and every chardev is created before the main loop runs."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(self.qmp_path)
-        q = QMP(s)
+        q = QMP(self.connect_unix(self.qmp_path))
         self.extra.append(q)
         return q
 
     def wait(self, timeout: float = IO_TIMEOUT) -> int:
         return self.proc.wait(timeout)
 
-    def stderr(self) -> str:
-        try:
-            with open(self.errpath, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def close(self) -> None:
+    def close(self, sig: int = signal.SIGKILL) -> int | None:
         for q in [self.qmp, *self.extra]:
             if q is not None:
                 q.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        shutil.rmtree(self.dir, ignore_errors=True)
+        return super().close(sig)
 
 
 @pytest.fixture

@@ -10,11 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from guest_asm import FLAT_CODE32, FLAT_DATA32, gdt
 from pc_guest import PcGuest
 
 from emu.migration.vmstate import VMSTATE_X86_CPU
 
 RAM = 4 << 20
+CODE16 = 0x00009A000000FFFF  # base 0, limit 64 KiB
+DATA16_AT_0X20000 = 0x000092020000FFFF  # base 0x20000, limit 64 KiB
+CODE64 = 0x00209A0000000000  # 64-bit code (L set)
+DATA64 = 0x0000920000000000
 
 REAL_MODE = r"""
         .code16
@@ -63,13 +68,7 @@ pm16:
         movw    $0x3f8, %dx
         outb    %al, %dx
         jmp     1b
-        .p2align 3
-gdt:    .quad   0
-        .quad   0x00009a000000ffff      # code16: base 0, limit 64 KiB
-        .quad   0x000092020000ffff      # data16: base 0x20000, limit 64 KiB
-gdtd:   .word   gdtd - gdt - 1
-        .long   gdt
-"""
+""" + gdt(CODE16, DATA16_AT_0X20000)
 
 # As QEMU's A-B guest: protected mode without reloading SS, so SS keeps its real-mode cache (a
 # 16-bit stack). ESP's upper half is set: with a 32-bit stack the calls would go to unmapped memory.
@@ -101,13 +100,7 @@ pm32:
         jmp     1b
 step:   addl    $3, %edi
         ret
-        .p2align 3
-gdt:    .quad   0
-        .quad   0x00cf9a000000ffff
-        .quad   0x00cf92000000ffff
-gdtd:   .word   gdtd - gdt - 1
-        .long   gdt
-"""
+""" + gdt(FLAT_CODE32, FLAT_DATA32)
 
 # Long mode: identity-mapped first 2 MiB (one large page), EFER.LME, paging, a 64-bit code segment.
 LONG_MODE = r"""
@@ -158,13 +151,7 @@ lm64:
         movw    $0x3f8, %dx
         outb    %al, %dx
         jmp     1b
-        .p2align 3
-gdt:    .quad   0
-        .quad   0x00209a0000000000      # 64-bit code
-        .quad   0x0000920000000000      # data
-gdtd:   .word   gdtd - gdt - 1
-        .long   gdt
-"""
+""" + gdt(CODE64, DATA64)
 
 
 def migrate(source: PcGuest) -> tuple[dict[str, Any], PcGuest]:

@@ -5,7 +5,8 @@ the i8042, as in QEMU's transcripts: ``outb 0x64 0xd2`` then ``outb 0x60 X`` rai
 from __future__ import annotations
 
 import pytest
-from pc_guest import PcGuest  # noqa: E402
+from guest_asm import FLAT_CODE32, FLAT_DATA32, gdt
+from pc_guest import PcGuest
 
 PIC_GUEST = r"""
 .code16
@@ -55,7 +56,7 @@ start:
     cli
     xor %ax, %ax
     mov %ax, %ds
-    lgdt gdtdesc
+    lgdt gdtd
     mov %cr0, %eax
     or $1, %eax
     mov %eax, %cr0
@@ -95,14 +96,7 @@ isr:
     pop %edx
     pop %eax
     iret
-.p2align 3
-gdt:
-    .quad 0
-    .quad 0x00cf9a000000ffff
-    .quad 0x00cf92000000ffff
-gdtdesc:
-    .word 23
-    .long gdt
+""" + gdt(FLAT_CODE32, FLAT_DATA32) + r"""
 idtdesc:
     .word 0x30*8+7
     .long idt

@@ -251,6 +251,14 @@ class Guest:
         with self.vcpu._cond:
             assert self.vcpu._cond.wait_for(ready, timeout)
 
+    def asleep_at_99(self) -> None:
+        """Once the guest runs, throttles it at 99 % with 1 s slices (each sleep lasts 99 s) and waits
+        until the vCPU has begun its first sleep."""
+        self.wait_b(1)
+        self.vcpu.throttle_timeslice_ns = 1_000_000_000
+        self.vcpu.set_throttle(99)
+        self.wait_vcpu(lambda: self.vcpu.throttle_sleeps >= 1)
+
     def close(self) -> None:
         self.pc.close()
 
@@ -293,10 +301,7 @@ def test_throttled_guest_sleeps_between_slices_and_still_progresses(guest):
 
 def test_set_throttle_zero_ends_the_sleep_and_stops_sleeping(guest):
     vcpu = guest.vcpu
-    guest.wait_b(1)
-    vcpu.throttle_timeslice_ns = 1_000_000_000  # a 99 % sleep lasts 99 s
-    vcpu.set_throttle(99)
-    guest.wait_vcpu(lambda: vcpu.throttle_sleeps >= 1)
+    guest.asleep_at_99()
     before = guest.bs()
     vcpu.set_throttle(0)
     guest.wait_b(1, timeout=30)  # runs again long before the 99 s are up
@@ -311,10 +316,7 @@ def test_set_throttle_zero_ends_the_sleep_and_stops_sleeping(guest):
 
 def test_stop_during_a_throttle_sleep_returns_and_cont_runs_at_once(guest):
     vcpu = guest.vcpu
-    guest.wait_b(1)
-    vcpu.throttle_timeslice_ns = 1_000_000_000
-    vcpu.set_throttle(99)
-    guest.wait_vcpu(lambda: vcpu.throttle_sleeps >= 1)
+    guest.asleep_at_99()
     guest.vm.stop()  # the sleep holds no lock the pause needs
     assert guest.vm.runstate == "paused" and vcpu._paused
     snapshot = guest.bs()
@@ -326,21 +328,14 @@ def test_stop_during_a_throttle_sleep_returns_and_cont_runs_at_once(guest):
 
 
 def test_reset_during_a_throttle_sleep(guest):
-    vcpu = guest.vcpu
-    guest.wait_b(1)
-    vcpu.throttle_timeslice_ns = 1_000_000_000
-    vcpu.set_throttle(99)
-    guest.wait_vcpu(lambda: vcpu.throttle_sleeps >= 1)
+    guest.asleep_at_99()
     guest.vm.reset("host-qmp-system-reset")
     guest.pc.wait_until(lambda out: out.count(b"A") == 2, 30)  # restarted without waiting 99 s
 
 
 def test_quit_during_a_throttle_sleep_ends_the_vcpu_thread(guest):
     vcpu = guest.vcpu
-    guest.wait_b(1)
-    vcpu.throttle_timeslice_ns = 1_000_000_000
-    vcpu.set_throttle(99)
-    guest.wait_vcpu(lambda: vcpu.throttle_sleeps >= 1)
+    guest.asleep_at_99()
     vcpu.quit()  # joins the vCPU thread for at most 5 s; the sleep has 99 s left
     assert vcpu._thread is not None and not vcpu._thread.is_alive()
     with vcpu._throttle_cond:

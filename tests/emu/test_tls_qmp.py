@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 from test_tls import CLIENT_NAME, make_psk_dir, make_x509_dir
+from wire import Loopback, QmpClient
 
 from emu.monitor.protocol import QmpServer
+from emu.monitor.registry import build_registry
 from emu.qom import Container
 from emu.tls import get_tls_creds, objects_registry
 
@@ -27,23 +29,23 @@ class Machine:
 
 
 class Client:
+    """A QMP session of the real protocol layer, driven in process through :class:`wire.Loopback`."""
+
     def __init__(self) -> None:
         self.machine = Machine()
-        self.server = QmpServer(self.machine)
-        self.out: list[bytes] = []
-        self.session = self.server.new_session(self.out.append, lambda: None)
-        self.session.opened()
-        self.out.clear()
-        assert self.cmd("qmp_capabilities") == {"return": {}}
+        self.server = QmpServer(self.machine, registry=build_registry())
+        self.loop = Loopback()
+        session = self.server.new_session(self.loop.write, self.loop.hang_up)
+        self.loop.feed = session.feed
+        session.opened()
+        self.wire = QmpClient(self.loop)
+        self.wire.greet()
 
     def cmd(self, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-        msg: dict[str, Any] = {"execute": name}
-        if args is not None:
-            msg["arguments"] = args
-        self.session.feed(json.dumps(msg).encode())
-        (line,) = self.out
-        self.out.clear()
-        return json.loads(line)
+        """The reply, which must be the one message the command wrote (no event, nothing after it)."""
+        reply = self.wire.cmd(name, args)
+        assert not self.wire.events and self.wire.readline() is None and not self.wire.buf, reply
+        return reply
 
     def error(self, name: str, args: dict[str, Any]) -> str:
         reply = self.cmd(name, args)

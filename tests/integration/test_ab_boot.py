@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from guest_asm import FLAT_CODE32, FLAT_DATA32, gdt
 
 from qtest.machine import QTestMachine
 from qtest.migration import TEST_MEM_START, ab_bootsect, check_guests_ram, guest_page_bytes, wait_for_serial
@@ -84,7 +85,7 @@ QEMU_STYLE_SECTOR = r"""
 .code16
 start:
     cli
-    lgdt gdtdesc
+    lgdt gdtd
     mov $1, %eax
     mov %eax, %cr0
     data32 ljmp $8, $pm
@@ -112,14 +113,7 @@ page:
     mov $0x3f8, %dx
     outb %al, %dx
     jmp pass
-.p2align 2
-gdt:
-    .quad 0
-    .quad 0x00cf9a000000ffff
-    .quad 0x00cf92000000ffff
-gdtdesc:
-    .word 23
-    .long gdt
+""" + gdt(FLAT_CODE32, FLAT_DATA32, p2align=2) + r"""
 .org 510
 .byte 0x55, 0xaa
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,8 +15,6 @@ from qtest.migration import ab_bootsect, check_guests_ram, wait_for_serial
 BIN = shutil.which("emu-system-x86_64")
 QEMU = shutil.which("qemu-system-x86_64")
 NONE16 = ["-M", "none", "-m", "16M"]
-
-
 
 
 def ab_args(tmp: Path) -> list[str]:
@@ -48,6 +47,23 @@ def statuses(m: QTestMachine, until: str = "completed") -> list[str]:
     return seen
 
 
+def migrate(src: QTestMachine, dst: QTestMachine, timeout: float = 60, **addr: Any) -> dict:
+    """migrate-incoming on ``dst``, then migrate on ``src``, to the same address (``uri=`` or
+    ``channels=``); waits until both have completed and returns the source's query-migrate."""
+    dst.qmp.cmd("migrate-incoming", **addr)
+    src.qmp.cmd("migrate", **addr)
+    info = wait_completed(src, timeout)
+    wait_completed(dst)
+    return info
+
+
+def guest_goes_on(dst: QTestMachine, serial: Path) -> None:
+    """The migrated A-B guest prints on at the destination and, stopped there, passes the memory check."""
+    wait_for_serial(serial, timeout=60)
+    dst.qmp.cmd("stop")
+    check_guests_ram(dst.qtest)
+
+
 def test_unix_migration_moves_ram_and_run_state(tmp):
     with QTestMachine(BIN, NONE16) as src, QTestMachine(BIN, [*NONE16, "-incoming", "defer"]) as dst:
         src.qtest.memwrite(0x1000, b"hello migration")
@@ -75,10 +91,7 @@ def test_unix_migration_moves_ram_and_run_state(tmp):
 
 def test_stopped_source_keeps_the_destination_paused_and_cont_resumes(tmp):
     with QTestMachine(BIN, [*NONE16, "-S"]) as src, QTestMachine(BIN, [*NONE16, "-incoming", "defer", "-S"]) as dst:
-        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m.sock")
-        src.qmp.cmd("migrate", uri=f"unix:{tmp}/m.sock")
-        wait_completed(src)
-        wait_completed(dst)
+        migrate(src, dst, uri=f"unix:{tmp}/m.sock")
         assert dst.qmp.cmd("query-status") == {"status": "prelaunch", "running": False}  # as received
         dst.qmp.cmd("cont")
         assert dst.qmp.wait_event("RESUME", timeout=30)["event"] == "RESUME"
@@ -154,10 +167,7 @@ def test_qemu_72_source_into_our_destination_byte_for_byte(tmp):
                       accel_qtest=False) as src, \
             QTestMachine(BIN, [*NONE16, "-S", "-incoming", "defer"]) as dst:
         wait_completed(src)
-        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m.sock")
-        src.qmp.cmd("migrate", uri=f"unix:{tmp}/m.sock")
-        wait_completed(src)
-        wait_completed(dst)
+        migrate(src, dst, uri=f"unix:{tmp}/m.sock")
         assert dst.qmp.cmd("query-status") == {"status": "prelaunch", "running": False}
         assert dst.qtest.bufread(0, 16 << 20) == expected
 
@@ -204,11 +214,9 @@ def test_live_precopy_of_the_ab_guest_keeps_memory_consistent_and_the_guest_runn
         assert 0 < ram["downtime-bytes"] < ram["precopy-bytes"]
         wait_completed(dst)
         assert dst.qmp.cmd("query-status") == {"status": "running", "running": True}
-        wait_for_serial(tmp / "dst-serial", timeout=60)  # the guest goes on printing at the destination
+        guest_goes_on(dst, tmp / "dst-serial")
         # ...without starting over: a rebooted guest would print its 'A' first
         assert (tmp / "dst-serial").read_bytes().startswith(b"B")
-        dst.qmp.cmd("stop")
-        check_guests_ram(dst.qtest)
 
 
 def test_cancel_keeps_the_source_running_and_a_second_migration_completes(tmp):
@@ -236,13 +244,8 @@ def test_cancel_keeps_the_source_running_and_a_second_migration_completes(tmp):
 
         with QTestMachine(BIN, [*common, "-serial", f"file:{tmp}/dst2-serial", "-incoming", "defer"]) as dst2:
             src.qmp.cmd("migrate-set-parameters", **{"downtime-limit": 30000, "max-bandwidth": 4 << 30})
-            dst2.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m2.sock")
-            src.qmp.cmd("migrate", uri=f"unix:{tmp}/m2.sock")
-            wait_completed(src)
-            wait_completed(dst2)
-            wait_for_serial(tmp / "dst2-serial", timeout=60)
-            dst2.qmp.cmd("stop")
-            check_guests_ram(dst2.qtest)
+            migrate(src, dst2, uri=f"unix:{tmp}/m2.sock")
+            guest_goes_on(dst2, tmp / "dst2-serial")
 
 
 def test_save_setup_error_fails_the_migration_and_the_source_runs_on(tmp):
@@ -306,13 +309,8 @@ def test_validate_uuid_cases_that_complete(tmp, src_uuid, dst_uuid):
         wait_for_serial(tmp / "src-serial", timeout=60)
         src.qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "validate-uuid", "state": True}])
         src.qmp.cmd("migrate-set-parameters", **{"downtime-limit": 1000000})
-        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/migsocket")
-        src.qmp.cmd("migrate", uri=f"unix:{tmp}/migsocket")
-        wait_completed(src)
-        wait_completed(dst)
-        wait_for_serial(tmp / "dst-serial", timeout=60)
-        dst.qmp.cmd("stop")
-        check_guests_ram(dst.qtest)
+        migrate(src, dst, uri=f"unix:{tmp}/migsocket")
+        guest_goes_on(dst, tmp / "dst-serial")
         warning = f"emu-system-x86_64: warning: UUID is received {UUID_A}, but local uuid isn't set\n"
         assert (warning in dst.stderr_text()) == (src_uuid is not None and dst_uuid is None)
 
@@ -349,10 +347,7 @@ def test_migration_through_channels_equals_through_uri(tmp):
                 QTestMachine(BIN, [*NONE16, "-S", "-incoming", "defer"]) as dst:
             src.qtest.memset(0x4000, 0x11, 5 * 4096)
             src.qtest.memwrite(0xABC000, b"channels" * 512)
-            dst.qmp.cmd("migrate-incoming", **addr)
-            src.qmp.cmd("migrate", **addr)
-            info = wait_completed(src)
-            wait_completed(dst)
+            info = migrate(src, dst, **addr)
             results.append((dst.qtest.bufread(0, 16 << 20), info["ram"]["normal"], info["ram"]["duplicate"]))
     assert results[0] == results[1]
     assert results[0][1] == 6 and results[0][0][0x4000:0x9000] == b"\x11" * 5 * 4096

@@ -7,10 +7,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from test_migration import BIN, QEMU, ab_args, events_on, statuses, wait_completed
+from test_migration import BIN, QEMU, ab_args, events_on, guest_goes_on, migrate, statuses, wait_completed
 
 from qtest.machine import QTestMachine
-from qtest.migration import check_guests_ram, wait_for_serial
+from qtest.migration import wait_for_serial
 
 needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed (CI installs it)")
 NONE64 = ["-M", "none", "-m", "64M"]
@@ -74,10 +74,8 @@ def test_multifd_tcp_live_ab_guest(tmp, case):
             assert ram["duplicate"] > 0
         wait_completed(dst)
         assert dst.qmp.cmd("query-status") == {"status": "running", "running": True}
-        wait_for_serial(tmp / "dst-serial", timeout=60)
+        guest_goes_on(dst, tmp / "dst-serial")
         assert (tmp / "dst-serial").read_bytes().startswith(b"B")  # went on, did not reboot
-        dst.qmp.cmd("stop")
-        check_guests_ram(dst.qtest)
 
 
 def test_multifd_tcp_cancel_then_migrate_again(tmp):
@@ -106,9 +104,7 @@ def test_multifd_tcp_cancel_then_migrate_again(tmp):
             src.qmp.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
             wait_completed(src, timeout=120)
             wait_completed(dst2)
-            wait_for_serial(tmp / "dst2-serial", timeout=60)
-            dst2.qmp.cmd("stop")
-            check_guests_ram(dst2.qtest)
+            guest_goes_on(dst2, tmp / "dst2-serial")
 
 
 def test_multifd_uuid_mismatch_fails_the_destination_with_qemus_text(tmp):
@@ -147,10 +143,7 @@ def test_our_multifd_source_into_qemu_72(tmp, compression):
         multifd_on(src, 4, compression)
         multifd_on(dst, 4, compression)
         src.qmp.cmd("migrate-set-parameters", **{"zero-page-detection": "legacy"})
-        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m.sock")
-        src.qmp.cmd("migrate", uri=f"unix:{tmp}/m.sock")
-        info = wait_completed(src)
-        wait_completed(dst)
+        info = migrate(src, dst, uri=f"unix:{tmp}/m.sock")
         dst.qmp.cmd("pmemsave", val=0, size=64 << 20, filename=str(tmp / "dump"))
         assert (tmp / "dump").read_bytes() == expected
         if compression == "none":
@@ -176,10 +169,7 @@ def test_qemu_72_multifd_source_into_ours(tmp, compression):
         wait_completed(src)
         multifd_on(src, 4, compression)
         multifd_on(dst, 4, compression)
-        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m.sock")
-        src.qmp.cmd("migrate", uri=f"unix:{tmp}/m.sock")
-        wait_completed(src)
-        wait_completed(dst)
+        migrate(src, dst, uri=f"unix:{tmp}/m.sock")
         assert dst.qmp.cmd("query-status") == {"status": "prelaunch", "running": False}
         assert dst.qtest.bufread(0, 64 << 20) == expected
 

@@ -4,17 +4,14 @@ failures: unknown creds, wrong key, a hostname that does not match, a transport 
 socket. Nothing is ever migrated in plaintext when TLS was asked for."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from test_migration import BIN, NONE16, events_on, statuses, wait_completed
+from test_tls import CLIENT_NAME, make_psk_dir, make_x509_dir
 
 from qtest.machine import QTestMachine
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emu"))
-from test_tls import CLIENT_NAME, make_psk_dir, make_x509_dir  # noqa: E402
 
 
 def psk(src: QTestMachine, dst: QTestMachine, tmp: Path, dst_key: str | None = None) -> None:

@@ -2,29 +2,19 @@
 exit status, logs, reconnects, backpressure and QEMU-style command-line errors."""
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from wire import TIMEOUT, QmpClient, QtestClient, accept, connect_unix, listen_unix, wait_path
 
 BIN = shutil.which("emu-system-x86_64")
-TIMEOUT = 30
-
-
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="qt", dir="/tmp")  # short: AF_UNIX paths are limited to 107 bytes
-    yield Path(d)
-    shutil.rmtree(d, ignore_errors=True)
-
 
 _SPAWNED: list[subprocess.Popen] = []
 
@@ -47,43 +37,6 @@ def spawn(args: list[str], **kw) -> subprocess.Popen:
     return proc
 
 
-def listen_unix(path: Path) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.bind(str(path))
-    s.listen(1)
-    s.settimeout(TIMEOUT)
-    return s
-
-
-class Lines:
-    """Reads \\n-terminated lines from a socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-        sock.settimeout(TIMEOUT)
-
-    def readline(self) -> bytes:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line
-
-    def cmd(self, line: str) -> bytes:
-        self.sock.sendall(line.encode() + b"\n")
-        return self.readline()
-
-    def qmp(self, obj: dict) -> dict:
-        self.sock.sendall(json.dumps(obj).encode())
-        while True:
-            msg = json.loads(self.readline())
-            if "event" not in msg:
-                return msg
-
-
 def finish(proc: subprocess.Popen, sig: int | None = signal.SIGTERM) -> tuple[int, str]:
     if sig is not None and proc.poll() is None:
         proc.send_signal(sig)
@@ -96,29 +49,26 @@ def finish(proc: subprocess.Popen, sig: int | None = signal.SIGTERM) -> tuple[in
     return proc.returncode, err.decode()
 
 
-def libqtest_launch(sockdir: Path, extra: list[str]) -> tuple[subprocess.Popen, Lines, Lines]:
+def libqtest_launch(sockdir: Path, extra: list[str]) -> tuple[subprocess.Popen, QtestClient, QmpClient]:
     """What libqtest does: listen on two sockets, let the emulator connect to both."""
     qs, ms = listen_unix(sockdir / "q.sock"), listen_unix(sockdir / "q.qmp")
-    proc = spawn(["-qtest", f"unix:{sockdir}/q.sock", "-qtest-log", "/dev/null", "-chardev",
-                  f"socket,path={sockdir}/q.qmp,id=char0", "-mon", "chardev=char0,mode=control", "-display", "none",
-                  "-audio", "none", "-run-with", "exit-with-parent=on", *extra, "-accel", "qtest"])
-    qconn, _ = qs.accept()
-    mconn, _ = ms.accept()
-    qs.close()
-    ms.close()
-    return proc, Lines(qconn), Lines(mconn)
+    with qs, ms:
+        proc = spawn(["-qtest", f"unix:{sockdir}/q.sock", "-qtest-log", "/dev/null", "-chardev",
+                      f"socket,path={sockdir}/q.qmp,id=char0", "-mon", "chardev=char0,mode=control", "-display",
+                      "none", "-audio", "none", "-run-with", "exit-with-parent=on", *extra, "-accel", "qtest"])
+        return proc, QtestClient(accept(qs, proc)), QmpClient(accept(ms, proc))
 
 
-def test_libqtest_launch_sequence_and_sigterm_exit_0(sockdir):
-    proc, qt, qmp = libqtest_launch(sockdir, ["-M", "pc", "-m", "64M", "-nodefaults"])
-    assert qt.cmd("endianness") == b"OK little"
-    greeting = json.loads(qmp.readline())
+def test_libqtest_launch_sequence_and_sigterm_exit_0(tmp):
+    proc, qt, qmp = libqtest_launch(tmp, ["-M", "pc", "-m", "64M", "-nodefaults"])
+    assert qt.cmd("endianness") == [b"OK little"]
+    greeting = qmp.recv()
     assert greeting["QMP"]["version"]["qemu"] == {"micro": 0, "minor": 1, "major": 9}
-    qmp.sock.sendall(b'{ "execute": "qmp_capabilities" }\n')
-    assert json.loads(qmp.readline()) == {"return": {}}
-    assert qt.cmd("writeq 0x1000 0x0123456789abcdef") == b"OK"
-    assert qt.cmd("readl 0x1001") == b"OK 0x000000006789abcd"
-    assert qt.cmd("clock_step 1000") == b"OK 1000"
+    qmp.send(b'{ "execute": "qmp_capabilities" }\n')
+    assert qmp.recv() == {"return": {}}
+    assert qt.cmd("writeq 0x1000 0x0123456789abcdef") == [b"OK"]
+    assert qt.cmd("readl 0x1001") == [b"OK 0x000000006789abcd"]
+    assert qt.cmd("clock_step 1000") == [b"OK 1000"]
     rc, err = finish(proc)
     assert rc == 0
     assert "terminating on signal 15" in err
@@ -136,29 +86,25 @@ def test_qemumachine_argv_with_inherited_socketpairs():
         pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     mon_theirs.close()
     qt_theirs.close()
-    qmp, qt = Lines(mon_ours), Lines(qt_ours)
-    assert "QMP" in json.loads(qmp.readline())
-    assert qmp.qmp({"execute": "qmp_capabilities"}) == {"return": {}}
-    assert qt.cmd("endianness") == b"OK little"
-    assert qt.cmd("inb 0x70") == b"OK 0x00ff"
-    qmp.sock.sendall(b'{"execute": "quit"}')
-    event = json.loads(qmp.readline())  # QEMU sends SHUTDOWN before the quit reply
+    qmp, qt = QmpClient(mon_ours), QtestClient(qt_ours)
+    qmp.greet()
+    assert qt.cmd("endianness") == [b"OK little"]
+    assert qt.cmd("inb 0x70") == [b"OK 0x00ff"]
+    qmp.send(b'{"execute": "quit"}')
+    event = qmp.recv()  # QEMU sends SHUTDOWN before the quit reply
     assert event["event"] == "SHUTDOWN" and event["data"] == {"guest": False, "reason": "host-qmp-quit"}
-    assert json.loads(qmp.readline()) == {"return": {}}
+    assert qmp.recv() == {"return": {}}
     with pytest.raises(EOFError):
-        qmp.readline()
+        qmp.recv()
     assert proc.wait(timeout=TIMEOUT) == 0
 
 
-def test_qmp_and_qemu_qmp_library_over_a_server_socket(sockdir):
+def test_qmp_and_qemu_qmp_library_over_a_server_socket(tmp):
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
-    path = sockdir / "m.sock"
+    path = tmp / "m.sock"
     proc = spawn(["-M", "none", "-display", "none", "-S", "-qmp", f"unix:{path},server=on,wait=off"])
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():  # the emulator creates the socket; nothing else tells us when
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_path(path, proc)
     mon = QEMUMonitorProtocol(str(path))
     mon.connect()
     assert mon.cmd_raw("query-status") == {"return": {"status": "prelaunch", "running": False}}
@@ -174,18 +120,12 @@ def test_qmp_and_qemu_qmp_library_over_a_server_socket(sockdir):
     assert proc.wait(timeout=TIMEOUT) == 0
 
 
-def test_qtest_server_socket_reconnect_and_second_client_waits(sockdir):
-    path = sockdir / "s.sock"
+def test_qtest_server_socket_reconnect_and_second_client_waits(tmp):
+    path = tmp / "s.sock"
     proc = spawn(["-M", "pc", "-m", "16M", "-nodefaults", "-S", "-display", "none", "-qtest",
-                  f"unix:{path},server=on,wait=off", "-qtest-log", str(sockdir / "log")])
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    c1 = socket.socket(socket.AF_UNIX)
-    c1.connect(str(path))
-    l1 = Lines(c1)
-    assert l1.cmd("irq_intercept_in ioapic") == b"OK"
+                  f"unix:{path},server=on,wait=off", "-qtest-log", str(tmp / "log")])
+    c1 = QtestClient(connect_unix(path, proc))
+    assert c1.cmd("irq_intercept_in ioapic") == [b"OK"]
     c2 = socket.socket(socket.AF_UNIX)
     c2.connect(str(path))  # sits in the backlog
     c2.sendall(b"endianness\n")
@@ -193,13 +133,13 @@ def test_qtest_server_socket_reconnect_and_second_client_waits(sockdir):
     with pytest.raises(TimeoutError):
         c2.recv(100)
     c1.close()
-    l2 = Lines(c2)
-    assert l2.readline() == b"OK little"  # answered once the first client left
-    assert l2.cmd("irq_intercept_in /machine/i440fx") == b"FAIL IRQ intercept already enabled"
-    c2.close()
+    l2 = QtestClient(c2)
+    assert l2.reply() == [b"OK little"]  # answered once the first client left
+    assert l2.cmd("irq_intercept_in /machine/i440fx") == [b"FAIL IRQ intercept already enabled"]
+    l2.close()
     rc, _ = finish(proc)
     assert rc == 0
-    log = (sockdir / "log").read_text().splitlines()
+    log = (tmp / "log").read_text().splitlines()
     assert log[0] == "[I 0.000000] OPENED" and log.count("[I 0.000000] OPENED") == 2
     assert sum(1 for line in log if line.endswith("] CLOSED")) == 2  # once per client, none at exit
 
@@ -218,10 +158,10 @@ def test_qtest_stdio_keeps_running_after_eof():
     assert "[I 0.000000] OPENED" in err and "] CLOSED" in err  # default log goes to stderr
 
 
-def test_object_qtest_form_and_file_chardev_input(sockdir):
-    script = sockdir / "repro.qtest"
+def test_object_qtest_form_and_file_chardev_input(tmp):
+    script = tmp / "repro.qtest"
     script.write_bytes(b"writel 0x100 0xcafe\nreadl 0x100\n")
-    out = sockdir / "out"
+    out = tmp / "out"
     proc = spawn(["-M", "pc", "-m", "16M", "-nodefaults", "-S", "-display", "none", "-chardev",
                   f"file,id=repro,path={out},input-path={script}", "-object", "qtest,id=qt0,chardev=repro,log=none"])
     deadline = time.monotonic() + TIMEOUT
@@ -233,44 +173,42 @@ def test_object_qtest_form_and_file_chardev_input(sockdir):
     assert out.read_bytes() == b"OK\nOK 0x000000000000cafe\n"
 
 
-def test_qtest_over_tcp_client(sockdir):
-    srv = socket.create_server(("127.0.0.1", 0))
-    srv.settimeout(TIMEOUT)
-    port = srv.getsockname()[1]
-    proc = spawn(["-M", "none", "-display", "none", "-qtest", f"tcp:127.0.0.1:{port}", "-qtest-log", "none"])
-    conn, _ = srv.accept()
-    assert Lines(conn).cmd("endianness") == b"OK little"
+def test_qtest_over_tcp_client():
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        proc = spawn(["-M", "none", "-display", "none", "-qtest", f"tcp:127.0.0.1:{port}", "-qtest-log", "none"])
+        conn = accept(srv, proc)
+    assert QtestClient(conn).cmd("endianness") == [b"OK little"]
     rc, _ = finish(proc)
     assert rc == 0
 
 
-def test_client_that_stops_reading_does_not_stall_qmp(sockdir):
+def test_client_that_stops_reading_does_not_stall_qmp(tmp):
     """§13 row 17: QEMU's main loop blocks writing to a non-reading qtest client; ours does not."""
-    proc, qt, qmp = libqtest_launch(sockdir, ["-M", "pc", "-m", "16M", "-nodefaults", "-S"])
-    json.loads(qmp.readline())
-    assert qmp.qmp({"execute": "qmp_capabilities"}) == {"return": {}}
+    proc, qt, qmp = libqtest_launch(tmp, ["-M", "pc", "-m", "16M", "-nodefaults", "-S"])
+    qmp.greet()
     n = 400_000
     payload = b"readb 0x1000\n" * n
-    sender = threading.Thread(target=qt.sock.sendall, args=(payload,))
+    sender = threading.Thread(target=qt.send, args=(payload,))
     sender.start()
     # the qtest client reads nothing; the monitor must still answer
-    assert qmp.qmp({"execute": "query-status"})["return"]["status"] == "prelaunch"
+    assert qmp.cmd("query-status")["return"]["status"] == "prelaunch"
     got = 0
     while got < n:
-        qt.readline()
+        qt.line()
         got += 1
     sender.join(TIMEOUT)
-    assert qt.cmd("endianness") == b"OK little"
+    assert qt.cmd("endianness") == [b"OK little"]
     rc, _ = finish(proc)
     assert rc == 0
 
 
-def test_connect_failure_matches_qemu(sockdir):
-    proc = spawn(["-M", "none", "-display", "none", "-qtest", f"unix:{sockdir}/nonexist.sock"])
+def test_connect_failure_matches_qemu(tmp):
+    proc = spawn(["-M", "none", "-display", "none", "-qtest", f"unix:{tmp}/nonexist.sock"])
     rc, err = finish(proc, None)
     assert rc == 1
-    assert err == (f"emu-system-x86_64: Failed to connect to '{sockdir}/nonexist.sock': No such file or directory\n"
-                   f"emu-system-x86_64: Failed to initialize device for qtest: \"unix:{sockdir}/nonexist.sock\"\n")
+    assert err == (f"emu-system-x86_64: Failed to connect to '{tmp}/nonexist.sock': No such file or directory\n"
+                   f"emu-system-x86_64: Failed to initialize device for qtest: \"unix:{tmp}/nonexist.sock\"\n")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -312,15 +250,14 @@ def test_command_line_errors_use_qemu_wording(args, message):
     assert (rc, err) == (1, message)
 
 
-def test_serial_chardevs_are_opened_at_start(sockdir):
+def test_serial_chardevs_are_opened_at_start(tmp):
     """libqtest's qtest_init_with_serial waits for the emulator to connect its -serial socket."""
-    listener = listen_unix(sockdir / "ser.sock")
-    proc, qt, _ = libqtest_launch(sockdir, ["-M", "none", "-chardev", f"socket,id=s0,path={sockdir}/ser.sock",
-                                            "-serial", "chardev:s0", "-serial", f"file:{sockdir}/ser2.out"])
-    conn, _ = listener.accept()
-    conn.close()
-    assert (sockdir / "ser2.out").exists()
-    assert qt.cmd("endianness") == b"OK little"
+    with listen_unix(tmp / "ser.sock") as listener:
+        proc, qt, _ = libqtest_launch(tmp, ["-M", "none", "-chardev", f"socket,id=s0,path={tmp}/ser.sock",
+                                            "-serial", "chardev:s0", "-serial", f"file:{tmp}/ser2.out"])
+        accept(listener, proc).close()
+    assert (tmp / "ser2.out").exists()
+    assert qt.cmd("endianness") == [b"OK little"]
     rc, _ = finish(proc)
     assert rc == 0
 
@@ -359,21 +296,21 @@ def test_exit_with_parent():
         time.sleep(0.02)
 
 
-def test_bios_option_maps_the_image_below_4g(sockdir):
+def test_bios_option_maps_the_image_below_4g(tmp):
     image = bytearray(64 * 1024)
     image[-16:-11] = b"\xea\x00\x01\x00\xf0"
-    (sockdir / "bios.bin").write_bytes(bytes(image))
-    proc, qt, _ = libqtest_launch(sockdir, ["-M", "pc", "-bios", str(sockdir / "bios.bin")])
-    assert qt.cmd("readl 0xfffffff0") == b"OK 0x00000000000100ea"
-    assert qt.cmd("readl 0xffff0") == b"OK 0x00000000000100ea"  # the ISA BIOS alias shows the same bytes
+    (tmp / "bios.bin").write_bytes(bytes(image))
+    proc, qt, _ = libqtest_launch(tmp, ["-M", "pc", "-bios", str(tmp / "bios.bin")])
+    assert qt.cmd("readl 0xfffffff0") == [b"OK 0x00000000000100ea"]
+    assert qt.cmd("readl 0xffff0") == [b"OK 0x00000000000100ea"]  # the ISA BIOS alias shows the same bytes
     rc, _ = finish(proc)
     assert rc == 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
-def test_other_termination_signals_also_exit_0(sockdir, sig):
-    proc, qt, _ = libqtest_launch(sockdir, ["-M", "none"])
-    assert qt.cmd("endianness") == b"OK little"
+def test_other_termination_signals_also_exit_0(tmp, sig):
+    proc, qt, _ = libqtest_launch(tmp, ["-M", "none"])
+    assert qt.cmd("endianness") == [b"OK little"]
     rc, err = finish(proc, sig)
     assert rc == 0 and f"terminating on signal {int(sig)}" in err
 

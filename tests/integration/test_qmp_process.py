@@ -3,19 +3,16 @@ raw sockets: several monitors at once, fd passing, events, HMP, misbehaving clie
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
+from wire import TIMEOUT, QmpClient, accept, listen_unix, wait_path
 
 BIN = shutil.which("emu-system-x86_64")
-TIMEOUT = 30
 
 
 @pytest.fixture
@@ -26,64 +23,6 @@ def procs():
         if p.poll() is None:
             p.kill()
             p.wait()
-
-
-def wait_path(path: Path, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():  # the emulator creates it; a listening socket is complete once visible
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-
-
-class Mon:
-    """A raw QMP client: messages are lines; events are queued aside."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        sock.settimeout(TIMEOUT)
-        self.buf = b""
-        self.events: list[dict] = []
-
-    @classmethod
-    def connect(cls, path: Path, negotiate: bool = True) -> Mon:
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(str(path))
-        m = cls(s)
-        assert "QMP" in m.recv()
-        if negotiate:
-            assert m.cmd("qmp_capabilities") == {"return": {}}
-        return m
-
-    def recv(self) -> dict:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        assert line.endswith(b"\r")
-        return json.loads(line)
-
-    def send(self, obj: dict, fds: list[int] = ()) -> None:
-        data = json.dumps(obj).encode()
-        if fds:
-            self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(memoryview(
-                __import__("array").array("i", fds))))])
-        else:
-            self.sock.sendall(data)
-
-    def cmd(self, name: str, args: dict | None = None, fds: list[int] = ()) -> dict:
-        req = {"execute": name}
-        if args is not None:
-            req["arguments"] = args
-        self.send(req, fds)
-        while True:
-            msg = self.recv()
-            if "event" in msg:
-                self.events.append(msg)
-            else:
-                return msg
 
 
 def spawn(args: list[str], procs: list, **kw) -> subprocess.Popen:
@@ -150,23 +89,19 @@ def test_qemu_qmp_async_client_events_fd_passing_and_quit(tmp, procs):
 
 def test_several_monitors_at_once_see_every_event(tmp, procs):
     """-qmp server, -chardev client (the test listens) and an inherited fd, in one process."""
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(tmp / "client.sock"))
-    listener.listen(1)
-    listener.settimeout(TIMEOUT)
     ours, theirs = socket.socketpair()
-    proc = spawn(["-M", "none", "-display", "none", "-S",
-                  "-qmp", f"unix:{tmp}/srv.sock,server=on,wait=off",
-                  "-chardev", f"socket,id=c1,path={tmp}/client.sock", "-mon", "chardev=c1,mode=control",
-                  "-chardev", f"socket,id=c2,fd={theirs.fileno()}", "-mon", "chardev=c2,mode=control"],
-                 procs, pass_fds=[theirs.fileno()])
-    theirs.close()
-    conn, _ = listener.accept()
+    with listen_unix(tmp / "client.sock") as listener:
+        proc = spawn(["-M", "none", "-display", "none", "-S",
+                      "-qmp", f"unix:{tmp}/srv.sock,server=on,wait=off",
+                      "-chardev", f"socket,id=c1,path={tmp}/client.sock", "-mon", "chardev=c1,mode=control",
+                      "-chardev", f"socket,id=c2,fd={theirs.fileno()}", "-mon", "chardev=c2,mode=control"],
+                     procs, pass_fds=[theirs.fileno()])
+        theirs.close()
+        conn = accept(listener, proc)
     wait_path(tmp / "srv.sock", proc)
-    mons = [Mon.connect(tmp / "srv.sock"), Mon(conn), Mon(ours)]
+    mons = [QmpClient.connect(tmp / "srv.sock"), QmpClient(conn), QmpClient(ours)]
     for m in mons[1:]:
-        assert "QMP" in m.recv()
-        assert m.cmd("qmp_capabilities") == {"return": {}}
+        m.greet()
     assert mons[2].cmd("cont") == {"return": {}}
     for m in mons:
         assert (m.events or [m.recv()])[0]["event"] == "RESUME"
@@ -182,10 +117,10 @@ def test_monitor_that_stops_reading_or_hangs_up_mid_message_stalls_nobody(tmp, p
                   "-qmp", f"unix:{tmp}/b.sock,server=on,wait=off"], procs)
     wait_path(tmp / "a.sock", proc)
     wait_path(tmp / "b.sock", proc)
-    greedy = Mon.connect(tmp / "a.sock")
-    good = Mon.connect(tmp / "b.sock")
+    greedy = QmpClient.connect(tmp / "a.sock")
+    good = QmpClient.connect(tmp / "b.sock")
     # 200 000 requests never read back: about 12 MB of replies pile up for `greedy`
-    greedy.sock.sendall(b'{"execute": "query-status"}' * 200_000)
+    greedy.send(b'{"execute": "query-status"}' * 200_000)
     for _ in range(20):
         assert good.cmd("query-status")["return"]["status"] == "running"
     greedy.sock.close()
@@ -194,7 +129,7 @@ def test_monitor_that_stops_reading_or_hangs_up_mid_message_stalls_nobody(tmp, p
     half.connect(str(tmp / "a.sock"))
     half.sendall(b'{"execute": "qmp_capabilities"}{"execute": "query-sta')
     half.close()
-    again = Mon.connect(tmp / "a.sock")
+    again = QmpClient.connect(tmp / "a.sock")
     assert again.cmd("query-status")["return"]["status"] == "running"
     assert good.cmd("quit") == {"return": {}}
     assert proc.wait(TIMEOUT) == 0
@@ -210,7 +145,7 @@ def test_add_fd_on_the_command_line_and_hmp(tmp, procs):
     finally:
         os.close(r)
     wait_path(tmp / "m.sock", proc)
-    m = Mon.connect(tmp / "m.sock")
+    m = QmpClient.connect(tmp / "m.sock")
     assert m.cmd("query-fdsets") == {"return": [{"fdset-id": 3, "fds": [{"fd": r, "opaque": "ro"}]}]}
     assert m.cmd("query-name") == {"return": {"name": "vm1"}}
     assert m.cmd("query-uuid") == {"return": {"UUID": "550e8400-e29b-41d4-a716-446655440000"}}
@@ -237,7 +172,7 @@ def test_qom_commands_on_pc(tmp, procs):
     proc = spawn(["-M", "pc", "-m", "16M", "-nodefaults", "-S", "-display", "none",
                   "-qmp", f"unix:{tmp}/m.sock,server=on,wait=off"], procs)
     wait_path(tmp / "m.sock", proc)
-    m = Mon.connect(tmp / "m.sock")
+    m = QmpClient.connect(tmp / "m.sock")
     assert m.cmd("qom-get", {"path": "/machine", "property": "type"}) == {"return": "pc-i440fx-9.1-machine"}
     assert m.cmd("qom-get", {"path": "/machine", "property": "peripheral"}) == {"return": "/machine/peripheral"}
     assert m.cmd("qom-get", {"path": "/machine", "property": "nosuch"})["error"]["desc"] == \

@@ -23,22 +23,18 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_machine import FakeMachine  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emu.monitor.protocol import QmpServer, QmpSession
 from emu.monitor.registry import build_registry
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emu"))
-from fake_machine import FakeMachine  # noqa: E402
 
 #: The emulator's command set, as the process serves it.
 REGISTRY = build_registry()

@@ -317,6 +317,21 @@ def test_qemu_transcripts(h, text):
     h.transcript(text)
 
 
+# A.2's set_irq_in rows on the intercepted IOAPIC: the arguments after "unnamed-gpio-in", and the IRQ
+# line reported before the OK (None: the level did not change, nothing is reported).
+A2_SET_IRQ_IN = [
+    ("4 1", "IRQ raise 4"),
+    ("4 1", None),
+    ("4 0", "IRQ lower 4"),
+    ("4 5", "IRQ raise 4"),
+    ("4 1", "IRQ raise 4"),
+    ("4 -1", "IRQ raise 4"),
+    ("4 0", "IRQ lower 4"),
+    ("0x17 1", "IRQ raise 23"),
+    ("23 0", "IRQ lower 23"),
+]
+
+
 def test_irq_intercept_transcript_A2(h):
     h.transcript("""
 > irq_intercept_in ioapic
@@ -327,33 +342,10 @@ def test_irq_intercept_transcript_A2(h):
 < FAIL IRQ intercept already enabled
 > irq_intercept_out ioapic
 < OK
-> set_irq_in ioapic unnamed-gpio-in 4 1
-< IRQ raise 4
-< OK
-> set_irq_in ioapic unnamed-gpio-in 4 1
-< OK
-> set_irq_in ioapic unnamed-gpio-in 4 0
-< IRQ lower 4
-< OK
-> set_irq_in ioapic unnamed-gpio-in 4 5
-< IRQ raise 4
-< OK
-> set_irq_in ioapic unnamed-gpio-in 4 1
-< IRQ raise 4
-< OK
-> set_irq_in ioapic unnamed-gpio-in 4 -1
-< IRQ raise 4
-< OK
-> set_irq_in ioapic unnamed-gpio-in 4 0
-< IRQ lower 4
-< OK
-> set_irq_in ioapic unnamed-gpio-in 0x17 1
-< IRQ raise 23
-< OK
-> set_irq_in ioapic unnamed-gpio-in 23 0
-< IRQ lower 23
-< OK
 """)
+    for args, irq in A2_SET_IRQ_IN:
+        reply = [irq.encode(), b"OK"] if irq else [b"OK"]
+        assert h.send(b"set_irq_in ioapic unnamed-gpio-in %s\n" % args.encode()) == reply, args
     # the interceptor is transparent: the IOAPIC itself saw the level
     assert h.send(b"set_irq_in ioapic unnamed-gpio-in 5 1\n") == [b"IRQ raise 5", b"OK"]
     assert h.machine.ioapic.irr & (1 << 5)
