@@ -11,6 +11,7 @@ while too much of its output is waiting (a client that stops reading stalls only
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import os
 import select
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Protocol
 
 from emu.main_loop import MainLoop
@@ -94,7 +96,7 @@ class Chardev:
     def start(self) -> None:
         """Opens the backend (connects, listens...). Raises ChardevError."""
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         """Queues output (any thread). Dropped while nothing is connected, as in QEMU."""
 
     def close(self) -> None:
@@ -350,6 +352,7 @@ class SocketChardev(_StreamChardev):
         self.port = opts.get("port")
         self.fd = opts.get("fd")
         self._listener: socket.socket | None = None
+        self._conn: socket.socket | None = None  # the connected peer
         if self.fd is None and self.path is None:
             if self.host is None:
                 raise ChardevError("chardev: socket: no host given")
@@ -365,7 +368,7 @@ class SocketChardev(_StreamChardev):
 
     def filename(self) -> str:
         """QEMU's ``query-chardev`` filename: the live addresses, ``disconnected:`` while idle."""
-        conn = getattr(self, "_conn", None)
+        conn = self._conn
         if self.server:
             if self.path is not None:
                 local = f"unix:{self.path}"  # (the listener was bound under a temporary name)
@@ -405,37 +408,47 @@ class SocketChardev(_StreamChardev):
             return
         self._connected_sock(self._connect())
 
-    def _make_listener(self) -> socket.socket:
+    @contextlib.contextmanager
+    def _socket_errors(self, template: str) -> Iterator[None]:
+        """Turn an OSError or ValueError of the block into QEMU's ChardevError: ``template`` with
+        the socket's address as ``{where}`` and the error's text as ``{why}``."""
         try:
-            if self.path is not None:
-                try:
-                    if stat.S_ISSOCK(os.stat(self.path).st_mode):
-                        os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
-                if os.path.lexists(self.path):
-                    raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
-                # Bind under a temporary name and rename once listening, so a client that sees the
-                # path can always connect (QEMU has a window where connect() is refused).
-                tmp = os.path.join(os.path.dirname(self.path) or ".", f".{os.getpid()}.{id(self) % 99991}.s")
-                direct = len(os.fsencode(tmp)) > MAX_UNIX_PATH
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.bind(self.path if direct else tmp)
-                sock.listen(1)
-                if not direct:
-                    os.rename(tmp, self.path)
-                return sock
-            else:
-                infos = socket.getaddrinfo(self.host or None, int(self.port or 0), type=socket.SOCK_STREAM,
-                                           flags=socket.AI_PASSIVE)
-                fam, _, _, _, addr = infos[0]
-                sock = socket.socket(fam, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(addr)
-            sock.listen(1)
+            yield
         except (OSError, ValueError) as e:
             where = self.path if self.path is not None else f"{self.host}:{self.port}"
-            raise ChardevError(f"Failed to bind socket to {where}: {getattr(e, 'strerror', None) or e}") from e
+            raise ChardevError(template.format(where=where, why=getattr(e, "strerror", None) or e)) from e
+
+    def _make_listener(self) -> socket.socket:
+        with self._socket_errors("Failed to bind socket to {where}: {why}"):
+            return self._unix_listener(self.path) if self.path is not None else self._inet_listener()
+
+    def _unix_listener(self, path: str) -> socket.socket:
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        if os.path.lexists(path):
+            raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+        # Bind under a temporary name and rename once listening, so a client that sees the
+        # path can always connect (QEMU has a window where connect() is refused).
+        tmp = os.path.join(os.path.dirname(path) or ".", f".{os.getpid()}.{id(self) % 99991}.s")
+        direct = len(os.fsencode(tmp)) > MAX_UNIX_PATH
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path if direct else tmp)
+        sock.listen(1)
+        if not direct:
+            os.rename(tmp, path)
+        return sock
+
+    def _inet_listener(self) -> socket.socket:
+        infos = socket.getaddrinfo(self.host or None, int(self.port or 0), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        fam, _, _, _, addr = infos[0]
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(1)
         return sock
 
     def _listen_on(self, sock: socket.socket) -> None:
@@ -453,16 +466,12 @@ class SocketChardev(_StreamChardev):
         self._connected_sock(conn)
 
     def _connect(self) -> socket.socket:
-        try:
-            if self.path is not None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.connect(self.path)
-            else:
-                sock = socket.create_connection((self.host or "localhost", int(self.port or 0)))
-        except (OSError, ValueError) as e:
-            where = self.path if self.path is not None else f"{self.host}:{self.port}"
-            raise ChardevError(f"Failed to connect to '{where}': {getattr(e, 'strerror', None) or e}") from e
-        return sock
+        with self._socket_errors("Failed to connect to '{where}': {why}"):
+            if self.path is None:
+                return socket.create_connection((self.host or "localhost", int(self.port or 0)))
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(self.path)
+            return sock
 
     def _connected_sock(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -479,7 +488,7 @@ class SocketChardev(_StreamChardev):
         self._start_io(fd, fd, sock)
 
     def _disconnect(self) -> None:
-        conn = getattr(self, "_conn", None)
+        conn = self._conn
         super()._disconnect()
         if conn is not None:
             conn.close()
@@ -489,7 +498,7 @@ class SocketChardev(_StreamChardev):
 
     def close(self) -> None:
         self.flush_blocking()
-        conn = getattr(self, "_conn", None)
+        conn = self._conn
         self._stop_io()
         if conn is not None:
             try:

@@ -314,30 +314,26 @@ class AddressSpace:
         return self.read(addr, length)
 
     def read_into(self, addr: int, buf: bytearray | memoryview) -> None:
+        self._transfer(addr, buf, lib.mc_as_read, self._mmio_read)
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        self._transfer(addr, data, lib.mc_as_write, self._mmio_write)
+
+    def _transfer(self, addr: int, buf: bytes | bytearray | memoryview, c_access: Callable[..., int],
+                  mmio_access: Callable[[int, int, Any, int], int]) -> None:
+        """Move ``buf`` from or to [addr, addr + len(buf)): ``c_access`` (``mc_as_read`` or
+        ``mc_as_write``) does the RAM runs and stops at each MMIO range, whose piece
+        ``mmio_access`` dispatches here; unassigned memory ends the transfer."""
         self._ensure()
         length = len(buf)
         cbuf = ffi.from_buffer(buf)
         mmio = self._scratch
         done = 0
         while done < length:
-            n = lib.mc_as_read(self._flat, (addr + done) & _ADDR_MASK, cbuf + done, length - done, mmio)
-            done += n
+            done += c_access(self._flat, (addr + done) & _ADDR_MASK, cbuf + done, length - done, mmio)
             if mmio[0] < 0:
                 return
-            done += self._mmio_read(mmio[0], (addr + done) & _ADDR_MASK, buf, done, length - done)
-
-    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
-        self._ensure()
-        length = len(data)
-        cbuf = ffi.from_buffer(data)
-        mmio = self._scratch
-        done = 0
-        while done < length:
-            n = lib.mc_as_write(self._flat, (addr + done) & _ADDR_MASK, cbuf + done, length - done, mmio)
-            done += n
-            if mmio[0] < 0:
-                return
-            done += self._mmio_write(mmio[0], (addr + done) & _ADDR_MASK, memoryview(data)[done:])
+            done += mmio_access(mmio[0], (addr + done) & _ADDR_MASK, buf, done)
 
     def fill(self, addr: int, byte: int, length: int) -> None:
         self._ensure()
@@ -353,7 +349,7 @@ class AddressSpace:
             fr = self.ranges[mmio[0]]
             at = (addr + done) & _ADDR_MASK
             piece = min(length - done, fr.last - at + 1)
-            done += self._mmio_write(mmio[0], at, bytes([byte & 0xFF]) * piece)
+            done += self._mmio_write(mmio[0], at, bytes([byte & 0xFF]) * piece, 0)
 
     def read_uint(self, addr: int, size: int) -> int:
         """A little-endian load of ``size`` bytes, as a CPU would do it."""
@@ -363,29 +359,23 @@ class AddressSpace:
         self.write(addr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
 
     # ---- MMIO dispatch, following QEMU's access-size rules
-    def _mmio_read(self, index: int, addr: int, buf: bytearray | memoryview, pos: int, left: int) -> int:
-        # An access goes whole to the region of its first byte, even past that region's end
-        # (QEMU clamps only RAM accesses to their section: see address_space_translate_internal).
+    def _mmio_read(self, index: int, addr: int, buf: bytearray | memoryview, pos: int) -> int:
+        """Read the MMIO piece at ``addr`` (in range ``index``) into ``buf[pos:]``; return its length."""
         fr = self.ranges[index]
-        done = 0
-        while done < left and addr + done <= fr.last:
-            off = fr.offset + (addr - fr.start) + done
-            size = _access_size(fr.mr.rules, off, left - done)
-            value = _dispatch_read(fr.mr, off, size)
-            buf[pos + done : pos + done + size] = value.to_bytes(size, "little")
-            done += size
-        return done
+        start = pos
+        for off, size in _mmio_accesses(fr, addr, len(buf) - pos):
+            buf[pos : pos + size] = _dispatch_read(fr.mr, off, size).to_bytes(size, "little")
+            pos += size
+        return pos - start
 
-    def _mmio_write(self, index: int, addr: int, data: bytes | memoryview) -> int:
+    def _mmio_write(self, index: int, addr: int, data: bytes | bytearray | memoryview, pos: int) -> int:
+        """Write ``data[pos:]`` as the MMIO piece at ``addr`` (in range ``index``); return the bytes taken."""
         fr = self.ranges[index]
-        left = len(data)
-        done = 0
-        while done < left and addr + done <= fr.last:
-            off = fr.offset + (addr - fr.start) + done
-            size = _access_size(fr.mr.rules, off, left - done)
-            _dispatch_write(fr.mr, off, int.from_bytes(data[done : done + size], "little"), size)
-            done += size
-        return done
+        start = pos
+        for off, size in _mmio_accesses(fr, addr, len(data) - pos):
+            _dispatch_write(fr.mr, off, int.from_bytes(data[pos : pos + size], "little"), size)
+            pos += size
+        return pos - start
 
     def covered(self, addr: int, length: int) -> bool:
         """True if every byte of [addr, addr+length) is mapped (RAM, ROM or MMIO)."""
@@ -400,6 +390,21 @@ class AddressSpace:
     def iter_ranges(self) -> Iterator[FlatRange]:
         self._ensure()
         return iter(self.ranges)
+
+
+def _mmio_accesses(fr: FlatRange, addr: int, left: int) -> Iterator[tuple[int, int]]:
+    """(offset in the region, size) of each access that an MMIO piece of ``left`` bytes at ``addr``
+    is split into, following QEMU's access-size rules.
+
+    An access goes whole to the region of its first byte, even past that region's end (QEMU clamps
+    only RAM accesses to their section: see address_space_translate_internal).
+    """
+    done = 0
+    while done < left and addr + done <= fr.last:
+        off = fr.offset + (addr - fr.start) + done
+        size = _access_size(fr.mr.rules, off, left - done)
+        yield off, size
+        done += size
 
 
 def _access_size(rules: AccessRules, offset: int, left: int) -> int:

@@ -79,7 +79,7 @@ class QObject:
         """``type`` first, then the object's own properties, then its children."""
         props = [Property("type", "string", lambda: self.type_name)]
         props.extend(self._props.values())
-        props.extend(Property(name, f"child<{child.type_name}>", lambda c=child: c.path)
+        props.extend(Property(name, f"child<{child.type_name}>", _path_getter(child))
                      for name, child in self.children.items())
         return props
 
@@ -114,6 +114,11 @@ class QObject:
         yield self
         for child in self.children.values():
             yield from child.walk()
+
+
+def _path_getter(obj: QObject) -> Callable[[], str]:
+    """A getter for a ``child<...>`` property: the child's canonical path, read when asked."""
+    return lambda: obj.path
 
 
 class Container(QObject):

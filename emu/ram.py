@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 from emu._native import ffi, lib
 
 if TYPE_CHECKING:
-    import numpy
+    # imported lazily at run time (numpy is slow to import); ``ndarray`` because the class's
+    # ``numpy`` method shadows the module name inside the class body
+    from numpy import ndarray
 
 PAGE_SIZE = 4096
 
@@ -66,7 +68,7 @@ class RamBlock:
         """A writable memoryview over the whole block (no copy; does not mark pages dirty)."""
         return memoryview(ffi.buffer(lib.mc_block_host(self._ptr), self.size))
 
-    def numpy(self) -> numpy.ndarray:
+    def numpy(self) -> ndarray:
         """A uint8 numpy array over the block (no copy; does not mark pages dirty)."""
         import numpy
 
@@ -103,7 +105,7 @@ class RamBlock:
         """First dirty page >= page, or -1."""
         return int(lib.mc_dirty_find_next(self._ptr, page))
 
-    def fetch_and_clear_dirty(self) -> numpy.ndarray:
+    def fetch_and_clear_dirty(self) -> ndarray:
         """Moves the bitmap out (uint64 words) and clears it, atomically per word."""
         import numpy
 

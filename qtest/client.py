@@ -73,14 +73,14 @@ _Writer = Callable[[bytes | bytearray | memoryview], None]
 def _file_reader(f: BinaryIO) -> _Reader:
     """Build a ``readinto``-style function for a readable binary file."""
     if hasattr(f, "readinto1"):  # buffered: returns buffered bytes first, then one raw read
-        return f.readinto1  # type: ignore[no-any-return]
+        return f.readinto1
     try:
         fd = f.fileno()
     except (AttributeError, OSError, ValueError):
         fd = -1
     if fd >= 0:
         return lambda buf: os.readv(fd, [buf])
-    return f.readinto  # type: ignore[attr-defined,no-any-return]
+    return f.readinto  # type: ignore[attr-defined]  # typing.BinaryIO omits readinto; binary files have it
 
 
 def _file_writer(f: BinaryIO) -> _Writer:

@@ -588,7 +588,7 @@ class QTestMachine:
         deadline = time.monotonic() + self.timeout
         pidfd = -1
         try:
-            pidfd = os.pidfd_open(self._proc.pid)  # type: ignore[attr-defined]
+            pidfd = os.pidfd_open(self._proc.pid)
         except (AttributeError, OSError):
             pass
         try:

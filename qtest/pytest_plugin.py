@@ -215,7 +215,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """Attach each machine's stderr (and qtest log) tail to a failing test's report."""
     report = yield
     if report.failed:
-        for i, machine in enumerate(item.stash.get(_machines_key, [])):
+        machines: list[QTestMachine] = item.stash.get(_machines_key, [])
+        for i, machine in enumerate(machines):
             try:
                 text = machine.stderr_text()
             except Exception:  # never let reporting break the run

@@ -178,6 +178,13 @@ class DeviceSpec:
         prop = MODELS[self.driver].prop(name)
         return prop.default if prop is not None else None
 
+    def int_value(self, name: str) -> int:
+        """The value of an integer (or boolean) property: given, else the model's default."""
+        value = self.value(name)
+        if value is None:
+            raise TypeError(f"{self.driver}: property {name!r} has no value")
+        return int(value)
+
 
 # ---------------------------------------------------------------- QemuOpts
 

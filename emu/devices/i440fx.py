@@ -14,12 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from emu.devices.base import Device
-from emu.devices.pci import PCIBus, PCIDevice
+from emu.devices.pci import CONFIG_ADDR_PORT, CONFIG_DATA_PORT, CONFIG_ENABLE, PCIBus, PCIDevice
 from emu.memory import AccessRules, CallbackOps, MemoryRegion
 from emu.migration.vmstate import Field, VMStateDescription
 
-CONFIG_ADDR_PORT = 0xCF8
-CONFIG_DATA_PORT = 0xCFC
 GiB = 1 << 30
 IOAPIC_DEFAULT_ADDRESS = 0xFEC00000
 
@@ -28,9 +26,8 @@ I440FX_PAM_SIZE = 7
 I440FX_SMRAM = 0x72
 I440FX_COREBOOT_RAM_SIZE = 0x57
 
-PAM_BIOS_BASE, PAM_BIOS_SIZE = 0xF0000, 0x10000
-PAM_EXPAN_BASE, PAM_EXPAN_SIZE = 0xC0000, 0x4000
-PAM_REGIONS_COUNT = 13
+# (start, size) of the 13 PAM segments: the BIOS area, then twelve 16 KiB expansion segments.
+PAM_SEGMENTS = ((0xF0000, 0x10000), *((0xC0000 + i * 0x4000, 0x4000) for i in range(12)))
 PAM_ATTR_MASK = 3
 
 SMRAM_C_BASE, SMRAM_C_SIZE = 0xA0000, 0x20000
@@ -95,9 +92,7 @@ class I440FX(PCIDevice):
         # SMRAM as SMM CPUs would see it (no SMM address space uses it here)
         self.smram = MemoryRegion.container("smram", 4 * GiB)
         self.smram.add_subregion(SMRAM_C_BASE, MemoryRegion.alias("smram-low", ram, SMRAM_C_BASE, SMRAM_C_SIZE))
-        self.pam = [PAMRegion(ram, pci_memory, sysmem, PAM_BIOS_BASE, PAM_BIOS_SIZE)]
-        self.pam += [PAMRegion(ram, pci_memory, sysmem, PAM_EXPAN_BASE + i * PAM_EXPAN_SIZE, PAM_EXPAN_SIZE)
-                     for i in range(PAM_REGIONS_COUNT - 1)]
+        self.pam = [PAMRegion(ram, pci_memory, sysmem, start, size) for start, size in PAM_SEGMENTS]
         self.update_memory_mappings()
 
     def update_memory_mappings(self) -> None:
@@ -173,12 +168,12 @@ class I440FXHost(Device):
             self.config_reg = value & 0xFFFFFFFF
 
     def _data_read(self, offset: int, size: int) -> int:
-        if not self.config_reg & 0x80000000:
+        if not self.config_reg & CONFIG_ENABLE:
             return 0xFFFFFFFF
         return self.bus.data_read(self.config_reg | (offset & 3), size)
 
     def _data_write(self, offset: int, value: int, size: int) -> None:
-        if self.config_reg & 0x80000000:
+        if self.config_reg & CONFIG_ENABLE:
             self.bus.data_write(self.config_reg | (offset & 3), value, size)
 
     def save_vmstate(self) -> dict:

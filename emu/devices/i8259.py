@@ -194,18 +194,34 @@ class I8259(Device):
         self.init_gpio_in(self._set_irq, 16)
         self.intr = self.init_gpio_out(1)[0]  # INTR to the CPU
         rules = AccessRules(valid_max=4, impl_max=1)  # QEMU: impl 1 byte, any size accepted
-        self.master_io = MemoryRegion.io(
-            "pic", 2, CallbackOps(lambda o, s: self._read(self.master, o),
-                                  lambda o, v, s: self._write(self.master, o, v), rules), owner=self)
-        self.slave_io = MemoryRegion.io(
-            "pic", 2, CallbackOps(lambda o, s: self._read(self.slave, o),
-                                  lambda o, v, s: self._write(self.slave, o, v), rules), owner=self)
+        self.master_io = self._chip_io(self.master, rules)
+        self.slave_io = self._chip_io(self.slave, rules)
         # one 1-byte "elcr" region per chip (0x4d0 master, 0x4d1 slave), as QEMU maps them
-        self.master_elcr_io, self.slave_elcr_io = (
-            MemoryRegion.io("elcr", 1, CallbackOps(lambda o, s, c=chip: c.elcr,
-                                                   lambda o, v, s, c=chip: self._elcr_write(c, v), rules), owner=self)
-            for chip in (self.master, self.slave))
+        self.master_elcr_io = self._elcr_io(self.master, rules)
+        self.slave_elcr_io = self._elcr_io(self.slave, rules)
         self._level = 0
+
+    def _chip_io(self, chip: PicChip, rules: AccessRules) -> MemoryRegion:
+        """The chip's two ports (command/status and data)."""
+
+        def read(offset: int, size: int) -> int:
+            return self._read(chip, offset)
+
+        def write(offset: int, value: int, size: int) -> None:
+            self._write(chip, offset, value)
+
+        return MemoryRegion.io("pic", 2, CallbackOps(read, write, rules), owner=self)
+
+    def _elcr_io(self, chip: PicChip, rules: AccessRules) -> MemoryRegion:
+        """The chip's edge/level control register."""
+
+        def read(offset: int, size: int) -> int:
+            return chip.elcr
+
+        def write(offset: int, value: int, size: int) -> None:
+            self._elcr_write(chip, value)
+
+        return MemoryRegion.io("elcr", 1, CallbackOps(read, write, rules), owner=self)
 
     def reset(self) -> None:
         for chip in (self.master, self.slave):

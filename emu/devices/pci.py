@@ -49,6 +49,16 @@ DEFAULT_SUBSYSTEM_ID = 0x1100
 UINT32_MAX = 0xFFFFFFFF
 HWADDR_MAX = (1 << 64) - 1
 
+# Configuration mechanism #1 of the PC's host bridge: a CONFIG_ADDRESS register selects the bus,
+# function and register that the 4-byte CONFIG_DATA window then reads and writes.
+CONFIG_ADDR_PORT, CONFIG_DATA_PORT = 0xCF8, 0xCFC
+CONFIG_ENABLE = 1 << 31
+
+
+def config_address(devfn: int, offset: int, bus: int = 0) -> int:
+    """The CONFIG_ADDRESS value that selects register ``offset`` of ``devfn`` on ``bus`` (enabled)."""
+    return CONFIG_ENABLE | (bus << 16) | (devfn << 8) | offset
+
 
 class PCIError(Exception):
     """A device that cannot be plugged where it was asked to go (the message is QEMU's)."""

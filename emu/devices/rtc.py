@@ -426,6 +426,14 @@ VMSTATE_RTC = VMStateDescription(
 
 # ---------------------------------------------------------------- the device
 
+def _alarm_any_minute(a_sec: int, cur_min: int, cur_sec: int) -> tuple[int, int]:
+    """Alarm minute is don't-care: the next matching (minute, second) from now, in this minute or
+    the next (the second may come out as 60: the callers wrap it as their hour rule says)."""
+    if a_sec == -1:
+        return cur_min, cur_sec + 1
+    return (cur_min + 1 if cur_sec > a_sec else cur_min), a_sec
+
+
 class RTC(Device):
     """The MC146818 RTC: ``io`` (2 ports, mapped at 0x70), ``irq`` (ISA IRQ 8), ``cmos`` (NVRAM).
 
@@ -695,11 +703,7 @@ class RTC(Device):
         """Alarm hour is don't-care: the next matching minute/second in this or the next hour."""
         a_hour = cur_hour
         if a_min == -1:
-            a_min = cur_min
-            if a_sec == -1:
-                a_sec = cur_sec + 1
-            elif cur_sec > a_sec:
-                a_min += 1
+            a_min, a_sec = _alarm_any_minute(a_sec, cur_min, cur_sec)
         elif cur_min == a_min:
             if a_sec == -1:
                 a_sec = cur_sec + 1
@@ -715,11 +719,7 @@ class RTC(Device):
     def _alarm_this_hour(a_min: int, a_sec: int, cur_min: int, cur_sec: int) -> tuple[int, int]:
         """The alarm hour is the current one: the next matching minute/second in it."""
         if a_min == -1:
-            a_min = cur_min
-            if a_sec == -1:
-                a_sec = cur_sec + 1
-            elif cur_sec > a_sec:
-                a_min += 1
+            a_min, a_sec = _alarm_any_minute(a_sec, cur_min, cur_sec)
             if a_sec == 60:
                 a_sec, a_min = 0, a_min + 1
             a_min = _cmod(a_min, 60)  # the hour is fixed: wrap to the next day

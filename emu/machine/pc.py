@@ -39,7 +39,7 @@ from emu.devices.pcspk import PCSpeaker
 from emu.devices.piix import build_piix, io_port_present
 from emu.devices.pm_blocks import CPUHP_BASE, PCIHP_BASE, SMBUS_BASE, CpuHotplugLegacy, PciHotplugRegs, SMBusHost
 from emu.devices.pvpanic import PVPanic, PVPanicPCI
-from emu.devices.rtc import RTC
+from emu.devices.rtc import RTC, RtcOptions
 from emu.devices.serial import Serial16550
 from emu.devices.testdev import IOMEM_ADDR as TESTDEV_IOMEM_ADDR
 from emu.devices.testdev import PCTestdev
@@ -167,6 +167,7 @@ class PcMachine(Machine):
             *firmware, (PC_ROM_BASE, MemoryRegion.rom("pc.rom", PC_ROM_SIZE), 1),
         ])
         self.add_device(host, "i440fx")
+        assert host.device is not None  # build_i440fx plugs 00:00.0
         self.add_device(host.device)
         self.pci_bus = host.bus
         return host
@@ -241,7 +242,9 @@ class PcMachine(Machine):
             self.system_memory.add_subregion(HPET_BASE, hpet.mmio)
             for n in range(NUM_PINS):
                 hpet.irqs[n].connect(self.gsi[n])
-        rtc = RTC(self.clock, self.options.rtc, base_year=2000)
+        rtc_options = self.options.rtc
+        assert rtc_options is None or isinstance(rtc_options, RtcOptions)  # what the CLI parses -rtc into
+        rtc = RTC(self.clock, rtc_options, base_year=2000)
         self.add_device(rtc)
         self.system_io.add_subregion(0x70, rtc.io)
         self.rtc = rtc
@@ -303,9 +306,10 @@ class PcMachine(Machine):
         """PIIX4 PM's ACPI PCI/CPU hotplug and SMBus host blocks."""
         bus = self.pci_bus
         hotplug = PciHotplugRegs(lambda slot: any(bus.devices[slot * 8 + fn] is not None for fn in range(8)))
-        self.pm_blocks = (hotplug, CpuHotplugLegacy(self.options.nb_cpus), SMBusHost())
-        for base, block in zip((PCIHP_BASE, CPUHP_BASE, SMBUS_BASE), self.pm_blocks):
-            self.system_io.add_subregion(base, block.io)
+        cpu_hotplug, smbus = CpuHotplugLegacy(self.options.nb_cpus), SMBusHost()
+        self.pm_blocks = (hotplug, cpu_hotplug, smbus)
+        for base, region in ((PCIHP_BASE, hotplug.io), (CPUHP_BASE, cpu_hotplug.io), (SMBUS_BASE, smbus.io)):
+            self.system_io.add_subregion(base, region)
 
     def attach_boot_disk(self, sector0: bytes) -> None:
         """The first IDE disk: its sector 0 is what the direct boot loads. The primary channel
@@ -329,7 +333,7 @@ class PcMachine(Machine):
         dev: Device
         io: list[tuple[int, MemoryRegion]] = []
         if spec.driver == "isa-debug-exit":
-            debug_exit = ISADebugExit(int(spec.value("iobase")), int(spec.value("iosize")),
+            debug_exit = ISADebugExit(spec.int_value("iobase"), spec.int_value("iosize"),
                                       lambda status: self.exit_request(status))
             io = [(debug_exit.iobase, debug_exit.io)] if debug_exit.io is not None else []
             dev = debug_exit
@@ -341,7 +345,7 @@ class PcMachine(Machine):
                 line.connect(self.gsi[n])
             dev = testdev
         elif spec.driver == "pvpanic":
-            pvpanic = PVPanic(int(spec.value("ioport")), int(spec.value("events")),
+            pvpanic = PVPanic(spec.int_value("ioport"), spec.int_value("events"),
                               lambda kind: self.panic_event(kind))
             io = [(pvpanic.ioport, pvpanic.io)]
             dev = pvpanic
@@ -350,7 +354,7 @@ class PcMachine(Machine):
             io = [(IB700_BASE, ib700.io)]
             dev = ib700
         elif spec.driver == "pvpanic-pci":
-            return self._add_pci_device(spec, PVPanicPCI(int(spec.value("events")),
+            return self._add_pci_device(spec, PVPanicPCI(spec.int_value("events"),
                                                          lambda kind: self.panic_event(kind),
                                                          bool(spec.value("multifunction"))))
         else:
@@ -367,7 +371,7 @@ class PcMachine(Machine):
         parent, name = self.user_device_parent(spec)
         self.add_device(dev, name, parent)
         try:
-            self.pci_bus.add(dev, int(spec.value("addr")), qdev_id=spec.id)
+            self.pci_bus.add(dev, spec.int_value("addr"), qdev_id=spec.id)
         except PCIError as e:
             raise MachineError(str(e)) from None
         return dev

@@ -45,13 +45,22 @@ MAX_TOKEN_COUNT = 2 << 20
 MAX_NESTING = 1 << 10
 
 # Token kinds. Structural tokens use their byte value.
-_LCURLY, _RCURLY, _LSQUARE, _RSQUARE = 0x7B, 0x7D, 0x5B, 0x5D
-_COLON, _COMMA = 0x3A, 0x2C
+_LCURLY, _RCURLY, _LSQUARE, _RSQUARE = ord("{"), ord("}"), ord("["), ord("]")
+_COLON, _COMMA = ord(":"), ord(",")
 _STRING, _INTEGER, _FLOAT, _KEYWORD = 1, 2, 3, 4
 _STRUCTURAL = frozenset(b"{}[]:,")
+# Pseudo-kinds of a pending token's scan: it needs more input, or it is broken.
+_NEED_MORE, _BAD_TOKEN = 0, -1
 
-# Lexer states.
+# Bytes the lexer and the string decoder look at.
+_DQUOTE, _SQUOTE, _BACKSLASH = ord('"'), ord("'"), ord("\\")
+_DIGIT_0, _DIGIT_9, _MINUS, _PLUS, _DOT = ord("0"), ord("9"), ord("-"), ord("+"), ord(".")
+_LOWER_E, _UPPER_E, _LOWER_U = ord("e"), ord("E"), ord("u")
+_LOWER_A, _LOWER_Z = ord("a"), ord("z")
+
+# Lexer states; the pending-token states come last (the lexer tests ``state > _RECOVERY``).
 _START, _RECOVERY, _IN_STRING, _IN_NUMBER, _IN_KEYWORD = range(5)
+_PENDING_STATES = (_IN_STRING, _IN_NUMBER, _IN_KEYWORD)
 # Number sub-states (QEMU's IN_SIGN, IN_ZERO, IN_DIGITS, ...).
 _N_SIGN, _N_ZERO, _N_DIGITS, _N_MANT, _N_MANT_DIGITS, _N_EXP_E, _N_EXP_SIGN, _N_EXP_DIGITS = range(8)
 # Terminal number states end by lookahead; the others need another character.
@@ -68,6 +77,9 @@ _KEYWORD_RE = re.compile(rb"[a-z]*")
 # Recovery skips everything except structural chars, control chars other than
 # TAB, and the impossible UTF-8 bytes.
 _RECOVERY_RE = re.compile(rb"[^\x00-\x08\x0a-\x1f\xfe\xff\[\]{}:,]*")
+# Fast path for complete strings; an incomplete or broken one goes through the DFA
+# from its opening quote (one extra scan of this chunk's part of it: still linear).
+_FAST_STRING_RE = re.compile(b'"' + _DQ_BODY_RE.pattern + b'"|\'' + _SQ_BODY_RE.pattern + b"'")
 # Fast path for short numbers and keywords that are followed by a character that
 # cannot continue them; anything else goes through the exact DFA.
 _FAST_SCALAR_RE = re.compile(
@@ -184,10 +196,8 @@ def _mod_utf8(seg: bytes) -> str:
     return text
 
 
-_SIMPLE_ESCAPES = {
-    0x22: '"', 0x27: "'", 0x5C: "\\", 0x2F: "/",
-    0x62: "\b", 0x66: "\f", 0x6E: "\n", 0x72: "\r", 0x74: "\t",
-}
+# The byte after a backslash -> what it stands for (all escapes but \\u).
+_SIMPLE_ESCAPES = {ord(esc): text for esc, text in zip("\"'\\/bfnrt", "\"'\\/\b\f\n\r\t")}
 _HEX4_RE = re.compile(rb"[0-9a-fA-F]{4}")
 
 
@@ -201,7 +211,7 @@ def _decode_string_slow(tok: bytes) -> str:
     p = 1
     out: list[str] = []
     while p < end:
-        if tok[p] != 0x5C:
+        if tok[p] != _BACKSLASH:
             q = tok.find(b"\\", p, end)
             if q < 0:
                 q = end
@@ -215,7 +225,7 @@ def _decode_string_slow(tok: bytes) -> str:
         if simple is not None:
             out.append(simple)
             continue
-        if esc != 0x75:  # 'u'
+        if esc != _LOWER_U:
             raise _ParseError("invalid escape sequence in string")
         cp = _hex4(tok, p)
         p += 4
@@ -235,7 +245,7 @@ def _decode_string_slow(tok: bytes) -> str:
 
 
 def _decode_string(tok: bytes) -> str:
-    if tok[0] == 0x22:
+    if tok[0] == _DQUOTE:
         if b"\\" not in tok:
             try:
                 text = tok[1:-1].decode("utf-8")
@@ -318,19 +328,10 @@ def _parse(tokens: list[tuple[int, bytes]]) -> Any:
             if not stack:
                 return value
             frame = stack[-1]
-            if len(frame) == 1:  # list
+            if len(frame) == 1:  # list element
                 frame[0].append(value)
-                if p >= n:
-                    raise _ParseError("premature EOI")
-                sep = tokens[p][0]
-                p += 1
-                if sep == _RSQUARE:
-                    value = stack.pop()[0]
-                    continue
-                if sep != _COMMA:
-                    raise _ParseError("expected separator in list")
-                break
-            if frame[2]:  # got a key
+                closer, what = _RSQUARE, "list"
+            elif frame[2]:  # got a key
                 if not isinstance(value, str):
                     raise _ParseError("key is not a string in object")
                 if p >= n:
@@ -341,21 +342,24 @@ def _parse(tokens: list[tuple[int, bytes]]) -> Any:
                 frame[1] = value
                 frame[2] = False
                 break
-            # got a member value
-            container = frame[0]
-            if frame[1] in container:
-                raise _ParseError("duplicate key")
-            container[frame[1]] = value
+            else:  # got a member value
+                container = frame[0]
+                if frame[1] in container:
+                    raise _ParseError("duplicate key")
+                container[frame[1]] = value
+                closer, what = _RCURLY, "dict"
+            # After a list element or a member: a closer ends the container, a comma continues it.
             if p >= n:
                 raise _ParseError("premature EOI")
             sep = tokens[p][0]
             p += 1
-            if sep == _RCURLY:
+            if sep == closer:
                 value = stack.pop()[0]
                 continue
             if sep != _COMMA:
-                raise _ParseError("expected separator in dict")
-            frame[2] = True
+                raise _ParseError(f"expected separator in {what}")
+            if closer == _RCURLY:
+                frame[2] = True
             break
 
 
@@ -412,7 +416,7 @@ class JsonStreamParser:
     @property
     def pending(self) -> bool:
         """True when a partial message or token is buffered."""
-        return bool(self._tokens) or self._state in (_IN_STRING, _IN_NUMBER, _IN_KEYWORD)
+        return bool(self._tokens) or self._state in _PENDING_STATES
 
     # -- public API ----------------------------------------------------------
 
@@ -468,103 +472,32 @@ class JsonStreamParser:
     # -- lexer (json-lexer.c) --------------------------------------------------
 
     def _lex(self) -> None:
+        """Lex the buffered input from ``self._pos``, handing complete tokens to the streamer.
+
+        The lexer is a small state machine: the start state (between tokens), recovery
+        (after a lexical error) and one state per multi-byte token in progress.
+        """
         buf = self._buf
         n = len(buf)
         i = self._pos
         state = self._state
-        limit = self.max_token_size
         while True:
+            # Not an elif chain: each step may hand over to the next without looping.
             if state == _START:
-                i = _WS_RE.match(buf, i).end()  # type: ignore[union-attr]
-                if i >= n:
-                    break
-                c = buf[i]
-                if c in _STRUCTURAL:
-                    self._token(c, bytes((c,)))
-                    i += 1
-                    continue
-                m = _FAST_SCALAR_RE.match(buf, i)
-                if m is not None:
-                    end = m.end(1)
-                    tok = bytes(buf[i:end])
-                    if c >= 0x61:
-                        kind = _KEYWORD
-                    elif b"." in tok or b"e" in tok or b"E" in tok:
-                        kind = _FLOAT
-                    else:
-                        kind = _INTEGER
-                    self._token(kind, tok)
-                    i = end
-                    continue
-                self._tok_start = i
-                if c == 0x22 or c == 0x27:
-                    state = _IN_STRING
-                    self._quote = c
-                    i += 1
-                elif 0x30 <= c <= 0x39 or c == 0x2D:
-                    state = _IN_NUMBER
-                    self._num_state = _N_SIGN if c == 0x2D else (_N_ZERO if c == 0x30 else _N_DIGITS)
-                    i += 1
-                elif 0x61 <= c <= 0x7A:
-                    state = _IN_KEYWORD
-                    i += 1
-                else:
-                    self._lex_error(bytes((c,)))
-                    i += 1
-                    state = _RECOVERY
-                continue
+                i, state = self._lex_start(buf, i, n)
+                if state == _START:
+                    break  # input exhausted between tokens
             if state == _RECOVERY:
                 i = _RECOVERY_RE.match(buf, i).end()  # type: ignore[union-attr]
                 if i >= n:
                     break
                 state = _START
                 continue
-
-            # A multi-byte token is pending from self._tok_start; scan from i.
-            start = self._tok_start
-            # event: index of the char that completes (kind > 0, consumed or not)
-            # or breaks the token (kind == -1); n when more input is needed.
-            event, kind, consumed = n, 0, False
-            if state == _IN_STRING:
-                body_re = _DQ_BODY_RE if self._quote == 0x22 else _SQ_BODY_RE
-                j = body_re.match(buf, i).end()  # type: ignore[union-attr]
-                if j < n:
-                    c = buf[j]
-                    if c == self._quote:
-                        event, kind, consumed = j, _STRING, True
-                    elif c != 0x5C:
-                        event, kind = j, -1
-                    elif j + 1 < n:  # backslash followed by a byte that can't follow it
-                        event, kind = j + 1, -1
-                i = j
-            elif state == _IN_KEYWORD:
-                i = _KEYWORD_RE.match(buf, i).end()  # type: ignore[union-attr]
-                if i < n:
-                    event, kind = i, _KEYWORD
-            else:
-                event, kind, consumed, i = self._scan_number(buf, i, n)
-
-            if event > start + limit:
-                # QEMU flushes a token that grew past the limit and restarts lexing
-                # right after it, in the start state.
-                self._emit_error("JSON token size limit exceeded")
-                i = start + limit + 1
-                state = _START
-                continue
-            if event >= n:
-                break  # need more input; resume scanning at i
-            if kind == -1:
-                self._lex_error(bytes(buf[start:event + 1]))
-                i = event + 1
-                state = _RECOVERY
-                continue
-            end = event + 1 if consumed else event
-            self._token(kind, bytes(buf[start:end]))
-            i = end
-            state = _START
-
+            i, state = self._lex_pending(buf, i, n, state)
+            if state > _RECOVERY:  # still a pending-token state
+                break  # the token needs more input; resume scanning at i
         # Compact: keep only the pending token's bytes.
-        if state in (_START, _RECOVERY):
+        if state == _START or state == _RECOVERY:
             buf.clear()
             self._pos = 0
         else:
@@ -575,51 +508,149 @@ class JsonStreamParser:
             self._pos = i - start
         self._state = state
 
+    def _lex_start(self, buf: bytearray, i: int, n: int) -> tuple[int, int]:
+        """Lex whitespace, structural tokens, whole strings and short scalars from ``i``.
+
+        Return ``(i, _START)`` at the end of input; otherwise the index after the first
+        byte of a multi-byte token (or of a stray byte) and the state that follows it.
+        """
+        while True:
+            i = _WS_RE.match(buf, i).end()  # type: ignore[union-attr]
+            if i >= n:
+                return i, _START
+            c = buf[i]
+            if c in _STRUCTURAL:
+                self._token(c, bytes((c,)))
+                i += 1
+                continue
+            if c == _DQUOTE or c == _SQUOTE:
+                m = _FAST_STRING_RE.match(buf, i)
+                # Too long a string takes the slow path, which reports the size limit.
+                if m is not None and m.end() - i <= self.max_token_size:
+                    self._token(_STRING, bytes(buf[i:m.end()]))
+                    i = m.end()
+                    continue
+                self._tok_start = i
+                self._quote = c
+                return i + 1, _IN_STRING
+            m = _FAST_SCALAR_RE.match(buf, i)
+            if m is None:
+                return i + 1, self._begin_scalar(c, i)
+            end = m.end(1)
+            tok = bytes(buf[i:end])
+            if c >= _LOWER_A:
+                kind = _KEYWORD
+            elif b"." in tok or b"e" in tok or b"E" in tok:
+                kind = _FLOAT
+            else:
+                kind = _INTEGER
+            self._token(kind, tok)
+            i = end
+
+    def _begin_scalar(self, c: int, i: int) -> int:
+        """Start the number or keyword whose first byte ``c`` is at ``i``; return the next state.
+
+        Any other byte is a lexical error, and the lexer goes into recovery.
+        """
+        self._tok_start = i
+        if _DIGIT_0 <= c <= _DIGIT_9 or c == _MINUS:
+            self._num_state = _N_SIGN if c == _MINUS else (_N_ZERO if c == _DIGIT_0 else _N_DIGITS)
+            return _IN_NUMBER
+        if _LOWER_A <= c <= _LOWER_Z:
+            return _IN_KEYWORD
+        self._lex_error(bytes((c,)))
+        return _RECOVERY
+
+    def _lex_pending(self, buf: bytearray, i: int, n: int, state: int) -> tuple[int, int]:
+        """Continue the token pending from ``self._tok_start``, scanning from ``i``.
+
+        Return the resume index and the next state: ``state`` itself while the token
+        needs more input, ``_START`` after a token, ``_RECOVERY`` after a broken one.
+        """
+        start = self._tok_start
+        # event: index of the byte that completes (kind > 0, consumed or not) or
+        # breaks (_BAD_TOKEN) the token; n when more input is needed.
+        if state == _IN_STRING:
+            quote = self._quote
+            i = (_DQ_BODY_RE if quote == _DQUOTE else _SQ_BODY_RE).match(buf, i).end()  # type: ignore[union-attr]
+            event, kind, consumed = n, _NEED_MORE, False
+            if i < n:
+                c = buf[i]
+                if c == quote:
+                    event, kind, consumed = i, _STRING, True
+                elif c != _BACKSLASH:
+                    event, kind = i, _BAD_TOKEN
+                elif i + 1 < n:  # backslash followed by a byte that can't follow it
+                    event, kind = i + 1, _BAD_TOKEN
+        elif state == _IN_KEYWORD:
+            i = _KEYWORD_RE.match(buf, i).end()  # type: ignore[union-attr]
+            event, kind, consumed = (i, _KEYWORD, False) if i < n else (n, _NEED_MORE, False)
+        else:
+            event, kind, consumed, i = self._scan_number(buf, i, n)
+        limit = self.max_token_size
+        if event > start + limit:
+            # QEMU flushes a token that grew past the limit and restarts lexing
+            # right after it, in the start state.
+            self._emit_error("JSON token size limit exceeded")
+            return start + limit + 1, _START
+        if event >= n:
+            return i, state
+        if kind == _BAD_TOKEN:
+            self._lex_error(bytes(buf[start:event + 1]))
+            return event + 1, _RECOVERY
+        end = event + 1 if consumed else event
+        self._token(kind, bytes(buf[start:end]))
+        return end, _START
+
     def _scan_number(self, buf: bytearray, i: int, n: int) -> tuple[int, int, bool, int]:
-        """Advance the number DFA; return (event, kind, consumed, resume_index)."""
+        """Advance the number DFA; return (event, kind, consumed, resume_index).
+
+        ``event`` is the index of the byte that completes or breaks the token (n when
+        more input is needed); ``consumed`` says whether that byte belongs to the token.
+        """
         st = self._num_state
         while i < n:
             c = buf[i]
-            is_digit = 0x30 <= c <= 0x39
+            is_digit = _DIGIT_0 <= c <= _DIGIT_9
             if st == _N_DIGITS or st == _N_MANT_DIGITS or st == _N_EXP_DIGITS:
                 if is_digit:
                     i = _DIGITS_RE.match(buf, i).end()  # type: ignore[union-attr]
                     continue
-                if st != _N_EXP_DIGITS and (c == 0x65 or c == 0x45):
+                if st != _N_EXP_DIGITS and (c == _LOWER_E or c == _UPPER_E):
                     st = _N_EXP_E
-                elif st == _N_DIGITS and c == 0x2E:
+                elif st == _N_DIGITS and c == _DOT:
                     st = _N_MANT
                 else:
                     self._num_state = st
                     return i, _N_TERMINAL[st], False, i
             elif st == _N_ZERO:
                 if is_digit:
-                    return i, -1, True, i
-                if c != 0x2E:
+                    return i, _BAD_TOKEN, True, i
+                if c != _DOT:
                     return i, _INTEGER, False, i
                 st = _N_MANT
             elif st == _N_SIGN:
                 if not is_digit:
-                    return i, -1, True, i
-                st = _N_ZERO if c == 0x30 else _N_DIGITS
+                    return i, _BAD_TOKEN, True, i
+                st = _N_ZERO if c == _DIGIT_0 else _N_DIGITS
             elif st == _N_MANT:
                 if not is_digit:
-                    return i, -1, True, i
+                    return i, _BAD_TOKEN, True, i
                 st = _N_MANT_DIGITS
             elif st == _N_EXP_E:
-                if c == 0x2B or c == 0x2D:
+                if c == _PLUS or c == _MINUS:
                     st = _N_EXP_SIGN
                 elif is_digit:
                     st = _N_EXP_DIGITS
                 else:
-                    return i, -1, True, i
+                    return i, _BAD_TOKEN, True, i
             else:  # _N_EXP_SIGN
                 if not is_digit:
-                    return i, -1, True, i
+                    return i, _BAD_TOKEN, True, i
                 st = _N_EXP_DIGITS
             i += 1
         self._num_state = st
-        return n, 0, False, i
+        return n, _NEED_MORE, False, i
 
 
 # ---------------------------------------------------------------------------
@@ -658,16 +689,16 @@ def _ordered_items(d: dict[str, Any]) -> list[tuple[str, Any]]:
     return [items[i] for _, _, i in ranked]
 
 
+# Characters QEMU's quoted_str() writes as a two-character escape.
+_WRITER_ESCAPES = {ord(c): "\\" + esc for c, esc in zip('"\\\b\f\n\r\t', '"\\bfnrt')}
+
+
 class _EscapeTable(dict[int, str]):
     """str.translate() table for QEMU's quoted_str(); filled lazily."""
 
     def __missing__(self, cp: int) -> str:
-        if cp == 0x22:
-            out = '\\"'
-        elif cp == 0x5C:
-            out = "\\\\"
-        elif cp in (0x08, 0x0C, 0x0A, 0x0D, 0x09):
-            out = {0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}[cp]
+        if cp in _WRITER_ESCAPES:
+            out = _WRITER_ESCAPES[cp]
         elif not _valid_codepoint(cp):
             out = "\\uFFFD"  # QEMU cannot hold it; its writer substitutes U+FFFD
         elif cp > 0xFFFF:

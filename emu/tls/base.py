@@ -48,10 +48,19 @@ class UserObject(QObject):
     def __init__(self) -> None:
         super().__init__()
         for spec in self.PROPS:
-            self._props[spec.name] = Property(
-                spec.name, spec.qom_type, (lambda s=spec: self._get(s)),
-                (lambda v, s=spec: self.set_property(s.name, v)) if spec.writable else None,
-                spec.qapi_type if spec.writable else None)
+            self._props[spec.name] = self._qom_property(spec)
+
+    def _qom_property(self, spec: PropSpec) -> Property:
+        """The QOM property that reads and (if writable) sets ``spec``'s attribute."""
+
+        def getter() -> Any:
+            return self._get(spec)
+
+        def setter(value: Any) -> None:
+            self.set_property(spec.name, value)
+
+        return Property(spec.name, spec.qom_type, getter, setter if spec.writable else None,
+                        spec.qapi_type if spec.writable else None)
 
     def _get(self, spec: PropSpec) -> Any:
         value = getattr(self, spec.attr)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from typing import Any
+from typing import Any, ClassVar, Literal, overload
 
-from emu.tls import gnutls as g
+import emu.tls.gnutls as g
 from emu.tls.base import PropSpec, UserObject
 from emu.tls.errors import TlsError
+from emu.tls.x509check import sanity_check
 
 __all__ = ["TlsCreds", "TlsCredsAnon", "TlsCredsPsk", "TlsCredsX509", "ENDPOINTS", "DEFAULT_PRIORITY"]
 
@@ -87,7 +88,7 @@ class TlsCreds(UserObject):
     type_name = "tls-creds"
     type_parent = "object"
     type_abstract = True
-    PROPS: tuple[PropSpec, ...] = (
+    PROPS: ClassVar[tuple[PropSpec, ...]] = (
         # the order QEMU 7.2's qom-list shows
         PropSpec("endpoint", "QCryptoTLSCredsEndpoint", "endpoint", ENDPOINTS),
         PropSpec("dir", "string", "dir"),
@@ -95,7 +96,7 @@ class TlsCreds(UserObject):
         PropSpec("priority", "string", "priority"),
     )
     #: what QEMU appends to the priority string for this credential type (None: nothing)
-    PRIORITY_ADDITIONAL: str | None = None
+    PRIORITY_ADDITIONAL: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         self.verify_peer = True
@@ -107,6 +108,12 @@ class TlsCreds(UserObject):
         super().__init__()
 
     # ---- QEMU's helpers
+    @overload
+    def get_path(self, filename: str, required: Literal[True]) -> str: ...
+
+    @overload
+    def get_path(self, filename: str, required: bool) -> str | None: ...
+
     def get_path(self, filename: str, required: bool) -> str | None:
         """qcrypto_tls_creds_get_path: ``dir/filename`` if it exists (None when optional)."""
         if self.dir is None:
@@ -182,69 +189,77 @@ class TlsCreds(UserObject):
 _LOADED = PropSpec("loaded", "bool", "loaded", writable=False)
 
 
-class TlsCredsAnon(TlsCreds):
+class _SidedCreds(TlsCreds):
+    """Credentials GnuTLS keeps as one type per side (anon, psk): a server handle or a client one.
+
+    ``GNUTLS_KIND`` names the family of ``gnutls_<kind>_{allocate,free}_<side>_credentials``.
+    """
+
+    GNUTLS_KIND: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._server: Any = None
+        self._client: Any = None
+        super().__init__()
+
+    def handle(self) -> Any:
+        return self._server if self.endpoint == "server" else self._client
+
+    def _allocate(self, side: str) -> Any:
+        """A new ``side`` ("server" or "client") credentials handle (QEMU's error text)."""
+        p = g.ffi.new(f"gnutls_{self.GNUTLS_KIND}_{side}_credentials_t *")
+        _check(getattr(g.lib(), f"gnutls_{self.GNUTLS_KIND}_allocate_{side}_credentials")(p),
+               "Cannot allocate credentials")
+        return p[0]
+
+    def finalize(self) -> None:
+        lib = g.lib()
+        if self._client is not None:
+            getattr(lib, f"gnutls_{self.GNUTLS_KIND}_free_client_credentials")(self._client)
+        if self._server is not None:
+            getattr(lib, f"gnutls_{self.GNUTLS_KIND}_free_server_credentials")(self._server)
+        self._client = self._server = None
+        self._free_dh()
+
+
+class TlsCredsAnon(_SidedCreds):
     """``tls-creds-anon``: anonymous DH (no authentication)."""
 
     type_name = "tls-creds-anon"
     type_parent = "tls-creds"
     PROPS = TlsCreds.PROPS + (_LOADED,)
     PRIORITY_ADDITIONAL = "+ANON-DH"
-
-    def __init__(self) -> None:
-        self._server: Any = None
-        self._client: Any = None
-        super().__init__()
+    GNUTLS_KIND = "anon"
 
     @property
     def credentials_type(self) -> int:
         return g.CRD_ANON
 
-    def handle(self) -> Any:
-        return self._server if self.endpoint == "server" else self._client
-
     def load(self) -> None:
-        lib = g.lib()
         if self.endpoint == "server":
             dhparams = self.get_path(DH_PARAMS, False)
-            p = g.ffi.new("gnutls_anon_server_credentials_t *")
-            _check(lib.gnutls_anon_allocate_server_credentials(p), "Cannot allocate credentials")
-            self._server = p[0]
-            lib.gnutls_anon_set_server_dh_params(self._server, self.load_dh_params(dhparams))
+            self._server = self._allocate("server")
+            g.lib().gnutls_anon_set_server_dh_params(self._server, self.load_dh_params(dhparams))
         else:
-            p = g.ffi.new("gnutls_anon_client_credentials_t *")
-            _check(lib.gnutls_anon_allocate_client_credentials(p), "Cannot allocate credentials")
-            self._client = p[0]
-
-    def finalize(self) -> None:
-        lib = g.lib()
-        if self._client is not None:
-            lib.gnutls_anon_free_client_credentials(self._client)
-        if self._server is not None:
-            lib.gnutls_anon_free_server_credentials(self._server)
-        self._client = self._server = None
-        self._free_dh()
+            self._client = self._allocate("client")
 
 
-class TlsCredsPsk(TlsCreds):
+class TlsCredsPsk(_SidedCreds):
     """``tls-creds-psk``: pre-shared keys from ``dir/keys.psk`` (client user default ``qemu``)."""
 
     type_name = "tls-creds-psk"
     type_parent = "tls-creds"
     PROPS = TlsCreds.PROPS + (PropSpec("username", "string", "username"), _LOADED)
     PRIORITY_ADDITIONAL = "+ECDHE-PSK:+DHE-PSK:+PSK"
+    GNUTLS_KIND = "psk"
 
     def __init__(self) -> None:
         self.username: str | None = None
-        self._server: Any = None
-        self._client: Any = None
         super().__init__()
 
     @property
     def credentials_type(self) -> int:
         return g.CRD_PSK
-
-    def handle(self) -> Any:
-        return self._server if self.endpoint == "server" else self._client
 
     @staticmethod
     def lookup_key(pskfile: str, username: str) -> bytes:
@@ -266,34 +281,20 @@ class TlsCredsPsk(TlsCreds):
                 raise TlsError("username should not be set when endpoint=server")
             dhparams = self.get_path(DH_PARAMS, False)
             pskfile = self.get_path(PSKFILE, True)
-            p = g.ffi.new("gnutls_psk_server_credentials_t *")
-            _check(lib.gnutls_psk_allocate_server_credentials(p), "Cannot allocate credentials")
-            self._server = p[0]
+            self._server = self._allocate("server")
             dh = self.load_dh_params(dhparams)
             _check(lib.gnutls_psk_set_server_credentials_file(self._server, pskfile.encode()),
                    "Cannot set PSK server credentials")
             lib.gnutls_psk_set_server_dh_params(self._server, dh)
         else:
             pskfile = self.get_path(PSKFILE, True)
-            assert pskfile is not None
             username = self.username if self.username is not None else "qemu"
             key = self.lookup_key(pskfile, username)
-            p = g.ffi.new("gnutls_psk_client_credentials_t *")
-            _check(lib.gnutls_psk_allocate_client_credentials(p), "Cannot allocate credentials")
-            self._client = p[0]
+            self._client = self._allocate("client")
             keybuf = g.ffi.new("unsigned char[]", key)
             datum = g.ffi.new("gnutls_datum_t *", {"data": keybuf, "size": len(key)})
             _check(lib.gnutls_psk_set_client_credentials(self._client, username.encode(), datum, g.PSK_KEY_HEX),
                    "Cannot set PSK client credentials")
-
-    def finalize(self) -> None:
-        lib = g.lib()
-        if self._client is not None:
-            lib.gnutls_psk_free_client_credentials(self._client)
-        if self._server is not None:
-            lib.gnutls_psk_free_server_credentials(self._server)
-        self._client = self._server = None
-        self._free_dh()
 
 
 class TlsCredsX509(TlsCreds):
@@ -322,8 +323,8 @@ class TlsCredsX509(TlsCreds):
         if self.endpoint == "server":
             cacert = self.get_path(CA_CERT, True)
             cacrl = self.get_path(CA_CRL, False)
-            cert = self.get_path(SERVER_CERT, True)
-            key = self.get_path(SERVER_KEY, True)
+            cert: str | None = self.get_path(SERVER_CERT, True)
+            key: str | None = self.get_path(SERVER_KEY, True)
             dhparams = self.get_path(DH_PARAMS, False)
         else:
             cacert = self.get_path(CA_CERT, True)
@@ -331,10 +332,7 @@ class TlsCredsX509(TlsCreds):
             cert = self.get_path(CLIENT_CERT, False)
             key = self.get_path(CLIENT_KEY, False)
             dhparams = None
-        assert cacert is not None
         if self.sanity_check:
-            from emu.tls.x509check import sanity_check
-
             sanity_check(self.endpoint == "server", cacert, cert)
         lib = g.lib()
         p = g.ffi.new("gnutls_certificate_credentials_t *")

@@ -14,7 +14,7 @@ import select
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from emu.tls import gnutls as g
+import emu.tls.gnutls as g
 from emu.tls.authz import QAuthZ
 from emu.tls.creds import TlsCreds, TlsCredsAnon, TlsCredsPsk, TlsCredsX509
 from emu.tls.errors import TlsError

@@ -24,10 +24,11 @@ import socket
 import threading
 from typing import Any
 
-from emu.tls import gnutls as g
+import emu.tls.gnutls as g
 from emu.tls.authz import QAuthZ
 from emu.tls.creds import TlsCreds
 from emu.tls.errors import TlsError
+from emu.tls.registry import ObjectRegistry, get_authz
 from emu.tls.session import Cancelled, TlsSession
 
 __all__ = ["TlsTunnel", "tls_wrap_fd", "CHUNK"]
@@ -291,7 +292,7 @@ class TlsTunnel:
 
 
 def tls_wrap_fd(fd: int, creds: TlsCreds, *, hostname: str | None = None, authz: QAuthZ | str | None = None,
-                cancel_fd: int | None = None, registry: Any = None) -> TlsTunnel:
+                cancel_fd: int | None = None, registry: ObjectRegistry | None = None) -> TlsTunnel:
     """Handshake on the connected socket ``fd`` as ``creds.endpoint`` and return the running
     tunnel (its ``plain_fd`` carries the plaintext). ``hostname``: what a client checks the server
     certificate against; ``authz``: an authz object or id (ids are looked up in ``registry``, an
@@ -300,8 +301,6 @@ def tls_wrap_fd(fd: int, creds: TlsCreds, *, hostname: str | None = None, authz:
     caller still does, back in blocking mode."""
     lookup = None
     if isinstance(authz, str):
-        from emu.tls.registry import get_authz
-
         def lookup(authz_id: str) -> QAuthZ:
             if registry is None:
                 raise TlsError(f"Cannot find QAuthZ object ID {authz_id}")

@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-from emu.tls import gnutls as g
+import emu.tls.gnutls as g
 from emu.tls.errors import TlsError
 
 __all__ = ["sanity_check", "load_cert", "cert_reason"]

@@ -13,7 +13,7 @@ fills). Each fill enters the trace as ``write ADDR LEN 0xHEX`` before the comman
 it, so the trace replays out of process (``-qtest stdio``) and on QEMU.
 
 Discovery of the fuzzable ranges and the PCI set-up come from a short-lived emulator process,
-as in process mode (:class:`qtest.fuzz.generic.GenericFuzzTarget`). Oracles: an exception out of
+as in process mode (:class:`qtest.fuzz.generic_target.GenericFuzzTarget`). Oracles: an exception out of
 a command is a crash, the replies keep QEMU's grammar, a shutdown or exit request is reported
 as the emulator ending, an input running over ``--timeout`` is a hang (SIGALRM; past that, a
 faulthandler watchdog ends the worker and the runner keeps the input), peak RSS of this process
@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from qtest.fuzz.common import Finding, peak_rss_kib, watchdog_path
-from qtest.fuzz.generic import NUM_OPS, Decoder, GenericFuzzTarget, check_replies, split_ops
+from qtest.fuzz.generic_ops import NUM_OPS, Decoder, check_replies, split_ops
+from qtest.fuzz.generic_target import GenericFuzzTarget
 
 FILL_CAP = 0x10000
 FILL_BUDGET = 0x10000000
@@ -149,8 +150,9 @@ class InProcessFuzzTarget(GenericFuzzTarget):
         self._build()
 
     def _build(self) -> None:
-        from emu.cli import parse_args
+        # imported here: the emulator is loaded only by a worker that runs it in process
         from emu.assembly import Assembler
+        from emu.cli import parse_args
         from qtest.server import QTestServer
 
         cfg = parse_args([*self.machine_args, "-display", "none", "-accel", "qtest"])
@@ -159,7 +161,7 @@ class InProcessFuzzTarget(GenericFuzzTarget):
         vm = self.system.vm
         # isa-debug-exit and the like end the process in the emulator: here they end the input
         vm.exit_now = vm.machine.exit_request = self._exit_now
-        self.replies: list[bytes] = []
+        self.replies: list[bytes | bytearray] = []  # what the server writes: bytes or a bytearray
         self.server = QTestServer(vm, write=self.replies.append)
         self.server.opened()
         assert self.decoder is not None

@@ -324,6 +324,21 @@ def test_token_size_limit_on_pending_token() -> None:
     assert (None, "JSON token size limit exceeded") in got
 
 
+@pytest.mark.parametrize("quote", [b'"', b"'"])
+def test_string_size_limit_boundary(quote: bytes) -> None:
+    # Whole strings take a fast path; the DFA's limit rule (and its restart point) must still hold.
+    expected = {
+        7: [("xxxxx", OK), (1, OK)],
+        8: [(None, "JSON token size limit exceeded"), (1, OK)],
+        9: [(None, "JSON token size limit exceeded"), (1, OK)],
+        10: [(None, "JSON token size limit exceeded")],
+        11: [(None, "JSON token size limit exceeded"), (None, "JSON parse error, invalid keyword 'x'")],
+    }
+    for length, want in expected.items():
+        parser = JsonStreamParser(max_token_size=8)
+        assert parser.feed(quote + b"x" * (length - 2) + quote + b" 1 ") == want, length
+
+
 def test_token_count_limit() -> None:
     parser = JsonStreamParser(max_token_count=10)
     assert parser.feed(b"[1, 2, 3, 4]") == [([1, 2, 3, 4], OK)]

@@ -13,7 +13,9 @@ import pytest
 
 from emu.memory import AddressSpace, CallbackOps, MemoryRegion
 from qtest.fuzz.common import dead_worker_finding, inflight_path, watchdog_path
-from qtest.fuzz.generic import OUT_FMT, SEPARATOR, Decoder, FuzzSpace, Pattern, default_args, make_target, replay
+from qtest.fuzz.generic import default_args, make_target
+from qtest.fuzz.generic_ops import OUT_FMT, SEPARATOR, Decoder, FuzzSpace, Pattern
+from qtest.fuzz.generic_target import replay
 from qtest.fuzz.inprocess import FILL_BUDGET, FILL_CAP, DmaFiller, InProcessFuzzTarget
 
 DESC = 0x10000  # where the fw_cfg DMA descriptor is put

@@ -1,4 +1,4 @@
-"""The ``qtest`` fuzz target (``qtest.fuzz.generic``): QEMU's generic-fuzz encoding decoded into
+"""The ``qtest`` fuzz target (``qtest.fuzz.generic`` and the modules below it): QEMU's generic-fuzz encoding decoded into
 qtest commands, the reply oracle, flat-view discovery, fresh-process replay and minimisation, and
 a bounded hypothesis run against the emulator (every CI run)."""
 from __future__ import annotations
@@ -15,7 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qtest.fuzz import generic as g
-from qtest.fuzz.generic import (
+from qtest.fuzz import generic_discovery as disc
+from qtest.fuzz import generic_ops as enc
+from qtest.fuzz import generic_target as tgt
+from qtest.fuzz.generic_ops import (
     IN_FMT,
     OUT_FMT,
     PCI_READ_FMT,
@@ -48,7 +51,7 @@ def decode(sp: FuzzSpace, data: bytes) -> list[str]:
 # ------------------------------------------------------------------ encoding
 
 def test_input_is_cut_at_every_separator_and_empty_pieces_are_skipped():
-    assert g.split_ops(b"FUZZ\x09FUZZFUZZ\x13abcFUZZ") == [b"\x09", b"\x13abc"]
+    assert enc.split_ops(b"FUZZ\x09FUZZFUZZ\x13abcFUZZ") == [b"\x09", b"\x13abc"]
     lines, count = Decoder(space(pio=[(0x70, 2)])).decode(b"FUZZ\x09FUZZFUZZ\x13")
     assert (lines, count) == (["clock_step", "clock_step"], 2)  # 0x13 % 10 == 9
 
@@ -118,9 +121,9 @@ def test_dma_pattern_ops_keep_qemus_state():
 
 
 def test_crossover_joins_inputs_with_clear_and_disable_ops():
-    assert g.crossover(b"AB", b"CDEF", 100) == b"ABFUZZ\x08FUZZ\x06FUZZCDEF"
-    assert g.crossover(b"AB", b"CDEF", 18) == b"ABFUZZ\x08FUZZ\x06FUZZCD"
-    assert g.crossover(b"AB", b"CDEF", 16) == b""
+    assert enc.crossover(b"AB", b"CDEF", 100) == b"ABFUZZ\x08FUZZ\x06FUZZCDEF"
+    assert enc.crossover(b"AB", b"CDEF", 18) == b"ABFUZZ\x08FUZZ\x06FUZZCD"
+    assert enc.crossover(b"AB", b"CDEF", 16) == b""
 
 
 @settings(max_examples=200, deadline=None)
@@ -129,7 +132,7 @@ def test_every_decoded_access_stays_inside_a_fuzzable_range(data: bytes, rng: ra
     sp = space(pio=[(0x60, 1), (0x70, 2), (0xfff8, 0x10)], mmio=[(0xfec00000, 0x1000), (0xfed00000, 0x3)],
                devfns=[0x08])
     sizes = {"b": 1, "w": 2, "l": 4, "q": 8}
-    for line in decode(sp, data + SEPARATOR + g.generate_input(rng, 8)):
+    for line in decode(sp, data + SEPARATOR + enc.generate_input(rng, 8)):
         verb, *args = line.split()
         if verb == "clock_step" or args[0] in ("0xcf8", "0xcfc"):
             continue
@@ -150,12 +153,12 @@ def test_every_decoded_access_stays_inside_a_fuzzable_range(data: bytes, rng: ra
     ("clock_step", "OK 1000", True), ("clock_step", "OK", False), ("clock_step", "OK 0x10", False),
 ])
 def test_reply_oracle_follows_qemus_formats(command: str, reply: str, ok: bool):
-    assert (g.check_reply(command, reply, []) is None) == ok
+    assert (enc.check_reply(command, reply, []) is None) == ok
 
 
 def test_reply_oracle_catches_a_clock_going_back():
-    assert g.check_replies(["clock_step", "clock_step"], ["OK 100", "OK 100"]) is None
-    assert "went back" in (g.check_replies(["clock_step", "clock_step"], ["OK 100", "OK 99"]) or "")
+    assert enc.check_replies(["clock_step", "clock_step"], ["OK 100", "OK 100"]) is None
+    assert "went back" in (enc.check_replies(["clock_step", "clock_step"], ["OK 100", "OK 99"]) or "")
 
 
 QEMU_MTREE = textwrap.dedent("""\
@@ -183,7 +186,7 @@ QEMU_MTREE = textwrap.dedent("""\
 
 
 def test_flat_views_are_parsed_with_owners():
-    views = g.parse_flat_views(QEMU_MTREE)
+    views = disc.parse_flat_views(QEMU_MTREE)
     assert set(views) == {"I/O", "i440FX", "memory", "cpu-memory-0"} and views["i440FX"] == []
     assert views["I/O"][2] == FlatRange(0x71, 1, "rtc", "i/o", "/machine/unattached/device[10]")
     assert views["memory"][1] == FlatRange(0xe2000400, 0x20, "vga ioports remapped", "i/o", "/machine/peripheral/v")
@@ -191,24 +194,24 @@ def test_flat_views_are_parsed_with_owners():
 
 
 def test_objects_select_their_qom_descendants_and_names_select_regions_but_never_ram():
-    views = g.parse_flat_views(QEMU_MTREE)
+    views = disc.parse_flat_views(QEMU_MTREE)
     names = lambda rs: [r.name for r in rs]  # noqa: E731
-    assert names(g.select_ranges(views["I/O"], [], ["/machine/unattached/device[10]"])) == ["rtc-index", "rtc"]
-    assert names(g.select_ranges(views["memory"], [], ["/machine/unattached/device[0]"])) == ["apic-msi"]
-    assert names(g.select_ranges(views["I/O"], ["i8042*"], [])) == ["i8042-data"]
-    assert names(g.select_ranges(views["memory"], ["*"], [])) == ["vga ioports remapped", "apic-msi"]
+    assert names(disc.select_ranges(views["I/O"], [], ["/machine/unattached/device[10]"])) == ["rtc-index", "rtc"]
+    assert names(disc.select_ranges(views["memory"], [], ["/machine/unattached/device[0]"])) == ["apic-msi"]
+    assert names(disc.select_ranges(views["I/O"], ["i8042*"], [])) == ["i8042-data"]
+    assert names(disc.select_ranges(views["memory"], ["*"], [])) == ["vga ioports remapped", "apic-msi"]
     # /machine/unattached/device[1] is not an ancestor of device[10]
-    assert names(g.select_ranges(views["I/O"], [], ["/machine/unattached/device[1]"])) == []
+    assert names(disc.select_ranges(views["I/O"], [], ["/machine/unattached/device[1]"])) == []
 
 
 def test_glob_has_only_star_and_question_mark():
-    assert g.glob_match("*rtc*", "mc146818rtc") and g.glob_match("pi?", "pic") and not g.glob_match("pi?", "pit0")
-    assert g.glob_match("a[0]", "a[0]") and not g.glob_match("a[01]", "a0")
+    assert disc.glob_match("*rtc*", "mc146818rtc") and disc.glob_match("pi?", "pic") and not disc.glob_match("pi?", "pit0")
+    assert disc.glob_match("a[0]", "a[0]") and not disc.glob_match("a[01]", "a0")
 
 
 def test_reduce_lines_keeps_only_what_the_failure_needs():
     lines = [f"l{i}" for i in range(40)]
-    small = g.reduce_lines(lines, lambda ls: "l7" in ls and "l31" in ls, deadline=float("inf"))
+    small = tgt.reduce_lines(lines, lambda ls: "l7" in ls and "l31" in ls, deadline=float("inf"))
     assert small == ["l7", "l31"]
 
 
@@ -232,7 +235,7 @@ for line in sys.stdin:
 def test_fresh_process_replay_classifies_outcomes(tmp_path: Path, mode: str, kind: str | None):
     fake = tmp_path / "fake.py"
     fake.write_text(FAKE)
-    got = g.replay([sys.executable, str(fake), mode], ["outb 0x70 0x0", "inb 0x71"], timeout=2,
+    got = tgt.replay([sys.executable, str(fake), mode], ["outb 0x70 0x0", "inb 0x71"], timeout=2,
                    rss_limit_kib=1 << 30)
     assert (got[0] if got else None) == kind
 
@@ -262,7 +265,7 @@ def test_an_exiting_emulator_is_a_crash_with_a_minimised_replayable_trace():
         assert finding is not None and finding.kind == "crash" and "status 67" in finding.message
         small = target.minimise(data, finding)
         assert small.reproducer == b"outb 0x502 0x21\n"
-        assert g.replay(target.replay_argv(), ["outb 0x502 0x21"], 10, 1 << 30)[0] == "crash"
+        assert tgt.replay(target.replay_argv(), ["outb 0x502 0x21"], 10, 1 << 30)[0] == "crash"
         assert target.run_one(b"\x09") is None  # restarted after the finding
     finally:
         target.close()
@@ -295,4 +298,4 @@ _op = st.tuples(st.integers(0, 255), st.binary(max_size=20)).map(lambda t: bytes
 @given(pieces=st.lists(_op, max_size=24), rng=st.randoms(use_true_random=False))
 def test_hypothesis_inputs_keep_the_emulator_healthy(shared_emulator, pieces: list[bytes], rng: random.Random):
     g.fuzz_one_input(SEPARATOR.join(pieces))
-    g.fuzz_one_input(g.generate_input(rng, 16))
+    g.fuzz_one_input(enc.generate_input(rng, 16))
