@@ -147,7 +147,7 @@ class Assembler:
         raise StartupError("")
 
     def _chardev(self, spec: str, owner: str) -> Chardev:
-        """A chardev from a legacy spec or ``chardev:ID``."""
+        """A chardev from a legacy spec (created and started) or ``chardev:ID`` (an existing one)."""
         if spec.startswith("chardev:"):
             chr_id = spec[len("chardev:"):]
             if chr_id not in self.system.chardevs:
@@ -162,6 +162,7 @@ class Assembler:
             chr_id = f"{owner}{n}"
         chardev = create_chardev(self.system.loop, backend, chr_id, opts)
         self.system.chardevs[chr_id] = chardev
+        chardev.start()  # a -chardev's was started with the others; a legacy spec's starts here
         return chardev
 
     def setup(self) -> None:
@@ -226,8 +227,6 @@ class Assembler:
         for spec, pretty in cfg.qmp:
             try:
                 chardev = self._chardev(spec, "compat_monitor")
-                if not spec.startswith("chardev:"):
-                    chardev.start()
             except (ChardevError, StartupError) as e:
                 raise StartupError(f"-qmp {spec}: {e}") from None
             targets.append((chardev, pretty))
@@ -290,8 +289,6 @@ class Assembler:
                 continue
             try:
                 chardev = self._chardev(spec, "serial")
-                if not spec.startswith("chardev:"):
-                    chardev.start()
             except (ChardevError, StartupError) as e:
                 raise StartupError(f"-serial {spec}: {e}") from None
             serials.append(chardev)
@@ -326,8 +323,6 @@ class Assembler:
         if cfg.qtest is not None:
             try:
                 chardev = self._chardev(cfg.qtest, "qtest")
-                if not cfg.qtest.startswith("chardev:"):
-                    chardev.start()
             except (ChardevError, StartupError) as e:
                 raise StartupError(f"{e}\nFailed to initialize device for qtest: \"{cfg.qtest}\"") from None
             log = self._open_log(cfg.qtest_log)
