@@ -133,14 +133,17 @@ class RamBlock:
             raise RamError(f"pages {page}+{npages} out of range for {self.name!r}")
         return bytes(ffi.buffer(out, npages))
 
-    def load_page_records(self, buf: bytearray, pos: int, received: bytearray) -> tuple[int, int, int]:
+    def load_page_records(self, buf: bytearray, pos: int, received: bytearray,
+                          populate_zero: bool = False) -> tuple[int, int, int]:
         """Applies the run of CONTINUE ZERO/PAGE records of a migration stream starting at
         ``buf[pos]`` (in C, without the GIL); returns (bytes consumed, zero records, page records).
         Stops before anything else, which the caller's parser then handles. Zero records leave
-        never-populated pages untouched (recognised through ``/proc/self/pagemap``)."""
+        never-populated pages untouched (recognised through ``/proc/self/pagemap``) unless
+        ``populate_zero`` (postcopy: a zero page must be present, reading it is enough)."""
         counts = ffi.new("uint64_t[2]")
+        pagemap = -1 if populate_zero else _pagemap_fd()
         with ffi.from_buffer(buf) as src, ffi.from_buffer(received) as rmap:
-            n = lib.mc_ram_load_run(self._ptr, src + pos, len(buf) - pos, rmap, len(received), _pagemap_fd(), counts)
+            n = lib.mc_ram_load_run(self._ptr, src + pos, len(buf) - pos, rmap, len(received), pagemap, counts)
         return int(n), int(counts[0]), int(counts[1])
 
     def send_page_records(self, fd: int, wake_fd: int, page: int, npages: int, zero_map: bytes,

@@ -1,11 +1,12 @@
 """The base of the migration errors whose text is QEMU's (``address.MigrationAddressError``,
-``transport.TransportError``): ``message``, and ``desc`` for QMP, are that text.
+``transport.TransportError``): ``message``, and ``desc`` for QMP, are that text; and the
+manager's refusal and cancellation signals, which the postcopy modules raise too.
 
 A leaf of ``emu.migration``: it imports nothing.
 """
 from __future__ import annotations
 
-__all__ = ["QemuTextError"]
+__all__ = ["MigrationCancelled", "MigrationError", "QemuTextError"]
 
 
 class QemuTextError(Exception):
@@ -18,3 +19,11 @@ class QemuTextError(Exception):
     @property
     def desc(self) -> str:
         return self.message
+
+
+class MigrationError(Exception):
+    """A QMP-level refusal of a migration command; the text is QEMU's."""
+
+
+class MigrationCancelled(Exception):
+    """``migrate_cancel`` was noticed by the outgoing run: it ends ``cancelled``, not ``failed``."""

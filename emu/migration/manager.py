@@ -25,13 +25,22 @@ from typing import Any
 import numpy as np
 
 from emu.devices.migration_fault import MigrationSetupError
+from emu.migration import userfault
 from emu.migration.address import Inet, MigrationAddress, Socket
+from emu.migration.errors import MigrationCancelled, MigrationError
 from emu.migration.multifd import MultifdError, MultifdReceiver, MultifdSender
 from emu.migration.params import MigrationConfig
+from emu.migration.postcopy_destination import DestinationPostcopy
+from emu.migration.postcopy_incoming import PostcopyIncoming
+from emu.migration.postcopy_outgoing import PageRequests
+from emu.migration.postcopy_source import SourcePostcopy
 from emu.migration.precopy import PrecopySaver, RateLimiter
+from emu.migration.return_path import ReturnPathWriter
 from emu.migration.stream import (
+    PS_LISTENING,
     QEMU_VM_FILE_MAGIC,
     QEMU_VM_SECTION_PART,
+    ChannelSink,
     StreamError,
     StreamReader,
     StreamWriter,
@@ -43,11 +52,12 @@ from emu.migration.transport import Listener, TransportError, listen_incoming, o
 ACTIVE = frozenset({"setup", "active", "postcopy-active", "postcopy-paused", "postcopy-recover",
                     "postcopy-recover-setup", "pre-switchover", "device", "wait-unplug", "cancelling"})
 PAGE = 4096
-#: what switching on does something here; every other capability is refused when set (postcopy,
-#: background snapshots, return path, block and RDMA features...). mapped-ram is refused at
-#: migrate time, with its own message.
+#: what switching on does something here; every other capability is refused when set (background
+#: snapshots, block and RDMA features...). mapped-ram is refused at migrate time, with its own
+#: message.
 IMPLEMENTED_CAPABILITIES = frozenset({"events", "xbzrle", "auto-converge", "multifd", "pause-before-switchover",
-                                      "validate-uuid", "mapped-ram"})
+                                      "validate-uuid", "mapped-ram", "return-path", "postcopy-ram",
+                                      "postcopy-blocktime", "postcopy-preempt"})
 #: mapped-ram's file layout (pages at fixed offsets) is not implemented: refuse rather than write
 #: or expect a plain stream that a QEMU with the capability would misread
 MAPPED_RAM_UNSUPPORTED = "mapped-ram migration is not supported by this emulator"
@@ -62,14 +72,6 @@ def _is_stream_socket(addr: MigrationAddress) -> bool:
 def _count_pages(dirty: dict[Any, Any]) -> int:
     """Dirty pages in a round's bitmaps (a popcount over the words, in numpy)."""
     return int(sum(int(np.unpackbits(words.view(np.uint8)).sum()) for words in dirty.values()))
-
-
-class MigrationError(Exception):
-    """A QMP-level refusal; the text is QEMU's."""
-
-
-class MigrationCancelled(Exception):
-    """``migrate_cancel`` was noticed by the outgoing run: it ends ``cancelled``, not ``failed``."""
 
 
 @dataclass
@@ -97,23 +99,14 @@ class _Bandwidth:
             self._start, self._sent = now, sent
 
 
-class _Sink:
-    """StreamWriter's ``write`` on a transport channel (which writes everything or raises)."""
-
-    def __init__(self, channel: Any) -> None:
-        self.channel = channel
-
-    def write(self, data: Any) -> None:
-        self.channel.write_all(data)
-
-
-class MigrationManager:
+class MigrationManager(SourcePostcopy, DestinationPostcopy):
     """The VM's migration state: one outgoing and one incoming side, as in QEMU."""
 
     def __init__(self, vm: Any, *, named_fds: Callable[[], Any], fdsets: Any,
                  fatal: Callable[[int], None], prog: str) -> None:
         self.vm = vm
-        self.config = MigrationConfig(implemented=IMPLEMENTED_CAPABILITIES)
+        self.config = MigrationConfig(implemented=IMPLEMENTED_CAPABILITIES,
+                                      postcopy_unsupported_reason=userfault.unsupported_reason)
         self.named_fds = named_fds
         self.fdsets = fdsets
         self.fatal = fatal  # ends the process with a status (exit-on-error)
@@ -141,6 +134,8 @@ class MigrationManager:
         self.autoconverge = AutoConverge(self.config.parameter, lambda: self.config.capability("auto-converge"))
         self._lock = threading.Lock()
         self.sync_count = 0
+        self._init_postcopy_source()
+        self._init_postcopy_destination()
 
     # ---- events
     def _set(self, status: str, incoming: bool = False) -> None:
@@ -174,6 +169,13 @@ class MigrationManager:
             self.autoconverge.reset()
             self._xbzrle = None
             self._stop_bytes = None
+            self._start_postcopy.clear()
+            self._pause_requested = False
+            self._requests = PageRequests()
+            self._postcopy_start_time = None
+            self._postcopy_bytes = 0
+            self._addr = addr
+            self._preempt = None
             self._rates_at = time.monotonic()
             self.start_time = time.monotonic()
             self._set("setup")
@@ -298,7 +300,10 @@ class MigrationManager:
         try:
             saver = self._setup_outgoing(channel, multifd)
             unsent = self._precopy_rounds(saver, channel)
-            self._switchover(saver, unsent, guest)
+            if self._start_postcopy.is_set() and self.config.capability("postcopy-ram"):
+                self._run_postcopy(saver, unsent, guest)
+            else:
+                self._switchover(saver, unsent, guest)
         except MigrationCancelled:
             self._end_incomplete(guest)
             self._set("cancelled")
@@ -312,6 +317,9 @@ class MigrationManager:
                 self.error_desc = str(e)
                 self._set("failed")
         finally:
+            if self._channel is not None and self._channel is not channel:  # a resumed postcopy's
+                self._channel.close()
+            self._close_preempt(abort=self.status != "completed")
             self._close_outgoing(channel, multifd)
 
     def _check_cancelled(self) -> None:
@@ -337,10 +345,11 @@ class MigrationManager:
         machine.migration_setup("save-setup")  # each handler's save_setup, before any byte goes out
         uuid = self._uuid_bytes() if self.config.capability("validate-uuid") else None
         self._xbzrle = xbzrle = self._xbzrle_cache()
-        saver = PrecopySaver(StreamWriter(_Sink(channel)), machine.ram_blocks, machine.name, uuid, multifd,
+        self._open_return_path(channel)
+        saver = PrecopySaver(StreamWriter(ChannelSink(channel)), machine.ram_blocks, machine.name, uuid, multifd,
                              self.config.parameter("zero-page-detection"), self.flush_after_each_section,
                              xbzrle, channel.send_page_records)
-        saver.start()
+        saver.start(self._preamble())
         self.setup_time = time.monotonic()
         self.sync_count = 1
         self._throttle_check(0, saver)  # the setup sync starts the first measuring period
@@ -357,10 +366,16 @@ class MigrationManager:
         dirty = PrecopySaver.all_pages(self.vm.machine.ram_blocks)
         bandwidth = _Bandwidth(saver.bytes_sent)
 
-        def progress(sent: int) -> None:
-            """After each chunk: the rate limit, and live counters (QEMU's tests poll them)."""
+        postcopy = bool(self.config.capability("postcopy-ram"))
+
+        def progress(sent: int) -> bool:
+            """After each chunk: the rate limit, and live counters (QEMU's tests poll them); true
+            once postcopy is to start, which ends the round where it is."""
+            if postcopy and self._start_postcopy.is_set():
+                return True
             limiter(sent)
             self._update_stats(saver, self.stats.get("remaining", 0))
+            return postcopy and self._start_postcopy.is_set()
 
         while True:
             self._check_cancelled()
@@ -368,6 +383,8 @@ class MigrationManager:
             limiter.reset_round()
             saver.generation = self.sync_count
             saver.send_pages(dirty, QEMU_VM_SECTION_PART, progress, limiter.chunk_pages)
+            if postcopy and self._start_postcopy.is_set():
+                return dirty  # what this round had left: the switch adds what changed since
             saver.xbzrle_started = True  # a round is complete: XBZRLE from now on
             bandwidth.measure(saver.bytes_sent)
             self._update_stats(saver, remaining=0)
@@ -401,6 +418,7 @@ class MigrationManager:
             final = {b: final[b] | unsent[b] for b in final}
         devices = self.vm.machine.migration_entries(saving=True)
         saver.finish(final, devices, "running" if was_running else old_state)
+        self._await_return_path()
         self._check_cancelled()
         self.downtime = time.monotonic() - stop_at
         self._update_stats(saver, remaining=0)
@@ -490,13 +508,13 @@ class MigrationManager:
             "duplicate": int(counts.get("zero_pages", 0)), "normal": normal, "normal-bytes": normal * PAGE,
             "dirty-pages-rate": self.autoconverge.dirty_pages_rate, "mbps": transferred * 8 / 1e6 / elapsed,
             "dirty-sync-count": self.sync_count,
-            "postcopy-requests": 0, "page-size": PAGE,
+            "postcopy-requests": self._requests.count, "page-size": PAGE,
             "multifd-bytes": int(counts.get("multifd_bytes", 0)),
             "pages-per-second": int((normal + int(counts.get("zero_pages", 0))) / elapsed),
             # precopy-bytes: sent while the guest ran; downtime-bytes: sent while it was stopped
             "precopy-bytes": transferred if self._stop_bytes is None else self._stop_bytes,
             "downtime-bytes": 0 if self._stop_bytes is None else transferred - self._stop_bytes,
-            "postcopy-bytes": 0,
+            "postcopy-bytes": self._postcopy_bytes,
             "dirty-sync-missed-zero-copy": 0,
         }
 
@@ -543,14 +561,21 @@ class MigrationManager:
             if self.config.capability("multifd"):
                 channel, prefix, receiver = self._accept_multifd(listener, channel)
         except (TransportError, MultifdError) as e:
+            listener.close()
             self.incoming_listening = False
             self._incoming_failed([str(e)], exit_on_error)
             return
-        finally:
+        preempt = self.config.capability("postcopy-ram") and self.config.capability("postcopy-preempt")
+        if not preempt:
             listener.close()
         self._set("active", incoming=True)
         devices = machine.migration_entries(saving=False)
-        reader = StreamReader(channel, prefix=prefix, prefetch=True)
+        self._in_channel = channel
+        self._in_reader = reader = StreamReader(channel, prefix=prefix, prefetch=True)
+        rp = self._incoming_return_path(channel)
+        postcopy = self._incoming_postcopy(devices)
+        if preempt and postcopy is not None:
+            self._accept_preempt(listener, postcopy)  # closes the listener when it has it
         if receiver is not None:
             # a failed multifd channel ends the whole load (multifd_recv_terminate_threads): the
             # main stream is shut down too, so nothing waits on data that will not come
@@ -558,8 +583,11 @@ class MigrationManager:
         try:
             machine.migration_setup("load-setup")
             result = load_stream(reader, {b.name: b for b in machine.ram_blocks}, devices, machine.name,
-                                 autostart=self.vm.autostart, uuid=self._uuid_bytes(), multifd=receiver)
+                                 autostart=self.vm.autostart, uuid=self._uuid_bytes(), multifd=receiver,
+                                 return_path=rp, postcopy=postcopy)
         except Exception as e:  # noqa: BLE001 - every failure ends the load with its message
+            self._send_shut(rp, failed=True)
+            self._close_incoming_stream()
             if receiver is not None and receiver.error is not None:
                 self._incoming_failed([receiver.error, "load of migration failed: Input/output error"],
                                       exit_on_error, desc=receiver.error)
@@ -569,17 +597,47 @@ class MigrationManager:
                 self._incoming_failed([f"load of migration failed: {e}"], exit_on_error)
             return
         finally:
-            reader.close()
+            if preempt:
+                listener.close()
+            if postcopy is not None:
+                postcopy.close()
             if receiver is not None:
                 receiver.close()
-            channel.close()
             self.incoming_listening = False
         for line in result.warnings:
             sys.stderr.write(f"{self.prog}: {line}\n")
-        with self.vm.lock:
-            machine.migration_loaded(devices)
-        self.vm.finish_incoming(result.runstate)  # run state first, then completed, as QEMU's bottom half
+        self._incoming_completed(devices, result, rp, postcopy)
+
+    def _incoming_completed(self, devices: list[Any], result: Any, rp: ReturnPathWriter | None,
+                            postcopy: PostcopyIncoming | None) -> None:
+        """The load ended well: the devices' state in and the run state entered (a postcopy
+        destination did both at RUN), ``completed``, then SHUT on the return path (the source
+        completes on it) and the channel closed."""
+        if postcopy is None or postcopy.state < PS_LISTENING:
+            with self.vm.lock:
+                self.vm.machine.migration_loaded(devices)
+            self.vm.finish_incoming(result.runstate)  # run state first, then completed, as QEMU's bottom half
         self._set("completed", incoming=True)
+        self._send_shut(rp, failed=False)
+        reader, channel = self._in_reader, self._in_channel
+        if rp is not None and reader is not None:
+            # the source closes once it has SHUT; a TLS channel shut down before that could drop it
+            reader.wait_end(5.0)
+        if channel is not None:
+            channel.close()
+        if reader is not None:
+            reader.close()
+        preempt, self._in_preempt = self._in_preempt, None
+        if preempt is not None:
+            preempt.shutdown()  # its thread closes it
+
+    def _send_shut(self, rp: ReturnPathWriter | None, failed: bool) -> None:
+        if rp is None:
+            return
+        try:
+            rp.shut(failed)
+        except Exception:  # noqa: BLE001 - a source that is gone does not need to hear it
+            pass
 
     def _accept(self, listener: Listener) -> Any:
         """The next incoming channel, through the TLS handshake when ``tls-creds`` is set (QEMU's
@@ -687,7 +745,7 @@ class MigrationManager:
             if status in ACTIVE and status != "setup" or status == "completed":
                 info["setup-time"] = int((self.setup_time - self.start_time) * 1000)
                 info["total-time"] = int((now - self.start_time) * 1000)
-                if status == "completed":
+                if status == "completed" or status.startswith("postcopy"):
                     info["downtime"] = int(self.downtime * 1000)
                 else:
                     info["expected-downtime"] = 300
@@ -701,6 +759,7 @@ class MigrationManager:
                                                 **{"cache-size": self.config.parameter("xbzrle-cache-size")})
                 if self.autoconverge.active:
                     info["cpu-throttle-percentage"] = self.autoconverge.percentage
+        info.update(self.incoming_postcopy_info())
         if self.error_desc is not None:
             info["error-desc"] = self.error_desc
         return info

@@ -17,7 +17,8 @@ Capabilities and this emulator (a TCG x86_64 "build" on a Linux host). All are s
 - rdma-pin-all: accepted (store only); QEMU accepts it without RDMA support, it only matters for ``rdma:``.
 - zero-blocks: accepted (no effect); block migration was removed in 9.1, the capability still exists.
 - postcopy-ram: accepted under the rules of §9; the destination host probe succeeds unless
-  ``postcopy_unsupported_reason`` is set (then ``Postcopy is not supported: <reason>``).
+  ``postcopy_unsupported_reason`` is set, or (a callable: the host probe) returns one (then
+  ``Postcopy is not supported: <reason>``).
 - postcopy-preempt, x-ignore-shared: accepted under the rules of §9.
 - background-snapshot: accepted under the rules of §9; write tracking is reported available and
   compatible unless ``write_tracking`` says otherwise.
@@ -37,7 +38,7 @@ checked against SIZE_MAX, which never fails with 64-bit sizes, as in QEMU.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from emu.errors import QapiError
@@ -187,7 +188,8 @@ class MigrationConfig:
     emulator (see the module docstring's table)."""
 
     def __init__(self, *, replication: bool = False, kvm_dirty_ring: bool = False,
-                 postcopy_unsupported_reason: str | None = None, write_tracking: str = "compatible",
+                 postcopy_unsupported_reason: str | Callable[[], str | None] | None = None,
+                 write_tracking: str = "compatible",
                  direct_io_supported: bool = True, target_page_size: int = TARGET_PAGE_SIZE,
                  implemented: frozenset[str] | None = None) -> None:
         """``implemented``: the capabilities the emulator really has; once QEMU's own checks pass,
@@ -218,19 +220,23 @@ class MigrationConfig:
 
     # ---- capabilities
     def set_capabilities(self, caps: Iterable[Mapping[str, Any]], state: str = "none", *,
-                         incoming_started: bool = False, inmigrate: bool = False) -> None:
+                         incoming_started: bool = False, inmigrate: bool = False,
+                         preempt_locked: bool | None = None) -> None:
         """``migrate-set-capabilities`` with visited arguments (a list of ``{capability, state}``).
 
         ``state`` is the outgoing MigrationStatus; ``incoming_started`` is true once
         migrate-incoming (or ``-incoming URI``) set up its transport; ``inmigrate`` is the
-        ``inmigrate`` runstate (``-incoming`` given). Duplicates: the last entry wins."""
+        ``inmigrate`` runstate (``-incoming`` given). ``preempt_locked``: postcopy-preempt can no
+        longer be switched on (default: ``incoming_started``, QEMU 9.1's rule). Duplicates: the
+        last entry wins."""
         caps = list(caps)
         if state in RUNNING_STATES or state == "colo":
             raise QapiError("There's a migration process in progress")
         new = dict(self.capabilities)
         for entry in caps:
             new[entry["capability"]] = bool(entry["state"])
-        self._check_caps(self.capabilities, new, incoming_started, inmigrate)
+        self._check_caps(self.capabilities, new, incoming_started, inmigrate,
+                         incoming_started if preempt_locked is None else preempt_locked)
         if self.implemented is not None:
             for cap in CAPABILITIES:
                 if new[cap] and not self.capabilities[cap] and cap not in self.implemented:
@@ -238,12 +244,15 @@ class MigrationConfig:
         self.capabilities = new
 
     def _check_caps(self, old: Mapping[str, bool], new: Mapping[str, bool], incoming_started: bool,
-                    inmigrate: bool) -> None:
+                    inmigrate: bool, preempt_locked: bool) -> None:
         if new["x-colo"] and not self.replication:
             raise QapiError("QEMU compiled without replication module can't enable COLO")
         if new["postcopy-ram"]:
-            if not old["postcopy-ram"] and inmigrate and self.postcopy_unsupported_reason is not None:
-                raise QapiError(f"Postcopy is not supported: {self.postcopy_unsupported_reason}")
+            reason = self.postcopy_unsupported_reason
+            if not old["postcopy-ram"] and inmigrate and callable(reason):
+                reason = reason()  # the host probe, run when a destination switches it on (as QEMU)
+            if not old["postcopy-ram"] and inmigrate and reason is not None:
+                raise QapiError(f"Postcopy is not supported: {reason}")
             if new["x-ignore-shared"]:
                 raise QapiError("Postcopy is not compatible with ignore-shared")
             if new["multifd"]:
@@ -263,7 +272,7 @@ class MigrationConfig:
         if new["postcopy-preempt"]:
             if not new["postcopy-ram"]:
                 raise QapiError("Postcopy preempt requires postcopy-ram")
-            if incoming_started:
+            if preempt_locked:
                 raise QapiError("Postcopy preempt must be set before incoming starts")
         if new["multifd"] and incoming_started:
             raise QapiError("Multifd must be set before incoming starts")

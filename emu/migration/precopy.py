@@ -37,6 +37,7 @@ from emu.migration.stream import (
     QEMU_VM_SECTION_END,
     QEMU_VM_SECTION_FOOTER,
     QEMU_VM_SECTION_FULL,
+    QEMU_VM_SECTION_PART,
     QEMU_VM_SECTION_START,
     QEMU_VM_SUBSECTION,
     QEMU_VM_VMDESCRIPTION,
@@ -91,6 +92,13 @@ def _zero_records(pages: np.ndarray, name: bytes | None) -> bytes:
         return out
     first = struct.pack(">Q", (int(pages[0]) << 12) | RAM_SAVE_FLAG_ZERO) + _counted(name) + b"\0"
     return first + out[9:]
+
+
+def _bits_to_words(pages: np.ndarray, nwords: int) -> np.ndarray:
+    """A bitmap of ``nwords`` 64-bit words with the bits of ``pages`` set."""
+    bits = np.zeros(nwords * 64, dtype=np.uint8)
+    bits[pages] = 1
+    return np.packbits(bits, bitorder="little").view(np.uint64)
 
 
 class RateLimiter:
@@ -172,6 +180,7 @@ class PrecopySaver:
         self.xbzrle = xbzrle
         self.direct = direct
         self.xbzrle_started = False
+        self._sent_in_block = 0
         self.generation = 0  # the dirty-sync count: the cache's page ages
         if xbzrle is not None:
             from emu.migration.xbzrle import key_bases
@@ -192,7 +201,9 @@ class PrecopySaver:
         self.multifd.sync()
         return b"" if self.flush_after_each_section else struct.pack(">Q", RAM_SAVE_FLAG_MULTIFD_FLUSH)
 
-    def start(self) -> None:
+    def start(self, preamble: bytes = b"") -> None:
+        """The header, the configuration, ``preamble`` (the return path and postcopy commands),
+        and the RAM START section."""
         w = self.w
         w.write(struct.pack(">II", QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION))
         name = self.machine_name.encode()
@@ -200,6 +211,7 @@ class PrecopySaver:
         if self.uuid is not None:
             sub = b"configuration/uuid"
             w.write(struct.pack(">BB", QEMU_VM_SUBSECTION, len(sub)) + sub + struct.pack(">I", 1) + self.uuid)
+        w.write(preamble)
         total = sum(b.used_length for b in self.blocks)
         body = bytearray(struct.pack(">Q", total | RAM_SAVE_FLAG_MEM_SIZE))
         for b in self.blocks:
@@ -218,45 +230,80 @@ class PrecopySaver:
     def all_pages(blocks: Sequence[Any]) -> dict[Any, np.ndarray]:
         return {b: np.full((b.pages + 63) // 64, np.uint64(0xFFFFFFFFFFFFFFFF), dtype=np.uint64) for b in blocks}
 
-    def send_pages(self, dirty: dict[Any, np.ndarray], kind: int, throttle: Callable[[int], None],
+    def send_pages(self, dirty: dict[Any, np.ndarray], kind: int, throttle: Callable[[int], bool | None],
                    chunk_pages: int = RateLimiter.MAX_CHUNK_PAGES) -> int:
         """One PART (or the END) section with every page set in ``dirty``, ``throttle`` called
-        with the bytes written so far after every ``chunk_pages`` pages; returns bytes written."""
+        with the bytes written so far after every ``chunk_pages`` pages; returns bytes written.
+        A true answer from ``throttle`` ends the section early (postcopy is to start): the pages
+        sent are cleared from ``dirty``, which then holds what is still to send."""
         w = self.w
         before = self.bytes_sent
         w.write(_section_header(kind, RAM_SECTION_ID))
+        stop = False
         for block, words in dirty.items():
+            if stop:
+                break
             bits = np.unpackbits(words.view(np.uint8), bitorder="little")[: block.pages]
             pages = np.flatnonzero(bits)
             if not len(pages):
                 continue
-            # runs of consecutive dirty pages: one batch each (zero detection and encoding in C/numpy)
-            breaks = np.flatnonzero(np.diff(pages) != 1) + 1
-            named = True
-            for run in np.split(pages, breaks):
-                first, n = int(run[0]), len(run)
-                for chunk in range(first, first + n, chunk_pages):
-                    m = min(chunk_pages, first + n - chunk)
-                    if self.multifd is not None:
-                        named = self._send_multifd(block, chunk, m, named)
-                    elif self.xbzrle is not None:
-                        named = self._send_xbzrle(block, chunk, m, named, kind == QEMU_VM_SECTION_END)
-                    else:
-                        zmap = block.zero_pages(chunk, m)
-                        zero = zmap.count(1)
-                        self.sent_zero += zero
-                        self.sent_normal += m - zero
-                        name = block.name.encode() if named else None
-                        if self.direct is not None:  # from guest memory to the channel, no copy
-                            w.flush()
-                            w.offset += self.direct(block, chunk, m, zmap, name)
-                        else:
-                            w.write(encode_page_records(block, chunk, m, zmap, named))
-                        named = False
-                    throttle(self.bytes_sent - before)
+            stop = self._send_runs(block, pages, kind, chunk_pages, lambda: throttle(self.bytes_sent - before))
+            words[:] = 0 if not stop else words & ~_bits_to_words(pages[: self._sent_in_block], len(words))
         w.write(self._sync_point() + struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(RAM_SECTION_ID))
         w.flush()
         return self.bytes_sent - before
+
+    def send_page_runs(self, batch: dict[Any, list[tuple[int, int]]], kind: int = QEMU_VM_SECTION_PART) -> int:
+        """One section with the given runs of pages, ``{block: [(first page, count), ...]}``
+        (postcopy's batches: requested pages and background ones); returns bytes written."""
+        before = self.bytes_sent
+        self.w.write(_section_header(kind, RAM_SECTION_ID))
+        for block, runs in batch.items():
+            named = True
+            for first, n in runs:
+                named = self._send_chunk(block, first, n, named, kind)
+        self.w.write(struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(RAM_SECTION_ID))
+        self.w.flush()
+        return self.bytes_sent - before
+
+    def _send_runs(self, block: Any, pages: np.ndarray, kind: int, chunk_pages: int,
+                   progress: Callable[[], bool | None]) -> bool:
+        """Sends ``pages`` of ``block`` (sorted) run by run; True if ``progress`` asked to stop
+        (``_sent_in_block`` then counts the pages of ``pages`` that went out)."""
+        # runs of consecutive dirty pages: one batch each (zero detection and encoding in C/numpy)
+        breaks = np.flatnonzero(np.diff(pages) != 1) + 1
+        named = True
+        done = 0
+        for run in np.split(pages, breaks):
+            first, n = int(run[0]), len(run)
+            for chunk in range(first, first + n, chunk_pages):
+                m = min(chunk_pages, first + n - chunk)
+                named = self._send_chunk(block, chunk, m, named, kind)
+                done += m
+                if progress():
+                    self._sent_in_block = done
+                    return True
+        self._sent_in_block = done
+        return False
+
+    def _send_chunk(self, block: Any, chunk: int, m: int, named: bool, kind: int) -> bool:
+        """Pages ``chunk .. chunk+m-1`` by whichever path is on; returns whether the name is still due."""
+        if self.multifd is not None:
+            return self._send_multifd(block, chunk, m, named)
+        if self.xbzrle is not None:
+            return self._send_xbzrle(block, chunk, m, named, kind == QEMU_VM_SECTION_END)
+        w = self.w
+        zmap = block.zero_pages(chunk, m)
+        zero = zmap.count(1)
+        self.sent_zero += zero
+        self.sent_normal += m - zero
+        name = block.name.encode() if named else None
+        if self.direct is not None:  # from guest memory to the channel, no copy
+            w.flush()
+            w.offset += self.direct(block, chunk, m, zmap, name)
+        else:
+            w.write(encode_page_records(block, chunk, m, zmap, named))
+        return False
 
     def _send_xbzrle(self, block: Any, first: int, m: int, named: bool, last_stage: bool) -> bool:
         """Pages through the XBZRLE cache (encoded in C); returns whether the name is still due."""
@@ -297,19 +344,26 @@ class PrecopySaver:
             self.multifd.send(block, np.concatenate((group[~z], group[z])), int((~z).sum()))
         return named
 
-    def finish(self, dirty: dict[Any, np.ndarray], devices: list[vms.SaveStateEntry], runstate: str) -> None:
-        """The END section with the last dirty pages, then devices, globalstate, EOF, vmdesc."""
-        self.send_pages(dirty, QEMU_VM_SECTION_END, lambda n: None)
+    def device_sections(self, devices: list[vms.SaveStateEntry], runstate: str) -> tuple[bytes, list[Any]]:
+        """The FULL sections of ``devices`` and globalstate (``runstate``), and their vmdesc entries."""
         entries = list(devices) + [vms.globalstate_entry(runstate, 4)]
         next_id = max([RAM_SECTION_ID] + [e.section_id or 0 for e in entries]) + 1
+        out = bytearray()
         desc = []
         for e in entries:
             if e.section_id is None:
                 e.section_id, next_id = next_id, next_id + 1
             body = vms.save_state(e.vmsd, e.state)
-            self.w.write(_section_header(QEMU_VM_SECTION_FULL, e.section_id, e.idstr, e.instance_id,
-                                         e.vmsd.version_id) + body + _footer(e.section_id))
+            out += _section_header(QEMU_VM_SECTION_FULL, e.section_id, e.idstr, e.instance_id,
+                                   e.vmsd.version_id) + body + _footer(e.section_id)
             desc.append(vms.vmdesc_device(e))
+        return bytes(out), desc
+
+    def finish(self, dirty: dict[Any, np.ndarray], devices: list[vms.SaveStateEntry], runstate: str) -> None:
+        """The END section with the last dirty pages, then devices, globalstate, EOF, vmdesc."""
+        self.send_pages(dirty, QEMU_VM_SECTION_END, lambda n: None)
+        sections, desc = self.device_sections(devices, runstate)
+        self.w.write(sections)
         self.w.write(bytes((QEMU_VM_EOF,)))
         js = json.dumps({"page_size": PAGE_SIZE, "devices": desc}).encode()
         self.w.write(struct.pack(">BI", QEMU_VM_VMDESCRIPTION, len(js)) + js)

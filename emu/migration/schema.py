@@ -94,4 +94,9 @@ SCHEMA: list[dict[str, Any]] = [
      'data': {'*uri': 'str',
               '*channels': ['MigrationChannel'],
               '*exit-on-error': 'bool'}},
+    {'command': 'migrate-start-postcopy'},
+    {'command': 'migrate-recover',
+     'data': {'uri': 'str'},
+     'allow-oob': True},
+    {'command': 'migrate-pause', 'allow-oob': True},
 ]

@@ -48,6 +48,7 @@ from emu.migration.vmstate import LoadContext, SaveStateEntry
 
 __all__ = [
     "PAGE_SIZE",
+    "ChannelSink",
     "QEMU_VM_FILE_MAGIC",
     "QEMU_VM_FILE_VERSION",
     "LoadResult",
@@ -58,6 +59,7 @@ __all__ = [
     "StreamReader",
     "StreamTrace",
     "StreamWriter",
+    "load_postcopy_channel",
     "load_stream",
     "machine_none_devices",
     "xbzrle_decode",
@@ -92,6 +94,10 @@ _MIG_CMDS = {
     7: ("PACKAGED", 4), 8: ("ENABLE_COLO", 0), 9: ("POSTCOPY_RESUME", 0), 10: ("RECV_BITMAP", -1),
 }
 MIG_CMD_MAX = 11
+#: a step's "stop loading this (packaged) stream" (QEMU's LOADVM_QUIT)
+LOADVM_QUIT = 1
+# QEMU's PostcopyState numbers (they appear in its error texts)
+PS_NONE, PS_ADVISE, PS_DISCARD, PS_LISTENING, PS_RUNNING, PS_END = range(6)
 
 
 # ================================================================ errors
@@ -339,6 +345,14 @@ class StreamReader(_BigEndianReads):
                 shutdown()
             self._ahead.stop()
 
+    def wait_end(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` s for the read-ahead thread to meet the end of the stream (the
+        peer closed); True if it did (or there is no such thread)."""
+        if self._ahead is None:
+            return True
+        self._ahead._thread.join(timeout)
+        return not self._ahead._thread.is_alive()
+
     def consume_buffered(self, apply: Callable[[Any, int], int]) -> int:
         """Lets ``apply(buffer, position)`` consume a prefix of what is already buffered (no read);
         it returns how many bytes it used. ``buffer`` ends where the buffered bytes end."""
@@ -351,6 +365,16 @@ class StreamReader(_BigEndianReads):
         return n
 
     _exact = read
+
+
+class ChannelSink:
+    """StreamWriter's ``write`` on a transport channel (which writes everything or raises)."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+
+    def write(self, data: Any) -> None:
+        self.channel.write_all(data)
 
 
 class StreamWriter:
@@ -610,15 +634,22 @@ class _RamHandler:
     instance_id = 0
 
     def __init__(self, blocks: dict[str, Any], stats: dict, multifd: Any = None,
-                 trace: StreamTrace | None = None) -> None:
+                 trace: StreamTrace | None = None, postcopy: Any = None) -> None:
         self.blocks = blocks
+        self.postcopy = postcopy
+        #: after a postcopy ADVISE: zero pages are made present (never left unpopulated), since a
+        #: page still missing at LISTEN is one the destination asks the source for
+        self.populate_zero = False
+        #: the postcopy preempt channel's handler: every record is placed through userfaultfd
+        self.always_place = False
         self.last_block: Any | None = None
         self.stats = stats
         #: the multifd channels (``emu.migration.multifd.MultifdReceiver``), when enabled
         self.multifd = multifd
         #: QEMU's receivedmap: one byte per page, set by every ZERO/PAGE/XBZRLE record (and by
         #: the multifd channels, which share it)
-        self.received: dict[str, bytearray] = multifd.received if multifd is not None else {}
+        self.received: dict[str, bytearray] = (multifd.received if multifd is not None
+                                               else postcopy.received if postcopy is not None else {})
         self.trace = trace
         self._rec: RamRecord | None = None  # the record being traced
 
@@ -627,22 +658,24 @@ class _RamHandler:
             return -errno.EINVAL
         ret = 0
         flags = 0
+        placing = self.always_place or (self.postcopy is not None and PS_LISTENING <= self.postcopy.state < PS_END)
         while not ret and not flags & RAM_SAVE_FLAG_EOS:
-            if self.last_block is not None and not f.error and self.trace is None:
-                self._apply_buffered_run(f)
+            if self.last_block is not None and not f.error and self.trace is None and not placing:
+                self._apply_buffered_run(f)  # (never in postcopy: a plain write to a missing page would wait forever)
             start = f.offset
             word = f.be64()
             flags = word & RAM_FLAGS_MASK
             if self.trace is not None:
                 self._rec = self.trace.record(start, flags, f.offset)
-            ret = self._record(f, flags, word & PAGE_MASK, ctx) or f.error
+            ret = self._record(f, flags, word & PAGE_MASK, ctx, placing) or f.error
             if not ret and flags & ~RAM_SAVE_FLAG_CONTINUE in (RAM_SAVE_FLAG_ZERO, RAM_SAVE_FLAG_PAGE,
                                                                RAM_SAVE_FLAG_XBZRLE):
                 self.stats["records_applied"] += 1
         return ret
 
-    def _record(self, f: _QFile, flags: int, addr: int, ctx: LoadContext) -> int:
-        """One record after its word: 0, or a negated errno (the message given to ``ctx``)."""
+    def _record(self, f: _QFile, flags: int, addr: int, ctx: LoadContext, placing: bool = False) -> int:
+        """One record after its word: 0, or a negated errno (the message given to ``ctx``).
+        ``placing``: postcopy is running, pages go in through userfaultfd."""
         if flags & RAM_SAVE_FLAG_COMPRESS_PAGE:  # no compress capability on this destination
             ctx.error("Received an unexpected compressed page")
             return -errno.EINVAL
@@ -652,11 +685,15 @@ class _RamHandler:
             if block is None or addr >= block.used_length:
                 ctx.error(f"Illegal RAM offset {addr:x}")
                 return -errno.EINVAL
+            if placing:  # received once placed: a channel cut before the data leaves it missing
+                return self._postcopy_record(f, flags & ~RAM_SAVE_FLAG_CONTINUE, block, addr, flags, ctx)
             rmap = self.received.get(block.name)
             if rmap is None:
                 rmap = self.received[block.name] = bytearray(block.used_length // PAGE_SIZE)
             rmap[addr >> 12] = 1
         kind = flags & ~RAM_SAVE_FLAG_CONTINUE
+        if placing:
+            return self._postcopy_record(f, kind, block, addr, flags, ctx)
         if kind == RAM_SAVE_FLAG_MEM_SIZE:
             return self._mem_size(f, addr, ctx)
         if kind == RAM_SAVE_FLAG_ZERO:
@@ -684,6 +721,23 @@ class _RamHandler:
             f.set_error(-errno.EINVAL)  # a hook without RDMA: silent EINVAL
         else:
             ctx.error(f"Unknown combination of migration flags: {flags:#x}")
+            return -errno.EINVAL
+        return 0
+
+    def _postcopy_record(self, f: _QFile, kind: int, block: Any, addr: int, flags: int, ctx: LoadContext) -> int:
+        """QEMU's ram_load_postcopy: only ZERO, PAGE and EOS; each page placed atomically."""
+        if kind == RAM_SAVE_FLAG_ZERO:
+            ch = f.u8()
+            if not f.error:
+                self.postcopy.place(block, addr, None, ch)
+                self.stats["zero_pages"] += 1
+        elif kind == RAM_SAVE_FLAG_PAGE:
+            data = f.get_partial(PAGE_SIZE)
+            if len(data) == PAGE_SIZE:
+                self.postcopy.place(block, addr, data)
+                self.stats["normal_pages"] += 1
+        elif kind != RAM_SAVE_FLAG_EOS:
+            ctx.error(f"Unknown combination of migration flags: {flags:#x} (postcopy mode)")
             return -errno.EINVAL
         return 0
 
@@ -715,7 +769,7 @@ class _RamHandler:
         counts = [0, 0]
 
         def apply(buf: bytearray, pos: int) -> int:
-            n, counts[0], counts[1] = fast(buf, pos, rmap)
+            n, counts[0], counts[1] = fast(buf, pos, rmap, self.populate_zero)
             return n
 
         if f.r.consume_buffered(apply):
@@ -763,8 +817,11 @@ class _RamHandler:
         self.stats["zero_pages"] += 1
         page = addr >> 12
         # 7.2 writes only if the fill is non-zero or the page is not already zero; an untouched page
-        # is zero and is left unpopulated (zero_pages answers it from pagemap without reading it)
-        if ch == 0 and block.zero_pages(page, 1) == b"\x01":
+        # is zero and is left unpopulated (zero_pages answers it from pagemap without reading it),
+        # unless postcopy needs it present (reading it maps the zero page)
+        if ch == 0 and not self.populate_zero and block.zero_pages(page, 1) == b"\x01":
+            return
+        if ch == 0 and self.populate_zero and block.read(addr, PAGE_SIZE) == bytes(PAGE_SIZE):
             return
         block.fill(addr, ch, PAGE_SIZE)
 
@@ -823,11 +880,14 @@ class _Loader:
 
     def __init__(self, blocks: dict[str, Any], devices: Sequence[SaveStateEntry], machine_name: str,
                  uuid: bytes | None, capabilities: Iterable[str], return_path: Any, multifd: Any = None,
-                 trace: StreamTrace | None = None) -> None:
+                 trace: StreamTrace | None = None, postcopy: Any = None) -> None:
         self.ctx = LoadContext()
         self.stats = {"zero_pages": 0, "normal_pages": 0, "xbzrle_pages": 0, "records_applied": 0}
         self.trace = trace
-        self.ram = _RamHandler(blocks, self.stats, multifd, trace)
+        #: the destination's postcopy (``emu.migration.postcopy_incoming.PostcopyIncoming``) when
+        #: postcopy-ram is on here, else None
+        self.postcopy = postcopy
+        self.ram = _RamHandler(blocks, self.stats, multifd, trace, postcopy)
         self.handlers: list[Any] = [self.ram] + [_DeviceHandler(e) for e in devices]
         self.loadvm: list[tuple[int, Any, int]] = []  # (section_id, handler, version), newest first
         self.machine_name = machine_name
@@ -835,6 +895,7 @@ class _Loader:
         self.capabilities = set(capabilities)
         self.return_path = return_path
         self.sections: list[tuple[str, int]] = []
+        self.current: _QFile | None = None  # the stream being read (another after a recovery)
 
     def find_se(self, idstr: bytes, instance_id: int) -> Any | None:
         name = idstr.split(b"\0", 1)[0]
@@ -874,11 +935,18 @@ class _Loader:
         if it is not None:
             it.end, it.name = f.offset, bytes(cfg.get("name", b"")).decode("utf-8", "replace")
         ret = self.main(f)
+        f = self.current or f  # a recovered postcopy goes on on another channel
         if ret == 0:
             ret = f.error
-        if ret == 0:
-            self.vmdesc(f)
+        if ret == 0 and not self.in_postcopy:
+            self.vmdesc(f)  # a postcopy stream has none: the source waits for SHUT after EOF
         return ret
+
+    @property
+    def in_postcopy(self) -> bool:
+        """Past LISTEN: RAM records are placed through userfaultfd (QEMU's postcopy_is_running)."""
+        pc = self.postcopy
+        return pc is not None and PS_LISTENING <= pc.state < PS_END
 
     def vmdesc(self, f: _QFile) -> None:
         """The vmdesc after EOF: skipped (its absence is only a message); errors here are ignored,
@@ -894,8 +962,27 @@ class _Loader:
         if it is not None and not f.error:
             it.end = f.offset
 
-    def main(self, f: _QFile) -> int:
-        """qemu_loadvm_state_main: items until EOF."""
+    def main(self, f: _QFile, nested: bool = False) -> int:
+        """qemu_loadvm_state_main: items until EOF. POSTCOPY_RUN ends a ``nested`` (packaged)
+        stream (QEMU's LOADVM_QUIT); the stream that carried the package goes on with the pages,
+        which QEMU's listen thread would read. A stream that breaks during postcopy pauses until
+        a recovered channel carries on (QEMU's postcopy_pause_incoming)."""
+        if not nested:
+            self.current = f
+        while True:
+            ret = self._items(f, nested)
+            if ret >= 0 or nested or not self.in_postcopy:
+                return ret
+            lines, self.ctx.lines = list(self.ctx.lines), []
+            reader = self.postcopy.paused(lines)
+            if reader is None:
+                self.ctx.lines = lines
+                return ret
+            f = self.current = _QFile(reader)
+            self.ram.last_block = None
+
+    def _items(self, f: _QFile, nested: bool) -> int:
+        """The items of one stream until EOF, an error, or (``nested``) LOADVM_QUIT."""
         ret = 0
         while True:
             off = f.offset
@@ -915,8 +1002,9 @@ class _Loader:
             else:
                 self.ctx.error(f"Unknown savevm section type {t}")
                 ret = -errno.EINVAL
-            if ret < 0:
+            if ret < 0 or (ret == LOADVM_QUIT and nested):
                 break
+            ret = 0
         if ret < 0:
             f.set_error(ret)
         return ret
@@ -1016,8 +1104,12 @@ class _Loader:
             if self.return_path is None:
                 self.ctx.error(f"CMD_PING ({value:#x}) received with no return path")
                 return -errno.EPERM
-            self.return_path(2, struct.pack(">I", value))  # PONG
+            self.return_path.pong(value)
             return 0
+        if self.postcopy is not None and cmd in (3, 4, 5, 6):
+            return self._postcopy_command(f, cmd, name, length)
+        if self.postcopy is not None and cmd in (9, 10):
+            return self._postcopy_recovery_command(f, cmd, length)
         if cmd == 3:  # POSTCOPY_ADVISE, postcopy-ram off on this destination
             if length == 0:
                 return 0
@@ -1033,7 +1125,8 @@ class _Loader:
             if len(blob) != blen:
                 self.ctx.error(f"CMD_PACKAGED: Buffer receive fail ret={len(blob)} length={blen}")
                 return -errno.EAGAIN  # QEMU's count of bytes received is never negative [7.2-verified]
-            return self.main(_QFile(StreamReader.from_bytes(blob), base=f.offset - len(blob)))
+            ret = self.main(_QFile(StreamReader.from_bytes(blob), base=f.offset - len(blob)), nested=True)
+            return 0 if ret == LOADVM_QUIT else ret
         if cmd in (4, 5, 6):  # postcopy commands in postcopy state NONE
             f.skip(length)
             self.ctx.error(f"CMD_{name} in wrong postcopy state (0)")
@@ -1041,6 +1134,133 @@ class _Loader:
         f.skip(length)
         self.ctx.error(f"MIG_CMD {name} is not supported by this destination")
         return -errno.ENOTSUP
+
+
+    def _postcopy_command(self, f: _QFile, cmd: int, name: str, length: int) -> int:
+        """ADVISE, RAM_DISCARD, LISTEN and RUN with postcopy-ram on (QEMU's loadvm_postcopy_*)."""
+        pc = self.postcopy
+        state = pc.state
+        allowed = {3: (PS_NONE,), 6: (PS_ADVISE, PS_DISCARD), 4: (PS_ADVISE, PS_DISCARD), 5: (PS_LISTENING,)}[cmd]
+        if state not in allowed:
+            f.skip(length)
+            self.ctx.error(f"CMD_{name} in wrong postcopy state ({state})")
+            return -errno.EPERM if cmd != 3 else -errno.EINVAL
+        if cmd == 3:
+            return self._postcopy_advise(f, length)
+        if cmd == 6:
+            pc.state = PS_DISCARD
+            return self._postcopy_discard(f, length)
+        if cmd == 4:
+            try:
+                pc.listen(self.return_path)
+            except Exception as e:  # noqa: BLE001 - userfaultfd or the return path refused
+                self.ctx.error(f"postcopy_ram_incoming_setup: {e}")
+                return -errno.EINVAL
+            pc.state = PS_LISTENING
+            return 0
+        pc.state = PS_RUNNING
+        pc.run()  # the devices loaded from the package, then the VM starts
+        return LOADVM_QUIT
+
+    def _postcopy_recovery_command(self, f: _QFile, cmd: int, length: int) -> int:
+        """RECV_BITMAP (the destination answers with the block's receivedmap) and
+        POSTCOPY_RESUME, as QEMU's loadvm_handle_recv_bitmap and loadvm_postcopy_handle_resume."""
+        pc = self.postcopy
+        if cmd == 9:
+            if not pc.recovering:
+                self.ctx.error("loadvm_postcopy_handle_resume: illegal resume received")
+                return 0  # QEMU does not fail the load for this
+            pc.resume()
+            return 0
+        raw, ok = f.counted()
+        if not ok or not raw:
+            self.ctx.error("loadvm_handle_recv_bitmap: failed to read block name")
+            return -errno.EINVAL
+        if f.error:
+            return f.error
+        if length != len(raw) + 1:
+            self.ctx.error(f"loadvm_handle_recv_bitmap: invalid payload length ({length})")
+            return -errno.EINVAL
+        name = raw.decode("utf-8", "replace")
+        if name not in pc.received:
+            self.ctx.error(f"loadvm_handle_recv_bitmap: block '{name}' not found")
+            return -errno.EINVAL
+        if not pc.recovering:
+            self.ctx.error("migrate_send_rp_recv_bitmap: MSG_RP_RECV_BITMAP only used for recovery")
+            return 0
+        pc.rp.recv_bitmap(name, pc.received[name])
+        return 0
+
+    def _postcopy_advise(self, f: _QFile, length: int) -> int:
+        pc = self.postcopy
+        if length == 0:
+            self.ctx.error("RAM postcopy is enabled but have 0 byte advise")
+            return -errno.EINVAL
+        if length != 16:
+            f.skip(length)
+            self.ctx.error(f"CMD_POSTCOPY_ADVISE invalid length ({length})")
+            return -errno.EINVAL
+        remote_summary, remote_tps = f.be64(), f.be64()
+        if f.error:
+            return f.error
+        if remote_summary != PAGE_SIZE:
+            self.ctx.error(f"Postcopy needs matching RAM page sizes (s={remote_summary:x} d={PAGE_SIZE:x})")
+            return -errno.EINVAL
+        if remote_tps != PAGE_SIZE:
+            self.ctx.error(f"Postcopy needs matching target page sizes (s={_s32(remote_tps & 0xFFFFFFFF)} "
+                           f"d={PAGE_SIZE})")
+            return -errno.EINVAL
+        pc.state = PS_ADVISE
+        pc.discard_all()  # the whole of RAM truly empty: the stream fills it
+        self.ram.populate_zero = True  # a zero page must be present, or it would be asked for again
+        return 0
+
+    def _postcopy_discard(self, f: _QFile, length: int) -> int:
+        if length < 1 + 1 + 1 + 1 + 2 * 8:
+            f.skip(length)
+            self.ctx.error(f"CMD_POSTCOPY_RAM_DISCARD invalid length ({length})")
+            return -errno.EINVAL
+        version = f.u8()
+        if version != 0:
+            f.skip(length - 1)
+            self.ctx.error(f"CMD_POSTCOPY_RAM_DISCARD invalid version ({version})")
+            return -errno.EINVAL
+        raw, ok = f.counted()
+        nil = f.u8()
+        if not ok or f.error:
+            self.ctx.error("CMD_POSTCOPY_RAM_DISCARD Failed to read RAMBlock ID")
+            return -errno.EINVAL
+        if nil != 0:
+            self.ctx.error(f"CMD_POSTCOPY_RAM_DISCARD missing nil ({nil})")
+            return -errno.EINVAL
+        rest = length - 3 - len(raw)
+        if rest < 0 or rest % 16:
+            self.ctx.error(f"CMD_POSTCOPY_RAM_DISCARD invalid length ({rest})")
+            return -errno.EINVAL
+        name = raw.decode("utf-8", "replace")
+        for _ in range(rest // 16):
+            start, size = f.be64(), f.be64()
+            if f.error:
+                return f.error
+            err = self.postcopy.discard(name, start, size)
+            if err is not None:
+                self.ctx.error(err)
+                return -errno.EINVAL
+        return 0
+
+
+def load_postcopy_channel(reader: StreamReader, ram_blocks_by_name: dict[str, Any], postcopy: Any) -> list[str]:
+    """The postcopy preempt channel (QEMU's postcopy_preempt_thread): RAM records with no
+    section around them, each page placed as it comes, until the channel ends or breaks.
+    Returns the messages of an error in the records (none when the channel just ended)."""
+    ctx = LoadContext()
+    stats = {"zero_pages": 0, "normal_pages": 0, "xbzrle_pages": 0, "records_applied": 0}
+    handler = _RamHandler(ram_blocks_by_name, stats, postcopy=postcopy)
+    handler.always_place = True
+    f = _QFile(reader)
+    while not handler.load(f, RAM_VERSION, ctx) and not f.error:
+        pass
+    return [] if f.error else ctx.lines  # the channel ending (or cut) is no error in the records
 
 
 def _s32(v: int) -> int:
@@ -1059,15 +1279,18 @@ def load_stream(
     return_path: Any = None,
     multifd: Any = None,
     trace: StreamTrace | None = None,
+    postcopy: Any = None,
 ) -> LoadResult:
     """Loads a precopy stream like a QEMU 7.2 destination (``-incoming``).
 
     ``devices``: the destination's non-RAM handlers (``None`` = ``-M none``: ``timer``); a
     ``globalstate`` handler is always registered. ``uuid``: the local ``-uuid`` (None = not set).
     ``capabilities``: enabled migration capabilities (only ``x-ignore-shared`` is validated).
-    ``return_path``: callable ``(msg_type, payload)`` if a return path exists (PING answers PONG).
+    ``return_path``: the ``ReturnPathWriter`` if a return path exists (PING answers PONG).
     ``multifd``: the ``MultifdReceiver`` whose channels carry pages beside this stream.
     ``trace``: collects what the load walked, item by item (see :class:`StreamTrace`).
+    ``postcopy``: the destination's ``PostcopyIncoming`` when postcopy-ram is on (its ``listen``
+    takes ``return_path``'s writer; its ``run`` starts the VM).
     Returns :class:`LoadResult`; raises :class:`StreamError` with QEMU's exact messages.
     """
     if not isinstance(reader, StreamReader):
@@ -1080,7 +1303,8 @@ def load_stream(
         gs = vms.SaveStateEntry("globalstate", 0, vms.VMSTATE_GLOBALSTATE, {})
         devices.append(gs)
     gs.state.clear()
-    loader = _Loader(ram_blocks_by_name, devices, machine_name, uuid, capabilities, return_path, multifd, trace)
+    loader = _Loader(ram_blocks_by_name, devices, machine_name, uuid, capabilities, return_path, multifd, trace,
+                     postcopy)
     f = _QFile(reader)
     ret = loader.run(f)
     lines = loader.ctx.lines

@@ -549,6 +549,7 @@ class Listener:
             _wake(self._wake_w)
             ready, self._ready = self._ready, None
         for s in self._socks:
+            _listen_cleanup(s)
             s.close()
         if ready is not None:
             ready.close()
@@ -748,6 +749,21 @@ def _unix_connect(addr: Unix) -> socket.socket:
         sock.close()
         raise TransportError(_errno_text(f"Failed to connect to '{addr.path}'", e)) from None
     return sock
+
+
+def _listen_cleanup(sock: socket.socket) -> None:
+    """QEMU's socket_listen_cleanup: a unix listener's path is unlinked when it closes."""
+    try:
+        if sock.family != socket.AF_UNIX:
+            return
+        path = sock.getsockname()
+    except OSError:
+        return
+    if isinstance(path, str) and path and not path.startswith("\0"):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _unix_listen(addr: Unix, backlog: int) -> socket.socket:

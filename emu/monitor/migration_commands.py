@@ -35,12 +35,37 @@ def _address(ctx: CommandContext, args: dict[str, Any], incoming: bool) -> Migra
 
 def migrate(ctx: CommandContext, args: dict[str, Any]) -> None:
     addr = _address(ctx, args, incoming=False)  # 9.1: the uri/channels preamble comes first
-    if args.get("resume"):  # migrate_prepare: no postcopy here, so nothing is ever paused
-        raise QapiError("Cannot resume if there is no paused migration")
     try:
-        _manager(ctx).migrate(addr)
+        if args.get("resume"):
+            _manager(ctx).resume(addr)
+        else:
+            _manager(ctx).migrate(addr)
     except MigrationError as e:
         raise QapiError(str(e)) from None
+
+
+def migrate_start_postcopy(ctx: CommandContext, args: dict[str, Any]) -> None:
+    try:
+        _manager(ctx).start_postcopy()
+    except MigrationError as e:
+        raise QapiError(str(e)) from None
+
+
+def migrate_recover(ctx: CommandContext, args: dict[str, Any]) -> None:
+    mgr = _manager(ctx)
+    if mgr.in_status != "postcopy-paused":  # checked before the uri is looked at, as QEMU does
+        raise QapiError("Migrate recover can only be run when postcopy is paused.")
+    addr = _address(ctx, {"uri": args["uri"]}, incoming=True)
+    try:
+        mgr.recover(addr)
+    except MigrationError as e:
+        raise QapiError(str(e)) from None
+
+
+def migrate_pause(ctx: CommandContext, args: dict[str, Any]) -> None:
+    mgr = _manager(ctx)
+    if not mgr.pause_source() and not mgr.pause_destination():
+        raise QapiError("migrate-pause is currently only supported during postcopy-active or postcopy-recover state")
 
 
 def migrate_incoming(ctx: CommandContext, args: dict[str, Any]) -> None:
@@ -73,8 +98,12 @@ def query_migrate(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
 
 def migrate_set_capabilities(ctx: CommandContext, args: dict[str, Any]) -> None:
     mgr = _manager(ctx)
+    # postcopy-preempt: 9.1 refuses it once the listener is up, since its listener sorts channels by
+    # the capabilities it started with; ours sorts each connection as it comes, so it can be set
+    # until the main channel is in, as 7.2 allowed (QEMU 7.2's migration-test sets it then)
     mgr.config.set_capabilities(args["capabilities"], mgr.status, incoming_started=mgr.incoming_listening,
-                                inmigrate=ctx.machine.runstate == "inmigrate")
+                                inmigrate=ctx.machine.runstate == "inmigrate",
+                                preempt_locked=mgr.in_status not in ("none", "setup"))
 
 
 def query_migrate_capabilities(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -95,6 +124,8 @@ _HANDLERS = {
     "migrate-continue": migrate_continue, "query-migrate": query_migrate,
     "migrate-set-capabilities": migrate_set_capabilities, "query-migrate-capabilities": query_migrate_capabilities,
     "migrate-set-parameters": migrate_set_parameters, "query-migrate-parameters": query_migrate_parameters,
+    "migrate-start-postcopy": migrate_start_postcopy, "migrate-recover": migrate_recover,
+    "migrate-pause": migrate_pause,
 }
 
 

@@ -467,9 +467,8 @@ def test_mapped_ram_is_refused_before_anything_starts(tmp):
         assert not (tmp / "f").exists()
 
 
-@pytest.mark.parametrize("cap", ["postcopy-ram", "background-snapshot", "return-path", "x-ignore-shared",
-                                 "late-block-activate", "dirty-bitmaps", "release-ram", "zero-blocks",
-                                 "rdma-pin-all", "postcopy-blocktime"])
+@pytest.mark.parametrize("cap", ["background-snapshot", "x-ignore-shared", "late-block-activate", "dirty-bitmaps",
+                                 "release-ram", "zero-blocks", "rdma-pin-all"])
 def test_capabilities_not_implemented_are_refused(cap):
     """Nothing accepted and ignored: switching on a capability this emulator does not implement
     is an error and leaves every capability as it was (QEMU's own checks come first)."""
