@@ -9,7 +9,10 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <string.h>
 #include <unistd.h>
+
+#include "ram_flags.h"
 
 _Static_assert(UF_FEATURE_THREAD_ID == UFFD_FEATURE_THREAD_ID, "UF_FEATURE_THREAD_ID is the kernel's value");
 _Static_assert(sizeof(struct uffd_msg) == 32, "a uffd_msg is 32 bytes");
@@ -251,4 +254,65 @@ int uf_discard(uint64_t start, uint64_t len)
         return -EINVAL;
     }
     return madvise((void *)(uintptr_t)start, len, MADV_DONTNEED) < 0 ? -errno : 0;
+}
+
+/* One record of a run: its offset and kind (ZERO with its fill byte, or PAGE), or 0 when the
+ * bytes at `p` (`left` of them) are not a whole CONTINUE ZERO/PAGE record inside `used_len`. */
+static int run_record(const uint8_t *p, uint64_t left, uint64_t used_len, uint64_t *off, uint64_t *size)
+{
+    if (left < 8) {
+        return 0;
+    }
+    uint64_t word = 0;
+    for (int i = 0; i < 8; i++) {
+        word = word << 8 | p[i];
+    }
+    uint64_t flags = word & (UF_PAGE_SIZE - 1);
+    *off = word & ~(uint64_t)(UF_PAGE_SIZE - 1);
+    if (*off >= used_len) {
+        return 0;
+    }
+    if (flags == (RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE) && left >= 9) {
+        *size = 9;
+        return RAM_SAVE_FLAG_ZERO;
+    }
+    if (flags == (RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE) && left >= 8 + UF_PAGE_SIZE) {
+        *size = 8 + UF_PAGE_SIZE;
+        return RAM_SAVE_FLAG_PAGE;
+    }
+    return 0;
+}
+
+/* Places a run of CONTINUE ZERO/PAGE records of one block (postcopy: every page through the
+ * userfaultfd, so a waiter wakes and nothing writes into a missing page). Stops before anything
+ * else (a named record, EOS, a record cut by the end of `buf`, an offset past `used_len`) for the
+ * caller's parser. Returns the bytes consumed, or -errno of a failed placement (the records
+ * before it are placed); counts[0] += zero records, counts[1] += page records. */
+int64_t uf_place_run(int fd, uint64_t host, uint64_t used_len, const uint8_t *buf, uint64_t len,
+                     uint8_t *rmap, uint64_t rmap_len, uint64_t *counts)
+{
+    uint8_t filled[UF_PAGE_SIZE];
+    uint64_t pos = 0, off = 0, size = 0;
+    int kind;
+    if (used_len > rmap_len * UF_PAGE_SIZE) {
+        return -EINVAL;
+    }
+    while ((kind = run_record(buf + pos, len - pos, used_len, &off, &size)) != 0) {
+        int ret;
+        if (kind == RAM_SAVE_FLAG_PAGE) {
+            ret = fill(fd, host + off, buf + pos + 8, UF_PAGE_SIZE);
+        } else if (buf[pos + 8] == 0) {
+            ret = fill(fd, host + off, NULL, UF_PAGE_SIZE);
+        } else {
+            memset(filled, buf[pos + 8], sizeof(filled));
+            ret = fill(fd, host + off, filled, UF_PAGE_SIZE);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        rmap[off / UF_PAGE_SIZE] = 1;
+        counts[kind == RAM_SAVE_FLAG_PAGE]++;
+        pos += size;
+    }
+    return (int64_t)pos;
 }

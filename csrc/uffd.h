@@ -47,5 +47,9 @@ int uf_wake(int fd, uint64_t start, uint64_t len);
 /* Drops the pages of [start, start+len) (MADV_DONTNEED): registered, they are missing again;
  * len 0 does nothing. */
 int uf_discard(uint64_t start, uint64_t len);
+/* Postcopy's fast path: a run of CONTINUE ZERO/PAGE records of one block placed page by page
+ * through the userfaultfd (see uffd.c); bytes consumed or -errno. */
+int64_t uf_place_run(int fd, uint64_t host, uint64_t used_len, const uint8_t *buf, uint64_t len,
+                     uint8_t *rmap, uint64_t rmap_len, uint64_t *counts);
 
 #endif

@@ -118,7 +118,8 @@ class DestinationPostcopy:
                                        warn=self._warn)
         except TransportError as e:
             raise MigrationError(str(e)) from None
-        self._set("postcopy-recover-setup", incoming=True)
+        # (9.1's postcopy-recover-setup is the source's: the destination stays paused until a
+        # channel comes)
         threading.Thread(target=self._accept_recovered, args=(listener,), name="migration-recover",
                          daemon=True).start()
 

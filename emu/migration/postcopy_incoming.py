@@ -133,6 +133,16 @@ class PostcopyIncoming:
         self.received[block.name][offset // PAGE] = 1
         self._page_arrived(block.name, offset // PAGE)
 
+    def place_run(self, block: Any, buf: bytearray | memoryview, pos: int) -> tuple[int, int, int]:
+        """The loader's fast path: the run of CONTINUE ZERO/PAGE records at ``buf[pos:]``, all
+        for ``block``, placed in C (see ``Userfault.place_run``); then the bookkeeping of the
+        pages asked for and of the vCPU's wait, as :meth:`place` does page by page."""
+        assert self.uffd is not None
+        out = self.uffd.place_run(block.host_address, block.used_length, buf, pos, self.received[block.name])
+        if out[0]:
+            self._pages_arrived(block.name)
+        return out
+
     def is_received(self, name: str, page: int) -> bool:
         rmap = self.received.get(name)
         return rmap is not None and page < len(rmap) and rmap[page] != 0
@@ -182,6 +192,17 @@ class PostcopyIncoming:
         with self._lock:
             self._requested.discard((name, page))
             if self._blocked_page == (name, page) and self._blocked_since is not None:
+                self.blocktime += time.monotonic() - self._blocked_since
+                self._blocked_since = self._blocked_page = None
+
+    def _pages_arrived(self, name: str) -> None:
+        """After a run: requests now answered leave the pending set, and the vCPU's wait ends if
+        its page came."""
+        rmap = self.received[name]
+        with self._lock:
+            self._requested = {k for k in self._requested if not (k[0] == name and rmap[k[1]])}
+            page = self._blocked_page
+            if page is not None and page[0] == name and rmap[page[1]] and self._blocked_since is not None:
                 self.blocktime += time.monotonic() - self._blocked_since
                 self._blocked_since = self._blocked_page = None
 

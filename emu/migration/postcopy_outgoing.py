@@ -167,6 +167,7 @@ class PostcopySender:
     preempt channel), set and reset by the owner."""
 
     BATCH = 256  # background pages between two looks at the requests
+    WINDOW = 1 << 15  # pages searched at once for the next batch
 
     def __init__(self, blocks: Sequence[Any], dirty: dict[Any, np.ndarray], requests: PageRequests,
                  send: Callable[[dict[Any, list[tuple[int, int]]]], int], limit: Callable[[], int],
@@ -217,21 +218,27 @@ class PostcopySender:
         return True
 
     def _next_background(self) -> dict[Any, list[tuple[int, int]]]:
-        """The next up to BATCH dirty pages in block order from each block's cursor, cleared."""
+        """The next up to BATCH dirty pages in block order from each block's cursor, cleared
+        (searched a window at a time, so a batch does not scan the whole block)."""
         for block in self.blocks:
             d = self.dirty[block]
-            start = self._cursor[block]
-            found = np.flatnonzero(d[start:])
-            if not len(found):
-                found = np.flatnonzero(d[:start])
-                start = 0
-                if not len(found):
+            pages = self._scan(d, self._cursor[block])
+            if pages is None:
+                pages = self._scan(d[: self._cursor[block]], 0)
+                if pages is None:
                     continue
-            pages = found[: self.BATCH] + start
             d[pages] = False
             self._cursor[block] = int(pages[-1]) + 1
             return {block: runs_of(pages)}
         return {}
+
+    def _scan(self, d: np.ndarray, start: int) -> np.ndarray | None:
+        """Up to BATCH set entries of ``d`` from ``start`` (their indexes), or None."""
+        for lo in range(start, len(d), self.WINDOW):
+            found = np.flatnonzero(d[lo:lo + self.WINDOW])
+            if len(found):
+                return found[: self.BATCH] + lo
+        return None
 
     def _account(self, n: int) -> None:
         self.bytes += n

@@ -660,8 +660,9 @@ class _RamHandler:
         flags = 0
         placing = self.always_place or (self.postcopy is not None and PS_LISTENING <= self.postcopy.state < PS_END)
         while not ret and not flags & RAM_SAVE_FLAG_EOS:
-            if self.last_block is not None and not f.error and self.trace is None and not placing:
-                self._apply_buffered_run(f)  # (never in postcopy: a plain write to a missing page would wait forever)
+            if self.last_block is not None and not f.error and self.trace is None:
+                # in postcopy through userfaultfd: a plain write to a missing page would wait forever
+                self._apply_buffered_run(f, placing)
             start = f.offset
             word = f.be64()
             flags = word & RAM_FLAGS_MASK
@@ -757,10 +758,10 @@ class _RamHandler:
             return -errno.EIO
         return 0
 
-    def _apply_buffered_run(self, f: _QFile) -> None:
+    def _apply_buffered_run(self, f: _QFile, placing: bool = False) -> None:
         """The fast path: well-formed CONTINUE ZERO/PAGE records already buffered are applied in one
-        C call; the record loop above sees only what C declined (other records, errors, a record
-        split across reads)."""
+        C call (``placing``: through the postcopy userfaultfd); the record loop above sees only
+        what C declined (other records, errors, a record split across reads)."""
         block = self.last_block
         rmap = self.received.get(block.name) if block is not None else None
         fast = getattr(block, "load_page_records", None)
@@ -769,7 +770,10 @@ class _RamHandler:
         counts = [0, 0]
 
         def apply(buf: bytearray, pos: int) -> int:
-            n, counts[0], counts[1] = fast(buf, pos, rmap, self.populate_zero)
+            if placing:
+                n, counts[0], counts[1] = self.postcopy.place_run(block, buf, pos)
+            else:
+                n, counts[0], counts[1] = fast(buf, pos, rmap, self.populate_zero)
             return n
 
         if f.r.consume_buffered(apply):

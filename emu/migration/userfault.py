@@ -145,6 +145,20 @@ class Userfault:
             raise _error(-rc, what)
         return rc == 0
 
+    def place_run(self, host_addr: int, used_length: int, buf: bytearray | memoryview, pos: int,
+                  received: bytearray) -> tuple[int, int, int]:
+        """Places the run of CONTINUE ZERO/PAGE records of a migration stream at ``buf[pos:]``
+        into the block at ``host_addr`` (``used_length`` bytes), page by page in C, marking
+        ``received`` (one byte per page); stops before anything else. Returns (bytes consumed,
+        zero records, page records)."""
+        counts = ffi.new("uint64_t[2]")
+        with ffi.from_buffer(buf) as src, ffi.from_buffer(received) as rmap:
+            n = int(lib.uf_place_run(self.fileno(), host_addr, used_length, src + pos, len(buf) - pos, rmap,
+                                     len(received), counts))
+        if n < 0:
+            raise _error(-n, _name("UFFDIO_COPY run", host_addr, used_length))
+        return n, int(counts[0]), int(counts[1])
+
     def wake(self, host_addr: int, length: int) -> None:
         """Wakes the threads waiting on a page of the range (UFFDIO_WAKE)."""
         what = _name("UFFDIO_WAKE", host_addr, length)

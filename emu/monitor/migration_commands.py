@@ -100,10 +100,11 @@ def migrate_set_capabilities(ctx: CommandContext, args: dict[str, Any]) -> None:
     mgr = _manager(ctx)
     # postcopy-preempt: 9.1 refuses it once the listener is up, since its listener sorts channels by
     # the capabilities it started with; ours sorts each connection as it comes, so it can be set
-    # until the main channel is in, as 7.2 allowed (QEMU 7.2's migration-test sets it then)
+    # until the main channel is in (and again once that load ended), as 7.2 allowed (QEMU 7.2's
+    # migration-test sets it while the destination listens)
     mgr.config.set_capabilities(args["capabilities"], mgr.status, incoming_started=mgr.incoming_listening,
                                 inmigrate=ctx.machine.runstate == "inmigrate",
-                                preempt_locked=mgr.in_status not in ("none", "setup"))
+                                preempt_locked=mgr.in_status == "active" or mgr.in_status.startswith("postcopy"))
 
 
 def query_migrate_capabilities(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, Any]]:
