@@ -80,9 +80,12 @@ class PostcopyIncoming:
         block = self.by_name.get(name)
         if block is None:
             return f"ram_discard_range: Failed to find block '{name}'"
-        if start % PAGE or length % PAGE or start + length > block.used_length:
-            return (f"ram_discard_range: Unaligned or overrun start={start:#x} length={length:#x} "
-                    f"used_length={block.used_length:#x}")
+        if start % PAGE:
+            return f"ram_block_discard_range: Unaligned start address: {block.host_address + start:#x}"
+        if start + length > block.size:
+            return f"ram_block_discard_range: Overrun block '{name}' ({start}/{length:x}/{block.size:x})"
+        if length % PAGE:
+            return f"ram_block_discard_range: Unaligned length: {length:x}"
         discard(block.host_address + start, length)
         rmap = self.received[name]
         rmap[start // PAGE:(start + length) // PAGE] = bytes(length // PAGE)
@@ -143,9 +146,9 @@ class PostcopyIncoming:
             self._pages_arrived(block.name)
         return out
 
-    def is_received(self, name: str, page: int) -> bool:
-        rmap = self.received.get(name)
-        return rmap is not None and page < len(rmap) and rmap[page] != 0
+    def missing_pages(self) -> int:
+        """Pages never placed nor received in precopy (none once a postcopy completed)."""
+        return sum(len(r) - bytes(r).count(1) for r in self.received.values())
 
     # ---- the fault thread
     def _fault_loop(self) -> None:

@@ -113,9 +113,9 @@ class SourcePostcopy:
     def start_postcopy(self) -> None:
         """``migrate-start-postcopy``: the running migration switches at its next chunk."""
         if not self.config.capability("postcopy-ram") and not self.config.capability("dirty-bitmaps"):
-            raise _qerr("Enable postcopy with migrate_set_capability before the start of migration")
+            raise MigrationError("Enable postcopy with migrate_set_capability before the start of migration")
         if self.status == "none":
-            raise _qerr("Postcopy must be started after migration has been started")
+            raise MigrationError("Postcopy must be started after migration has been started")
         self._start_postcopy.set()
 
     def pause_source(self) -> bool:
@@ -132,9 +132,9 @@ class SourcePostcopy:
     def resume(self, addr: MigrationAddress) -> None:
         """``migrate`` with ``resume``: a new channel for a paused postcopy migration."""
         if self.status != "postcopy-paused":
-            raise _qerr("Cannot resume if there is no paused migration")
+            raise MigrationError("Cannot resume if there is no paused migration")
         if self.config.capability("release-ram"):
-            raise _qerr("Postcopy recovery cannot work when release-ram capability is set")
+            raise MigrationError("Postcopy recovery cannot work when release-ram capability is set")
         self._addr = addr
         self._pause_requested = False
         self._set("postcopy-recover-setup")
@@ -419,7 +419,3 @@ class SourcePostcopy:
                 raise PostcopyPaused(PAUSED_BY_USER)
         if rp.error is not None:
             raise PostcopyPaused(rp.error)
-
-
-def _qerr(text: str) -> Exception:
-    return MigrationError(text)

@@ -170,3 +170,22 @@ def test_advise_then_discard_reach_the_postcopy_state() -> None:
     _load(_stream(po.postcopy_advise(), po.command(6, b"\x00\x06pc.ram\x00" + ranges)), pc)
     assert pc.calls == [("discard_all",), ("discard", "pc.ram", 0, 4096), ("discard", "pc.ram", 8192, 8192)]
     assert pc.state == 2  # DISCARD
+
+
+def test_discard_ranges_are_checked_with_qemus_texts_and_make_pages_missing() -> None:
+    from emu.migration.postcopy_incoming import PostcopyIncoming
+    from emu.ram import RamBlock
+
+    block = RamBlock("pc.ram", 16 * 4096)
+    block.write(0, b"\xaa" * 4 * 4096)
+    pc = PostcopyIncoming([block], {}, vcpu_thread_id=lambda: None, blocktime=False)
+    pc.received["pc.ram"][:4] = b"\x01" * 4
+    assert pc.discard("nope", 0, 4096) == "ram_discard_range: Failed to find block 'nope'"
+    assert pc.discard("pc.ram", 100, 4096).startswith("ram_block_discard_range: Unaligned start address: 0x")
+    assert pc.discard("pc.ram", 4096, 16 * 4096) == "ram_block_discard_range: Overrun block 'pc.ram' (4096/10000/10000)"
+    assert pc.discard("pc.ram", 0, 100) == "ram_block_discard_range: Unaligned length: 64"
+    assert pc.discard("pc.ram", 4096, 2 * 4096) is None
+    assert bytes(pc.received["pc.ram"][:4]) == b"\x01\x00\x00\x01"
+    assert block.read(0, 4 * 4096) == b"\xaa" * 4096 + bytes(2 * 4096) + b"\xaa" * 4096  # missing reads as zero
+    assert pc.missing_pages() == 14
+    pc.close()

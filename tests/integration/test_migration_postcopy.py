@@ -98,6 +98,7 @@ def test_postcopy_runs_the_guest_on_the_destination_before_its_ram_has_arrived(p
     assert dinfo["postcopy-vcpu-blocktime"] == [dinfo["postcopy-blocktime"]]
     assert src.qmp.cmd("query-status")["status"] == "postmigrate"
     guest_goes_on(dst, pair.tmp / "dst-serial")
+    assert "never received" not in dst.stderr_text()
 
 
 @pytest.mark.parametrize("pair", [False, True], ids=["plain", "preempt"], indirect=True)
@@ -164,6 +165,7 @@ def test_qemu_72_postcopy_source_serves_what_our_destination_reads(tmp, preempt)
         wait_completed(src)
         wait_completed(dst)
         assert dst.qtest.bufread(0, 16 << 20) == pattern
+        assert "never received" not in dst.stderr_text()
 
 
 @needs_qemu
@@ -270,3 +272,4 @@ def test_cutting_postcopy_anywhere_and_recovering_loses_no_page(tmp_path_factory
         wait_completed(src)
         wait_completed(dst)
         assert dst.qtest.bufread(0, 16 << 20) == pattern
+        assert "never received" not in dst.stderr_text()
