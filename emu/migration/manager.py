@@ -4,9 +4,12 @@ The source runs precopy (``precopy.PrecopySaver``) on a migration thread: rounds
 while the guest runs, then stop-and-copy when what is left fits the downtime limit, optionally
 with multifd channels beside the main stream. The destination accepts the main channel (and the
 multifd channels), loads the stream and resumes as QEMU does (autostart, or the received run
-state). Status transitions and MIGRATION/MIGRATION_PASS events (when the ``events`` capability is
-on) follow QEMU 9.1; ``migrate_cancel`` ends a run ``cancelled`` (:class:`MigrationCancelled`
-where the run notices it, or the I/O error its channel shutdown causes).
+state). With postcopy-ram, ``migrate-start-postcopy`` switches a running precopy to postcopy: the
+source's side is ``postcopy_source`` (a mixin of the manager), the destination's
+``postcopy_destination``; both use the return path (``return_path``). Status transitions and
+MIGRATION/MIGRATION_PASS events (when the ``events`` capability is on) follow QEMU 9.1;
+``migrate_cancel`` ends a run ``cancelled`` (:class:`MigrationCancelled` where the run notices
+it, or the I/O error its channel shutdown causes).
 
 The top of ``emu.migration``: it drives the modules below it (address, transport, stream,
 precopy, multifd, xbzrle, throttle, params) and the machine state it saves; the QMP commands
@@ -172,10 +175,10 @@ class MigrationManager(SourcePostcopy, DestinationPostcopy):
             self._start_postcopy.clear()
             self._pause_requested = False
             self._requests = PageRequests()
-            self._postcopy_start_time = None
             self._postcopy_bytes = 0
             self._addr = addr
             self._preempt = None
+            self._resume_channels = queue.Queue()  # nothing of an earlier migration's resume
             self._rates_at = time.monotonic()
             self.start_time = time.monotonic()
             self._set("setup")

@@ -82,6 +82,9 @@ class SourcePostcopy:
     status: str
     error_desc: str | None
     prog: str
+    stats: dict[str, Any]
+    downtime: float
+    end_time: float
     _channel: Any
     _cancel: threading.Event
     _lock: threading.Lock
@@ -92,7 +95,6 @@ class SourcePostcopy:
         self._rp: _ReturnPath | None = None
         self._resume_channels: queue.Queue[Any] = queue.Queue()
         self._pause_requested = False
-        self._postcopy_start_time: float | None = None
         self._postcopy_bytes = 0  # sent after the switch (postcopy-bytes)
         self._addr: MigrationAddress | None = None  # where the channels connect (preempt, resume)
         self._preempt: PreemptChannel | None = None
@@ -107,6 +109,15 @@ class SourcePostcopy:
         raise NotImplementedError
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:  # the manager's
+        raise NotImplementedError
+
+    def _maybe_pause(self) -> None:  # the manager's
+        raise NotImplementedError
+
+    def _throttle_stop(self) -> None:  # the manager's
+        raise NotImplementedError
+
+    def _update_stats(self, saver: PrecopySaver, remaining: int) -> None:  # the manager's
         raise NotImplementedError
 
     # ---- QMP
@@ -331,25 +342,11 @@ class SourcePostcopy:
         w.write(ping(4))
         w.flush()
         self.downtime = time.monotonic() - stop_at
-        self._postcopy_start_time = time.monotonic()
         return dirty
-
-    def _maybe_pause(self) -> None:  # the manager's
-        raise NotImplementedError
-
-    def _throttle_stop(self) -> None:  # the manager's
-        raise NotImplementedError
 
     def _postcopy_stats(self, saver: PrecopySaver, sender: PostcopySender) -> None:
         self._update_stats(saver, 0)
         self.end_time = time.monotonic()
-
-    def _update_stats(self, saver: PrecopySaver, remaining: int) -> None:  # the manager's
-        raise NotImplementedError
-
-    stats: dict[str, Any]
-    downtime: float
-    end_time: float
 
     # ---- pause and recovery
     def _postcopy_pause(self, saver: PrecopySaver, sender: PostcopySender) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_migration import BIN, ab_args, events_on, guest_goes_on, wait_completed
+from test_migration import BIN, ab_args, events_on, guest_goes_on, migrate, wait_completed
 
 from qtest.machine import QTestMachine
 from qtest.migration import wait_for_serial
@@ -213,10 +213,7 @@ def test_the_return_path_capability_alone_ends_precopy_with_the_destinations_shu
         src.qtest.memwrite(0x5000, b"return path")
         for m in (src, dst):
             caps(m, return_path=True)
-        dst.qmp.cmd("migrate-incoming", uri=f"unix:{tmp}/m.sock")
-        src.qmp.cmd("migrate", uri=f"unix:{tmp}/m.sock")
-        wait_completed(src)
-        wait_completed(dst)
+        migrate(src, dst, uri=f"unix:{tmp}/m.sock")
         assert dst.qtest.memread(0x5000, 11) == b"return path"
 
 
