@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 #: The C core's modules: each ``NAME.c`` has a ``NAME.h`` whose declarations become the binding.
-MODULES = ("memcore", "xbzrle", "multifd", "uffd")
+MODULES = ("memcore", "xbzrle", "multifd", "uffd", "kvm")
 #: Flags of every build (the installed one and the sanitized one).
 COMPILE_ARGS = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 #: Sanitizers ``--sanitize`` accepts (GCC's ``-fsanitize=`` names).
