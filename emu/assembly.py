@@ -255,8 +255,13 @@ class Assembler:
             return getattr(session, "named_fds", None)
 
         def fatal(status: int) -> None:
+            # QEMU's exit(EXIT_FAILURE) from the failed incoming migration: at once, not through an
+            # orderly shutdown, which a SIGTERM arriving meanwhile would turn into status 0 (QEMU's
+            # tests kill the destination right after the source reports the failure)
             system.vm.exit_code = status
-            system.loop.call_soon_threadsafe(system.loop.stop)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
 
         system.migration = MigrationManager(system.vm, named_fds=named_fds, fdsets=system.fdsets, fatal=fatal,
                                             prog=self.prog)
