@@ -196,6 +196,11 @@ class _Prefetcher:
         if len(buf) == self.HEAD + self.SIZE:
             self._free.put(buf)
 
+    def join(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` s for the thread to end by itself; True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def stop(self, timeout: float = 5) -> None:
         """Ends the thread (its channel must be shut down first, to wake a blocked read)."""
         self._free.put(None)
@@ -348,10 +353,7 @@ class StreamReader(_BigEndianReads):
     def wait_end(self, timeout: float) -> bool:
         """Waits up to ``timeout`` s for the read-ahead thread to meet the end of the stream (the
         peer closed); True if it did (or there is no such thread)."""
-        if self._ahead is None:
-            return True
-        self._ahead._thread.join(timeout)
-        return not self._ahead._thread.is_alive()
+        return self._ahead is None or self._ahead.join(timeout)
 
     def consume_buffered(self, apply: Callable[[Any, int], int]) -> int:
         """Lets ``apply(buffer, position)`` consume a prefix of what is already buffered (no read);
