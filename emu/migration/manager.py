@@ -752,7 +752,9 @@ class MigrationManager(SourcePostcopy, DestinationPostcopy):
                 else:
                     info["expected-downtime"] = 300
                 if self.stats:
-                    info["ram"] = dict(self.stats)
+                    # requests counted live: with the preempt channel they go out between the
+                    # background sections that refresh the other statistics
+                    info["ram"] = dict(self.stats, **{"postcopy-requests": self._requests.count})
                 if self._xbzrle is not None:
                     # QEMU reports the parameter; a running migration keeps the cache it started
                     # with (migrate_params_apply stores the new size before xbzrle_cache_resize,

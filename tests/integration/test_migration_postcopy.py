@@ -270,3 +270,16 @@ def test_cutting_postcopy_anywhere_and_recovering_loses_no_page(tmp_path_factory
         wait_completed(dst)
         assert dst.qtest.bufread(0, 16 << 20) == pattern
         assert "never received" not in dst.stderr_text()
+
+
+def test_postcopy_requests_are_counted_as_they_come_with_the_preempt_channel(tmp):
+    """A request served on the preempt channel shows in query-migrate at once, not only when the
+    (here slow) background stream next refreshes the statistics."""
+    pattern = random.Random(3).randbytes(16 << 20)
+    with QTestMachine(BIN, [*NONE16, "-S"]) as src, QTestMachine(BIN, [*NONE16, "-S", "-incoming", "defer"]) as dst:
+        src.qtest.memwrite(0, pattern)
+        postcopy_via(src, dst, f"unix:{tmp}/m.sock", preempt=True)
+        before = src.qmp.cmd("query-migrate")["ram"]["postcopy-requests"]
+        page = 4000  # far from where the background stream is
+        assert dst.qtest.bufread(page * 4096, 4096) == pattern[page * 4096:(page + 1) * 4096]
+        assert src.qmp.cmd("query-migrate")["ram"]["postcopy-requests"] == before + 1
