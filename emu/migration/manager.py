@@ -616,9 +616,9 @@ class MigrationManager(SourcePostcopy, DestinationPostcopy):
         """The load ended well: the devices' state in and the run state entered (a postcopy
         destination did both at RUN), ``completed``, then SHUT on the return path (the source
         completes on it) and the channel closed."""
-        if postcopy is not None and postcopy.state >= PS_LISTENING and postcopy.missing_pages():
-            # cannot happen with a source that sent every page; said rather than hidden: they read as zero
-            self._warn(f"postcopy completed with {postcopy.missing_pages()} pages never received")
+        missing = postcopy.missing_pages() if postcopy is not None and postcopy.state >= PS_LISTENING else 0
+        if missing:  # cannot happen with a source that sent every page; said, not hidden: they read as zero
+            self._warn(f"postcopy completed with {missing} pages never received")
         if postcopy is None or postcopy.state < PS_LISTENING:
             with self.vm.lock:
                 self.vm.machine.migration_loaded(devices)

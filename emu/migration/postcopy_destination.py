@@ -60,7 +60,7 @@ class DestinationPostcopy:
         if not self.config.capability("postcopy-ram"):
             return None
         vm = self.vm
-        pc = PostcopyIncoming(vm.machine.ram_blocks, {},
+        pc = PostcopyIncoming(vm.machine.ram_blocks,
                               vcpu_thread_id=lambda: vm.vcpu.thread_id if vm.vcpu is not None else None,
                               blocktime=bool(self.config.capability("postcopy-blocktime")))
         pc.on_listen = lambda: self._set("postcopy-active", incoming=True)

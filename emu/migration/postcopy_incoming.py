@@ -31,14 +31,11 @@ class PostcopyIncoming:
     """One incoming postcopy: the postcopy state, the userfaultfd, the fault thread, the
     receivedmap (shared with the RAM loader) and the vCPU blocktime."""
 
-    def __init__(self, blocks: Sequence[Any], received: dict[str, bytearray], *,
-                 vcpu_thread_id: Callable[[], int | None], blocktime: bool) -> None:
+    def __init__(self, blocks: Sequence[Any], *, vcpu_thread_id: Callable[[], int | None], blocktime: bool) -> None:
         self.blocks = list(blocks)
         self.by_name = {b.name: b for b in self.blocks}
-        self.received = received
-        for b in self.blocks:
-            if b.name not in received:
-                received[b.name] = bytearray(b.used_length // PAGE)
+        #: QEMU's receivedmap, one byte per page (the RAM loader shares it)
+        self.received = {b.name: bytearray(b.used_length // PAGE) for b in self.blocks}
         self.state = PS_NONE
         self.rp: ReturnPathWriter | None = None
         self.uffd: Userfault | None = None
@@ -134,7 +131,7 @@ class PostcopyIncoming:
         else:
             self.uffd.place(host, data if data is not None else bytes((fill,)) * PAGE)
         self.received[block.name][offset // PAGE] = 1
-        self._page_arrived(block.name, offset // PAGE)
+        self._pages_arrived(block.name)
 
     def place_run(self, block: Any, buf: bytearray | memoryview, pos: int) -> tuple[int, int, int]:
         """The loader's fast path: the run of CONTINUE ZERO/PAGE records at ``buf[pos:]``, all
@@ -191,16 +188,9 @@ class PostcopyIncoming:
                 return b, (addr - base) // PAGE
         return None
 
-    def _page_arrived(self, name: str, page: int) -> None:
-        with self._lock:
-            self._requested.discard((name, page))
-            if self._blocked_page == (name, page) and self._blocked_since is not None:
-                self.blocktime += time.monotonic() - self._blocked_since
-                self._blocked_since = self._blocked_page = None
-
     def _pages_arrived(self, name: str) -> None:
-        """After a run: requests now answered leave the pending set, and the vCPU's wait ends if
-        its page came."""
+        """After pages of block ``name`` were placed: requests now answered leave the pending set,
+        and the vCPU's wait ends if its page came."""
         rmap = self.received[name]
         with self._lock:
             self._requested = {k for k in self._requested if not (k[0] == name and rmap[k[1]])}

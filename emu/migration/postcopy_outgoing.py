@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from emu.migration.precopy import encode_page_records
+from emu.migration.precopy import encode_page_records, runs_of
 from emu.migration.ram_flags import RAM_SAVE_FLAG_EOS
 from emu.migration.stream import (
     PAGE_SIZE,
@@ -71,14 +71,6 @@ def postcopy_advise() -> bytes:
 def page_runs(dirty: np.ndarray) -> list[tuple[int, int]]:
     """(first page, count) of each run of set entries of a per-page bool array."""
     return runs_of(np.flatnonzero(dirty))
-
-
-def runs_of(pages: np.ndarray) -> list[tuple[int, int]]:
-    """(first page, count) of each run of consecutive numbers in sorted ``pages``."""
-    if not len(pages):
-        return []
-    breaks = np.flatnonzero(np.diff(pages) != 1) + 1
-    return [(int(run[0]), len(run)) for run in np.split(pages, breaks)]
 
 
 def discard_commands(name: str, dirty: np.ndarray) -> list[bytes]:

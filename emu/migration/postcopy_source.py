@@ -216,7 +216,7 @@ class SourcePostcopy:
             self._page_request(*decode_page_request(msg_type, payload))
         elif msg_type == RP_RECV_BITMAP:
             name = payload[1:1 + payload[0]].decode("utf-8", "replace") if payload else ""
-            block = next((b for b in self.vm.machine.ram_blocks if b.name == name), None)
+            block = self._ram_block(name)
             if block is None:
                 raise ReturnPathError(f"migrate_handle_rp_recv_bitmap: invalid block name '{name}'")
             rp.bitmaps[name] = read_bitmap(rp.channel, block.used_length // PAGE, name)
@@ -226,6 +226,9 @@ class SourcePostcopy:
             if value != 1:
                 raise ReturnPathError(f"{value} is not a valid resume ack value")
             rp.resume_ack.set()
+
+    def _ram_block(self, name: str) -> Any | None:
+        return next((b for b in self.vm.machine.ram_blocks if b.name == name), None)
 
     def _page_request(self, name: str | None, start: int, length: int) -> None:
         """QEMU's migrate_handle_rp_req_pages and ram_save_queue_pages, with their texts."""
@@ -237,7 +240,7 @@ class SourcePostcopy:
             if block is None:
                 raise ReturnPathError("ram_save_queue_pages no previous block")
         else:
-            block = next((b for b in self.vm.machine.ram_blocks if b.name == name), None)
+            block = self._ram_block(name)
             if block is None:
                 raise ReturnPathError(f"ram_save_queue_pages no block '{name}'")
             self._requests.last_block = block

@@ -94,6 +94,14 @@ def _zero_records(pages: np.ndarray, name: bytes | None) -> bytes:
     return first + out[9:]
 
 
+def runs_of(pages: np.ndarray) -> list[tuple[int, int]]:
+    """(first page, count) of each run of consecutive numbers in sorted ``pages``."""
+    if not len(pages):
+        return []
+    breaks = np.flatnonzero(np.diff(pages) != 1) + 1
+    return [(int(run[0]), len(run)) for run in np.split(pages, breaks)]
+
+
 def _bits_to_words(pages: np.ndarray, nwords: int) -> np.ndarray:
     """A bitmap of ``nwords`` 64-bit words with the bits of ``pages`` set."""
     bits = np.zeros(nwords * 64, dtype=np.uint8)
@@ -180,7 +188,6 @@ class PrecopySaver:
         self.xbzrle = xbzrle
         self.direct = direct
         self.xbzrle_started = False
-        self._sent_in_block = 0
         self.generation = 0  # the dirty-sync count: the cache's page ages
         if xbzrle is not None:
             from emu.migration.xbzrle import key_bases
@@ -247,8 +254,8 @@ class PrecopySaver:
             pages = np.flatnonzero(bits)
             if not len(pages):
                 continue
-            stop = self._send_runs(block, pages, kind, chunk_pages, lambda: throttle(self.bytes_sent - before))
-            words[:] = 0 if not stop else words & ~_bits_to_words(pages[: self._sent_in_block], len(words))
+            stop, sent = self._send_runs(block, pages, kind, chunk_pages, lambda: throttle(self.bytes_sent - before))
+            words[:] = 0 if not stop else words & ~_bits_to_words(pages[:sent], len(words))
         w.write(self._sync_point() + struct.pack(">Q", RAM_SAVE_FLAG_EOS) + _footer(RAM_SECTION_ID))
         w.flush()
         return self.bytes_sent - before
@@ -267,24 +274,20 @@ class PrecopySaver:
         return self.bytes_sent - before
 
     def _send_runs(self, block: Any, pages: np.ndarray, kind: int, chunk_pages: int,
-                   progress: Callable[[], bool | None]) -> bool:
-        """Sends ``pages`` of ``block`` (sorted) run by run; True if ``progress`` asked to stop
-        (``_sent_in_block`` then counts the pages of ``pages`` that went out)."""
+                   progress: Callable[[], bool | None]) -> tuple[bool, int]:
+        """Sends ``pages`` of ``block`` (sorted) run by run: (whether ``progress`` asked to stop,
+        how many of ``pages`` went out)."""
         # runs of consecutive dirty pages: one batch each (zero detection and encoding in C/numpy)
-        breaks = np.flatnonzero(np.diff(pages) != 1) + 1
         named = True
         done = 0
-        for run in np.split(pages, breaks):
-            first, n = int(run[0]), len(run)
+        for first, n in runs_of(pages):
             for chunk in range(first, first + n, chunk_pages):
                 m = min(chunk_pages, first + n - chunk)
                 named = self._send_chunk(block, chunk, m, named, kind)
                 done += m
                 if progress():
-                    self._sent_in_block = done
-                    return True
-        self._sent_in_block = done
-        return False
+                    return True, done
+        return False, done
 
     def _send_chunk(self, block: Any, chunk: int, m: int, named: bool, kind: int) -> bool:
         """Pages ``chunk .. chunk+m-1`` by whichever path is on; returns whether the name is still due."""

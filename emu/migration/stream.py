@@ -688,15 +688,14 @@ class _RamHandler:
             if block is None or addr >= block.used_length:
                 ctx.error(f"Illegal RAM offset {addr:x}")
                 return -errno.EINVAL
-            if placing:  # received once placed: a channel cut before the data leaves it missing
-                return self._postcopy_record(f, flags & ~RAM_SAVE_FLAG_CONTINUE, block, addr, flags, ctx)
+        kind = flags & ~RAM_SAVE_FLAG_CONTINUE
+        if placing:  # received once placed: a channel cut before the data leaves it missing
+            return self._postcopy_record(f, kind, block, addr, flags, ctx)
+        if block is not None:
             rmap = self.received.get(block.name)
             if rmap is None:
                 rmap = self.received[block.name] = bytearray(block.used_length // PAGE_SIZE)
             rmap[addr >> 12] = 1
-        kind = flags & ~RAM_SAVE_FLAG_CONTINUE
-        if placing:
-            return self._postcopy_record(f, kind, block, addr, flags, ctx)
         if kind == RAM_SAVE_FLAG_MEM_SIZE:
             return self._mem_size(f, addr, ctx)
         if kind == RAM_SAVE_FLAG_ZERO:

@@ -17,6 +17,7 @@ import mmap
 import os
 import select
 from types import TracebackType
+from typing import Any
 
 from emu._native import ffi, lib
 
@@ -92,22 +93,24 @@ class Userfault:
             raise UserfaultError(errno.EBADF, "userfaultfd is closed")
         return self._fd
 
+    def _range_op(self, op: str, call: Any, host_addr: int, length: int) -> int:
+        """``call(fd, host_addr, length)`` of the C core for the range; its non-negative result,
+        or :class:`UserfaultError` named after ``op``."""
+        what = _name(op, host_addr, length)
+        _check_range(what, host_addr, length)
+        rc = int(call(self.fileno(), host_addr, length))
+        if rc < 0:
+            raise _error(-rc, what)
+        return rc
+
     def register(self, host_addr: int, length: int) -> None:
         """Registers ``length`` bytes at ``host_addr`` (page aligned) in MISSING mode; transparent
         huge pages are turned off there first (a missing page must stay 4 KiB)."""
-        what = _name("UFFDIO_REGISTER", host_addr, length)
-        _check_range(what, host_addr, length)
-        rc = int(lib.uf_register(self.fileno(), host_addr, length))
-        if rc < 0:
-            raise _error(-rc, what)
+        self._range_op("UFFDIO_REGISTER", lib.uf_register, host_addr, length)
 
     def unregister(self, host_addr: int, length: int) -> None:
         """Unregisters the range; threads waiting on its missing pages wake up and see zeros."""
-        what = _name("UFFDIO_UNREGISTER", host_addr, length)
-        _check_range(what, host_addr, length)
-        rc = int(lib.uf_unregister(self.fileno(), host_addr, length))
-        if rc < 0:
-            raise _error(-rc, what)
+        self._range_op("UFFDIO_UNREGISTER", lib.uf_unregister, host_addr, length)
 
     def read_faults(self, max: int = 64) -> list[tuple[int, int]]:
         """The pending page faults, up to ``max``, without blocking: (page address, thread id),
@@ -138,12 +141,7 @@ class Userfault:
 
     def place_zero(self, host_addr: int, length: int) -> bool:
         """Places zero pages with UFFDIO_ZEROPAGE; True/False as :meth:`place`."""
-        what = _name("UFFDIO_ZEROPAGE", host_addr, length)
-        _check_range(what, host_addr, length)
-        rc = int(lib.uf_place_zero(self.fileno(), host_addr, length))
-        if rc < 0:
-            raise _error(-rc, what)
-        return rc == 0
+        return self._range_op("UFFDIO_ZEROPAGE", lib.uf_place_zero, host_addr, length) == 0
 
     def place_run(self, host_addr: int, used_length: int, buf: bytearray | memoryview, pos: int,
                   received: bytearray) -> tuple[int, int, int]:
@@ -161,11 +159,7 @@ class Userfault:
 
     def wake(self, host_addr: int, length: int) -> None:
         """Wakes the threads waiting on a page of the range (UFFDIO_WAKE)."""
-        what = _name("UFFDIO_WAKE", host_addr, length)
-        _check_range(what, host_addr, length)
-        rc = int(lib.uf_wake(self.fileno(), host_addr, length))
-        if rc < 0:
-            raise _error(-rc, what)
+        self._range_op("UFFDIO_WAKE", lib.uf_wake, host_addr, length)
 
     def close(self) -> None:
         """Closes the fd (idempotent). The kernel then drops its registrations and wakes every

@@ -178,7 +178,7 @@ def test_discard_ranges_are_checked_with_qemus_texts_and_make_pages_missing() ->
 
     block = RamBlock("pc.ram", 16 * 4096)
     block.write(0, b"\xaa" * 4 * 4096)
-    pc = PostcopyIncoming([block], {}, vcpu_thread_id=lambda: None, blocktime=False)
+    pc = PostcopyIncoming([block], vcpu_thread_id=lambda: None, blocktime=False)
     pc.received["pc.ram"][:4] = b"\x01" * 4
     assert pc.discard("nope", 0, 4096) == "ram_discard_range: Failed to find block 'nope'"
     assert pc.discard("pc.ram", 100, 4096).startswith("ram_block_discard_range: Unaligned start address: 0x")
