@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 _Static_assert(KVM_CORE_LOG_DIRTY == KVM_MEM_LOG_DIRTY_PAGES, "the kernel's value");
+_Static_assert(KVM_CORE_READONLY == KVM_MEM_READONLY, "the kernel's value");
 _Static_assert(KVM_CORE_EXIT_UNKNOWN == KVM_EXIT_UNKNOWN, "the kernel's value");
 _Static_assert(KVM_CORE_EXIT_IO == KVM_EXIT_IO, "the kernel's value");
 _Static_assert(KVM_CORE_EXIT_HLT == KVM_EXIT_HLT, "the kernel's value");
@@ -164,7 +166,7 @@ int kvm_close_vm(int vm_fd)
 int kvm_set_memory(int vm_fd, uint32_t slot, uint64_t guest_phys, uint64_t size, uint64_t host_addr,
                    uint32_t flags)
 {
-    if (slot >= KVM_CORE_MAX_SLOTS || (flags & ~(uint32_t)KVM_CORE_LOG_DIRTY)) {
+    if (slot >= KVM_CORE_MAX_SLOTS || (flags & ~(uint32_t)(KVM_CORE_LOG_DIRTY | KVM_CORE_READONLY))) {
         return -EINVAL;
     }
     if (guest_phys % KVM_CORE_PAGE || size % KVM_CORE_PAGE || host_addr % KVM_CORE_PAGE) {
@@ -383,6 +385,102 @@ int kvm_vcpu_set_sregs(kvm_vcpu *vcpu, const kvm_core_sregs *in)
     s.cr0 = in->cr0, s.cr2 = in->cr2, s.cr3 = in->cr3, s.cr4 = in->cr4, s.cr8 = in->cr8;
     s.efer = in->efer, s.apic_base = in->apic_base;
     return xioctl(vcpu->fd, KVM_SET_SREGS, &s);
+}
+
+int kvm_vcpu_get_fpu(kvm_vcpu *vcpu, kvm_core_fpu *out)
+{
+    struct kvm_fpu f;
+    if (vcpu == NULL || out == NULL) {
+        return -EINVAL;
+    }
+    int rc = xioctl(vcpu->fd, KVM_GET_FPU, &f);
+    if (rc < 0) {
+        return rc;
+    }
+    memcpy(out->fpr, f.fpr, sizeof(out->fpr));
+    memcpy(out->xmm, f.xmm, sizeof(out->xmm));
+    out->fcw = f.fcw, out->fsw = f.fsw, out->ftwx = f.ftwx, out->last_opcode = f.last_opcode;
+    out->last_ip = f.last_ip, out->last_dp = f.last_dp, out->mxcsr = f.mxcsr;
+    return 0;
+}
+
+int kvm_vcpu_set_fpu(kvm_vcpu *vcpu, const kvm_core_fpu *in)
+{
+    if (vcpu == NULL || in == NULL) {
+        return -EINVAL;
+    }
+    struct kvm_fpu f;
+    memset(&f, 0, sizeof(f));
+    memcpy(f.fpr, in->fpr, sizeof(f.fpr));
+    memcpy(f.xmm, in->xmm, sizeof(f.xmm));
+    f.fcw = in->fcw, f.fsw = in->fsw, f.ftwx = in->ftwx, f.last_opcode = in->last_opcode;
+    f.last_ip = in->last_ip, f.last_dp = in->last_dp, f.mxcsr = in->mxcsr;
+    return xioctl(vcpu->fd, KVM_SET_FPU, &f);
+}
+
+/* A kvm_msrs with room for n entries (zeroed), or NULL. */
+static struct kvm_msrs *msrs_new(uint32_t n)
+{
+    struct kvm_msrs *m = calloc(1, sizeof(*m) + n * sizeof(struct kvm_msr_entry));
+    if (m != NULL) {
+        m->nmsrs = n;
+    }
+    return m;
+}
+
+int kvm_vcpu_get_msrs(kvm_vcpu *vcpu, const uint32_t *index, uint64_t *values, uint32_t n)
+{
+    if (vcpu == NULL || index == NULL || values == NULL || n > KVM_CORE_MAX_MSRS) {
+        return -EINVAL;
+    }
+    struct kvm_msrs *m = msrs_new(n);
+    if (m == NULL) {
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        m->entries[i].index = index[i];
+    }
+    int rc = xioctl(vcpu->fd, KVM_GET_MSRS, m);
+    for (int i = 0; i < rc; i++) {  /* rc: entries read */
+        values[i] = m->entries[i].data;
+    }
+    free(m);
+    return rc;
+}
+
+int kvm_vcpu_set_msrs(kvm_vcpu *vcpu, const uint32_t *index, const uint64_t *values, uint32_t n)
+{
+    if (vcpu == NULL || index == NULL || values == NULL || n > KVM_CORE_MAX_MSRS) {
+        return -EINVAL;
+    }
+    struct kvm_msrs *m = msrs_new(n);
+    if (m == NULL) {
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        m->entries[i].index = index[i];
+        m->entries[i].data = values[i];
+    }
+    int rc = xioctl(vcpu->fd, KVM_SET_MSRS, m);
+    free(m);
+    return rc;
+}
+
+static void kick_handler(int sig)
+{
+    (void)sig;  /* its only job is to interrupt KVM_RUN */
+}
+
+int kvm_kick_signal_init(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = kick_handler;  /* no SA_RESTART: KVM_RUN returns EINTR */
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGUSR1, &sa, NULL) < 0) {
+        return -errno;
+    }
+    return SIGUSR1;
 }
 
 /* A real-mode segment: selector, base selector * 16, 64 KiB limit, present; code or data. */

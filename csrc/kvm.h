@@ -21,6 +21,10 @@
 
 /* KVM_MEM_LOG_DIRTY_PAGES: the slot keeps a dirty bitmap (kvm_get_dirty_log). */
 #define KVM_CORE_LOG_DIRTY 1
+/* KVM_MEM_READONLY: guest writes to the slot exit as MMIO writes (ROM). */
+#define KVM_CORE_READONLY 2
+/* Most MSRs one kvm_vcpu_get_msrs / kvm_vcpu_set_msrs call moves. */
+#define KVM_CORE_MAX_MSRS 64
 /* Slots kvm_set_memory accepts: 0 .. KVM_CORE_MAX_SLOTS - 1. */
 #define KVM_CORE_MAX_SLOTS 256
 /* vCPU indexes kvm_vcpu_new accepts (further limited by the kernel's KVM_CAP_MAX_VCPU_ID). */
@@ -73,6 +77,19 @@ typedef struct kvm_core_sregs {
     uint64_t cr0, cr2, cr3, cr4, cr8, efer, apic_base;
 } kvm_core_sregs;
 
+/* The x87/SSE state (the kernel's kvm_fpu): fpr[i] is ST(i) in stack order, 16 bytes each with the
+ * 80-bit value in the low 10; ftwx is FXSAVE's abridged tag word (bit i set: physical register i
+ * valid). */
+typedef struct kvm_core_fpu {
+    uint8_t fpr[8][16];
+    uint16_t fcw, fsw;
+    uint8_t ftwx;
+    uint16_t last_opcode;
+    uint64_t last_ip, last_dp;
+    uint8_t xmm[16][16];
+    uint32_t mxcsr;
+} kvm_core_fpu;
+
 /* One KVM_RUN's outcome. Only the fields of `reason` are meaningful. */
 typedef struct kvm_core_exit {
     uint32_t reason;            /* KVM_EXIT_* (KVM_CORE_EXIT_INTR when KVM_RUN was interrupted) */
@@ -105,7 +122,7 @@ int kvm_create_vm(int kvm_fd);
 int kvm_close_vm(int vm_fd);
 /* KVM_SET_USER_MEMORY_REGION: slot maps [guest_phys, +size) to the host pages at host_addr.
  * Everything page-aligned, no wrap; size 0 deletes the slot; flags a subset of
- * KVM_CORE_LOG_DIRTY. The slot's size is remembered for kvm_get_dirty_log's bounds check. */
+ * KVM_CORE_LOG_DIRTY | KVM_CORE_READONLY. The slot's size is remembered for kvm_get_dirty_log's bounds check. */
 int kvm_set_memory(int vm_fd, uint32_t slot, uint64_t guest_phys, uint64_t size, uint64_t host_addr,
                    uint32_t flags);
 /* KVM_GET_DIRTY_LOG of a slot mapped by kvm_set_memory with KVM_CORE_LOG_DIRTY into bitmap (bit
@@ -123,6 +140,16 @@ int kvm_vcpu_set_regs(kvm_vcpu *vcpu, const kvm_core_regs *in);
 int kvm_vcpu_get_sregs(kvm_vcpu *vcpu, kvm_core_sregs *out);
 /* Sets the segment/system registers (the kernel's pending interrupt bitmap is kept). */
 int kvm_vcpu_set_sregs(kvm_vcpu *vcpu, const kvm_core_sregs *in);
+int kvm_vcpu_get_fpu(kvm_vcpu *vcpu, kvm_core_fpu *out);
+int kvm_vcpu_set_fpu(kvm_vcpu *vcpu, const kvm_core_fpu *in);
+/* KVM_GET_MSRS of the n (<= KVM_CORE_MAX_MSRS) MSRs index[0..n) into values: returns how many were
+ * read (the kernel stops at the first one it does not have). */
+int kvm_vcpu_get_msrs(kvm_vcpu *vcpu, const uint32_t *index, uint64_t *values, uint32_t n);
+/* KVM_SET_MSRS: returns how many were set (fewer than n: index[result] was refused). */
+int kvm_vcpu_set_msrs(kvm_vcpu *vcpu, const uint32_t *index, const uint64_t *values, uint32_t n);
+/* Installs the no-op handler (no SA_RESTART) of the signal that kicks a vCPU thread out of
+ * KVM_RUN (pthread_kill makes KVM_RUN return EINTR). Returns the signal number. */
+int kvm_kick_signal_init(void);
 /* Real mode at cs:ip: CS selector cs, base cs * 16; the other segments 0; CR0.PE and EFER
  * cleared; general registers 0, rflags 0x2 (a direct boot at 0000:7c00). */
 int kvm_vcpu_reset_real_mode(kvm_vcpu *vcpu, uint16_t cs, uint64_t ip);

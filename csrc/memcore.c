@@ -200,6 +200,34 @@ int mc_dirty_test(mc_block *b, uint64_t page)
     return (int)((atomic_load_explicit(&b->bitmap[page / 64], memory_order_relaxed) >> (page % 64)) & 1);
 }
 
+int64_t mc_dirty_merge(mc_block *b, uint64_t first, const uint64_t *bits, uint64_t npages)
+{
+    if (bits == NULL || first > b->pages || npages > b->pages - first) {
+        return MC_EINVAL;
+    }
+    int64_t n = 0;
+    for (uint64_t w = 0; w < (npages + 63) / 64; w++) {
+        uint64_t v = bits[w];
+        if (w == npages / 64) {
+            v &= (1ULL << (npages % 64)) - 1;  /* the last, partial word */
+        }
+        if (first % 64 == 0) {  /* the usual case (slots start at a block's first page): by word */
+            if (v) {
+                atomic_fetch_or_explicit(&b->bitmap[first / 64 + w], v, memory_order_relaxed);
+                n += __builtin_popcountll(v);
+            }
+            continue;
+        }
+        while (v) {
+            uint64_t p = first + w * 64 + (uint64_t)__builtin_ctzll(v);
+            v &= v - 1;
+            atomic_fetch_or_explicit(&b->bitmap[p / 64], 1ULL << (p % 64), memory_order_relaxed);
+            n++;
+        }
+    }
+    return n;
+}
+
 int64_t mc_dirty_fetch_clear(mc_block *b, uint64_t *out, uint64_t nwords)
 {
     if (nwords != b->words) {

@@ -59,7 +59,10 @@ int mc_dirty_set(mc_block *b, uint64_t off, uint64_t len);       /* mark bytes [
 int mc_dirty_set_all(mc_block *b);
 uint64_t mc_dirty_count(mc_block *b);
 int64_t mc_dirty_find_next(mc_block *b, uint64_t page);          /* first dirty page >= page, -1 if none */
-int mc_dirty_test(mc_block *b, uint64_t page);                   /* 0/1, MC_EINVAL past the end */
+int mc_dirty_test(mc_block *b, uint64_t page);
+/* ORs npages bits of bits (bit i: page first + i) into the bitmap (a KVM dirty log merged in).
+ * Returns the number of pages set in bits, or MC_EINVAL when the pages pass the block's end. */
+int64_t mc_dirty_merge(mc_block *b, uint64_t first, const uint64_t *bits, uint64_t npages);                   /* 0/1, MC_EINVAL past the end */
 /* Atomically moves the bitmap into `out` (nwords words, must equal the bitmap size) and clears it.
  * Returns the number of dirty pages moved, or MC_EINVAL. */
 int64_t mc_dirty_fetch_clear(mc_block *b, uint64_t *out, uint64_t nwords);

@@ -50,6 +50,9 @@ def _serial_frontend(uart: Any) -> _Frontend:
 
 
 QTEST_SPIN_NS = 50_000
+#: the properties QEMU 7.2's accelerators have (``-accel NAME,prop=...``)
+ACCEL_PROPS = {"kvm": ("kernel-irqchip", "kvm-shadow-mem", "dirty-ring-size", "notify-vmexit", "notify-window"),
+               "tcg": ("thread", "tb-size", "split-wx"), "qtest": ()}
 
 
 class Assembler:
@@ -59,6 +62,8 @@ class Assembler:
         self.cfg = cfg
         self.prog = prog
         self._counters: dict[str, int] = {}  # chardev labels per owner: serial0, serial1...
+        self.accel = ""  # the accelerator chosen: qtest, tcg or kvm
+        self.kvm_dirty_ring_size = 0  # -accel kvm,dirty-ring-size=N (0: dirty bitmaps)
         loop = MainLoop()
         self.system = System(loop, self._build_vm(loop), prog)
         vm = self.system.vm
@@ -82,6 +87,7 @@ class Assembler:
         for key, value in cfg.machine_props.items():
             _set_machine_prop(machine, key, value)
         vm = VM(machine, start_paused=cfg.start_paused, qtest_accel=qtest_accel, name=cfg.name, uuid=cfg.uuid)
+        vm.accel = self.accel
         vm.actions = cfg.actions
         if cfg.incoming is not None:
             vm.runstate = "inmigrate"  # waits for the stream; autostart stays as -S says
@@ -120,31 +126,89 @@ class Assembler:
                 raise StartupError(f"-device {text}: {e}") from None
 
     def _choose_accel(self) -> bool:
-        """Tries ``-accel`` choices in order, as QEMU does; True when the qtest accelerator won."""
+        """Tries ``-accel`` choices in order, as QEMU does; True when the qtest accelerator won.
+        ``self.accel`` names the winner; a KVM that cannot start reports why (QEMU's texts) and
+        the next one is tried."""
         accels = self.cfg.accels or ["tcg"]
-        for acc in accels:
+        props = self.cfg.accel_props or [({}, "")] * len(accels)
+        for acc, (opts, text) in zip(accels, props):
+            if acc not in ("qtest", "tcg", "kvm"):
+                raise StartupError(f"-accel {acc}: invalid accelerator {acc}")
+            self._check_accel_props(acc, opts, text)
             if acc == "qtest":
+                self.accel = "qtest"
                 return True
             if acc == "tcg":
                 if importlib.util.find_spec("unicorn") is not None:
+                    self.accel = "tcg"
                     return False
                 # the vCPU backend is a declared dependency; without it TCG is not available
                 sys.stderr.write(f"{self.prog}: -accel tcg: invalid accelerator tcg "
                                  "(the vCPU backend, Python package 'unicorn', is not installed)\n")
                 continue
-            if acc == "kvm":
-                # KVM is never used by this emulator: report it unavailable as QEMU does when
-                # kvm_init fails, then try the next accelerator.
-                if not os.path.exists("/dev/kvm"):
-                    sys.stderr.write("Could not access KVM kernel module: No such file or directory\n")
-                    if self.cfg.qtest is None:  # QEMU keeps quiet about ENOENT under qtest
-                        sys.stderr.write(f"{self.prog}: failed to initialize kvm: No such file or directory\n")
-                else:
-                    sys.stderr.write(f"{self.prog}: failed to initialize kvm: Operation not supported\n")
-                continue
-            raise StartupError(f"-accel {acc}: invalid accelerator {acc}")
+            if self._kvm_usable(text):
+                self.accel = "kvm"
+                return False
         # each one that failed said why; QEMU adds "no accelerator found" only when none did
         raise StartupError("")
+
+    def _check_accel_props(self, acc: str, opts: dict[str, str], text: str) -> None:
+        """QEMU's property errors for ``-accel NAME,...``; the properties this emulator does not
+        implement are refused rather than ignored."""
+        for key, value in opts.items():
+            known = ACCEL_PROPS.get(acc, ())
+            if key not in known:
+                raise StartupError(f"{text}: Property '{acc}-accel.{key}' not found")
+            if acc == "kvm" and key == "dirty-ring-size":
+                if not value.isdigit() and not value.lower().startswith("0x"):
+                    raise StartupError(f"{text}: Parameter 'dirty-ring-size' expects uint64")
+                size = int(value, 0)
+                if size & (size - 1):
+                    raise StartupError(f"{text}: dirty-ring-size must be a power of two.")
+                self.kvm_dirty_ring_size = size
+            elif acc == "kvm" and key == "kernel-irqchip":
+                if value not in ("on", "off", "split"):
+                    raise StartupError(f"{text}: Parameter 'kernel-irqchip' does not accept value '{value}'")
+                if value != "off":
+                    raise StartupError(f"{text}: kernel-irqchip={value} is not supported: the interrupt "
+                                       "controllers run in user space (kernel-irqchip=off)")
+            elif acc == "tcg" and key == "thread":
+                if value not in ("single", "multi"):
+                    raise StartupError(f"{text}: Parameter 'thread' does not accept value '{value}'")
+                # one vCPU: single- and multi-threaded TCG run it the same way
+            elif acc == "tcg" and key == "split-wx" and value == "off":
+                pass  # what Unicorn does
+            else:
+                raise StartupError(f"{text}: property {key} of the {acc} accelerator is not supported "
+                                   "by this emulator")
+
+    def _kvm_usable(self, text: str) -> bool:
+        """Whether KVM can run this VM (QEMU's kvm_init); says why not on stderr, as QEMU does.
+        A dirty ring too big for the kernel ends start-up, as in QEMU."""
+        from emu.kvm_core import kvm_available, kvm_dirty_ring_limit
+
+        why = kvm_available()
+        if why is None and self.kvm_dirty_ring_size:
+            limit = kvm_dirty_ring_limit()
+            if limit == 0:
+                sys.stderr.write(f"{self.prog}: {text}: warning: KVM dirty ring not available, "
+                                 "using bitmap method\n")
+                self.kvm_dirty_ring_size = 0
+            elif self.kvm_dirty_ring_size > limit:
+                sys.stderr.write(f"{self.prog}: {text}: KVM dirty ring size {self.kvm_dirty_ring_size} too big "
+                                 f"(maximum is {limit}).  Please use a smaller value.\n")
+                raise StartupError(f"{text}: failed to initialize kvm: Invalid argument")
+        if why is None:
+            return True
+        if why.startswith("Could not access KVM kernel module: No such file"):
+            sys.stderr.write(why + "\n")
+            if self.cfg.qtest is None:  # QEMU keeps quiet about ENOENT under qtest
+                sys.stderr.write(f"{self.prog}: failed to initialize kvm: No such file or directory\n")
+        else:
+            sys.stderr.write(why + "\n")
+            reason = why.rsplit(": ", 1)[-1].lstrip("0123456789 ")  # "ioctl(...) failed: 16 Device..."
+            sys.stderr.write(f"{self.prog}: failed to initialize kvm: {reason}\n")
+        return False
 
     def _chardev(self, spec: str, owner: str) -> Chardev:
         """A chardev from a legacy spec (created and started) or ``chardev:ID`` (an existing one)."""
@@ -303,15 +367,22 @@ class Assembler:
                 chardev.attach(_serial_frontend(uart))
 
     def _setup_vcpu(self) -> None:
-        """With TCG, a machine that has a CPU and a boot disk runs the guest on a Unicorn vCPU.
-        (Without a boot disk there is no firmware to run, so the CPU stays idle.)"""
+        """With TCG or KVM, a machine that has a CPU and a boot disk runs the guest on a vCPU
+        (Unicorn or KVM). Without a boot disk there is no firmware to run: the CPU stays idle."""
         machine = self.system.vm.machine
         if self.system.vm.qtest_accel or not machine.cpus or getattr(machine, "boot_image", None) is None:
             return
-        from emu.cpu import VCPU, VCPUError
+        from emu.vcpu_control import VCPUError
 
         try:
-            vcpu = VCPU(self.system.vm)
+            if self.accel == "kvm":
+                from emu.kvm_vcpu import KvmVCPU
+
+                vcpu: Any = KvmVCPU(self.system.vm, dirty_ring_size=self.kvm_dirty_ring_size)
+            else:
+                from emu.cpu import VCPU
+
+                vcpu = VCPU(self.system.vm)
         except VCPUError as e:
             raise StartupError(f"cannot start the vCPU: {e}") from None
         self.system.vm.attach_vcpu(vcpu)

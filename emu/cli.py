@@ -190,8 +190,23 @@ def _opt_machine(cfg: Config, name: str, value: str) -> None:
     if "type" in opts:
         cfg.machine = opts.pop("type")
     if "accel" in opts:
-        cfg.accels.extend(a for a in opts.pop("accel").split(":") if a)
+        for a in opts.pop("accel").split(":"):
+            if a:
+                cfg.accels.append(a)
+                cfg.accel_props.append(({}, f"-machine accel={a}"))
     cfg.machine_props.update(opts)
+
+
+def _opt_accel(cfg: Config, name: str, value: str) -> None:
+    """``-accel NAME[,prop=value...]``: the properties are checked when the accelerator is tried."""
+    opts = _opts(value, implied="accel")
+    cfg.accels.append(opts.pop("accel", ""))
+    cfg.accel_props.append((opts, f"-accel {value}"))
+
+
+def _opt_enable_kvm(cfg: Config, name: str) -> None:
+    cfg.accels.append("kvm")
+    cfg.accel_props.append(({}, "-enable-kvm"))
 
 
 def _opt_memory(cfg: Config, name: str, value: str) -> None:
@@ -417,8 +432,8 @@ _NO_SEMIHOSTING, _NO_GDB = "there is no semihosting", "there is no gdbstub"
 OPTIONS: dict[str, Option] = {
     # the machine, its memory and accelerators
     "M": arg(_opt_machine), "machine": arg(_opt_machine), "m": arg(_opt_memory),
-    "accel": arg(lambda cfg, name, value: cfg.accels.append(_opts(value, implied="accel").get("accel", ""))),
-    "enable-kvm": flag(lambda cfg, name: cfg.accels.append("kvm")),
+    "accel": arg(_opt_accel),
+    "enable-kvm": flag(_opt_enable_kvm),
     "S": flag(_set("start_paused")), "nodefaults": flag(_set("nodefaults")),
     "name": arg(lambda cfg, name, value: setattr(cfg, "name", _opts(value, implied="guest").get("guest"))),
     "uuid": arg(_opt_uuid), "global": arg(_opt_global), "run-with": arg(_opt_run_with),

@@ -27,6 +27,8 @@ class Config:
         self.machine_props: dict[str, str] = {}
         self.ram_size: int | None = None
         self.accels: list[str] = []
+        #: per entry of ``accels``: the properties of its ``-accel`` option and the option text
+        self.accel_props: list[tuple[dict[str, str], str]] = []
         self.start_paused = False
         self.qtest: str | None = None
         self.qtest_log: str | None = None  # None: stderr, as QEMU without -qtest-log

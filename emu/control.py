@@ -51,6 +51,10 @@ class SystemControl:
         return self.vm.uuid
 
     @property
+    def accel(self) -> str:
+        return self.vm.accel
+
+    @property
     def migration(self) -> MigrationManager:
         """The VM's migration manager."""
         return self._migration

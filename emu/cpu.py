@@ -7,11 +7,8 @@ runs on its own thread; ``stop``, ``system_reset``, ``quit`` and migration's sto
 return at the next basic-block boundary (a C block hook checks a flag), so a stop never splits an
 instruction and the guest resumes exactly where it was.
 
-Auto-converge throttling (QEMU's system/cpu-throttle.c): ``set_throttle(pct)`` starts a timer
-thread that, every ``10 ms / (1 - pct/100)``, asks the vCPU to sleep ``pct/(1-pct) x 10 ms``
-between two runs of guest code. The request uses the same block-boundary stop as a pause, and
-the sleep waits on the vCPU's condition (the machine lock released), so a pause, reset or quit
-never waits for it. With no throttle the run loop is unchanged.
+Run control, halting and auto-converge throttling are shared with the KVM vCPU
+(``emu.vcpu_control``).
 
 Boot is direct, not through firmware: the machine loads sector 0 of the boot disk at 0x7c00 and
 the vCPU starts in real mode at 0000:7c00 with DL=0x80, which is what a boot-sector guest needs.
@@ -19,12 +16,11 @@ the vCPU starts in real mode at 0000:7c00 with DL=0x80, which is what a boot-sec
 from __future__ import annotations
 
 import ctypes
-import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from emu import cpu_state
 from emu._native import ffi, lib
+from emu.vcpu_control import VcpuControl, VCPUError
 
 if TYPE_CHECKING:
     from emu.vm import VM
@@ -32,30 +28,14 @@ if TYPE_CHECKING:
 PAGE = 4096
 NEVER = (1 << 64) - 1  # an "until" address no guest reaches
 
-# vCPU throttling (QEMU's cpu-throttle.c)
-CPU_THROTTLE_PCT_MIN = 1
-CPU_THROTTLE_PCT_MAX = 99
-CPU_THROTTLE_TIMESLICE_NS = 10_000_000
+__all__ = ["VCPU", "VCPUError"]
 
 
-def throttle_sleep_time_ns(pct: int, timeslice_ns: int = CPU_THROTTLE_TIMESLICE_NS) -> int:
-    """How long a vCPU throttled at ``pct`` percent sleeps per tick: pct/(1-pct) timeslices,
-    computed in doubles as QEMU does (plus its 1 ns against 0.99999... rounding)."""
-    p = pct / 100
-    return int(p / (1 - p) * timeslice_ns + 1)
+class VCPU(VcpuControl):
+    """One x86 vCPU bound to a VM, run by Unicorn. ``start()`` begins the thread; it runs while
+    the VM runs."""
 
-
-def throttle_period_ns(pct: int, timeslice_ns: int = CPU_THROTTLE_TIMESLICE_NS) -> int:
-    """Time between two throttle ticks: one timeslice of guest run time plus the sleep."""
-    return int(timeslice_ns / (1 - pct / 100))
-
-
-class VCPUError(Exception):
-    """The vCPU cannot be set up (e.g. a memory map Unicorn cannot express)."""
-
-
-class VCPU:
-    """One x86 vCPU bound to a VM. ``start()`` begins the thread; it runs while the VM runs."""
+    accel = "tcg"
 
     def __init__(self, vm: VM, entry: int = 0x7C00, dl: int = 0x80, dirty_tracking: bool = True) -> None:
         import unicorn
@@ -65,33 +45,12 @@ class VCPU:
             cpu_state.check_layout(unicorn)
         except cpu_state.CpuStateError as e:
             raise VCPUError(str(e)) from None
+        super().__init__(vm)
         self._unicorn = unicorn
-        self.vm = vm
-        self.machine = vm.machine
         self._x86 = x86
         self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_32)
         self.entry, self.dl = entry, dl
-        # Parking waits release the machine lock (QEMU's BQL does the same in pause_all_vcpus):
-        # the vCPU may need it to finish the I/O access it is in.
-        self._cond = threading.Condition(vm.lock)
-        self._pause_requested = True  # until the VM runs (resume)
-        self._paused = True
-        self._quit = False
-        self._halted = False
-        self._thread: threading.Thread | None = None
-        self.error: str | None = None
         self._hooks: list[Any] = []  # keep ctypes callbacks alive
-        # Throttling: the percentage (0 = off), the timer thread with its own condition (never the
-        # machine lock) and next tick, and the tick -> vCPU flag (QEMU's throttle_thread_scheduled).
-        self.throttle_timeslice_ns = CPU_THROTTLE_TIMESLICE_NS
-        self._throttle_pct = 0
-        self._throttle_cond = threading.Condition()
-        self._throttle_thread: threading.Thread | None = None
-        self._throttle_deadline = 0
-        self._throttle_due = False
-        self._pause_gen = 0  # bumped by every pause(): ends a throttle sleep in progress
-        self.throttle_sleep_ns = 0  # total time spent in throttle sleeps
-        self.throttle_sleeps = 0  # number of throttle sleeps begun
         self._map_memory()
         self._install_hooks(dirty_tracking)
         self.reset()
@@ -285,154 +244,41 @@ class VCPU:
         self.error = f"guest access to unmapped or read-only memory at {address:#x} (size {size})"
         return False  # stops emulation; the VM enters internal-error
 
-    # ---- run control
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="vcpu0", daemon=True)
-        self._thread.start()
-
-    def resume(self) -> None:
-        with self._cond:
-            self._pause_requested = False
-            self._cond.notify_all()
-
-    def pause(self) -> None:
-        """Stops guest execution and waits until the vCPU thread is parked (within a slice)."""
-        with self._cond:
-            self._pause_requested = True
-            self._pause_gen += 1  # a throttle sleep in progress ends (QEMU: cpu->stop)
-            self._cond.notify_all()
-            while not self._paused:
-                self._kick()
-                self._cond.wait(0.1)
-
-    def quit(self) -> None:
-        with self._cond:
-            self._quit = True
-            self._pause_requested = True
-            self._cond.notify_all()
-            self._kick()
-        with self._throttle_cond:
-            self._throttle_cond.notify_all()  # the timer thread ends
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(5)
-
+    # ---- run control (the thread and the parking are VcpuControl's)
     def _kick(self) -> None:
         """Makes a running emu_start return at the next block boundary."""
         self._ctl.stop = 1
 
-    # ---- throttling (QEMU's cpu_throttle_set / cpu_throttle_stop)
-    @property
-    def throttle_percentage(self) -> int:
-        """The current throttle percentage, 0 when not throttled (``cpu_throttle_get_percentage``)."""
-        return self._throttle_pct
+    def _clear_kick(self) -> None:
+        self._ctl.stop = 0
 
-    def set_throttle(self, pct: int) -> None:
-        """Throttles the vCPU to ``pct`` percent (clamped to 1..99, as cpu_throttle_set does);
-        0 stops throttling (cpu_throttle_stop) and ends a sleep in progress. Starting from 0 the
-        first tick happens here; changing an active percentage takes effect at the next tick."""
-        pct = 0 if pct <= 0 else min(max(int(pct), CPU_THROTTLE_PCT_MIN), CPU_THROTTLE_PCT_MAX)
-        with self._throttle_cond:
-            was = self._throttle_pct
-            self._throttle_pct = pct
-            if pct and not was:
-                self._throttle_tick()
-                if self._throttle_thread is None and not self._quit:
-                    self._throttle_thread = threading.Thread(target=self._throttle_timer, name="vcpu0-throttle",
-                                                             daemon=True)
-                    self._throttle_thread.start()
-            self._throttle_cond.notify_all()
-        if not pct and was:
-            with self._cond:
-                self._cond.notify_all()  # a sleeping vCPU re-checks and runs at once
-
-    def _throttle_tick(self) -> None:
-        """cpu_throttle_timer_tick (``_throttle_cond`` held): asks the vCPU for one sleep unless
-        the previous one is still pending, and arms the next tick one period later."""
-        # QEMU's timer runs on the virtual clock, which stands still while the VM is stopped
-        if not self._throttle_due and not self._pause_requested:
-            self._throttle_due = True
-            self._ctl.stop = 1  # after _throttle_due: see the order in _run
-        self._throttle_deadline = time.monotonic_ns() + throttle_period_ns(self._throttle_pct,
-                                                                           self.throttle_timeslice_ns)
-
-    def _throttle_timer(self) -> None:
-        """The throttle timer thread: ticks until the throttle is stopped or the vCPU quits."""
-        cond = self._throttle_cond
-        with cond:
-            while True:
-                if not self._throttle_pct or self._quit:
-                    self._throttle_thread = None
-                    return
-                left = self._throttle_deadline - time.monotonic_ns()
-                if left > 0:
-                    cond.wait(left / 1e9)
-                else:
-                    self._throttle_tick()
-
-    def _throttle_sleep(self) -> None:
-        """One throttle sleep (cpu_throttle_thread), called with ``_cond`` held by the vCPU thread.
-        Waiting on ``_cond`` releases the machine lock; a pause, quit or set_throttle(0) ends it."""
-        pct = self._throttle_pct
-        if pct:
-            self.throttle_sleeps += 1
-            self._cond.notify_all()  # lets observers see the sleep begin
-            gen = self._pause_gen
-            start = time.monotonic_ns()
-            end = start + throttle_sleep_time_ns(pct, self.throttle_timeslice_ns)
-            while self._throttle_pct and not self._quit and self._pause_gen == gen:
-                left = end - time.monotonic_ns()
-                if left <= 0:
-                    break
-                self._cond.wait(left / 1e9)
-            self.throttle_sleep_ns += time.monotonic_ns() - start
-        self._throttle_due = False
-
-    @property
-    def thread_id(self) -> int | None:
-        return self._thread.native_id if self._thread is not None else None
-
-    def _run(self) -> None:
+    def _run_guest(self) -> None:
+        """Takes a pending interrupt, then runs guest code until a kick, a hlt or an error."""
         import unicorn
 
         x86 = self._x86
-        while True:
+        if self._ctl.want_if:
+            self._ctl.want_if = 0
+            self._take_interrupt()
+            with self.vm.lock:
+                if self.machine.interrupt_pending():
+                    self._ctl.want_if = 1  # still pending (IF was clear, or more are queued)
+        with self.vm.lock:  # not inside a hook now: free the flat tables replaced meanwhile
+            self.machine.address_space_memory.reclaim()
+        try:
+            # Unicorn resumes at EIP in either mode (the engine was made in 32-bit mode)
+            self.uc.emu_start(self.uc.reg_read(x86.UC_X86_REG_EIP), NEVER)
+        except unicorn.UcError as e:
+            if self.error is None:
+                self.error = f"vCPU stopped: {e}"
+            self.vm.guest_error(self.error)
+            return  # parks: ``error`` is set until a reset
+        # A throttle tick stops the guest at a block start; the byte before it may happen to be
+        # 0xf4, which must not be taken for a hlt (a real hlt racing a tick only wakes early).
+        if not (self._ctl.stop and self._throttle_due) and self._halted_at_hlt():
             with self._cond:
-                self._paused = True
-                self._cond.notify_all()
-                while True:
-                    while (self._pause_requested or self._halted or self.error) and not self._quit:
-                        self._cond.wait()
-                    if self._quit:
-                        return
-                    # Clear the stop request before looking at _throttle_due: the timer sets them
-                    # in the other order, so a tick landing in between still stops the next run.
-                    self._ctl.stop = 0
-                    if not self._throttle_due:
-                        break
-                    self._throttle_sleep()  # then re-check everything: a pause may have come
-                self._paused = False
-            if self._ctl.want_if:
-                self._ctl.want_if = 0
-                self._take_interrupt()
-                with self.vm.lock:
-                    if self.machine.interrupt_pending():
-                        self._ctl.want_if = 1  # still pending (IF was clear, or more are queued)
-            with self.vm.lock:  # not inside a hook now: free the flat tables replaced meanwhile
-                self.machine.address_space_memory.reclaim()
-            try:
-                # Unicorn resumes at EIP in either mode (the engine was made in 32-bit mode)
-                self.uc.emu_start(self.uc.reg_read(x86.UC_X86_REG_EIP), NEVER)
-            except unicorn.UcError as e:
-                if self.error is None:
-                    self.error = f"vCPU stopped: {e}"
-                self.vm.guest_error(self.error)
-                continue  # parks: ``error`` is set until a reset
-            # A throttle tick stops the guest at a block start; the byte before it may happen to be
-            # 0xf4, which must not be taken for a hlt (a real hlt racing a tick only wakes early).
-            if not (self._ctl.stop and self._throttle_due) and self._halted_at_hlt():
-                with self._cond:
-                    # waits for an interrupt (interrupt_request clears it) or a reset
-                    self._halted = not self._ctl.want_if
+                # waits for an interrupt (interrupt_request clears it) or a reset
+                self._halted = not self._ctl.want_if
 
     def _halted_at_hlt(self) -> bool:
         x86 = self._x86

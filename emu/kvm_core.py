@@ -72,6 +72,20 @@ def kvm_available() -> str | None:
         os.close(fd)
 
 
+#: KVM_CAP_DIRTY_LOG_RING and the size of one ring entry (struct kvm_dirty_gfn)
+CAP_DIRTY_LOG_RING = 192
+DIRTY_GFN_SIZE = 16
+
+
+def kvm_dirty_ring_limit() -> int:
+    """The most dirty-ring entries per vCPU this host's KVM takes (0: no dirty ring)."""
+    kvm = Kvm()
+    try:
+        return kvm.check_extension(CAP_DIRTY_LOG_RING) // DIRTY_GFN_SIZE
+    finally:
+        kvm.close()
+
+
 @dataclass
 class Exit:
     """One ``KVM_RUN``'s outcome; only the fields of ``reason`` are meaningful.
@@ -150,12 +164,13 @@ class KvmVm:
         self._vcpus: list[KvmVcpu] = []
 
     def map(self, slot: int, guest_phys: int, block_or_host_addr: RamBlock | int, size: int | None = None,
-            log_dirty: bool = False) -> None:
+            log_dirty: bool = False, readonly: bool = False) -> None:
         """Maps ``size`` bytes (default: the whole block) at ``guest_phys`` as memory slot ``slot``.
 
         A :class:`RamBlock` is mapped from its first byte (and kept alive while mapped); an int
         is a host address the caller keeps mapped. Size 0 deletes the slot. Everything must be
-        page-aligned (KvmError otherwise)."""
+        page-aligned (KvmError otherwise). A ``readonly`` slot (ROM) turns guest writes into
+        MMIO-write exits."""
         if isinstance(block_or_host_addr, RamBlock):
             block = block_or_host_addr
             size = block.size if size is None else size
@@ -168,7 +183,7 @@ class KvmVm:
                 raise _bad("map: a host address needs a size")
         if min(slot, guest_phys, size, host) < 0 or max(guest_phys, size, host) >= 1 << 64 or slot >= 1 << 32:
             raise _bad(f"map: slot {slot}, guest {guest_phys:#x}, size {size:#x} out of range")
-        flags = lib.KVM_CORE_LOG_DIRTY if log_dirty else 0
+        flags = (lib.KVM_CORE_LOG_DIRTY if log_dirty else 0) | (lib.KVM_CORE_READONLY if readonly else 0)
         _check(lib.kvm_set_memory(self._fd(), slot, guest_phys, size, host, flags), f"map slot {slot}")
         if block is not None and size:
             self._blocks[slot] = block
@@ -251,6 +266,50 @@ class KvmVcpu:
         _assign(cur, sregs, "sregs")
         _check(lib.kvm_vcpu_set_sregs(self._vcpu(), cur), "KVM_SET_SREGS")
 
+    def fpu(self) -> dict[str, Any]:
+        """The x87/SSE state: ``fpr`` (8 x 16 bytes, ST(0) first), ``xmm`` (16 x 16 bytes),
+        fcw, fsw, ftwx (abridged tags), last_opcode, last_ip, last_dp, mxcsr."""
+        out = ffi.new("kvm_core_fpu *")
+        _check(lib.kvm_vcpu_get_fpu(self._vcpu(), out), "KVM_GET_FPU")
+        state: dict[str, Any] = {name: getattr(out, name) for name in
+                                 ("fcw", "fsw", "ftwx", "last_opcode", "last_ip", "last_dp", "mxcsr")}
+        state["fpr"] = bytes(ffi.buffer(out.fpr))
+        state["xmm"] = bytes(ffi.buffer(out.xmm))
+        return state
+
+    def set_fpu(self, state: dict[str, Any]) -> None:
+        """Sets the whole x87/SSE state (every key of :meth:`fpu`)."""
+        cur = ffi.new("kvm_core_fpu *")
+        for name in ("fpr", "xmm"):
+            raw = bytes(state[name])
+            if len(raw) != ffi.sizeof(getattr(cur, name)):
+                raise _bad(f"fpu.{name}: {len(raw)} bytes")
+            ffi.memmove(getattr(cur, name), raw, len(raw))
+        _assign(cur, {k: v for k, v in state.items() if k not in ("fpr", "xmm")}, "fpu")
+        _check(lib.kvm_vcpu_set_fpu(self._vcpu(), cur), "KVM_SET_FPU")
+
+    def msrs(self, indexes: list[int]) -> dict[int, int]:
+        """KVM_GET_MSRS: the values of ``indexes``; an MSR the kernel lacks is a KvmError."""
+        n = len(indexes)
+        if n > lib.KVM_CORE_MAX_MSRS:
+            raise _bad(f"{n} MSRs in one call")
+        idx, values = ffi.new("uint32_t[]", indexes), ffi.new("uint64_t[]", max(n, 1))
+        got = _check(lib.kvm_vcpu_get_msrs(self._vcpu(), idx, values, n), "KVM_GET_MSRS")
+        if got < n:
+            raise KvmError(errno.EINVAL, f"KVM_GET_MSRS: MSR {indexes[got]:#x} is not supported")
+        return {index: int(values[i]) for i, index in enumerate(indexes)}
+
+    def set_msrs(self, msrs: dict[int, int]) -> None:
+        """KVM_SET_MSRS: every one of ``msrs`` (index -> value) or a KvmError."""
+        n = len(msrs)
+        if n > lib.KVM_CORE_MAX_MSRS:
+            raise _bad(f"{n} MSRs in one call")
+        indexes = list(msrs)
+        idx, values = ffi.new("uint32_t[]", indexes), ffi.new("uint64_t[]", [msrs[i] for i in indexes] or [0])
+        got = _check(lib.kvm_vcpu_set_msrs(self._vcpu(), idx, values, n), "KVM_SET_MSRS")
+        if got < n:
+            raise KvmError(errno.EINVAL, f"KVM_SET_MSRS: MSR {indexes[got]:#x} = {msrs[indexes[got]]:#x} refused")
+
     def reset_real_mode(self, cs: int, ip: int) -> None:
         """Real mode at cs:ip (CS base cs * 16), other segments 0, registers 0, rflags 0x2."""
         if not (0 <= cs <= 0xffff and 0 <= ip <= 0xffff):
@@ -299,6 +358,12 @@ class KvmVcpu:
         if self._ptr is None:
             raise KvmError(errno.EBADF, f"vCPU {self.index} is closed")
         return self._ptr
+
+
+def kick_signal() -> int:
+    """The signal that kicks a vCPU thread out of ``KVM_RUN`` (its no-op handler installed;
+    send it with ``signal.pthread_kill``)."""
+    return _check(lib.kvm_kick_signal_init(), "installing the vCPU kick signal")
 
 
 def _to_dict(value: Any) -> Any:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from emu._native import ffi, lib
@@ -49,6 +50,9 @@ class RamBlock:
         self.name = name
         self.size: int = lib.mc_block_size(ptr)
         self.used_length = size
+        #: writers that keep their own dirty log (a KVM vCPU): each is called to merge it into
+        #: this block's bitmap (:meth:`merge_dirty`) before the bitmap is read
+        self.dirty_sources: list[Callable[[RamBlock], None]] = []
 
     @property
     def ptr(self) -> Any:
@@ -92,7 +96,25 @@ class RamBlock:
     def set_all_dirty(self) -> None:
         lib.mc_dirty_set_all(self._ptr)
 
+    def sync_dirty(self) -> None:
+        """Merges the dirty logs of :attr:`dirty_sources` into the bitmap (QEMU's log_sync);
+        :meth:`dirty_count` and :meth:`fetch_and_clear_dirty` do it first, the per-page tests
+        do not."""
+        for source in self.dirty_sources:
+            source(self)
+
+    def merge_dirty(self, first_page: int, bits: ndarray, npages: int) -> int:
+        """ORs ``npages`` bits of the uint64 bitmap ``bits`` (bit i: page ``first_page + i``)
+        into the dirty bitmap; returns how many were set."""
+        if len(bits) * 64 < npages:
+            raise RamError(f"merge_dirty: {len(bits)} words cannot hold {npages} pages")
+        n = lib.mc_dirty_merge(self._ptr, first_page, ffi.cast("uint64_t *", ffi.from_buffer(bits)), npages)
+        if n < 0:
+            raise RamError(f"merge_dirty: pages {first_page}+{npages} out of range for {self.name!r}")
+        return int(n)
+
     def dirty_count(self) -> int:
+        self.sync_dirty()
         return int(lib.mc_dirty_count(self._ptr))
 
     def is_dirty(self, page: int) -> bool:
@@ -106,9 +128,11 @@ class RamBlock:
         return int(lib.mc_dirty_find_next(self._ptr, page))
 
     def fetch_and_clear_dirty(self) -> ndarray:
-        """Moves the bitmap out (uint64 words) and clears it, atomically per word."""
+        """Moves the bitmap out (uint64 words) and clears it, atomically per word (after
+        :meth:`sync_dirty`)."""
         import numpy
 
+        self.sync_dirty()
         words = int(lib.mc_block_bitmap_words(self._ptr))
         out = numpy.zeros(words, dtype=numpy.uint64)
         lib.mc_dirty_fetch_clear(self._ptr, ffi.cast("uint64_t *", ffi.from_buffer(out)), words)

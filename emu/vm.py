@@ -33,6 +33,7 @@ class VM:
                  uuid: str | None = None) -> None:
         self.machine = machine
         self.qtest_accel = qtest_accel
+        self.accel = "qtest" if qtest_accel else "tcg"  # the accelerator (kvm: set by the assembly)
         self.name = name
         self.uuid = uuid
         # The big lock (QEMU's BQL): held by whoever touches machine state.
@@ -43,7 +44,7 @@ class VM:
         self.exit_code = 0
         self._event_sinks: list[EventSink] = []
         self._shutdown_hooks: list[Callable[[], None]] = []
-        self.vcpu: Any = None  # emu.cpu.VCPU while an accelerator runs guest code (tcg)
+        self.vcpu: Any = None  # a VcpuControl (Unicorn or KVM) while an accelerator runs guest code
         #: what guest reboots, shutdowns, panics and watchdog expiries do (-action, set-action):
         #: reboot "shutdown" (-no-reboot) turns a guest reset into a shutdown; shutdown "pause"
         #: (-no-shutdown) stops a shutdown the guest (not the host) asks for in the ``shutdown``
@@ -138,8 +139,9 @@ class VM:
         else:
             self.defer(lambda: self.reset(reason))
 
-    def guest_error(self, message: str) -> None:
-        """The vCPU hit something it cannot execute: QEMU's ``internal-error`` run state."""
+    def guest_error(self, message: str, raw: bool = False) -> None:
+        """The vCPU hit something it cannot execute: QEMU's ``internal-error`` run state. The
+        message is printed as ``vCPU error: message``, or as is with ``raw`` (KVM's own texts)."""
 
         def stop() -> None:
             with self.lock:
@@ -147,7 +149,7 @@ class VM:
                     self.runstate = "internal-error"
                     self.machine.clock.enable(False)
                     self.emit("STOP")
-            sys.stderr.write(f"vCPU error: {message}\n")
+            sys.stderr.write(f"{message}\n" if raw else f"vCPU error: {message}\n")
 
         self.defer(stop)
 

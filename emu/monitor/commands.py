@@ -105,6 +105,12 @@ def query_name(ctx: CommandContext, args: dict[str, Any]) -> dict[str, str]:
     return {} if name is None else {"name": name}
 
 
+def query_kvm(ctx: CommandContext, args: dict[str, Any]) -> dict[str, bool]:
+    """``present``: this emulator has a KVM accelerator (QEMU: built with KVM), whether or not the
+    host has /dev/kvm; ``enabled``: the VM runs with it."""
+    return {"enabled": ctx.machine.accel == "kvm", "present": True}
+
+
 def query_uuid(ctx: CommandContext, args: dict[str, Any]) -> dict[str, str]:
     return {"UUID": ctx.machine.uuid or "00000000-0000-0000-0000-000000000000"}
 
@@ -298,6 +304,7 @@ _HANDLERS = {
     "query-qmp-schema": query_qmp_schema, "query-status": query_status, "stop": stop, "cont": cont,
     "system_reset": system_reset, "system_powerdown": system_powerdown, "set-action": set_action,
     "watchdog-set-action": watchdog_set_action, "query-name": query_name, "query-uuid": query_uuid,
+    "query-kvm": query_kvm,
     "query-machines": query_machines, "query-cpus-fast": query_cpus_fast, "query-chardev": query_chardev,
     "qom-list": qom_list, "qom-get": qom_get, "qom-set": qom_set, "qom-list-types": qom_list_types,
     "object-add": object_add, "object-del": object_del, "getfd": getfd, "closefd": closefd, "add-fd": add_fd,

@@ -106,6 +106,11 @@ class MachineControl(Protocol):
         ...
 
     @property
+    def accel(self) -> str:
+        """The accelerator running the VM: ``qtest``, ``tcg`` or ``kvm``."""
+        ...
+
+    @property
     def fdsets(self) -> FdSets:
         """The process-wide fd sets (``add-fd``, ``remove-fd``, ``query-fdsets``)."""
         ...

@@ -7,7 +7,7 @@ transitively:
 
   commands: qmp_capabilities, query-version, query-commands,
             query-qmp-schema, query-status, stop, cont, system_reset,
-            system_powerdown, quit, query-name, query-uuid, query-machines,
+            system_powerdown, quit, query-name, query-uuid, query-machines, query-kvm,
             query-cpus-fast, query-chardev, qom-list, qom-get, qom-set,
             qom-list-types, object-add, object-del, getfd, closefd, add-fd,
             remove-fd, query-fdsets, human-monitor-command, set-action,
@@ -392,6 +392,12 @@ SCHEMA: list[dict[str, Any]] = [
               '*module-id': 'int',
               '*core-id': 'int',
               '*thread-id': 'int'}},
+
+    # ------------------------------------------------------------------
+    # qapi/accelerator.json
+    # ------------------------------------------------------------------
+    {'struct': 'KvmInfo', 'data': {'enabled': 'bool', 'present': 'bool'}},
+    {'command': 'query-kvm', 'returns': 'KvmInfo'},
 
     # ------------------------------------------------------------------
     # qapi/misc.json

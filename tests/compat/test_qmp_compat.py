@@ -372,7 +372,7 @@ def test_second_negotiation(start):
 # --------------------------------------------------------------------------------------
 
 NOARG = ["query-status", "query-version", "query-commands", "query-qmp-schema", "query-chardev",
-         "query-cpus-fast", "query-uuid", "query-name", "system_reset", "system_powerdown", "stop",
+         "query-cpus-fast", "query-uuid", "query-kvm", "query-name", "system_reset", "system_powerdown", "stop",
          "cont", "query-fdsets", "quit"]
 
 BAD_STR = ['1', '1.5', 'true', 'null', '[]', '{}', '["a"]']

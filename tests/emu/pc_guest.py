@@ -1,4 +1,4 @@
-"""An in-process ``pc`` machine running a boot sector on the Unicorn vCPU, for the vCPU tests.
+"""An in-process ``pc`` machine running a boot sector on a vCPU (Unicorn or KVM), for the vCPU tests.
 
 Serial output is collected; waits use a condition on it, never sleeps.
 """
@@ -11,11 +11,12 @@ from emu.vm import VM
 
 
 class PcGuest:
-    """A pc machine with ``ram`` bytes of RAM booting ``image`` (sector 0), running at once
-    unless ``start_paused``."""
+    """A pc machine with ``ram`` bytes of RAM booting ``image`` (sector 0) on ``accel`` (tcg or
+    kvm), running at once unless ``start_paused``."""
 
-    def __init__(self, image: bytes, ram: int, start_paused: bool = False) -> None:
+    def __init__(self, image: bytes, ram: int, start_paused: bool = False, accel: str = "tcg") -> None:
         from emu.cpu import VCPU
+        from emu.kvm_vcpu import KvmVCPU
 
         self.machine = find_machine("pc")(ram, manual_clock=False)
         self.machine.attach_boot_disk(image)
@@ -24,7 +25,7 @@ class PcGuest:
         self.machine.add_serial(0, self._out)
         self.machine.boot()
         self.vm = VM(self.machine, start_paused=start_paused, qtest_accel=False)
-        self.vcpu = VCPU(self.vm)
+        self.vcpu = KvmVCPU(self.vm) if accel == "kvm" else VCPU(self.vm)
         self.vm.attach_vcpu(self.vcpu)
 
     def _out(self, data: bytes) -> None:
@@ -39,3 +40,15 @@ class PcGuest:
 
     def close(self) -> None:
         self.vcpu.quit()
+        if hasattr(self.vcpu, "close"):
+            self.vcpu.close()  # KVM: the VM's fds
+
+
+def accel_params() -> list:
+    """``tcg`` and ``kvm`` as pytest params, kvm skipped (with the reason) where /dev/kvm is not usable."""
+    import pytest
+
+    from emu.kvm_core import kvm_available
+
+    why = kvm_available()
+    return ["tcg", pytest.param("kvm", marks=pytest.mark.skipif(why is not None, reason=f"no usable /dev/kvm: {why}"))]

@@ -1,11 +1,12 @@
-"""The Unicorn vCPU in-process: the A-B guest runs, stops exactly, dirties exactly its pages."""
+"""The vCPU in-process, under Unicorn (tcg) and KVM: the A-B guest runs, stops exactly, dirties
+exactly its pages (KVM: through its dirty log merged into the RAM block's bitmap)."""
 from __future__ import annotations
 
 import threading
 import time
 
 import pytest
-from pc_guest import PcGuest
+from pc_guest import PcGuest, accel_params
 
 from qtest.migration import AB_BOOTSECT, AB_PASSES_OFFSET, PAGE, TEST_MEM_END, TEST_MEM_START
 
@@ -13,10 +14,10 @@ from qtest.migration import AB_BOOTSECT, AB_PASSES_OFFSET, PAGE, TEST_MEM_END, T
 class Guest(PcGuest):
     """A pc machine running the A-B sector (one pass per B unless told otherwise)."""
 
-    def __init__(self, passes: int = 1) -> None:
+    def __init__(self, passes: int = 1, accel: str = "tcg") -> None:
         image = bytearray(AB_BOOTSECT.read_bytes())
         image[AB_PASSES_OFFSET:AB_PASSES_OFFSET + 4] = passes.to_bytes(4, "little")
-        super().__init__(bytes(image), 150 << 20)
+        super().__init__(bytes(image), 150 << 20, accel=accel)
 
     def wait_b(self, count: int = 1, timeout: float = 60) -> None:
         target = self.serial.count(b"B") + count
@@ -29,9 +30,9 @@ class Guest(PcGuest):
 
 
 
-@pytest.fixture
-def guest():
-    g = Guest()
+@pytest.fixture(params=accel_params())
+def guest(request):
+    g = Guest(accel=request.param)
     yield g
     g.close()
 

@@ -1,5 +1,5 @@
 """Auto-converge: the policy (emu/migration/throttle.py) against hand-computed QEMU 9.1 sequences,
-and the vCPU throttle (emu/cpu.py) on the A-B guest.
+and the vCPU throttle (emu/vcpu_control.py) on the A-B guest, under Unicorn and KVM.
 
 vCPU tests synchronise on events (serial output, the vCPU's condition), never on sleeps; where a
 sleep must be shown to be cut short, the throttle timeslice is made 1 s so that the 99 % sleep
@@ -13,6 +13,7 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
+from pc_guest import accel_params
 
 from emu.migration.params import MigrationConfig
 from emu.migration.throttle import AutoConverge
@@ -210,7 +211,7 @@ def test_parameter_getter_can_be_any_callable():
 # ---------------------------------------------------------------------------------------------
 
 def test_sleep_and_period_match_qemus_double_arithmetic():
-    from emu.cpu import throttle_period_ns, throttle_sleep_time_ns
+    from emu.vcpu_control import throttle_period_ns, throttle_sleep_time_ns
 
     # pct/(1-pct) x 10 ms + 1 ns, truncated; period 10 ms / (1 - pct)
     assert throttle_sleep_time_ns(20) == 2_500_001 and throttle_period_ns(20) == 12_500_000
@@ -227,14 +228,14 @@ MEM_START, MEM_END = 1 << 20, 16 << 20  # a short pass: a B every few millisecon
 class Guest:
     """A pc machine running the A-B sector over 1..16 MiB, one pass per B."""
 
-    def __init__(self) -> None:
+    def __init__(self, accel: str) -> None:
         from pc_guest import PcGuest
 
         from qtest.migration import AB_BOOTSECT, AB_PASSES_OFFSET
 
         image = bytearray(AB_BOOTSECT.read_bytes())
         struct.pack_into("<III", image, AB_PASSES_OFFSET, 1, MEM_START, MEM_END)  # guests/README.md
-        self.pc = PcGuest(bytes(image), 32 << 20)
+        self.pc = PcGuest(bytes(image), 32 << 20, accel=accel)
         self.vm, self.vcpu = self.pc.vm, self.pc.vcpu
 
     def bs(self) -> int:
@@ -263,9 +264,9 @@ class Guest:
         self.pc.close()
 
 
-@pytest.fixture
-def guest():
-    g = Guest()
+@pytest.fixture(params=accel_params())
+def guest(request):
+    g = Guest(request.param)
     yield g
     g.close()
 
