@@ -25,6 +25,7 @@ _Static_assert(KVM_CORE_EXIT_SHUTDOWN == KVM_EXIT_SHUTDOWN, "the kernel's value"
 _Static_assert(KVM_CORE_EXIT_FAIL_ENTRY == KVM_EXIT_FAIL_ENTRY, "the kernel's value");
 _Static_assert(KVM_CORE_EXIT_INTR == KVM_EXIT_INTR, "the kernel's value");
 _Static_assert(KVM_CORE_EXIT_INTERNAL_ERROR == KVM_EXIT_INTERNAL_ERROR, "the kernel's value");
+_Static_assert(KVM_CORE_EXIT_DIRTY_RING_FULL == KVM_EXIT_DIRTY_RING_FULL, "the kernel's value");
 _Static_assert(KVM_CORE_IO_IN == KVM_EXIT_IO_IN && KVM_CORE_IO_OUT == KVM_EXIT_IO_OUT, "the kernel's values");
 _Static_assert(sizeof(((kvm_core_exit *)0)->data) == KVM_CORE_IO_DATA_MAX, "data holds the cap");
 
@@ -44,6 +45,10 @@ struct kvm_core_vcpu {
     size_t run_size;            /* their length (KVM_GET_VCPU_MMAP_SIZE) */
     uint32_t pending_in;        /* bytes of the IN awaiting kvm_vcpu_complete_in (0: none) */
     uint32_t pending_mmio;      /* bytes of the MMIO read awaiting completion (0: none) */
+    struct kvm_dirty_gfn *ring; /* the mmapped dirty ring (NULL: none) */
+    uint32_t ring_entries;      /* its entries (a power of two) */
+    uint32_t ring_fetch;        /* the next entry to look at */
+    pthread_mutex_t ring_lock;  /* serialises harvests */
 };
 
 /* A mapped slot: which VM, which slot, how many pages (0: free record). */
@@ -253,7 +258,66 @@ static int map_run(kvm_vcpu *vcpu, int kvm_fd)
     return 0;
 }
 
-kvm_vcpu *kvm_vcpu_new(int kvm_fd, int vm_fd, int index)
+int kvm_enable_dirty_ring(int vm_fd, uint32_t entries)
+{
+    if (entries == 0 || (entries & (entries - 1)) || entries > (1U << 24)) {
+        return -EINVAL;
+    }
+    struct kvm_enable_cap cap = { .cap = KVM_CAP_DIRTY_LOG_RING };
+    cap.args[0] = (uint64_t)entries * sizeof(struct kvm_dirty_gfn);
+    return xioctl(vm_fd, KVM_ENABLE_CAP, &cap);
+}
+
+int kvm_reset_dirty_rings(int vm_fd)
+{
+    return xioctl(vm_fd, KVM_RESET_DIRTY_RINGS, NULL);
+}
+
+/* Maps the dirty ring of vcpu->fd (ring_entries entries) into vcpu. */
+static int map_ring(kvm_vcpu *vcpu, uint32_t ring_entries)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    size_t bytes = (size_t)ring_entries * sizeof(struct kvm_dirty_gfn);
+    void *ring = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu->fd,
+                      (off_t)page * KVM_DIRTY_LOG_PAGE_OFFSET);
+    if (ring == MAP_FAILED) {
+        return -errno;
+    }
+    vcpu->ring = ring;
+    vcpu->ring_entries = ring_entries;
+    return 0;
+}
+
+int64_t kvm_vcpu_harvest_ring(kvm_vcpu *vcpu, uint64_t *const *bitmaps, const uint64_t *pages, uint32_t nslots)
+{
+    if (vcpu == NULL || (nslots && (bitmaps == NULL || pages == NULL))) {
+        return -EINVAL;
+    }
+    if (vcpu->ring == NULL) {
+        return -ENXIO;
+    }
+    pthread_mutex_lock(&vcpu->ring_lock);
+    int64_t n = 0;
+    for (;;) {
+        struct kvm_dirty_gfn *e = &vcpu->ring[vcpu->ring_fetch & (vcpu->ring_entries - 1)];
+        /* acquire: the slot and offset were written before the kernel published the entry */
+        if (!(__atomic_load_n(&e->flags, __ATOMIC_ACQUIRE) & KVM_DIRTY_GFN_F_DIRTY)) {
+            break;
+        }
+        uint32_t slot = e->slot & 0xffff;  /* the high half is the address space: always 0 here */
+        uint64_t off = e->offset;
+        if ((e->slot >> 16) == 0 && slot < nslots && bitmaps[slot] != NULL && off < pages[slot]) {
+            bitmaps[slot][off / 64] |= 1ULL << (off % 64);
+        }
+        __atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
+        vcpu->ring_fetch++;
+        n++;
+    }
+    pthread_mutex_unlock(&vcpu->ring_lock);
+    return n;
+}
+
+kvm_vcpu *kvm_vcpu_new(int kvm_fd, int vm_fd, int index, uint32_t ring_entries)
 {
     if (index < 0 || index >= KVM_CORE_MAX_VCPUS || index >= max_vcpu_ids(vm_fd)) {
         errno = EINVAL;
@@ -264,8 +328,12 @@ kvm_vcpu *kvm_vcpu_new(int kvm_fd, int vm_fd, int index)
         errno = ENOMEM;
         return NULL;
     }
+    pthread_mutex_init(&vcpu->ring_lock, NULL);
     vcpu->fd = ioctl(vm_fd, KVM_CREATE_VCPU, (unsigned long)index);
     int rc = vcpu->fd < 0 ? -errno : map_run(vcpu, kvm_fd);
+    if (rc == 0 && ring_entries) {
+        rc = map_ring(vcpu, ring_entries);
+    }
     if (rc == 0) {
         rc = set_supported_cpuid(kvm_fd, vcpu->fd);
     }
@@ -285,6 +353,10 @@ void kvm_vcpu_free(kvm_vcpu *vcpu)
     if (vcpu->run != NULL) {
         munmap(vcpu->run, vcpu->run_size);
     }
+    if (vcpu->ring != NULL) {
+        munmap(vcpu->ring, (size_t)vcpu->ring_entries * sizeof(struct kvm_dirty_gfn));
+    }
+    pthread_mutex_destroy(&vcpu->ring_lock);
     if (vcpu->fd >= 0) {
         close(vcpu->fd);
     }

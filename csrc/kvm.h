@@ -42,6 +42,7 @@
 #define KVM_CORE_EXIT_FAIL_ENTRY 9
 #define KVM_CORE_EXIT_INTR 10
 #define KVM_CORE_EXIT_INTERNAL_ERROR 17
+#define KVM_CORE_EXIT_DIRTY_RING_FULL 31
 /* Directions of port I/O (KVM_EXIT_IO_IN / _OUT). */
 #define KVM_CORE_IO_IN 0
 #define KVM_CORE_IO_OUT 1
@@ -130,9 +131,23 @@ int kvm_set_memory(int vm_fd, uint32_t slot, uint64_t guest_phys, uint64_t size,
  * every page of the slot (-ENOSPC otherwise). */
 int kvm_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap, uint64_t words);
 
-/* Creates vCPU `index` of the VM, maps its kvm_run page and gives it the host's supported CPUID.
- * NULL with errno set on failure (EINVAL for an index out of range). */
-kvm_vcpu *kvm_vcpu_new(int kvm_fd, int vm_fd, int index);
+/* KVM_CAP_DIRTY_LOG_RING with `entries` (a power of two) per vCPU: must come before the first
+ * vCPU; KVM_GET_DIRTY_LOG is then refused and dirty pages are read from the rings
+ * (kvm_vcpu_harvest_ring). */
+int kvm_enable_dirty_ring(int vm_fd, uint32_t entries);
+/* KVM_RESET_DIRTY_RINGS: write-protects again the pages harvested since the last reset (returns
+ * how many). */
+int kvm_reset_dirty_rings(int vm_fd);
+
+/* Creates vCPU `index` of the VM, maps its kvm_run page (and its dirty ring of ring_entries
+ * entries, as given to kvm_enable_dirty_ring; 0 without a ring) and gives it the host's supported
+ * CPUID. NULL with errno set on failure (EINVAL for an index out of range). */
+kvm_vcpu *kvm_vcpu_new(int kvm_fd, int vm_fd, int index, uint32_t ring_entries);
+/* Collects the vCPU's dirty-ring entries: an entry of slot s (< nslots) at page offset o
+ * (< pages[s]) sets bit o of bitmaps[s] (NULL: ignored); every entry is marked for reset (then call
+ * kvm_reset_dirty_rings). Any thread; calls on one vCPU are serialised. Returns the entries
+ * collected, -ENXIO without a ring. */
+int64_t kvm_vcpu_harvest_ring(kvm_vcpu *vcpu, uint64_t *const *bitmaps, const uint64_t *pages, uint32_t nslots);
 /* Unmaps and closes a vCPU; NULL does nothing. */
 void kvm_vcpu_free(kvm_vcpu *vcpu);
 int kvm_vcpu_get_regs(kvm_vcpu *vcpu, kvm_core_regs *out);

@@ -31,6 +31,7 @@ EXIT_NAMES = {
     lib.KVM_CORE_EXIT_FAIL_ENTRY: "fail-entry",
     lib.KVM_CORE_EXIT_INTR: "intr",
     lib.KVM_CORE_EXIT_INTERNAL_ERROR: "internal-error",
+    lib.KVM_CORE_EXIT_DIRTY_RING_FULL: "dirty-ring-full",
 }
 #: The segment registers of :meth:`KvmVcpu.sregs` (dicts of base, limit, selector, type...).
 SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
@@ -162,6 +163,20 @@ class KvmVm:
         self.fd = fd
         self._blocks: dict[int, RamBlock] = {}  # keeps mapped blocks alive
         self._vcpus: list[KvmVcpu] = []
+        self.ring_entries = 0  # dirty-ring entries per vCPU (0: dirty bitmaps)
+
+    def enable_dirty_ring(self, entries: int) -> None:
+        """KVM_CAP_DIRTY_LOG_RING, ``entries`` (a power of two) per vCPU, before any vCPU:
+        dirty pages are then harvested from the vCPUs' rings, not read with :meth:`dirty_log`."""
+        if self._vcpus:
+            raise _bad("the dirty ring must be enabled before the first vCPU")
+        _check(lib.kvm_enable_dirty_ring(self._fd(), entries), f"enabling a dirty ring of {entries} entries")
+        self.ring_entries = entries
+
+    def reset_dirty_rings(self) -> int:
+        """KVM_RESET_DIRTY_RINGS: the pages harvested since the last reset are write-protected
+        again (so their next write is logged); returns how many."""
+        return _check(lib.kvm_reset_dirty_rings(self._fd()), "KVM_RESET_DIRTY_RINGS")
 
     def map(self, slot: int, guest_phys: int, block_or_host_addr: RamBlock | int, size: int | None = None,
             log_dirty: bool = False, readonly: bool = False) -> None:
@@ -206,7 +221,7 @@ class KvmVm:
         """Creates vCPU ``index`` (with the host's supported CPUID)."""
         if not 0 <= index < lib.KVM_CORE_MAX_VCPUS:
             raise _bad(f"vCPU index {index} out of range")
-        ptr = lib.kvm_vcpu_new(self.kvm._fd(), self._fd(), index)
+        ptr = lib.kvm_vcpu_new(self.kvm._fd(), self._fd(), index, self.ring_entries)
         if ptr == ffi.NULL:
             err = ffi.errno or errno.EIO
             raise KvmError(err, f"vCPU {index}: {os.strerror(err)}")
@@ -342,6 +357,19 @@ class KvmVcpu:
         if not 0 <= vector <= 255:
             raise _bad(f"interrupt vector {vector}")
         _check(lib.kvm_vcpu_inject_irq(self._vcpu(), vector), "KVM_INTERRUPT")
+
+    def harvest_ring(self, bitmaps: list[ndarray | None]) -> int:
+        """Collects the dirty ring (any thread): an entry for page ``o`` of slot ``s`` sets bit
+        ``o`` of ``bitmaps[s]`` (uint64 words; None or a short list: dropped); returns the entries
+        collected. :meth:`KvmVm.reset_dirty_rings` then re-arms their pages."""
+        n = len(bitmaps)
+        ptrs = ffi.new("uint64_t *[]", max(n, 1))
+        pages = ffi.new("uint64_t[]", max(n, 1))
+        for i, bits in enumerate(bitmaps):
+            if bits is not None:
+                ptrs[i] = ffi.cast("uint64_t *", ffi.from_buffer(bits))
+                pages[i] = len(bits) * 64
+        return _check(lib.kvm_vcpu_harvest_ring(self._vcpu(), ptrs, pages, n), "harvesting the dirty ring")
 
     def set_immediate_exit(self, on: bool) -> None:
         """Thread-safe kick: with ``on`` the next ``KVM_RUN`` returns at once (an ``intr`` exit);

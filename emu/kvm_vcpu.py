@@ -5,7 +5,11 @@ of its :class:`emu.ram.RamBlock` (qtest, QMP and migration see what the guest se
 PAM's read-only RAM are read-only slots, whose writes come back as MMIO exits. Writable slots
 keep KVM's dirty log, merged into the block's dirty bitmap whenever that bitmap is read
 (:attr:`emu.ram.RamBlock.dirty_sources`), so precopy, multifd, XBZRLE and auto-converge work as
-under TCG.
+under TCG. With ``-accel kvm,dirty-ring-size=N`` the pages come from the vCPU's dirty ring instead
+(harvested by a reaper thread, at each read of a bitmap and at each dirty-ring-full exit, then
+re-armed with KVM_RESET_DIRTY_RINGS), which also counts the vCPU's own dirty pages
+(``dirty_pages``, for the ``dirty-ring`` dirty-rate measurement) and lets a dirty-page limit slow
+the vCPU: pages written beyond the limit are paid for with sleeps before the guest runs again.
 
 Exits: port I/O goes to the ``io`` address space and MMIO to the memory API's dispatch, under the
 machine lock, as the Unicorn vCPU's hooks do; ``hlt`` halts the vCPU until an interrupt; a triple
@@ -26,7 +30,10 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from emu import kvm_state
 from emu.cpu_state import MSRS
@@ -39,6 +46,8 @@ if TYPE_CHECKING:
 
 #: KVM_INTERNAL_ERROR_EMULATION, the suberror QEMU names
 INTERNAL_ERROR_EMULATION = 1
+#: the period of the dirty-rate measurement behind a dirty-page limit (QEMU's DIRTYLIMIT_CALC_TIME_MS)
+DIRTYLIMIT_CALC_TIME_NS = 1_000_000_000
 
 
 class KvmVCPU(VcpuControl):
@@ -49,16 +58,25 @@ class KvmVCPU(VcpuControl):
 
     def __init__(self, vm: VM, entry: int = 0x7C00, dl: int = 0x80, dirty_ring_size: int = 0) -> None:
         super().__init__(vm)
-        if dirty_ring_size:
-            raise VCPUError("the KVM dirty ring is not implemented yet")
         self.entry, self.dl = entry, dl
         self._want_irq = False  # an interrupt waits for injection
         self._ident: int | None = None  # the vCPU thread's pthread id (for the kick signal)
         self._slots: dict[RamBlock, list[tuple[int, int, int]]] = {}  # block -> (slot, first page, pages)
+        #: dirty ring (``-accel kvm,dirty-ring-size=N``): per-slot harvest bitmaps, one harvest at a time
+        self.dirty_ring_size = dirty_ring_size
+        self._ring_bits: list[np.ndarray | None] = []
+        self._ring_lock = threading.Lock()
+        #: pages harvested from the dirty ring so far (QEMU's ``cpu->dirty_pages``)
+        self.dirty_pages = 0
+        #: the dirty-page limit in MiB/s (0: none) and the last measured dirty rate (MiB/s)
+        self.dirty_limit = 0
+        self.current_rate = 0
         try:
             self._signal = kick_signal()
             self.kvm = Kvm()
             self.kvm_vm: KvmVm = self.kvm.create_vm()
+            if dirty_ring_size:
+                self.kvm_vm.enable_dirty_ring(dirty_ring_size)
             self._map_memory()
             self.cpu: KvmVcpu = self.kvm_vm.vcpu(0)
         except KvmError as e:
@@ -82,15 +100,22 @@ class KvmVCPU(VcpuControl):
             writable = fr.mr.kind == "ram" and not fr.readonly
             self.kvm_vm.map(slot, start, block.host_address + offset, size, log_dirty=writable,
                             readonly=not writable)
+            self._ring_bits.append(None)
             if writable:
                 if block not in self._slots:
                     self._slots[block] = []
                     block.dirty_sources.append(self._sync_dirty)
                 self._slots[block].append((slot, offset // PAGE_SIZE, size // PAGE_SIZE))
+                if self.dirty_ring_size:
+                    self._ring_bits[slot] = np.zeros((size // PAGE_SIZE + 63) // 64, dtype=np.uint64)
             slot += 1
 
     def _sync_dirty(self, block: RamBlock) -> None:
-        """KVM's dirty log of ``block``'s slots, merged into its bitmap (any thread)."""
+        """KVM's dirty log of ``block``'s slots, merged into its bitmap (any thread). With a
+        dirty ring, the ring is harvested (into every block)."""
+        if self.dirty_ring_size:
+            self.harvest()
+            return
         for slot, first, pages in self._slots.get(block, ()):
             try:
                 bits = self.kvm_vm.dirty_log(slot, pages)
@@ -99,6 +124,63 @@ class KvmVCPU(VcpuControl):
                     return  # closed at quit: nothing more is written
                 raise
             block.merge_dirty(first, bits, pages)
+
+    def harvest(self) -> int:
+        """Moves the dirty ring's entries into the RAM blocks' bitmaps and re-arms their pages
+        (QEMU's kvm_dirty_ring_reap); any thread. Returns the pages harvested."""
+        cpu = getattr(self, "cpu", None)
+        if cpu is None or self.kvm_vm.fd < 0:
+            return 0  # not made yet, or closed
+        with self._ring_lock:
+            n = cpu.harvest_ring(self._ring_bits)
+            if not n:
+                return 0
+            self.kvm_vm.reset_dirty_rings()
+            self.dirty_pages += n
+            for block, slots in self._slots.items():
+                for slot, first, pages in slots:
+                    bits = self._ring_bits[slot]
+                    assert bits is not None
+                    if bits.any():
+                        block.merge_dirty(first, bits, pages)
+                        bits[:] = 0
+            return n
+
+    def _reaper(self) -> None:
+        """The dirty-ring reaper thread (ring mode): harvests often enough that the ring never
+        overflows (some hosts' KVM let a running guest fill it past its soft limit without a
+        ring-full exit, which leaves the vCPU stuck), measures the vCPU's dirty rate once per
+        second (``current_rate``) and enforces :attr:`dirty_limit`: the pages written, at the
+        limit's rate, take until some time, and the vCPU does not run before it."""
+        period_start, period_pages = time.monotonic_ns(), self.dirty_pages
+        last_pages = self.dirty_pages
+        paid_until = period_start  # the writes so far, at the limit's rate, take until then
+        while not self._quit:
+            n = self.harvest()
+            now = time.monotonic_ns()
+            written = self.dirty_pages - last_pages  # this harvest's and the vCPU's own at ring-full exits
+            last_pages += written
+            limit = self.dirty_limit
+            if limit:
+                rate = limit * (1 << 20) / PAGE_SIZE  # pages per second
+                # at most 100 ms of unused allowance carries over
+                paid_until = max(paid_until, now - 100_000_000) + int(written / rate * 1e9)
+                if paid_until > now:
+                    self.sleep_until(paid_until)
+            else:
+                paid_until = now
+            if now - period_start >= DIRTYLIMIT_CALC_TIME_NS:
+                pages = self.dirty_pages - period_pages
+                self.current_rate = (pages * PAGE_SIZE >> 20) * 1_000_000_000 // (now - period_start)
+                period_start, period_pages = now, self.dirty_pages
+            # busy ring: look again soon; quiet ring: less often (a ring fills in milliseconds)
+            time.sleep(0.0005 if n > self.dirty_ring_size // 8 else 0.002)
+
+    def set_dirty_limit(self, rate: int) -> None:
+        """Limits the vCPU's dirty-page rate to ``rate`` MiB/s (0: no limit), as QEMU's dirtylimit."""
+        self.dirty_limit = max(0, int(rate))
+        if not self.dirty_limit:
+            self.cancel_sleep()
 
     def close(self) -> None:
         """Releases the VM (after :meth:`quit`); the blocks' last dirty pages are merged first."""
@@ -176,6 +258,11 @@ class KvmVCPU(VcpuControl):
     def _clear_kick(self) -> None:
         self.cpu.set_immediate_exit(False)
 
+    def start(self) -> None:
+        super().start()
+        if self.dirty_ring_size:
+            threading.Thread(target=self._reaper, name="kvm-dirty-ring-reaper", daemon=True).start()
+
     def _run(self) -> None:
         self._ident = threading.get_ident()
         try:
@@ -200,6 +287,8 @@ class KvmVCPU(VcpuControl):
                 self._mmio(ex)
             elif reason == "irq-window-open":
                 continue
+            elif reason == "dirty-ring-full":
+                self.harvest()
             elif reason == "intr":
                 return  # kicked: park if asked to, then run on
             elif reason == "hlt":

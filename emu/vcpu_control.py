@@ -77,6 +77,10 @@ class VcpuControl:
         self._pause_gen = 0  # bumped by every pause(): ends a throttle sleep in progress
         self.throttle_sleep_ns = 0  # total time spent in throttle sleeps
         self.throttle_sleeps = 0  # number of throttle sleeps begun
+        # A sleep asked for by a dirty-page limit (sleep_until): the monotonic time the vCPU may
+        # run again (0: none), taken before the next run
+        self._sleep_until = 0
+        self.penalty_sleep_ns = 0  # total time spent in those sleeps
 
     # ---- what the accelerator provides
     def _run_guest(self) -> None:
@@ -149,11 +153,45 @@ class VcpuControl:
                     # Clear the kick before looking at _throttle_due: the timer sets them in the
                     # other order, so a tick landing in between still stops the next run.
                     self._clear_kick()
-                    if not self._throttle_due:
+                    if not self._throttle_due and not self._sleep_until:
                         break
-                    self._throttle_sleep()  # then re-check everything: a pause may have come
+                    if self._throttle_due:
+                        self._throttle_sleep()
+                    if self._sleep_until:
+                        self._limit_sleep()
+                    # then re-check everything: a pause may have come
                 self._paused = False
             self._run_guest()
+
+    # ---- sleeps of a dirty-page limit
+    def sleep_until(self, deadline_ns: int) -> None:
+        """Keeps the vCPU from running guest code before ``deadline_ns`` (``time.monotonic_ns``;
+        any thread): a running vCPU is kicked. A pause, reset or quit ends the sleep;
+        :meth:`cancel_sleep` drops it."""
+        with self._cond:
+            if deadline_ns <= self._sleep_until:
+                return
+            self._sleep_until = deadline_ns
+        self._kick()
+
+    def cancel_sleep(self) -> None:
+        """Drops a requested sleep, and ends one in progress."""
+        with self._cond:
+            self._sleep_until = 0
+            self._cond.notify_all()
+
+    def _limit_sleep(self) -> None:
+        """The requested sleep, ``_cond`` held by the vCPU thread (waiting releases the machine
+        lock); a later deadline set meanwhile extends it."""
+        gen = self._pause_gen
+        start = time.monotonic_ns()
+        while self._sleep_until and not self._quit and self._pause_gen == gen:
+            left = self._sleep_until - time.monotonic_ns()
+            if left <= 0:
+                break
+            self._cond.wait(left / 1e9)
+        self._sleep_until = 0
+        self.penalty_sleep_ns += time.monotonic_ns() - start
 
     # ---- throttling (QEMU's cpu_throttle_set / cpu_throttle_stop)
     @property
