@@ -30,6 +30,7 @@ import numpy as np
 from emu.devices.migration_fault import MigrationSetupError
 from emu.migration import userfault
 from emu.migration.address import Inet, MigrationAddress, Socket
+from emu.migration.dirtyrate import DirtyRate
 from emu.migration.errors import MigrationCancelled, MigrationError
 from emu.migration.multifd import MultifdError, MultifdReceiver, MultifdSender
 from emu.migration.params import MigrationConfig
@@ -108,6 +109,7 @@ class MigrationManager(SourcePostcopy, DestinationPostcopy):
     def __init__(self, vm: Any, *, named_fds: Callable[[], Any], fdsets: Any,
                  fatal: Callable[[int], None], prog: str) -> None:
         self.vm = vm
+        self.dirtyrate = DirtyRate(vm)  # calc-dirty-rate and the vCPU dirty-page limit
         self.config = MigrationConfig(implemented=IMPLEMENTED_CAPABILITIES,
                                       postcopy_unsupported_reason=userfault.unsupported_reason)
         self.named_fds = named_fds

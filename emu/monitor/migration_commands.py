@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from emu.errors import QapiError
-from emu.migration import schema, schema_params, schema_state
+from emu.migration import dirtyrate, schema, schema_params, schema_state
 from emu.migration.address import MigrationAddress, MigrationAddressError, resolve_migrate_args
 from emu.migration.manager import MigrationError, MigrationManager
 from emu.monitor.protocol import CommandContext, CommandRegistry
@@ -119,6 +119,29 @@ def query_migrate_parameters(ctx: CommandContext, args: dict[str, Any]) -> dict[
     return _manager(ctx).config.query_parameters()
 
 
+def calc_dirty_rate(ctx: CommandContext, args: dict[str, Any]) -> None:
+    _manager(ctx).dirtyrate.calc(args)
+
+
+def query_dirty_rate(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
+    return _manager(ctx).dirtyrate.query(args.get("calc-time-unit", "second"))
+
+
+def set_vcpu_dirty_limit(ctx: CommandContext, args: dict[str, Any]) -> None:
+    if not args["dirty-rate"]:  # QEMU: 0 cancels
+        _manager(ctx).dirtyrate.cancel_limit(args)
+        return
+    _manager(ctx).dirtyrate.set_limit(args)
+
+
+def cancel_vcpu_dirty_limit(ctx: CommandContext, args: dict[str, Any]) -> None:
+    _manager(ctx).dirtyrate.cancel_limit(args)
+
+
+def query_vcpu_dirty_limit(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, int]]:
+    return _manager(ctx).dirtyrate.query_limit()
+
+
 #: The handlers by command name, in registration order (``query-commands`` reports it reversed).
 _HANDLERS = {
     "migrate": migrate, "migrate-incoming": migrate_incoming, "migrate_cancel": migrate_cancel,
@@ -126,7 +149,9 @@ _HANDLERS = {
     "migrate-set-capabilities": migrate_set_capabilities, "query-migrate-capabilities": query_migrate_capabilities,
     "migrate-set-parameters": migrate_set_parameters, "query-migrate-parameters": query_migrate_parameters,
     "migrate-start-postcopy": migrate_start_postcopy, "migrate-recover": migrate_recover,
-    "migrate-pause": migrate_pause,
+    "migrate-pause": migrate_pause, "calc-dirty-rate": calc_dirty_rate, "query-dirty-rate": query_dirty_rate,
+    "set-vcpu-dirty-limit": set_vcpu_dirty_limit, "cancel-vcpu-dirty-limit": cancel_vcpu_dirty_limit,
+    "query-vcpu-dirty-limit": query_vcpu_dirty_limit,
 }
 
 
@@ -135,6 +160,6 @@ def register(registry: CommandRegistry) -> None:
     defined = registry.schema.entities
     # an alternate the registry's schema already has (StrOrNull, once another module declared it) is not redefined
     registry.schema.extend(schema.SCHEMA + [e for e in schema_params.SCHEMA if e.get("alternate") not in defined]
-                           + schema_state.SCHEMA)
+                           + schema_state.SCHEMA + dirtyrate.SCHEMA)
     for name, handler in _HANDLERS.items():
         registry.command(name)(handler)

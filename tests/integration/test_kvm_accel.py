@@ -130,3 +130,85 @@ def test_live_migration_between_accelerators(tmp, src_accel, dst_accel):
         dst.qmp.cmd("stop")
         check_guests_ram(dst.qtest)
         assert (tmp / "dst-serial").read_bytes().startswith(b"B")  # no reboot: no 'A'
+
+
+def wait_measured(m: QTestMachine) -> dict:
+    """Polls query-dirty-rate until the measurement ends (as QEMU's migration-test does)."""
+    while True:
+        info = m.qmp.cmd("query-dirty-rate")
+        if info["status"] == "measured":
+            return info
+        assert info["status"] == "measuring", info
+
+
+@pytest.mark.parametrize("args,message", [
+    ({"calc-time": 0}, "Calculation time is out of range [50ms, 60000ms]."),
+    ({"calc-time": 61}, "Calculation time is out of range [50ms, 60000ms]."),
+    ({"calc-time": 49, "calc-time-unit": "millisecond"}, "Calculation time is out of range [50ms, 60000ms]."),
+    ({"calc-time": 1, "sample-pages": 127}, "sample-pages is out of range[128, 16384]."),
+    ({"calc-time": 1, "sample-pages": 512, "mode": "dirty-ring"}, "sample-pages is used only in page-sampling mode"),
+    ({"calc-time": 1, "mode": "dirty-ring"}, "mode dirty-ring is not enabled, use other method instead."),
+])
+def test_calc_dirty_rate_refusals_under_tcg(args, message):
+    with QTestMachine(BIN, ["-M", "none"]) as m:
+        with pytest.raises(Exception, match=message.replace("[", r"\[").replace(".", r"\.")):
+            m.qmp.cmd("calc-dirty-rate", **args)
+        assert m.qmp.cmd("query-dirty-rate") == {"status": "unstarted", "start-time": 0, "calc-time": 0,
+                                                 "calc-time-unit": "second", "sample-pages": 0,
+                                                 "mode": "page-sampling"}
+
+
+def test_dirty_limit_needs_the_dirty_ring():
+    with QTestMachine(BIN, ["-M", "none"]) as m:
+        with pytest.raises(Exception, match="dirty page limit feature requires KVM with accelerator "
+                                            "property 'dirty-ring-size' set'"):
+            m.qmp.cmd("set-vcpu-dirty-limit", **{"dirty-rate": 10})
+        assert m.qmp.cmd("cancel-vcpu-dirty-limit") == {}
+        assert m.qmp.cmd("query-vcpu-dirty-limit") == []
+
+
+def test_page_sampling_measures_a_running_guest(tmp):
+    """The A-B guest (TCG) rewrites every page of 99 MiB per pass: sampled pages change."""
+    with QTestMachine(BIN, ab_args(tmp, "tcg", "g")) as m:
+        wait_for_serial(tmp / "g-serial", timeout=60)
+        m.qmp.cmd("calc-dirty-rate", **{"calc-time": 200, "calc-time-unit": "millisecond"})
+        info = wait_measured(m)
+        assert info["mode"] == "page-sampling" and info["sample-pages"] == 512
+        assert info["dirty-rate"] > 0 and info["calc-time"] == 0  # 200 ms, in seconds
+        assert m.qmp.cmd("query-dirty-rate", **{"calc-time-unit": "millisecond"})["calc-time"] >= 200
+        m.qmp.cmd("stop")
+        m.qmp.cmd("calc-dirty-rate", **{"calc-time": 100, "calc-time-unit": "millisecond", "sample-pages": 1024})
+        assert wait_measured(m)["dirty-rate"] == 0  # a stopped guest writes nothing
+
+
+@needs_kvm
+def test_dirty_ring_rate_and_vcpu_dirty_limit(tmp):
+    """QEMU's vcpu_dirty_limit shape: the ring measures the guest's rate, a limit of half of it
+    brings it under (within QEMU's 25 MB/s tolerance), cancelling lets it go back up."""
+    args = ab_args(tmp, "kvm,dirty-ring-size=4096", "g")
+    with QTestMachine(BIN, args) as m:
+        wait_for_serial(tmp / "g-serial", timeout=60)
+        m.qmp.cmd("calc-dirty-rate", **{"calc-time": 1, "mode": "dirty-ring"})
+        info = wait_measured(m)
+        assert info["sample-pages"] == 0 and info["mode"] == "dirty-ring"
+        [vcpu] = info["vcpu-dirty-rate"]
+        origin = vcpu["dirty-rate"]
+        assert vcpu["id"] == 0 and origin == info["dirty-rate"] > 0
+        with pytest.raises(Exception, match="incorrect cpu index specified"):
+            m.qmp.cmd("set-vcpu-dirty-limit", **{"cpu-index": 1, "dirty-rate": origin // 2})
+        m.qmp.cmd("set-vcpu-dirty-limit", **{"dirty-rate": origin // 2})
+        assert [e["limit-rate"] for e in m.qmp.cmd("query-vcpu-dirty-limit")] == [origin // 2]
+        for _ in range(10):
+            m.qmp.cmd("calc-dirty-rate", **{"calc-time": 1, "mode": "dirty-ring"})
+            if wait_measured(m)["dirty-rate"] < origin // 2 + 25:
+                break
+        else:
+            pytest.fail("the limit never took effect")
+        m.qmp.cmd("cancel-vcpu-dirty-limit")
+        assert m.qmp.cmd("query-vcpu-dirty-limit") == []
+        for _ in range(10):
+            m.qmp.cmd("calc-dirty-rate", **{"calc-time": 1, "mode": "dirty-ring"})
+            if wait_measured(m)["dirty-rate"] > origin // 2 + 25:
+                break
+        else:
+            pytest.fail("the rate never went back up")
