@@ -6,12 +6,14 @@
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 _Static_assert(KVM_CORE_LOG_DIRTY == KVM_MEM_LOG_DIRTY_PAGES, "the kernel's value");
@@ -315,6 +317,153 @@ int64_t kvm_vcpu_harvest_ring(kvm_vcpu *vcpu, uint64_t *const *bitmaps, const ui
     }
     pthread_mutex_unlock(&vcpu->ring_lock);
     return n;
+}
+
+struct kvm_core_reaper {
+    kvm_vcpu *vcpu;
+    int vm_fd;
+    uint32_t nslots;
+    uint32_t interval_us;
+    uint64_t *pages;            /* per slot */
+    uint64_t **bits;            /* per slot, pages bits (NULL: not logged) */
+    uint64_t total;             /* pages harvested since the start (atomic) */
+    int stop;                   /* atomic */
+    pthread_mutex_t lock;       /* bits */
+    pthread_t thread;
+};
+
+/* One harvest into the reaper's bitmaps, lock held; re-arms what was harvested. */
+static int64_t reap_locked(kvm_reaper *r)
+{
+    int64_t n = kvm_vcpu_harvest_ring(r->vcpu, r->bits, r->pages, r->nslots);
+    if (n > 0) {
+        int rc = kvm_reset_dirty_rings(r->vm_fd);
+        __atomic_add_fetch(&r->total, (uint64_t)n, __ATOMIC_RELAXED);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    return n;
+}
+
+static void *reaper_thread(void *opaque)
+{
+    kvm_reaper *r = opaque;
+    while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+        pthread_mutex_lock(&r->lock);
+        int64_t n = reap_locked(r);
+        pthread_mutex_unlock(&r->lock);
+        /* a busy ring is looked at again soon: at full speed a guest fills it in milliseconds */
+        uint32_t us = n > (int64_t)(r->vcpu->ring_entries / 8) ? r->interval_us / 5 : r->interval_us;
+        struct timespec ts = { .tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+static void reaper_free(kvm_reaper *r)
+{
+    if (r->bits != NULL) {
+        for (uint32_t i = 0; i < r->nslots; i++) {
+            free(r->bits[i]);
+        }
+    }
+    free(r->bits);
+    free(r->pages);
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+}
+
+kvm_reaper *kvm_reaper_start(kvm_vcpu *vcpu, int vm_fd, const uint64_t *pages, uint32_t nslots,
+                             uint32_t interval_us)
+{
+    if (vcpu == NULL || vcpu->ring == NULL || (nslots && pages == NULL) || interval_us == 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    kvm_reaper *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    pthread_mutex_init(&r->lock, NULL);
+    r->vcpu = vcpu, r->vm_fd = vm_fd, r->nslots = nslots, r->interval_us = interval_us;
+    r->pages = calloc(nslots ? nslots : 1, sizeof(uint64_t));
+    r->bits = calloc(nslots ? nslots : 1, sizeof(uint64_t *));
+    if (r->pages == NULL || r->bits == NULL) {
+        reaper_free(r);
+        errno = ENOMEM;
+        return NULL;
+    }
+    for (uint32_t i = 0; i < nslots; i++) {
+        r->pages[i] = pages[i];
+        if (pages[i] && (r->bits[i] = calloc((pages[i] + 63) / 64, sizeof(uint64_t))) == NULL) {
+            reaper_free(r);
+            errno = ENOMEM;
+            return NULL;
+        }
+    }
+    /* Real-time priority where allowed: a reaper held up for the few milliseconds a busy guest
+     * takes to fill the ring lets it overflow (see kvm_reaper_start in kvm.h); else a normal one. */
+    pthread_attr_t attr;
+    struct sched_param prio = { .sched_priority = 1 };
+    pthread_attr_init(&attr);
+    pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
+    pthread_attr_setschedpolicy(&attr, SCHED_FIFO);
+    pthread_attr_setschedparam(&attr, &prio);
+    int rc = pthread_create(&r->thread, &attr, reaper_thread, r);
+    pthread_attr_destroy(&attr);
+    if (rc == EPERM) {
+        rc = pthread_create(&r->thread, NULL, reaper_thread, r);
+    }
+    if (rc != 0) {
+        reaper_free(r);
+        errno = rc;
+        return NULL;
+    }
+    return r;
+}
+
+int64_t kvm_reaper_collect(kvm_reaper *r, uint64_t *const *out)
+{
+    if (r == NULL || (r->nslots && out == NULL)) {
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&r->lock);
+    int64_t rc = reap_locked(r);
+    int64_t moved = 0;
+    for (uint32_t i = 0; i < r->nslots; i++) {
+        if (r->bits[i] == NULL) {
+            continue;
+        }
+        for (uint64_t w = 0; w < (r->pages[i] + 63) / 64; w++) {
+            uint64_t v = r->bits[i][w];
+            if (v) {
+                if (out[i] != NULL) {
+                    out[i][w] |= v;
+                }
+                moved += __builtin_popcountll(v);
+                r->bits[i][w] = 0;
+            }
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc < 0 ? rc : moved;
+}
+
+uint64_t kvm_reaper_total(kvm_reaper *r)
+{
+    return r == NULL ? 0 : __atomic_load_n(&r->total, __ATOMIC_RELAXED);
+}
+
+void kvm_reaper_stop(kvm_reaper *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    __atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
+    pthread_join(r->thread, NULL);
+    reaper_free(r);
 }
 
 kvm_vcpu *kvm_vcpu_new(int kvm_fd, int vm_fd, int index, uint32_t ring_entries)

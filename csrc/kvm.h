@@ -183,6 +183,22 @@ void kvm_vcpu_request_interrupt_window(kvm_vcpu *vcpu, int on);
 int kvm_vcpu_ready_for_interrupt(kvm_vcpu *vcpu);
 /* KVM_INTERRUPT: queues external interrupt `vector` (0..255) for the next entry. */
 int kvm_vcpu_inject_irq(kvm_vcpu *vcpu, uint32_t vector);
+/* A dirty-ring reaper: a thread (real-time priority where allowed) that harvests one vCPU's ring
+ * every interval_us (a fifth of it while the ring is busy) into bitmaps of its own and re-arms the
+ * pages (KVM_RESET_DIRTY_RINGS), so that the ring does not overflow whatever the caller's threads
+ * are doing: some hosts' KVM (software-assisted, like PVM) let a running guest push entries past
+ * the soft limit without a ring-full exit, and an overflowed ring leaves the vCPU stuck for good. pages[s] is slot s's page
+ * count (0: not logged). NULL with errno set on failure. */
+typedef struct kvm_core_reaper kvm_reaper;
+kvm_reaper *kvm_reaper_start(kvm_vcpu *vcpu, int vm_fd, const uint64_t *pages, uint32_t nslots,
+                             uint32_t interval_us);
+/* Harvests once more, then moves the reaper's bitmaps into out[s] (ORed; NULL: dropped; each
+ * holding pages[s] bits as given to kvm_reaper_start). Returns the pages moved, or -errno. */
+int64_t kvm_reaper_collect(kvm_reaper *r, uint64_t *const *out);
+/* Every page harvested since the start (the vCPU's dirty page count). */
+uint64_t kvm_reaper_total(kvm_reaper *r);
+/* Stops and joins the thread, frees the reaper; NULL does nothing. */
+void kvm_reaper_stop(kvm_reaper *r);
 /* run->immediate_exit, safe to call from another thread: with on, the next KVM_RUN returns at
  * once (reason KVM_CORE_EXIT_INTR) without entering the guest. To stop a run already inside the
  * guest, set it and then send the vCPU thread a signal (the signal makes KVM_RUN return EINTR;

@@ -371,6 +371,16 @@ class KvmVcpu:
                 pages[i] = len(bits) * 64
         return _check(lib.kvm_vcpu_harvest_ring(self._vcpu(), ptrs, pages, n), "harvesting the dirty ring")
 
+    def start_reaper(self, vm: KvmVm, pages: list[int], interval_us: int = 1000) -> KvmReaper:
+        """A C thread that harvests this vCPU's dirty ring every ``interval_us`` (faster while it
+        is busy) into bitmaps of its own: ``pages[s]`` pages for slot ``s`` (0: not logged)."""
+        arr = ffi.new("uint64_t[]", pages or [0])
+        ptr = lib.kvm_reaper_start(self._vcpu(), vm._fd(), arr, len(pages), interval_us)
+        if ptr == ffi.NULL:
+            err = ffi.errno or errno.EIO
+            raise KvmError(err, f"dirty-ring reaper: {os.strerror(err)}")
+        return KvmReaper(ptr, self)
+
     def set_immediate_exit(self, on: bool) -> None:
         """Thread-safe kick: with ``on`` the next ``KVM_RUN`` returns at once (an ``intr`` exit);
         to stop a run already in the guest, also signal its thread. Clear it before resuming."""
@@ -386,6 +396,37 @@ class KvmVcpu:
         if self._ptr is None:
             raise KvmError(errno.EBADF, f"vCPU {self.index} is closed")
         return self._ptr
+
+
+class KvmReaper:
+    """A running dirty-ring reaper (:meth:`KvmVcpu.start_reaper`); :meth:`stop` it before the
+    vCPU is closed."""
+
+    def __init__(self, ptr: Any, vcpu: KvmVcpu) -> None:
+        self._ptr: Any = ptr
+        self._vcpu = vcpu  # the reaper reads its ring: keep it alive
+
+    def collect(self, bitmaps: list[ndarray | None]) -> int:
+        """Harvests once more and ORs the pages reaped so far into ``bitmaps[s]`` (uint64 words
+        of at least the slot's pages; None: dropped); returns how many pages were moved."""
+        if self._ptr is None:
+            return 0
+        ptrs = ffi.new("uint64_t *[]", max(len(bitmaps), 1))
+        for i, bits in enumerate(bitmaps):
+            if bits is not None:
+                ptrs[i] = ffi.cast("uint64_t *", ffi.from_buffer(bits))
+        return _check(lib.kvm_reaper_collect(self._ptr, ptrs), "collecting the dirty ring")
+
+    @property
+    def total(self) -> int:
+        """Pages harvested since the start."""
+        return int(lib.kvm_reaper_total(self._ptr)) if self._ptr is not None else 0
+
+    def stop(self) -> None:
+        """Stops and joins the thread."""
+        if self._ptr is not None:
+            lib.kvm_reaper_stop(self._ptr)
+            self._ptr = None
 
 
 def kick_signal() -> int:

@@ -6,8 +6,8 @@ PAM's read-only RAM are read-only slots, whose writes come back as MMIO exits. W
 keep KVM's dirty log, merged into the block's dirty bitmap whenever that bitmap is read
 (:attr:`emu.ram.RamBlock.dirty_sources`), so precopy, multifd, XBZRLE and auto-converge work as
 under TCG. With ``-accel kvm,dirty-ring-size=N`` the pages come from the vCPU's dirty ring instead
-(harvested by a reaper thread, at each read of a bitmap and at each dirty-ring-full exit, then
-re-armed with KVM_RESET_DIRTY_RINGS), which also counts the vCPU's own dirty pages
+(reaped continuously by a C thread that re-arms them with KVM_RESET_DIRTY_RINGS, collected at
+each read of a bitmap and at each dirty-ring-full exit), which also counts the vCPU's own dirty pages
 (``dirty_pages``, for the ``dirty-ring`` dirty-rate measurement) and lets a dirty-page limit slow
 the vCPU: pages written beyond the limit are paid for with sleeps before the guest runs again.
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from emu import kvm_state
 from emu.cpu_state import MSRS
-from emu.kvm_core import Exit, Kvm, KvmError, KvmVcpu, KvmVm, kick_signal
+from emu.kvm_core import Exit, Kvm, KvmError, KvmReaper, KvmVcpu, KvmVm, kick_signal
 from emu.ram import PAGE_SIZE, RamBlock
 from emu.vcpu_control import VcpuControl, VCPUError
 
@@ -62,12 +62,12 @@ class KvmVCPU(VcpuControl):
         self._want_irq = False  # an interrupt waits for injection
         self._ident: int | None = None  # the vCPU thread's pthread id (for the kick signal)
         self._slots: dict[RamBlock, list[tuple[int, int, int]]] = {}  # block -> (slot, first page, pages)
-        #: dirty ring (``-accel kvm,dirty-ring-size=N``): per-slot harvest bitmaps, one harvest at a time
+        #: dirty ring (``-accel kvm,dirty-ring-size=N``): the C reaper, per-slot bitmaps to collect
+        #: its pages into, one collection at a time
         self.dirty_ring_size = dirty_ring_size
+        self._reaper: KvmReaper | None = None
         self._ring_bits: list[np.ndarray | None] = []
         self._ring_lock = threading.Lock()
-        #: pages harvested from the dirty ring so far (QEMU's ``cpu->dirty_pages``)
-        self.dirty_pages = 0
         #: the dirty-page limit in MiB/s (0: none) and the last measured dirty rate (MiB/s)
         self.dirty_limit = 0
         self.current_rate = 0
@@ -79,6 +79,9 @@ class KvmVCPU(VcpuControl):
                 self.kvm_vm.enable_dirty_ring(dirty_ring_size)
             self._map_memory()
             self.cpu: KvmVcpu = self.kvm_vm.vcpu(0)
+            if dirty_ring_size:
+                pages = [len(b) * 64 if b is not None else 0 for b in self._ring_bits]
+                self._reaper = self.cpu.start_reaper(self.kvm_vm, pages)
         except KvmError as e:
             raise VCPUError(f"KVM: {e}") from None
         self.reset()
@@ -125,41 +128,42 @@ class KvmVCPU(VcpuControl):
                 raise
             block.merge_dirty(first, bits, pages)
 
+    @property
+    def dirty_pages(self) -> int:
+        """Pages harvested from the dirty ring so far (QEMU's ``cpu->dirty_pages``)."""
+        return self._reaper.total if self._reaper is not None else 0
+
     def harvest(self) -> int:
-        """Moves the dirty ring's entries into the RAM blocks' bitmaps and re-arms their pages
-        (QEMU's kvm_dirty_ring_reap); any thread. Returns the pages harvested."""
-        cpu = getattr(self, "cpu", None)
-        if cpu is None or self.kvm_vm.fd < 0:
-            return 0  # not made yet, or closed
+        """Moves the pages the reaper collected (and the ring's newest) into the RAM blocks'
+        bitmaps (QEMU's kvm_dirty_ring_reap); any thread. Returns the pages moved."""
+        if self._reaper is None:
+            return 0
         with self._ring_lock:
-            n = cpu.harvest_ring(self._ring_bits)
-            if not n:
-                return 0
-            self.kvm_vm.reset_dirty_rings()
-            self.dirty_pages += n
-            for block, slots in self._slots.items():
-                for slot, first, pages in slots:
-                    bits = self._ring_bits[slot]
-                    assert bits is not None
-                    if bits.any():
-                        block.merge_dirty(first, bits, pages)
-                        bits[:] = 0
+            n = self._reaper.collect(self._ring_bits)
+            if n:
+                for block, slots in self._slots.items():
+                    for slot, first, pages in slots:
+                        bits = self._ring_bits[slot]
+                        assert bits is not None
+                        if bits.any():
+                            block.merge_dirty(first, bits, pages)
+                            bits[:] = 0
             return n
 
-    def _reaper(self) -> None:
-        """The dirty-ring reaper thread (ring mode): harvests often enough that the ring never
-        overflows (some hosts' KVM let a running guest fill it past its soft limit without a
-        ring-full exit, which leaves the vCPU stuck), measures the vCPU's dirty rate once per
-        second (``current_rate``) and enforces :attr:`dirty_limit`: the pages written, at the
-        limit's rate, take until some time, and the vCPU does not run before it."""
-        period_start, period_pages = time.monotonic_ns(), self.dirty_pages
-        last_pages = self.dirty_pages
+    def _limiter(self) -> None:
+        """The dirty-limit thread (ring mode): measures the vCPU's dirty rate once per second
+        (``current_rate``) from the reaper's count and enforces :attr:`dirty_limit`: the pages
+        written, at the limit's rate, take until some time, and the vCPU does not run before it.
+        (The ring itself is emptied by the C reaper: some hosts' KVM let a running guest fill it
+        past its soft limit without a ring-full exit, which leaves the vCPU stuck for good, so it
+        is reaped from a thread that no Python lock can hold up.)"""
+        period_start = time.monotonic_ns()
+        period_pages = last_pages = self.dirty_pages
         paid_until = period_start  # the writes so far, at the limit's rate, take until then
         while not self._quit:
-            n = self.harvest()
-            now = time.monotonic_ns()
-            written = self.dirty_pages - last_pages  # this harvest's and the vCPU's own at ring-full exits
-            last_pages += written
+            time.sleep(0.002)
+            now, total = time.monotonic_ns(), self.dirty_pages
+            written, last_pages = total - last_pages, total
             limit = self.dirty_limit
             if limit:
                 rate = limit * (1 << 20) / PAGE_SIZE  # pages per second
@@ -170,11 +174,8 @@ class KvmVCPU(VcpuControl):
             else:
                 paid_until = now
             if now - period_start >= DIRTYLIMIT_CALC_TIME_NS:
-                pages = self.dirty_pages - period_pages
-                self.current_rate = (pages * PAGE_SIZE >> 20) * 1_000_000_000 // (now - period_start)
-                period_start, period_pages = now, self.dirty_pages
-            # busy ring: look again soon; quiet ring: less often (a ring fills in milliseconds)
-            time.sleep(0.0005 if n > self.dirty_ring_size // 8 else 0.002)
+                self.current_rate = ((total - period_pages) * PAGE_SIZE >> 20) * 1_000_000_000 // (now - period_start)
+                period_start, period_pages = now, total
 
     def set_dirty_limit(self, rate: int) -> None:
         """Limits the vCPU's dirty-page rate to ``rate`` MiB/s (0: no limit), as QEMU's dirtylimit."""
@@ -188,6 +189,9 @@ class KvmVCPU(VcpuControl):
             self._sync_dirty(block)
             block.dirty_sources.remove(self._sync_dirty)
         self._slots.clear()
+        if self._reaper is not None:
+            self._reaper.stop()  # before the vCPU whose ring it reads
+            self._reaper = None
         self.kvm_vm.close()
         self.kvm.close()
 
@@ -261,7 +265,7 @@ class KvmVCPU(VcpuControl):
     def start(self) -> None:
         super().start()
         if self.dirty_ring_size:
-            threading.Thread(target=self._reaper, name="kvm-dirty-ring-reaper", daemon=True).start()
+            threading.Thread(target=self._limiter, name="kvm-dirty-limit", daemon=True).start()
 
     def _run(self) -> None:
         self._ident = threading.get_ident()
