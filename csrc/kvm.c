@@ -804,6 +804,8 @@ int kvm_vcpu_run(kvm_vcpu *vcpu, kvm_core_exit *out)
         return mmio_exit(vcpu, out);
     case KVM_EXIT_INTERNAL_ERROR:
         out->error = run->internal.suberror;
+        out->ndata = run->internal.ndata < 16 ? run->internal.ndata : 16;
+        memcpy(out->idata, run->internal.data, out->ndata * sizeof(uint64_t));
         return 0;
     case KVM_EXIT_FAIL_ENTRY:
         out->error = run->fail_entry.hardware_entry_failure_reason;

@@ -107,6 +107,9 @@ typedef struct kvm_core_exit {
     uint8_t mmio_is_write;
     /* KVM_EXIT_INTERNAL_ERROR: suberror; KVM_EXIT_FAIL_ENTRY: hardware_entry_failure_reason */
     uint64_t error;
+    /* KVM_EXIT_INTERNAL_ERROR: the kernel's extra data (internal.data[0:ndata]) */
+    uint32_t ndata;
+    uint64_t idata[16];
     /* data[0:data_len]: OUT data (io) or written data (mmio); the rest is stale */
     uint8_t data[4096];
 } kvm_core_exit;

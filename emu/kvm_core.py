@@ -94,7 +94,8 @@ class Exit:
     ``reason``: a name of :data:`EXIT_NAMES` (``exit-N`` for others), ``code`` its number.
     io: ``direction`` ("in"/"out"), ``port``, ``size``, ``count``, ``total`` (size * count bytes),
     ``data`` (the OUT bytes, at most 4096 of string I/O), ``is_write`` for an OUT. mmio: ``phys_addr``, ``length``,
-    ``is_write``, ``data`` (the written bytes). internal-error: ``error`` is the suberror;
+    ``is_write``, ``data`` (the written bytes). internal-error: ``error`` is the suberror, ``extra``
+    the kernel's extra data;
     fail-entry: the hardware entry failure reason.
     """
 
@@ -110,6 +111,7 @@ class Exit:
     is_write: bool = False
     data: bytes = b""
     error: int = 0
+    extra: tuple[int, ...] = ()
 
 
 def _exit_from_c(out: Any) -> Exit:
@@ -124,6 +126,7 @@ def _exit_from_c(out: Any) -> Exit:
         ex.phys_addr, ex.length, ex.is_write = out.mmio_phys_addr, out.mmio_len, bool(out.mmio_is_write)
     elif code in (lib.KVM_CORE_EXIT_INTERNAL_ERROR, lib.KVM_CORE_EXIT_FAIL_ENTRY):
         ex.error = out.error
+        ex.extra = tuple(out.idata[i] for i in range(out.ndata))
     if out.data_len:
         ex.data = bytes(ffi.buffer(out.data, out.data_len))
     return ex

@@ -307,6 +307,7 @@ class KvmVCPU(VcpuControl):
                 return
             elif reason == "internal-error":
                 text = f"KVM internal error. Suberror: {ex.error}"
+                text += "".join(f"\nextra data[{i}]: {v:#018x}" for i, v in enumerate(ex.extra))
                 if ex.error == INTERNAL_ERROR_EMULATION:
                     text += "\nemulation failure"
                 self._fail(text)

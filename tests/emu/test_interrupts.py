@@ -1,12 +1,16 @@
-"""Interrupts into the vCPU: the 8259 PIC in real mode and the IOAPIC in flat protected mode.
+"""Interrupts into the vCPU (Unicorn and KVM): the 8259 PIC in real mode and the IOAPIC in flat
+protected mode. Under KVM they go in with KVM_INTERRUPT once the guest opens an interrupt window,
+and a guest halted in ``hlt`` wakes up.
 
 The guests are assembled with GNU binutils (the ``assemble`` fixture); the interrupt source is
 the i8042, as in QEMU's transcripts: ``outb 0x64 0xd2`` then ``outb 0x60 X`` raises IRQ 1."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from guest_asm import FLAT_CODE32, FLAT_DATA32, gdt
-from pc_guest import PcGuest
+from pc_guest import PcGuest, accel_params
 
 PIC_GUEST = r"""
 .code16
@@ -107,8 +111,8 @@ idt:
 
 
 class Run(PcGuest):
-    def __init__(self, image: bytes) -> None:
-        super().__init__(image, 64 << 20)
+    def __init__(self, image: bytes, accel: str) -> None:
+        super().__init__(image, 64 << 20, accel=accel)
 
     def wait_for(self, text: bytes, timeout: float = 30) -> None:
         self.wait_until(lambda out: text in out, timeout)
@@ -120,9 +124,13 @@ class Run(PcGuest):
 
 
 
+@pytest.mark.parametrize("accel", accel_params())
 @pytest.mark.parametrize("source,ready", [(PIC_GUEST, b"R"), (IOAPIC_GUEST, b"P")], ids=["pic-real-mode", "ioapic-flat-pm"])
-def test_keyboard_interrupt_reaches_the_guest_handler(assemble, source, ready):
-    run = Run(assemble(source))
+def test_keyboard_interrupt_reaches_the_guest_handler(assemble, source, ready, accel):
+    if accel == "kvm" and source is IOAPIC_GUEST and os.path.exists("/sys/module/kvm_pvm"):
+        pytest.skip("this host's KVM (PVM) cannot run a protected-mode iret of a non-paged guest: QEMU 7.2 "
+                    "stops there with the same 'KVM internal error. Suberror: 1' (see test_kvm_accel.py)")
+    run = Run(assemble(source), accel)
     try:
         run.wait_for(ready)
         for ch in b"XYZ":
@@ -133,8 +141,9 @@ def test_keyboard_interrupt_reaches_the_guest_handler(assemble, source, ready):
         run.close()
 
 
-def test_masked_pic_input_is_not_delivered(assemble):
-    run = Run(assemble(PIC_GUEST))
+@pytest.mark.parametrize("accel", accel_params())
+def test_masked_pic_input_is_not_delivered(assemble, accel):
+    run = Run(assemble(PIC_GUEST), accel)
     try:
         run.wait_for(b"R")
         with run.vm.lock:

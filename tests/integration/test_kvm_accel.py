@@ -212,3 +212,57 @@ def test_dirty_ring_rate_and_vcpu_dirty_limit(tmp):
                 break
         else:
             pytest.fail("the rate never went back up")
+
+
+JUMP_TO_MMIO_GUEST = r"""
+.code16
+start:
+    cli
+    xor %ax, %ax
+    mov %ax, %ds
+    lgdt gdtd
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmp $8, $pm
+.code32
+pm:
+    mov $16, %ax
+    mov %ax, %ds
+    mov %ax, %ss
+    mov $'J', %al
+    mov $0x3f8, %dx
+    out %al, %dx
+    mov $0xd0000000, %eax              # nothing is mapped there: KVM cannot fetch the code
+    jmp *%eax
+"""
+
+
+@needs_kvm
+def test_code_fetched_from_mmio_is_a_kvm_internal_error_as_in_qemu(tmp, assemble):
+    """KVM cannot run code outside memory slots: QEMU reports 'KVM internal error. Suberror: 1',
+    'emulation failure' and stops in internal-error, and so do we (QEMU 7.2 compared where installed)."""
+    from guest_asm import FLAT_CODE32, FLAT_DATA32, gdt  # noqa: I001 (tests/ is on the path)
+
+    image = tmp / "disk.img"
+    image.write_bytes(assemble(JUMP_TO_MMIO_GUEST + gdt(FLAT_CODE32, FLAT_DATA32) + ".org 510\n.byte 0x55, 0xaa\n")
+                      .ljust(1 << 20, b"\0"))
+    binaries = [BIN] + ([QEMU] if QEMU else [])
+    reports = []
+    for binary in binaries:
+        serial = tmp / f"serial-{len(binaries)}-{binary == BIN}"
+        args = ["-accel", "kvm", "-m", "64M", "-drive", f"file={image},format=raw", "-serial", f"file:{serial}"]
+        with QTestMachine(binary, args, accel_qtest=binary == BIN) as m:
+            m.qmp.wait_event("STOP", timeout=60)
+            status = m.qmp.cmd("query-status")  # (7.2 adds "singlestep")
+            assert (status["status"], status["running"]) == ("internal-error", False)
+            with pytest.raises(Exception, match="Resetting the Virtual Machine is required"):
+                m.qmp.cmd("cont")
+        assert serial.read_bytes() == b"J"
+        lines = m.stderr_text().splitlines()
+        first = lines.index("KVM internal error. Suberror: 1")
+        end = lines.index("emulation failure", first)
+        assert all(line.startswith("extra data[") for line in lines[first + 1:end])
+        reports.append(lines[first:end + 1])
+    if QEMU:  # the kernel's extra data included (QEMU then dumps the registers, which we do not)
+        assert reports[0] == reports[1]
