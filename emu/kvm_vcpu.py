@@ -66,6 +66,7 @@ class KvmVCPU(VcpuControl):
         #: its pages into, one collection at a time
         self.dirty_ring_size = dirty_ring_size
         self._reaper: KvmReaper | None = None
+        self._logged_pages = 0  # pages set in the dirty logs merged so far (no ring)
         self._ring_bits: list[np.ndarray | None] = []
         self._ring_lock = threading.Lock()
         #: the dirty-page limit in MiB/s (0: none) and the last measured dirty rate (MiB/s)
@@ -126,12 +127,15 @@ class KvmVCPU(VcpuControl):
                 if self.kvm_vm.fd < 0:
                     return  # closed at quit: nothing more is written
                 raise
-            block.merge_dirty(first, bits, pages)
+            n = block.merge_dirty(first, bits, pages)
+            with self._ring_lock:  # any thread syncs
+                self._logged_pages += n
 
     @property
     def dirty_pages(self) -> int:
-        """Pages harvested from the dirty ring so far (QEMU's ``cpu->dirty_pages``)."""
-        return self._reaper.total if self._reaper is not None else 0
+        """Pages KVM reported written so far: harvested from the dirty ring (QEMU's
+        ``cpu->dirty_pages``), or set in the dirty logs merged (QEMU's ``total_dirty_pages``)."""
+        return self._reaper.total if self._reaper is not None else self._logged_pages
 
     def harvest(self) -> int:
         """Moves the pages the reaper collected (and the ring's newest) into the RAM blocks'

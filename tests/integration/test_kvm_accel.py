@@ -148,6 +148,7 @@ def wait_measured(m: QTestMachine) -> dict:
     ({"calc-time": 1, "sample-pages": 127}, "sample-pages is out of range[128, 16384]."),
     ({"calc-time": 1, "sample-pages": 512, "mode": "dirty-ring"}, "sample-pages is used only in page-sampling mode"),
     ({"calc-time": 1, "mode": "dirty-ring"}, "mode dirty-ring is not enabled, use other method instead."),
+    ({"calc-time": 1, "mode": "dirty-bitmap"}, "mode dirty-bitmap needs the KVM accelerator here"),
 ])
 def test_calc_dirty_rate_refusals_under_tcg(args, message):
     with QTestMachine(BIN, ["-M", "none"]) as m:
@@ -179,6 +180,25 @@ def test_page_sampling_measures_a_running_guest(tmp):
         m.qmp.cmd("stop")
         m.qmp.cmd("calc-dirty-rate", **{"calc-time": 100, "calc-time-unit": "millisecond", "sample-pages": 1024})
         assert wait_measured(m)["dirty-rate"] == 0  # a stopped guest writes nothing
+
+
+@needs_kvm
+def test_dirty_bitmap_rate_under_kvm_and_the_ring_refusals(tmp):
+    """Without a ring: dirty-bitmap measures the running guest from KVM's dirty logs; the ring
+    mode and the limit are QEMU's refusals. With a ring, dirty-bitmap is refused."""
+    with QTestMachine(BIN, ab_args(tmp, "kvm", "g")) as m:
+        wait_for_serial(tmp / "g-serial", timeout=60)
+        m.qmp.cmd("calc-dirty-rate", **{"calc-time": 500, "calc-time-unit": "millisecond", "mode": "dirty-bitmap"})
+        info = wait_measured(m)
+        assert info["mode"] == "dirty-bitmap" and info["sample-pages"] == 0 and "vcpu-dirty-rate" not in info
+        assert info["dirty-rate"] > 0
+        with pytest.raises(Exception, match="mode dirty-ring is not enabled"):
+            m.qmp.cmd("calc-dirty-rate", **{"calc-time": 1, "mode": "dirty-ring"})
+        with pytest.raises(Exception, match="dirty page limit feature requires KVM"):
+            m.qmp.cmd("set-vcpu-dirty-limit", **{"dirty-rate": 100})
+    with QTestMachine(BIN, ab_args(tmp, "kvm,dirty-ring-size=4096", "r")) as m:
+        with pytest.raises(Exception, match="mode dirty-bitmap is not enabled, use other method instead."):
+            m.qmp.cmd("calc-dirty-rate", **{"calc-time": 1, "mode": "dirty-bitmap"})
 
 
 @needs_kvm
