@@ -374,6 +374,14 @@ static void reaper_free(kvm_reaper *r)
     free(r);
 }
 
+/* Frees a reaper being set up and fails with err (NULL, errno set). */
+static kvm_reaper *reaper_fail(kvm_reaper *r, int err)
+{
+    reaper_free(r);
+    errno = err;
+    return NULL;
+}
+
 kvm_reaper *kvm_reaper_start(kvm_vcpu *vcpu, int vm_fd, const uint64_t *pages, uint32_t nslots,
                              uint32_t interval_us)
 {
@@ -391,16 +399,12 @@ kvm_reaper *kvm_reaper_start(kvm_vcpu *vcpu, int vm_fd, const uint64_t *pages, u
     r->pages = calloc(nslots ? nslots : 1, sizeof(uint64_t));
     r->bits = calloc(nslots ? nslots : 1, sizeof(uint64_t *));
     if (r->pages == NULL || r->bits == NULL) {
-        reaper_free(r);
-        errno = ENOMEM;
-        return NULL;
+        return reaper_fail(r, ENOMEM);
     }
     for (uint32_t i = 0; i < nslots; i++) {
         r->pages[i] = pages[i];
         if (pages[i] && (r->bits[i] = calloc((pages[i] + 63) / 64, sizeof(uint64_t))) == NULL) {
-            reaper_free(r);
-            errno = ENOMEM;
-            return NULL;
+            return reaper_fail(r, ENOMEM);
         }
     }
     /* Real-time priority where allowed: a reaper held up for the few milliseconds a busy guest
@@ -416,12 +420,7 @@ kvm_reaper *kvm_reaper_start(kvm_vcpu *vcpu, int vm_fd, const uint64_t *pages, u
     if (rc == EPERM) {
         rc = pthread_create(&r->thread, NULL, reaper_thread, r);
     }
-    if (rc != 0) {
-        reaper_free(r);
-        errno = rc;
-        return NULL;
-    }
-    return r;
+    return rc != 0 ? reaper_fail(r, rc) : r;
 }
 
 int64_t kvm_reaper_collect(kvm_reaper *r, uint64_t *const *out)

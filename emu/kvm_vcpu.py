@@ -29,6 +29,7 @@ pending I/O is completed first (the kernel does it before looking at ``immediate
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,9 @@ class KvmVCPU(VcpuControl):
         #: its pages into, one collection at a time
         self.dirty_ring_size = dirty_ring_size
         self._reaper: KvmReaper | None = None
+        self._reaped_before = 0  # pages reaped by the reapers of earlier VMs (see _rebuild)
+        self._empty_fulls = 0  # ring-full exits in a row that found nothing to harvest
+        self.rebuilds = 0  # VMs recreated after a ring overflow
         self._logged_pages = 0  # pages set in the dirty logs merged so far (no ring)
         self._ring_bits: list[np.ndarray | None] = []
         self._ring_lock = threading.Lock()
@@ -75,19 +79,54 @@ class KvmVCPU(VcpuControl):
         try:
             self._signal = kick_signal()
             self.kvm = Kvm()
-            self.kvm_vm: KvmVm = self.kvm.create_vm()
-            if dirty_ring_size:
-                self.kvm_vm.enable_dirty_ring(dirty_ring_size)
-            self._map_memory()
-            self.cpu: KvmVcpu = self.kvm_vm.vcpu(0)
-            if dirty_ring_size:
-                pages = [len(b) * 64 if b is not None else 0 for b in self._ring_bits]
-                self._reaper = self.cpu.start_reaper(self.kvm_vm, pages)
+            self._build_vm()
         except KvmError as e:
             raise VCPUError(f"KVM: {e}") from None
         self.reset()
 
     # ---- set-up
+    def _build_vm(self) -> None:
+        """The KVM VM: its memory slots, the vCPU and, with a dirty ring, the ring's reaper."""
+        self.kvm_vm: KvmVm = self.kvm.create_vm()
+        if self.dirty_ring_size:
+            self.kvm_vm.enable_dirty_ring(self.dirty_ring_size)
+        self._map_memory()
+        self.cpu: KvmVcpu = self.kvm_vm.vcpu(0)
+        if self.dirty_ring_size:
+            pages = [len(b) * 64 if b is not None else 0 for b in self._ring_bits]
+            self._reaper = self.cpu.start_reaper(self.kvm_vm, pages)
+
+    def _release_vm(self) -> None:
+        """Stops the reaper and closes the VM (the blocks stop asking it for dirty pages)."""
+        for block in self._slots:
+            block.dirty_sources.remove(self._sync_dirty)
+        self._slots.clear()
+        self._ring_bits = []
+        if self._reaper is not None:
+            self._reaped_before += self._reaper.total
+            self._reaper.stop()  # before the vCPU whose ring it reads
+            self._reaper = None
+        self.kvm_vm.close()
+
+    def _rebuild(self) -> None:
+        """Recovers from an overflowed dirty ring (on the vCPU thread, or with the vCPU parked).
+
+        Some hosts' KVM let a running guest push entries past the ring's end without the
+        ring-full exit; the kernel's count of used entries then never drops below the soft limit
+        and every KVM_RUN returns at once. Nothing resets that count but a new VM: the CPU state
+        moves into one over the same memory, and every guest page is marked dirty, since which
+        pages the lost entries named is unknown."""
+        state = self.get_state()
+        with self._ring_lock:
+            self._release_vm()
+            self._build_vm()
+            for block in self._slots:
+                block.set_all_dirty()
+        self.set_state(state)
+        self.rebuilds += 1
+        sys.stderr.write("warning: KVM's dirty ring overflowed (this host's KVM did not stop the vCPU at the "
+                         "ring's soft limit): the VM was recreated and all guest RAM marked dirty\n")
+
     def _map_memory(self) -> None:
         """A slot for each RAM/ROM range of the flat view; writable RAM logs dirty pages."""
         asp = self.machine.address_space_memory
@@ -135,7 +174,10 @@ class KvmVCPU(VcpuControl):
     def dirty_pages(self) -> int:
         """Pages KVM reported written so far: harvested from the dirty ring (QEMU's
         ``cpu->dirty_pages``), or set in the dirty logs merged (QEMU's ``total_dirty_pages``)."""
-        return self._reaper.total if self._reaper is not None else self._logged_pages
+        if not self.dirty_ring_size:
+            return self._logged_pages
+        reaper = self._reaper
+        return self._reaped_before + (reaper.total if reaper is not None else 0)
 
     def harvest(self) -> int:
         """Moves the pages the reaper collected (and the ring's newest) into the RAM blocks'
@@ -191,12 +233,7 @@ class KvmVCPU(VcpuControl):
         """Releases the VM (after :meth:`quit`); the blocks' last dirty pages are merged first."""
         for block in self._slots:
             self._sync_dirty(block)
-            block.dirty_sources.remove(self._sync_dirty)
-        self._slots.clear()
-        if self._reaper is not None:
-            self._reaper.stop()  # before the vCPU whose ring it reads
-            self._reaper = None
-        self.kvm_vm.close()
+        self._release_vm()
         self.kvm.close()
 
     # ---- state
@@ -255,7 +292,10 @@ class KvmVCPU(VcpuControl):
     # ---- run control
     def _kick(self) -> None:
         """immediate_exit, then the signal: a KVM_RUN in the guest returns, the next one does not enter."""
-        self.cpu.set_immediate_exit(True)
+        try:
+            self.cpu.set_immediate_exit(True)
+        except KvmError:
+            pass  # the VM is being recreated (_rebuild): its new vCPU starts without the flag
         ident = self._ident
         if ident is not None and ident != threading.get_ident():
             try:
@@ -296,7 +336,12 @@ class KvmVCPU(VcpuControl):
             elif reason == "irq-window-open":
                 continue
             elif reason == "dirty-ring-full":
-                self.harvest()
+                # a full ring that has nothing to harvest, again and again, has overflowed
+                self._empty_fulls = 0 if self.harvest() else self._empty_fulls + 1
+                if self._empty_fulls >= 3:
+                    self._empty_fulls = 0
+                    self._rebuild()
+                    return  # run on with the new vCPU
             elif reason == "intr":
                 return  # kicked: park if asked to, then run on
             elif reason == "hlt":

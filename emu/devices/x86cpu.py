@@ -21,7 +21,7 @@ class X86CPU(Device):
         # The thread that runs this vCPU; until one exists, the main loop's (as QEMU's qtest
         # accelerator reports its dummy vCPU thread).
         self._main_thread_id = threading.get_native_id()
-        self.vcpu: object | None = None  # the emu.cpu.VCPU executing for this CPU, under TCG
+        self.vcpu: object | None = None  # the vCPU (Unicorn or KVM) executing for this CPU
         for prop in ("socket-id", "core-id", "thread-id"):
             self.add_property(prop, "int32", index if prop == "socket-id" else 0, "int32", static=True)
         self.add_property("apic-id", "uint32", index, "uint32", static=True)

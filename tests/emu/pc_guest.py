@@ -12,9 +12,10 @@ from emu.vm import VM
 
 class PcGuest:
     """A pc machine with ``ram`` bytes of RAM booting ``image`` (sector 0) on ``accel`` (tcg or
-    kvm), running at once unless ``start_paused``."""
+    kvm, with a dirty ring of ``dirty_ring_size`` entries), running at once unless ``start_paused``."""
 
-    def __init__(self, image: bytes, ram: int, start_paused: bool = False, accel: str = "tcg") -> None:
+    def __init__(self, image: bytes, ram: int, start_paused: bool = False, accel: str = "tcg",
+                 dirty_ring_size: int = 0) -> None:
         from emu.cpu import VCPU
         from emu.kvm_vcpu import KvmVCPU
 
@@ -25,7 +26,7 @@ class PcGuest:
         self.machine.add_serial(0, self._out)
         self.machine.boot()
         self.vm = VM(self.machine, start_paused=start_paused, qtest_accel=False)
-        self.vcpu = KvmVCPU(self.vm) if accel == "kvm" else VCPU(self.vm)
+        self.vcpu = KvmVCPU(self.vm, dirty_ring_size=dirty_ring_size) if accel == "kvm" else VCPU(self.vm)
         self.vm.attach_vcpu(self.vcpu)
 
     def _out(self, data: bytes) -> None:

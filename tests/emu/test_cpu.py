@@ -8,16 +8,17 @@ import time
 import pytest
 from pc_guest import PcGuest, accel_params
 
+from emu.kvm_core import kvm_available
 from qtest.migration import AB_BOOTSECT, AB_PASSES_OFFSET, PAGE, TEST_MEM_END, TEST_MEM_START
 
 
 class Guest(PcGuest):
     """A pc machine running the A-B sector (one pass per B unless told otherwise)."""
 
-    def __init__(self, passes: int = 1, accel: str = "tcg") -> None:
+    def __init__(self, passes: int = 1, accel: str = "tcg", dirty_ring_size: int = 0) -> None:
         image = bytearray(AB_BOOTSECT.read_bytes())
         image[AB_PASSES_OFFSET:AB_PASSES_OFFSET + 4] = passes.to_bytes(4, "little")
-        super().__init__(bytes(image), 150 << 20, accel=accel)
+        super().__init__(bytes(image), 150 << 20, accel=accel, dirty_ring_size=dirty_ring_size)
 
     def wait_b(self, count: int = 1, timeout: float = 60) -> None:
         target = self.serial.count(b"B") + count
@@ -87,3 +88,29 @@ def test_reset_restarts_the_guest(guest):
 def test_qom_cpu_reports_the_vcpu_thread(guest):
     cpu = guest.machine.cpus[0]
     assert cpu.thread_id == guest.vcpu.thread_id != threading.get_native_id()
+
+
+@pytest.mark.skipif(kvm_available() is not None, reason=f"no usable /dev/kvm: {kvm_available()}")
+def test_kvm_vm_rebuilt_after_a_ring_overflow_runs_on_with_all_ram_dirty():
+    """The recovery from an overflowed dirty ring (hosts whose KVM lets a guest push past the
+    ring's end): the CPU state moves into a new VM over the same memory, every page is marked
+    dirty, and the guest goes on where it was without a reboot."""
+    g = Guest(accel="kvm", dirty_ring_size=4096)
+    try:
+        g.wait_b(2)
+        g.vm.stop()
+        before = g.pages()
+        reaped = g.vcpu.dirty_pages
+        block = g.machine.ram_blocks[0]
+        block.fetch_and_clear_dirty()
+        g.vcpu._rebuild()
+        assert g.vcpu.rebuilds == 1 and g.vcpu.dirty_pages >= reaped
+        assert block.dirty_count() == block.pages  # what the lost entries named is unknown
+        assert g.pages() == before and consistent(before)
+        g.vm.cont()
+        g.wait_b(2)
+        g.vm.stop()
+        assert consistent(g.pages()) and g.serial.count(b"A") == 1
+        assert g.vcpu.dirty_pages > reaped  # the new ring is reaped too
+    finally:
+        g.close()
