@@ -273,7 +273,7 @@ def test_code_fetched_from_mmio_is_a_kvm_internal_error_as_in_qemu(tmp, assemble
         serial = tmp / f"serial-{len(binaries)}-{binary == BIN}"
         args = ["-accel", "kvm", "-m", "64M", "-drive", f"file={image},format=raw", "-serial", f"file:{serial}"]
         with QTestMachine(binary, args, accel_qtest=binary == BIN) as m:
-            m.qmp.wait_event("STOP", timeout=60)
+            m.qmp.wait_event("STOP", timeout=300)  # QEMU boots through SeaBIOS: slow under a nested KVM
             status = m.qmp.cmd("query-status")  # (7.2 adds "singlestep")
             assert (status["status"], status["running"]) == ("internal-error", False)
             with pytest.raises(Exception, match="Resetting the Virtual Machine is required"):
