@@ -209,6 +209,31 @@ int kvm_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap, uint64_t words
     return xioctl(vm_fd, KVM_GET_DIRTY_LOG, &log);
 }
 
+int kvm_enable_manual_protect(int vm_fd)
+{
+    struct kvm_enable_cap cap = { .cap = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 };
+    cap.args[0] = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE;
+    return xioctl(vm_fd, KVM_ENABLE_CAP, &cap);
+}
+
+int kvm_clear_dirty_log(int vm_fd, uint32_t slot, const uint64_t *bitmap, uint64_t words)
+{
+    if (slot >= KVM_CORE_MAX_SLOTS || bitmap == NULL) {
+        return -EINVAL;
+    }
+    uint64_t pages = slot_pages(vm_fd, slot);
+    if (pages == 0) {
+        return -ENOENT;
+    }
+    if (words < (pages + 63) / 64 || pages > UINT32_MAX) {
+        return -ENOSPC;
+    }
+    /* the whole slot at once: first_page 0 and num_pages the slot's end, as the kernel requires */
+    struct kvm_clear_dirty_log log = { .slot = slot, .num_pages = (uint32_t)pages, .first_page = 0,
+                                       .dirty_bitmap = (void *)bitmap };
+    return xioctl(vm_fd, KVM_CLEAR_DIRTY_LOG, &log);
+}
+
 /* The host's supported CPUID (KVM_GET_SUPPORTED_CPUID, growing the buffer on E2BIG) given to
  * the vCPU with KVM_SET_CPUID2. */
 static int set_supported_cpuid(int kvm_fd, int vcpu_fd)

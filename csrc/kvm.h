@@ -129,6 +129,13 @@ int kvm_close_vm(int vm_fd);
  * KVM_CORE_LOG_DIRTY | KVM_CORE_READONLY. The slot's size is remembered for kvm_get_dirty_log's bounds check. */
 int kvm_set_memory(int vm_fd, uint32_t slot, uint64_t guest_phys, uint64_t size, uint64_t host_addr,
                    uint32_t flags);
+/* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (manual protect, pages not initially set): KVM_GET_DIRTY_LOG then
+ * leaves the pages writable, and kvm_clear_dirty_log re-arms the ones the caller took. Before any
+ * slot is mapped. -EINVAL where the kernel lacks it. */
+int kvm_enable_manual_protect(int vm_fd);
+/* KVM_CLEAR_DIRTY_LOG: re-arms the pages of the slot set in bitmap (bit n: page n); the slot must be
+ * mapped with KVM_CORE_LOG_DIRTY and words must hold all its pages. */
+int kvm_clear_dirty_log(int vm_fd, uint32_t slot, const uint64_t *bitmap, uint64_t words);
 /* KVM_GET_DIRTY_LOG of a slot mapped by kvm_set_memory with KVM_CORE_LOG_DIRTY into bitmap (bit
  * n: page n of the slot written since the previous call, which the call clears); words must hold
  * every page of the slot (-ENOSPC otherwise). */

@@ -73,6 +73,8 @@ def kvm_available() -> str | None:
         os.close(fd)
 
 
+#: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (KVM_CLEAR_DIRTY_LOG)
+CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168
 #: KVM_CAP_DIRTY_LOG_RING and the size of one ring entry (struct kvm_dirty_gfn)
 CAP_DIRTY_LOG_RING = 192
 DIRTY_GFN_SIZE = 16
@@ -167,6 +169,7 @@ class KvmVm:
         self._blocks: dict[int, RamBlock] = {}  # keeps mapped blocks alive
         self._vcpus: list[KvmVcpu] = []
         self.ring_entries = 0  # dirty-ring entries per vCPU (0: dirty bitmaps)
+        self.manual_protect = False  # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled
 
     def enable_dirty_ring(self, entries: int) -> None:
         """KVM_CAP_DIRTY_LOG_RING, ``entries`` (a power of two) per vCPU, before any vCPU:
@@ -207,6 +210,21 @@ class KvmVm:
             self._blocks[slot] = block
         else:
             self._blocks.pop(slot, None)
+
+    def enable_manual_protect(self) -> bool:
+        """KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, before any slot: :meth:`dirty_log` then leaves the
+        pages writable until :meth:`clear_dirty_log` re-arms them. False where the kernel lacks it."""
+        if self.kvm.check_extension(CAP_MANUAL_DIRTY_LOG_PROTECT2) <= 0:
+            return False
+        _check(lib.kvm_enable_manual_protect(self._fd()), "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2")
+        self.manual_protect = True
+        return True
+
+    def clear_dirty_log(self, slot: int, bitmap: ndarray) -> None:
+        """KVM_CLEAR_DIRTY_LOG: the pages set in ``bitmap`` (from :meth:`dirty_log`) log their
+        next write again (manual protect only)."""
+        buf = ffi.cast("uint64_t *", ffi.from_buffer(bitmap))
+        _check(lib.kvm_clear_dirty_log(self._fd(), slot, buf, len(bitmap)), f"clearing the dirty log of slot {slot}")
 
     def dirty_log(self, slot: int, pages: int) -> ndarray:
         """KVM_GET_DIRTY_LOG of ``slot`` (mapped with ``log_dirty``): a numpy uint64 bitmap of

@@ -3,8 +3,9 @@
 Memory: every RAM and ROM range of the flat view becomes a KVM memory slot over the very pages
 of its :class:`emu.ram.RamBlock` (qtest, QMP and migration see what the guest sees); ROM and
 PAM's read-only RAM are read-only slots, whose writes come back as MMIO exits. Writable slots
-keep KVM's dirty log, merged into the block's dirty bitmap whenever that bitmap is read
-(:attr:`emu.ram.RamBlock.dirty_sources`), so precopy, multifd, XBZRLE and auto-converge work as
+keep KVM's dirty log (with manual protect where the kernel has it: KVM_GET_DIRTY_LOG, then
+KVM_CLEAR_DIRTY_LOG of the pages taken), merged into the block's dirty bitmap whenever that bitmap
+is read (:attr:`emu.ram.RamBlock.dirty_sources`), so precopy, multifd, XBZRLE and auto-converge work as
 under TCG. With ``-accel kvm,dirty-ring-size=N`` the pages come from the vCPU's dirty ring instead
 (reaped continuously by a C thread that re-arms them with KVM_RESET_DIRTY_RINGS, collected at
 each read of a bitmap and at each dirty-ring-full exit), which also counts the vCPU's own dirty pages
@@ -90,6 +91,8 @@ class KvmVCPU(VcpuControl):
         self.kvm_vm: KvmVm = self.kvm.create_vm()
         if self.dirty_ring_size:
             self.kvm_vm.enable_dirty_ring(self.dirty_ring_size)
+        else:  # as QEMU: a sync leaves pages writable until it re-arms exactly those it took
+            self.kvm_vm.enable_manual_protect()
         self._map_memory()
         self.cpu: KvmVcpu = self.kvm_vm.vcpu(0)
         if self.dirty_ring_size:
@@ -166,6 +169,8 @@ class KvmVCPU(VcpuControl):
                 if self.kvm_vm.fd < 0:
                     return  # closed at quit: nothing more is written
                 raise
+            if self.kvm_vm.manual_protect and bits.any():
+                self.kvm_vm.clear_dirty_log(slot, bits)
             n = block.merge_dirty(first, bits, pages)
             with self._ring_lock:  # any thread syncs
                 self._logged_pages += n
