@@ -16,6 +16,10 @@ from emu.main_loop import MainLoop
 from emu.monitor.fds import FdSets
 from emu.vm import VM
 
+#: how long a signal's shutdown lets a connected incoming migration finish failing (see
+#: MigrationManager.settle_incoming)
+SIGNAL_SETTLE_S = 2.0
+
 if TYPE_CHECKING:
     from emu.chardev import Chardev
     from emu.migration.manager import MigrationManager
@@ -59,6 +63,8 @@ class System:
         self.loop.on_iteration = clock.run_due
         if self.vm.shutdown_requested is None:
             self.loop.run()
+        if self.signal_received is not None and self.migration is not None:
+            self.migration.settle_incoming(SIGNAL_SETTLE_S)
         if self.signal_received is not None:
             sys.stderr.write(f"{self.prog}: terminating on signal {self.signal_received}\n")
         self.shutdown()

@@ -119,6 +119,8 @@ class MigrationManager(SourcePostcopy, DestinationPostcopy):
         self.status = "none"
         self.in_status = "none"
         self.error_desc: str | None = None
+        self._in_thread: threading.Thread | None = None  # the migration-incoming thread
+        self._in_connected = False  # a source has connected to the incoming listener
         self.incoming_started = False
         #: QEMU's ``transport_data``: a socket listener of an incoming migration is up (multifd and
         #: postcopy-preempt can no longer be switched on); cleared when that migration ends
@@ -217,7 +219,21 @@ class MigrationManager(SourcePostcopy, DestinationPostcopy):
                     self.error_desc = str(e)
                     self._set("failed")
 
-        threading.Thread(target=guarded, name=name, daemon=True).start()
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        if incoming:
+            self._in_thread = thread
+        thread.start()
+
+    def settle_incoming(self, timeout: float) -> None:
+        """Before a signal ends the process: an incoming migration whose source has connected
+        gets up to ``timeout`` seconds to finish what already reached it. A load that the source
+        has already broken (a TLS handshake it refused, a closed stream) then fails as it would
+        have a moment later, with exit-on-error's status 1, instead of the signal's 0: QEMU, being
+        quicker, has always exited by then. A load still waiting for its source is cut short."""
+        thread = self._in_thread
+        if thread is None or not self._in_connected or self.in_status not in ("setup", "active"):
+            return
+        thread.join(timeout)
 
     def _warn(self, message: str) -> None:
         """A transport's warning on stderr, as QEMU's warn_report."""
@@ -650,6 +666,7 @@ class MigrationManager(SourcePostcopy, DestinationPostcopy):
         QEMU keeps listening."""
         while True:
             channel = listener.accept()
+            self._in_connected = True
             if not self.config.tls_enabled:
                 return channel
             try:
@@ -660,6 +677,7 @@ class MigrationManager(SourcePostcopy, DestinationPostcopy):
                 if not self.incoming_listening:
                     raise
                 sys.stderr.write(f"{self.prog}: {e}\n")
+                self._in_connected = False  # dropped: listening again
 
     def _accept_multifd(self, listener: Listener, first: Any) -> tuple[Any, bytes, MultifdReceiver]:
         """Sorts the incoming connections as 8.0+ does, by their first 4 bytes (the main stream's

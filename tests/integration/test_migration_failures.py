@@ -66,3 +66,21 @@ def test_destination_death_is_noticed_at_once_under_a_low_bandwidth_limit(tmp):
         assert time.monotonic() - killed < 2.0
         assert src.qmp.cmd("query-migrate")["error-desc"] == "Unable to write to socket: Broken pipe"
         assert src.qmp.cmd("query-status") == {"status": "running", "running": True}
+
+
+def test_a_signal_lets_a_connected_load_finish_failing_with_status_1(tmp):
+    """libqtest's 'destination must exit 1' cases SIGTERM the destination as soon as the source
+    reports the failure; QEMU has exited 1 by then. Ours lets a load whose source is connected
+    end first (within 2 s): the source breaks the stream just after the signal, and the
+    destination still exits 1 with the load error, not 0."""
+    import socket
+
+    with QTestMachine(BIN, [*NONE16, "-incoming", f"unix:{tmp}/m.sock"], expected_status=1) as dst:
+        with socket.socket(socket.AF_UNIX) as peer:
+            peer.connect(f"{tmp}/m.sock")
+            peer.sendall(b"QEVM\x00\x00\x00\x03")  # a stream header, then nothing
+            while dst.qmp.cmd("query-migrate").get("status") != "active":
+                pass
+            os.kill(dst.pid, signal.SIGTERM)
+        assert dst.wait(timeout=30) == 1
+        assert "load of migration failed" in dst.stderr_text() or "Input/output error" in dst.stderr_text()
