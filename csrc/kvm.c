@@ -50,7 +50,6 @@ struct kvm_core_vcpu {
     struct kvm_dirty_gfn *ring; /* the mmapped dirty ring (NULL: none) */
     uint32_t ring_entries;      /* its entries (a power of two) */
     uint32_t ring_fetch;        /* the next entry to look at */
-    pthread_mutex_t ring_lock;  /* serialises harvests */
 };
 
 /* A mapped slot: which VM, which slot, how many pages (0: free record). */
@@ -315,7 +314,11 @@ static int map_ring(kvm_vcpu *vcpu, uint32_t ring_entries)
     return 0;
 }
 
-int64_t kvm_vcpu_harvest_ring(kvm_vcpu *vcpu, uint64_t *const *bitmaps, const uint64_t *pages, uint32_t nslots)
+/* Collects the vCPU's dirty-ring entries: an entry of slot s (< nslots) at page offset o (< pages[s])
+ * sets bit o of bitmaps[s] (NULL: ignored); every entry is marked for reset (then
+ * kvm_reset_dirty_rings). The caller serialises the calls (the reaper's lock). Returns the entries
+ * collected, -ENXIO without a ring. */
+static int64_t harvest_ring(kvm_vcpu *vcpu, uint64_t *const *bitmaps, const uint64_t *pages, uint32_t nslots)
 {
     if (vcpu == NULL || (nslots && (bitmaps == NULL || pages == NULL))) {
         return -EINVAL;
@@ -323,7 +326,6 @@ int64_t kvm_vcpu_harvest_ring(kvm_vcpu *vcpu, uint64_t *const *bitmaps, const ui
     if (vcpu->ring == NULL) {
         return -ENXIO;
     }
-    pthread_mutex_lock(&vcpu->ring_lock);
     int64_t n = 0;
     for (;;) {
         struct kvm_dirty_gfn *e = &vcpu->ring[vcpu->ring_fetch & (vcpu->ring_entries - 1)];
@@ -340,7 +342,6 @@ int64_t kvm_vcpu_harvest_ring(kvm_vcpu *vcpu, uint64_t *const *bitmaps, const ui
         vcpu->ring_fetch++;
         n++;
     }
-    pthread_mutex_unlock(&vcpu->ring_lock);
     return n;
 }
 
@@ -360,7 +361,7 @@ struct kvm_core_reaper {
 /* One harvest into the reaper's bitmaps, lock held; re-arms what was harvested. */
 static int64_t reap_locked(kvm_reaper *r)
 {
-    int64_t n = kvm_vcpu_harvest_ring(r->vcpu, r->bits, r->pages, r->nslots);
+    int64_t n = harvest_ring(r->vcpu, r->bits, r->pages, r->nslots);
     if (n > 0) {
         int rc = kvm_reset_dirty_rings(r->vm_fd);
         __atomic_add_fetch(&r->total, (uint64_t)n, __ATOMIC_RELAXED);
@@ -501,7 +502,6 @@ kvm_vcpu *kvm_vcpu_new(int kvm_fd, int vm_fd, int index, uint32_t ring_entries)
         errno = ENOMEM;
         return NULL;
     }
-    pthread_mutex_init(&vcpu->ring_lock, NULL);
     vcpu->fd = ioctl(vm_fd, KVM_CREATE_VCPU, (unsigned long)index);
     int rc = vcpu->fd < 0 ? -errno : map_run(vcpu, kvm_fd);
     if (rc == 0 && ring_entries) {
@@ -529,7 +529,6 @@ void kvm_vcpu_free(kvm_vcpu *vcpu)
     if (vcpu->ring != NULL) {
         munmap(vcpu->ring, (size_t)vcpu->ring_entries * sizeof(struct kvm_dirty_gfn));
     }
-    pthread_mutex_destroy(&vcpu->ring_lock);
     if (vcpu->fd >= 0) {
         close(vcpu->fd);
     }

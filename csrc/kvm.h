@@ -143,7 +143,7 @@ int kvm_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap, uint64_t words
 
 /* KVM_CAP_DIRTY_LOG_RING with `entries` (a power of two) per vCPU: must come before the first
  * vCPU; KVM_GET_DIRTY_LOG is then refused and dirty pages are read from the rings
- * (kvm_vcpu_harvest_ring). */
+ * (kvm_reaper_start). */
 int kvm_enable_dirty_ring(int vm_fd, uint32_t entries);
 /* KVM_RESET_DIRTY_RINGS: write-protects again the pages harvested since the last reset (returns
  * how many). */
@@ -153,11 +153,6 @@ int kvm_reset_dirty_rings(int vm_fd);
  * entries, as given to kvm_enable_dirty_ring; 0 without a ring) and gives it the host's supported
  * CPUID. NULL with errno set on failure (EINVAL for an index out of range). */
 kvm_vcpu *kvm_vcpu_new(int kvm_fd, int vm_fd, int index, uint32_t ring_entries);
-/* Collects the vCPU's dirty-ring entries: an entry of slot s (< nslots) at page offset o
- * (< pages[s]) sets bit o of bitmaps[s] (NULL: ignored); every entry is marked for reset (then call
- * kvm_reset_dirty_rings). Any thread; calls on one vCPU are serialised. Returns the entries
- * collected, -ENXIO without a ring. */
-int64_t kvm_vcpu_harvest_ring(kvm_vcpu *vcpu, uint64_t *const *bitmaps, const uint64_t *pages, uint32_t nslots);
 /* Unmaps and closes a vCPU; NULL does nothing. */
 void kvm_vcpu_free(kvm_vcpu *vcpu);
 int kvm_vcpu_get_regs(kvm_vcpu *vcpu, kvm_core_regs *out);

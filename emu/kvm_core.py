@@ -379,19 +379,6 @@ class KvmVcpu:
             raise _bad(f"interrupt vector {vector}")
         _check(lib.kvm_vcpu_inject_irq(self._vcpu(), vector), "KVM_INTERRUPT")
 
-    def harvest_ring(self, bitmaps: list[ndarray | None]) -> int:
-        """Collects the dirty ring (any thread): an entry for page ``o`` of slot ``s`` sets bit
-        ``o`` of ``bitmaps[s]`` (uint64 words; None or a short list: dropped); returns the entries
-        collected. :meth:`KvmVm.reset_dirty_rings` then re-arms their pages."""
-        n = len(bitmaps)
-        ptrs = ffi.new("uint64_t *[]", max(n, 1))
-        pages = ffi.new("uint64_t[]", max(n, 1))
-        for i, bits in enumerate(bitmaps):
-            if bits is not None:
-                ptrs[i] = ffi.cast("uint64_t *", ffi.from_buffer(bits))
-                pages[i] = len(bits) * 64
-        return _check(lib.kvm_vcpu_harvest_ring(self._vcpu(), ptrs, pages, n), "harvesting the dirty ring")
-
     def start_reaper(self, vm: KvmVm, pages: list[int], interval_us: int = 1000) -> KvmReaper:
         """A C thread that harvests this vCPU's dirty ring every ``interval_us`` (faster while it
         is busy) into bitmaps of its own: ``pages[s]`` pages for slot ``s`` (0: not logged)."""

@@ -80,7 +80,7 @@ class VcpuControl:
         # A sleep asked for by a dirty-page limit (sleep_until): the monotonic time the vCPU may
         # run again (0: none), taken before the next run
         self._sleep_until = 0
-        self.penalty_sleep_ns = 0  # total time spent in those sleeps
+        self.limit_sleep_ns = 0  # total time spent in those sleeps
 
     # ---- what the accelerator provides
     def _run_guest(self) -> None:
@@ -191,7 +191,7 @@ class VcpuControl:
                 break
             self._cond.wait(left / 1e9)
         self._sleep_until = 0
-        self.penalty_sleep_ns += time.monotonic_ns() - start
+        self.limit_sleep_ns += time.monotonic_ns() - start
 
     # ---- throttling (QEMU's cpu_throttle_set / cpu_throttle_stop)
     @property

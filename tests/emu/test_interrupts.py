@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from guest_asm import FLAT_CODE32, FLAT_DATA32, gdt
+from guest_asm import ENTER_FLAT_PM, FLAT_CODE32, FLAT_DATA32, gdt
 from pc_guest import PcGuest, accel_params
 
 PIC_GUEST = r"""
@@ -54,21 +54,7 @@ isr:
 .byte 0x55, 0xaa
 """
 
-IOAPIC_GUEST = r"""
-.code16
-start:
-    cli
-    xor %ax, %ax
-    mov %ax, %ds
-    lgdt gdtd
-    mov %cr0, %eax
-    or $1, %eax
-    mov %eax, %cr0
-    ljmp $8, $pm
-.code32
-pm:
-    mov $16, %ax
-    mov %ax, %ds
+IOAPIC_GUEST = ENTER_FLAT_PM + r"""
     mov %ax, %es
     mov %ax, %ss
     mov $0x7c00, %esp

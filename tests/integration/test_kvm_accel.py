@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from guest_asm import ENTER_FLAT_PM, FLAT_CODE32, FLAT_DATA32, gdt
 
 from emu.kvm_core import kvm_available
 from qtest.machine import QTestMachine
@@ -234,21 +235,7 @@ def test_dirty_ring_rate_and_vcpu_dirty_limit(tmp):
             pytest.fail("the rate never went back up")
 
 
-JUMP_TO_MMIO_GUEST = r"""
-.code16
-start:
-    cli
-    xor %ax, %ax
-    mov %ax, %ds
-    lgdt gdtd
-    mov %cr0, %eax
-    or $1, %eax
-    mov %eax, %cr0
-    ljmp $8, $pm
-.code32
-pm:
-    mov $16, %ax
-    mov %ax, %ds
+JUMP_TO_MMIO_GUEST = ENTER_FLAT_PM + r"""
     mov %ax, %ss
     mov $'J', %al
     mov $0x3f8, %dx
@@ -280,7 +267,6 @@ def internal_error_report(binary: str, tmp: Path, image: Path, timeout: float) -
 
 
 def mmio_guest(tmp: Path, assemble) -> Path:
-    from guest_asm import FLAT_CODE32, FLAT_DATA32, gdt  # noqa: I001 (tests/ is on the path)
 
     image = tmp / "disk.img"
     image.write_bytes(assemble(JUMP_TO_MMIO_GUEST + gdt(FLAT_CODE32, FLAT_DATA32) + ".org 510\n.byte 0x55, 0xaa\n")
