@@ -1,4 +1,5 @@
-"""``python -m qtest.fuzz {qtest,stream,qmp} --time S | --count N [--jobs N] [--binary PATH] [--sanitize]``."""
+"""``python -m qtest.fuzz {qtest,stream,qmp} --time S | --count N [--jobs N] [--binary PATH] [--sanitize]
+[--atheris]``."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
             add_common_arguments(p)
             importlib.import_module(module_name).add_arguments(p)
     args = parser.parse_args(argv)
+    if args.atheris:
+        from qtest.fuzz import coverage
+
+        try:
+            return coverage.run_atheris(args)
+        except coverage.CoverageError as e:
+            parser.error(str(e))
     if args.sanitize:
         sanitize.prepare(args)
     module = importlib.import_module(TARGETS[args.target][0])

@@ -315,7 +315,8 @@ def _ends(name: str, procs: list[Any], args: argparse.Namespace) -> list[tuple[s
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """--time/--count, --jobs, --seed, --out, --binary (the emulator or a real QEMU), --sanitize."""
+    """--time/--count, --jobs, --seed, --out, --binary (the emulator or a real QEMU), --sanitize,
+    --atheris and its --libfuzzer flags."""
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--time", type=float, help="seconds to fuzz (per worker)")
     budget.add_argument("--count", type=int, help="number of inputs in total")
@@ -325,3 +326,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--binary", default="emu-system-x86_64", help="emulator binary for out-of-process targets")
     parser.add_argument("--sanitize", action="store_true",
                         help="run every process on an ASan/UBSan build of csrc/ (built once, cached; docs/fuzzing.md)")
+    parser.add_argument("--atheris", action="store_true",
+                        help="coverage-guided workers (atheris/libFuzzer; qtest and stream targets, in process)")
+    parser.add_argument("--libfuzzer", action="append", metavar="FLAG",
+                        help="with --atheris: a libFuzzer flag for every worker, e.g. --libfuzzer=-dict=FILE")

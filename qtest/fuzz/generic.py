@@ -1,9 +1,9 @@
 """Generic qtest fuzzer: QEMU's generic-fuzz input encoding run against the emulator.
 
-This module is the ``qtest`` fuzz target's front (``python -m qtest.fuzz qtest ...``, and
-``python -m qtest.fuzz.generic`` for atheris): its options, the target factory (in process with
-``--in-process``), the one-input entry point for hypothesis and atheris, and the target's public
-names. The work lives below it, each module importing only the ones listed before it:
+This module is the ``qtest`` fuzz target's front (``python -m qtest.fuzz qtest ...``; with
+``--atheris`` see :mod:`qtest.fuzz.coverage`): its options, the target factory (in process with
+``--in-process``), the one-input entry point for hypothesis, and the target's public names.
+The work lives below it, each module importing only the ones listed before it:
 
 * :mod:`qtest.fuzz.generic_ops`        the input encoding, the reply oracle, input generation
 * :mod:`qtest.fuzz.generic_discovery`  the fuzzable ranges of a running emulator, the PCI set-up
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import sys
 from typing import Any
 
 from qtest.fuzz.generic_ops import Decoder
@@ -24,7 +23,7 @@ from qtest.machine import default_binary
 
 # Decoder is named here for users (a finding's README says to decode inputs with it).
 __all__ = ["Decoder", "GenericFuzzTarget", "InProcessFuzzTarget", "add_arguments", "make_target", "default_args",
-           "fuzz_one_input", "close_shared", "atheris_main"]
+           "fuzz_one_input", "close_shared"]
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -69,7 +68,7 @@ _shared: GenericFuzzTarget | None = None
 
 def fuzz_one_input(data: bytes) -> None:
     """Runs one input on a shared emulator (started on first use, default options); raises
-    AssertionError with the finding and its qtest trace. For hypothesis and atheris."""
+    AssertionError with the finding and its qtest trace. For hypothesis."""
     global _shared
     if _shared is None:
         _shared = make_target(default_args())
@@ -85,25 +84,3 @@ def close_shared() -> None:
     if _shared is not None:
         _shared.close()
         _shared = None
-
-
-def atheris_main(argv: list[str]) -> int:
-    """``python -m qtest.fuzz.generic [libFuzzer options]``: the optional atheris backend. It runs
-    the machine in process (``--in-process``), so coverage covers the emulator and DMA patterns
-    are delivered."""
-    global _shared
-    try:
-        import atheris
-    except ImportError:
-        sys.stderr.write("atheris is not installed (pip install '.[fuzz]'): the atheris backend is unavailable\n")
-        return 1
-    _shared = make_target(default_args(in_process=True))
-    atexit.register(close_shared)
-    atheris.instrument_all()  # the emulator's modules are loaded now: their coverage guides
-    atheris.Setup(argv, fuzz_one_input)
-    atheris.Fuzz()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(atheris_main(sys.argv))

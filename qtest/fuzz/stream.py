@@ -757,6 +757,10 @@ class StreamTarget:
         seed = rng.choices(self.seeds, self.weights)[0]
         return mutate(rng, seed, self.seeds)
 
+    def mutate_bytes(self, rng: random.Random, data: bytes) -> bytes:
+        """A byte-level mutant of ``data`` (flips, splices with the seeds), for the atheris mutator."""
+        return _mutate_bytes(rng, data, self.seeds)
+
     def _machine_for(self, data: bytes) -> str:
         return machine_of(data) if self.machine == "auto" else self.machine
 
