@@ -462,8 +462,11 @@ class RTC(Device):
         self.next_periodic_time = self.next_alarm_time = 0
         self.period = self.irq_coalesced = self.irq_reinject_on_ack_count = 0
         self.on_rtc_change: Callable[[int], None] | None = None
-        self.io = MemoryRegion.io("rtc", 2, CallbackOps(self._read, self._write, AccessRules(impl_max=1)),
-                                  owner=self)
+        ops = CallbackOps(self._read, self._write, AccessRules(impl_max=1))
+        self.io = MemoryRegion.io("rtc", 2, ops, owner=self)
+        # QEMU covers the index port with its own region (coalesced I/O); same callbacks, so an
+        # access starting there behaves as before, and `info mtree -f` shows both as QEMU does
+        self.io.add_subregion(0, MemoryRegion.io("rtc-index", 1, ops, owner=self))
         self.cmos[REG_A], self.cmos[REG_B], self.cmos[REG_C], self.cmos[REG_D] = 0x26, REG_B_24H, 0, 0x80
         self._set_date_from_host()
         self.periodic_timer = self.rtc_clock.new_timer(self._periodic_fire)

@@ -309,6 +309,7 @@ class PcMachine(Machine):
         cpu_hotplug, smbus = CpuHotplugLegacy(self.options.nb_cpus), SMBusHost()
         self.pm_blocks = (hotplug, cpu_hotplug, smbus)
         for base, region in ((PCIHP_BASE, hotplug.io), (CPUHP_BASE, cpu_hotplug.io), (SMBUS_BASE, smbus.io)):
+            region.owner = self.pm  # QEMU's PIIX4_PM creates all three
             self.system_io.add_subregion(base, region)
 
     def attach_boot_disk(self, sector0: bytes) -> None:

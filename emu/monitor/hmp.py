@@ -109,23 +109,13 @@ def _info_cpus(machine: MachineControl, args: list[str]) -> str:
 
 def _info_mtree(machine: MachineControl, args: list[str]) -> str:
     m = machine.memory
-    flat = "-f" in args
-    spaces = [(["cpu-memory-0", "memory"] if m.cpus else ["memory"], m.address_space_memory),
+    owners = "-o" in args
+    # QEMU lists the address spaces sharing a flat view under it, in creation order
+    spaces = [(["memory", "cpu-memory-0"] if m.cpus else ["memory"], m.address_space_memory),
               (["I/O"], m.address_space_io)]
+    if "-f" in args:
+        return "".join(_flat_view(n, names, asp, owners) for n, (names, asp) in enumerate(spaces))
     out: list[str] = []
-    if flat:
-        for n, (names, asp) in enumerate(spaces):
-            out.append(f"FlatView #{n}\n")
-            for name in names:
-                out.append(f' AS "{name}", root: {asp.root.name}\n')
-            ranges = list(asp.iter_ranges())
-            if ranges:
-                out.append(f" Root memory region: {ranges[0].mr.name}\n")
-            for fr in ranges:
-                out.append(f"  {fr.start:016x}-{fr.last:016x} (prio {fr.mr.priority}, {_mr_type(fr.mr)}): "
-                           f"{fr.mr.name}\n")
-            out.append("\n")
-        return "".join(out)
     aliased: list[MemoryRegion] = []
     for names, asp in spaces:
         for name in sorted(names):
@@ -140,6 +130,43 @@ def _info_mtree(machine: MachineControl, args: list[str]) -> str:
         _mtree(target, 0, 1, out, aliased)
         out.append("\n")
     return "".join(out)
+
+
+def _flat_view(n: int, names: list[str], asp: Any, owners: bool) -> str:
+    """One ``FlatView #n`` of ``info mtree -f [-o]``, as mtree_print_flatview prints it: neighbouring
+    pieces of one region merged (flatview_simplify), a piece's offset in its region after ``@``."""
+    out = [f"FlatView #{n}\n"] + [f' AS "{name}", root: {asp.root.name}\n' for name in names]
+    out.append(f" Root memory region: {asp.root.name}\n")
+    merged: list[list[Any]] = []  # [start, last, mr, offset, readonly]
+    for fr in asp.iter_ranges():
+        prev = merged[-1] if merged else None
+        if (prev is not None and prev[2] is fr.mr and prev[4] == fr.readonly and prev[1] + 1 == fr.start
+                and prev[3] + (fr.start - prev[0]) == fr.offset):
+            prev[1] = fr.last
+        else:
+            merged.append([fr.start, fr.last, fr.mr, fr.offset, fr.readonly])
+    for start, last, mr, offset, readonly in merged:
+        kind = "rom" if readonly else _mr_type(mr)
+        text = f"  {start:016x}-{last:016x} (prio {mr.priority}, {kind}): {mr.name}"
+        if offset:
+            text += f" @{offset:016x}"
+        out.append(text + (_mr_owner(mr) if owners else "") + "\n")
+    if not merged:
+        out.append("  No rendered FlatView\n")
+    return "".join(out) + "\n"
+
+
+def _mr_owner(mr: MemoryRegion) -> str:
+    """`` owner:{dev path=...}`` (or ``id=`` for a device given one), as mtree_print_mr_owner; a
+    region created without an owner hangs under ``/machine/unattached`` in QEMU."""
+    owner = mr.owner
+    if owner is None or getattr(owner, "parent", None) is None:
+        return " parent:{obj path=/machine/unattached}"
+    from emu.devices.base import Device
+
+    label = "dev" if isinstance(owner, Device) else "obj"
+    dev_id = getattr(owner, "id", None) if label == "dev" else None
+    return f" owner:{{{label} id={dev_id}}}" if dev_id else f" owner:{{{label} path={owner.path}}}"
 
 
 def _mr_type(mr: MemoryRegion) -> str:
