@@ -11,8 +11,9 @@ As QEMU 7.2 builds them (hw/isa/piix3.c, hw/ide/piix.c, hw/acpi/piix4.c + core.c
 - ``PIIX4PM`` (8086:7113 rev 3): PM base (0x40) and enable (0x80) place the PM I/O block (PM1a
   event/control, the 24-bit ACPI PM timer at +8 counting at 3.579545 MHz of the virtual clock),
   SCI on its ``sci`` output (IRQ 9 on the pc board), APM ports 0xb2/0xb3 and GPE0 at 0xafe0. The
-  SMBus base (0x90) and enable (0xd2) are config registers only: no SMBus host controller is
-  modelled, nor the CPU/PCI/memory hotplug I/O of QEMU's piix4_pm.
+  SMBus host controller (``emu.devices.smbus``, its bus in ``pm.smb.bus``) sits at the SMBus base
+  (0x90), enabled by bit 0 of 0xd2. The CPU/PCI hotplug blocks are the board's
+  (``emu.devices.pm_blocks``); memory hotplug is not modelled.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from emu.devices.pci import (
     PCIBus,
     PCIDevice,
 )
+from emu.devices.smbus import PMSMBus
 from emu.memory import AccessRules, CallbackOps, MemoryRegion, render
 from emu.migration.vmstate import Field, VMStateDescription
 
@@ -45,8 +47,6 @@ NANOSECONDS_PER_SECOND = 1_000_000_000
 TMR_STS, TMR_EN = 0x0001, 0x0001
 PM1_COMMON_ENABLED = 0x0400 | 0x0100 | 0x0020 | 0x0001  # RTC, power button, global lock, timer
 SCI_EN, SLEEP_EN = 0x0001, 0x2000
-#: The "pmsmb" struct of a QEMU 7.2 SMBus controller after reset (we have no SMBus controller).
-SMBUS_POWER_ON = bytes(42) + b"\x02\x00\x00\x01\x00\x00"
 
 
 def _rules(impl_min: int = 1, impl_max: int = 4, valid_max: int = 4) -> AccessRules:
@@ -240,6 +240,7 @@ class PIIX4PM(PCIDevice):
         self.config[0x90] = (smb_io_base | 1) & 0xFF
         self.config[0x91] = (smb_io_base >> 8) & 0xFF
         self.config[0xD2] = 0x09
+        self.smb = PMSMBus(owner=self)
         self.sci = self.init_gpio_out(1)[0]
         self.smi = self.init_gpio_out(1, "smi-irq")[0]
         self.shutdown_request: Callable[[], None] = lambda: None
@@ -270,6 +271,8 @@ class PIIX4PM(PCIDevice):
         io.add_subregion(0, self.io)
         io.add_subregion(APM_CNT_IOPORT, self.apm_io)
         io.add_subregion(GPE_BASE, self.gpe_io)
+        io.add_subregion(0, self.smb.io)
+        self.smbus_io_space_update()
 
     def machine_ready(self, io_present: Callable[[int], bool]) -> None:
         """piix4_pm_machine_ready: LPT/COM presence bits, once the board has all its devices."""
@@ -296,12 +299,19 @@ class PIIX4PM(PCIDevice):
         self.default_write_config(addr, value, length)
         if addr <= 0x80 < addr + length or addr < 0x44 and 0x40 < addr + length:
             self.pm_io_space_update()
+        if addr <= 0xD2 < addr + length or addr < 0x94 and 0x90 < addr + length:
+            self.smbus_io_space_update()
 
     def pm_io_space_update(self) -> None:
         """The PM block at the base in 0x40 (64-byte aligned), enabled by bit 0 of 0x80."""
         self.io_base = self.get_long(0x40) & 0xFFC0
         self.io.set_address(self.io_base)
         self.io.set_enabled(bool(self.config[0x80] & 1))
+
+    def smbus_io_space_update(self) -> None:
+        """The SMBus host at the base in 0x90 (64-byte aligned), enabled by bit 0 of 0xd2."""
+        self.smb.io.set_address(self.get_long(0x90) & 0xFFC0)
+        self.smb.io.set_enabled(bool(self.config[0xD2] & 1))
 
     # ---- ACPI PM timer and PM1 event block
     def _ticks(self) -> int:
@@ -389,12 +399,12 @@ class PIIX4PM(PCIDevice):
 
     # ---- migration ("piix4_pm" v3)
     def _build_vmsd(self) -> VMStateDescription:
-        """QEMU's field layout. What we do not model travels as QEMU's power-on state (the SMBus
-        controller) or zeros (PCI/memory hotplug registers) and is dropped on load."""
+        """QEMU's field layout. What we do not model travels as zeros (PCI/memory hotplug
+        registers) and is dropped on load."""
         fields = [*self.pci_vmstate_fields(),
                   Field("ar.pm1.evt.sts", "uint16"), Field("ar.pm1.evt.en", "uint16"),
                   Field("ar.pm1.cnt.cnt", "uint16"), Field("apmc", "uint8"), Field("apms", "uint8"),
-                  Field("smb", "unused_buffer", len(SMBUS_POWER_ON), put=lambda state: SMBUS_POWER_ON),
+                  *PMSMBus.vmstate_fields("smb."),
                   Field("ar.tmr.timer", "int64"),
                   Field("ar.tmr.overflow_time", "int64"), Field("gpe.sts", "uint16"), Field("gpe.en", "uint16"),
                   Field("acpi_pci_hotplug", "unused_buffer", 4 + 256 * 8 + 4)]
@@ -410,6 +420,7 @@ class PIIX4PM(PCIDevice):
                       "ar.tmr.timer": self.timer.expire if self.timer.pending else -1,
                       "ar.tmr.overflow_time": self.overflow_time,
                       "gpe.sts": _gpe_u16(self.gpe_sts), "gpe.en": _gpe_u16(self.gpe_en)})
+        state.update(self.smb.save_state("smb."))
         return state
 
     def load_vmstate(self, state: dict) -> None:
@@ -424,7 +435,9 @@ class PIIX4PM(PCIDevice):
             self.timer.mod(expire)
         else:
             self.timer.cancel()
+        self.smb.load_state(state, "smb.")
         self.pm_io_space_update()
+        self.smbus_io_space_update()
 
 
 def io_port_present(system_io: MemoryRegion, port: int) -> bool:

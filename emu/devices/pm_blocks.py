@@ -8,9 +8,7 @@
   (CPU 0 present), byte-wide, 1-4 byte accesses. QEMU switches to its modern CPU hotplug
   interface when the guest writes 0 to byte 0; that interface is not modelled, so the write is
   ignored (a guest's ACPI code sees the legacy bitmap).
-- The SMBus host controller (``pm-smbus``, 0xb100, 64 bytes, byte accesses): its registers
-  with QEMU's reset values. No SMBus device is modelled (QEMU has SPD EEPROMs at 0x50-0x57), so
-  every transaction a guest starts ends with DEV_ERR.
+(PIIX4 PM's SMBus host controller is ``emu.devices.smbus``, created by the PM function itself.)
 
 Devices know nothing of qtest or QMP; the board maps ``io`` of each at its port.
 """
@@ -22,14 +20,8 @@ from emu.memory import AccessRules, CallbackOps, MemoryRegion
 
 PCIHP_BASE, PCIHP_SIZE = 0xAE00, 0x18
 CPUHP_BASE, CPUHP_SIZE = 0xAF00, 0x20
-SMBUS_BASE, SMBUS_SIZE = 0xB100, 0x40
 
 PCIHP_RMV, PCIHP_SEL = 0x0C, 0x10
-SMB_HST_STS, SMB_HST_CNT, SMB_HST_CMD, SMB_HST_ADD = 0x00, 0x02, 0x03, 0x04
-SMB_HST_DAT0, SMB_HST_DAT1, SMB_BLK_DAT, SMB_AUX_CTL = 0x05, 0x06, 0x07, 0x0D
-STS_HOST_BUSY, STS_DEV_ERR = 0x01, 0x04
-CTL_START, CTL_RETURN_MASK = 0x40, 0x1F
-AUX_BLK, AUX_MASK = 0x02, 0x03
 
 
 class PciHotplugRegs:
@@ -67,37 +59,3 @@ class CpuHotplugLegacy:
 
     def _write(self, offset: int, value: int, size: int) -> None:
         """Writes do nothing on the legacy interface (the modern switch is not modelled)."""
-
-
-class SMBusHost:
-    """``pm-smbus``: the host controller's registers; transactions find no device."""
-
-    def __init__(self) -> None:
-        self.regs = bytearray(SMBUS_SIZE)
-        self.reset()
-        self.io = MemoryRegion.io("pm-smbus", SMBUS_SIZE,
-                                  CallbackOps(self._read, self._write, AccessRules(valid_min=1, valid_max=1)))
-
-    def reset(self) -> None:
-        self.regs[:] = bytes(SMBUS_SIZE)
-        self.regs[SMB_AUX_CTL] = AUX_BLK  # piix4 enables block mode at realize
-
-    def _read(self, offset: int, size: int) -> int:
-        if offset == SMB_HST_CNT:
-            return self.regs[offset] & CTL_RETURN_MASK
-        if offset in (SMB_HST_STS, SMB_HST_CMD, SMB_HST_ADD, SMB_HST_DAT0, SMB_HST_DAT1, SMB_BLK_DAT, SMB_AUX_CTL):
-            return self.regs[offset]
-        return 0
-
-    def _write(self, offset: int, value: int, size: int) -> None:
-        value &= 0xFF
-        if offset == SMB_HST_STS:
-            self.regs[offset] &= ~(value & ~STS_HOST_BUSY) & 0xFF  # write 1 to clear
-        elif offset == SMB_HST_CNT:
-            self.regs[offset] = value & ~CTL_START
-            if value & CTL_START:
-                self.regs[SMB_HST_STS] |= STS_DEV_ERR  # no device answers the address
-        elif offset == SMB_AUX_CTL:
-            self.regs[offset] = value & AUX_MASK
-        elif offset in (SMB_HST_CMD, SMB_HST_ADD, SMB_HST_DAT0, SMB_HST_DAT1, SMB_BLK_DAT):
-            self.regs[offset] = value

@@ -37,10 +37,11 @@ from emu.devices.ioport import PORT80_ADDR, PORT92_ADDR, PORTF0_ADDR, Port92, po
 from emu.devices.pci import PCIDevice, PCIError
 from emu.devices.pcspk import PCSpeaker
 from emu.devices.piix import build_piix, io_port_present
-from emu.devices.pm_blocks import CPUHP_BASE, PCIHP_BASE, SMBUS_BASE, CpuHotplugLegacy, PciHotplugRegs, SMBusHost
+from emu.devices.pm_blocks import CPUHP_BASE, PCIHP_BASE, CpuHotplugLegacy, PciHotplugRegs
 from emu.devices.pvpanic import PVPanic, PVPanicPCI
 from emu.devices.rtc import RTC, RtcOptions
 from emu.devices.serial import Serial16550
+from emu.devices.smbus import EEPROM_BASE, EEPROM_COUNT, SMBusEEPROM
 from emu.devices.testdev import IOMEM_ADDR as TESTDEV_IOMEM_ADDR
 from emu.devices.testdev import PCTestdev
 from emu.devices.x86cpu import X86CPU
@@ -303,14 +304,19 @@ class PcMachine(Machine):
         self.system_io.add_subregion(PORT92_ADDR, port92.io)
 
     def _init_pm_blocks(self) -> None:
-        """PIIX4 PM's ACPI PCI/CPU hotplug and SMBus host blocks."""
+        """PIIX4 PM's ACPI PCI/CPU hotplug blocks, and the SPD EEPROMs on its SMBus (device[19]
+        to [26], as smbus_eeprom_init adds them)."""
         bus = self.pci_bus
         hotplug = PciHotplugRegs(lambda slot: any(bus.devices[slot * 8 + fn] is not None for fn in range(8)))
-        cpu_hotplug, smbus = CpuHotplugLegacy(self.options.nb_cpus), SMBusHost()
-        self.pm_blocks = (hotplug, cpu_hotplug, smbus)
-        for base, region in ((PCIHP_BASE, hotplug.io), (CPUHP_BASE, cpu_hotplug.io), (SMBUS_BASE, smbus.io)):
-            region.owner = self.pm  # QEMU's PIIX4_PM creates all three
+        cpu_hotplug = CpuHotplugLegacy(self.options.nb_cpus)
+        self.pm_blocks = (hotplug, cpu_hotplug)
+        for base, region in ((PCIHP_BASE, hotplug.io), (CPUHP_BASE, cpu_hotplug.io)):
+            region.owner = self.pm  # QEMU's PIIX4_PM creates both
             self.system_io.add_subregion(base, region)
+        for i in range(EEPROM_COUNT):
+            eeprom = SMBusEEPROM(EEPROM_BASE + i, instance=i)
+            self.add_device(eeprom)
+            self.pm.smb.bus.devices.append(eeprom)
 
     def attach_boot_disk(self, sector0: bytes) -> None:
         """The first IDE disk: its sector 0 is what the direct boot loads. The primary channel

@@ -17,6 +17,7 @@ QEMU_UNATTACHED = {
     "device[5]": "i8257", "device[6]": "isa-i8259", "device[8]": "hpet", "device[9]": "mc146818rtc",
     "device[10]": "isa-pit", "device[11]": "isa-pcspk", "device[12]": "isa-fdc", "device[13]": "i8042",
     "device[16]": "port92", "device[17]": "piix3-ide", "device[18]": "PIIX4_PM",
+    **{f"device[{n}]": "smbus-eeprom" for n in range(19, 27)},
 }
 
 
