@@ -165,8 +165,10 @@ def _mr_owner(mr: MemoryRegion) -> str:
     from emu.devices.base import Device
 
     label = "dev" if isinstance(owner, Device) else "obj"
-    dev_id = getattr(owner, "id", None) if label == "dev" else None
-    return f" owner:{{{label} id={dev_id}}}" if dev_id else f" owner:{{{label} path={owner.path}}}"
+    # a device given an id (-device ...,id=ID) lives at /machine/peripheral/ID
+    if label == "dev" and owner.parent.path == "/machine/peripheral":
+        return f" owner:{{dev id={owner.qom_name}}}"
+    return f" owner:{{{label} path={owner.path}}}"
 
 
 def _mr_type(mr: MemoryRegion) -> str:

@@ -23,11 +23,11 @@ OWNER_DIFFERS = {0xA0: "slave pic", 0xA1: "slave pic", 0x4D1: "slave elcr"}
 RAM_OWNER = " owner:{obj path=/objects/pc.ram}"
 
 
-def mtree(binary: str) -> str:
+def mtree(binary: str, *extra: str) -> str:
     lines = ['{"execute":"qmp_capabilities"}',
              json.dumps({"execute": "human-monitor-command", "arguments": {"command-line": "info mtree -f -o"}}),
              '{"execute":"quit"}']
-    out = subprocess.run([binary, "-M", "pc", "-nodefaults", "-display", "none", "-S", "-qmp", "stdio"],
+    out = subprocess.run([binary, "-M", "pc", "-nodefaults", "-display", "none", "-S", "-qmp", "stdio", *extra],
                          input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=60).stdout
     [text] = [msg["return"] for msg in map(json.loads, out.splitlines()) if isinstance(msg.get("return"), str)]
     return text
@@ -94,6 +94,18 @@ def test_memory_view_as_qemus(both: tuple[dict, dict]) -> None:
             assert g[5] == " parent:{obj path=/machine/unattached}"
         else:
             assert g[5] == w[5], g
+
+
+@needs_qemu
+def test_user_devices_owners_as_qemus() -> None:
+    """A device given an id shows ``id=``, an anonymous one its path under peripheral-anon."""
+    assert QEMU is not None
+    extra = ("-device", "isa-debug-exit,id=dbg", "-device", "pvpanic")
+    want, got = views(mtree(QEMU, *extra))[frozenset({"I/O"})], views(mtree("emu-system-x86_64", *extra))[
+        frozenset({"I/O"})]
+    mine = [r for r in got if r[4] in ("isa-debug-exit", "pvpanic")]
+    assert [r[5] for r in mine] == [" owner:{dev id=dbg}", " owner:{dev path=/machine/peripheral-anon/device[0]}"]
+    assert mine == [r for r in want if r[4] in ("isa-debug-exit", "pvpanic")]
 
 
 def test_flat_view_merges_pieces_and_shows_offsets() -> None:
