@@ -181,6 +181,13 @@ class PicChip:
                 setattr(self, name, int(state[name]) & 0xFF)
 
 
+class PicSlaveObject(Device):
+    """The slave chip's place in the QOM tree (``/machine/unattached/device[7]`` on pc)."""
+
+    type_name = "isa-i8259"
+    type_parent = "isa-device"
+
+
 class I8259(Device):
     """Master and slave; input 2 of the master is the slave's output."""
 
@@ -195,6 +202,9 @@ class I8259(Device):
         self.intr = self.init_gpio_out(1)[0]  # INTR to the CPU
         rules = AccessRules(valid_max=4, impl_max=1)  # QEMU: impl 1 byte, any size accepted
         self.master_io = self._chip_io(self.master, rules)
+        #: QEMU's second ``isa-i8259`` (the slave chip) as a QOM object of its own: it owns the
+        #: slave's regions; its state, reset and sections stay with this object
+        self.slave_object = PicSlaveObject()
         self.slave_io = self._chip_io(self.slave, rules)
         # one 1-byte "elcr" region per chip (0x4d0 master, 0x4d1 slave), as QEMU maps them
         self.master_elcr_io = self._elcr_io(self.master, rules)
@@ -210,7 +220,8 @@ class I8259(Device):
         def write(offset: int, value: int, size: int) -> None:
             self._write(chip, offset, value)
 
-        return MemoryRegion.io("pic", 2, CallbackOps(read, write, rules), owner=self)
+        owner = self.slave_object if chip is self.slave else self
+        return MemoryRegion.io("pic", 2, CallbackOps(read, write, rules), owner=owner)
 
     def _elcr_io(self, chip: PicChip, rules: AccessRules) -> MemoryRegion:
         """The chip's edge/level control register."""
@@ -221,7 +232,8 @@ class I8259(Device):
         def write(offset: int, value: int, size: int) -> None:
             self._elcr_write(chip, value)
 
-        return MemoryRegion.io("elcr", 1, CallbackOps(read, write, rules), owner=self)
+        owner = self.slave_object if chip is self.slave else self
+        return MemoryRegion.io("elcr", 1, CallbackOps(read, write, rules), owner=owner)
 
     def reset(self) -> None:
         for chip in (self.master, self.slave):

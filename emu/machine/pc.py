@@ -131,8 +131,8 @@ class PcMachine(Machine):
             self.add_device(dma)
             for port, mr in dma.io_regions:
                 self.system_io.add_subregion(port, mr)
-        self.add_device(self.pic)  # device[6] (QEMU's second isa-i8259 is device[7])
-        self._skip_unattached()
+        self.add_device(self.pic)  # device[6]
+        self.add_device(self.pic.slave_object)  # device[7]: QEMU's second isa-i8259
         self._init_timers(below, above)  # device[8] hpet, [9] rtc, [10] isa-pit, [11] isa-pcspk
         fdc = IsaFdc(iobase=0x3F0, dma=self.dma[0], dma_chann=2, clock=self.clock)
         self.add_device(fdc)  # device[12]

@@ -14,7 +14,7 @@ from emu.migration.vmstate import LoadContext, load_state, save_state
 # /machine/unattached of QEMU 7.2 `-M pc -nodefaults` (qom-list), for the devices we have
 QEMU_UNATTACHED = {
     "device[0]": "qemu64-x86_64-cpu", "device[2]": "i440FX", "device[3]": "PIIX3", "device[4]": "i8257",
-    "device[5]": "i8257", "device[6]": "isa-i8259", "device[8]": "hpet", "device[9]": "mc146818rtc",
+    "device[5]": "i8257", "device[6]": "isa-i8259", "device[7]": "isa-i8259", "device[8]": "hpet", "device[9]": "mc146818rtc",
     "device[10]": "isa-pit", "device[11]": "isa-pcspk", "device[12]": "isa-fdc", "device[13]": "i8042",
     "device[16]": "port92", "device[17]": "piix3-ide", "device[18]": "PIIX4_PM",
     **{f"device[{n}]": "smbus-eeprom" for n in range(19, 27)},
