@@ -246,8 +246,9 @@ def test_fresh_process_replay_classifies_outcomes(tmp_path: Path, mode: str, kin
 def test_rtc_ops_become_the_expected_trace_and_run_clean():
     target = g.make_target(g.default_args(binary=BIN, objects="rtc*"))
     try:
-        assert [(r.start, r.size) for r in target.space.pio] == [(0x70, 2)] and target.space.mmio == []
-        data = ops(b"\x01" + OUT_FMT.pack(0, 7, 0, 0x10a), b"\x00" + IN_FMT.pack(0, 0, 1), b"\x09",
+        # the index port is a region of its own (rtc-index), as in QEMU
+        assert [(r.start, r.size) for r in target.space.pio] == [(0x70, 1), (0x71, 1)] and target.space.mmio == []
+        data = ops(b"\x01" + OUT_FMT.pack(0, 2, 0, 0x10a), b"\x00" + IN_FMT.pack(0, 1, 3), b"\x09",
                    b"\x02" + READ_FMT.pack(0, 0, 0))  # no MMIO range: the READ is skipped
         assert target.trace(data) == ["outb 0x70 0xa", "inb 0x71", "clock_step"]
         assert target.run_one(data) is None
