@@ -395,7 +395,6 @@ class PMSMBus:
     # ---- smb_transaction
     def _transaction(self) -> None:
         if self.smb_stat & STS_DEV_ERR:  # not run while DEV_ERR is set
-            self.smb_stat |= STS_DEV_ERR
             return
         prot = (self.smb_ctl >> 2) & 7
         if prot == PROT_I2C_BLOCK_READ:

@@ -233,13 +233,19 @@ def worker(make_target: Callable[[argparse.Namespace], Target], args: argparse.N
         queue.put(("done", seed, execs))
 
 
+def split_count(count: int | None, jobs: int) -> list[int | None]:
+    """``count`` inputs shared out over ``jobs`` workers (None each: no count, a time budget)."""
+    if count is None:
+        return [None] * jobs
+    return [count // jobs + (1 if i < count % jobs else 0) for i in range(jobs)]
+
+
 def run_jobs(name: str, make_target: Callable[[argparse.Namespace], Target], args: argparse.Namespace) -> int:
     """Runs ``args.jobs`` worker processes (sharing ``args.count`` inputs, or each for
     ``args.time`` seconds), prints a live line (execs, execs/s, findings) on stderr and a summary;
     returns 1 when anything was found, else 0."""
     jobs = max(1, args.jobs)
-    counts = ([args.count // jobs + (1 if i < args.count % jobs else 0) for i in range(jobs)]
-              if args.count is not None else [None] * jobs)
+    counts = split_count(args.count, jobs)
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     procs = []

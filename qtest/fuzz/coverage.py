@@ -35,7 +35,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qtest.fuzz.common import Finding, dead_worker_finding, inflight_path, save_finding, watchdog_path
+from qtest.fuzz.common import (
+    Finding,
+    dead_worker_finding,
+    inflight_path,
+    save_finding,
+    split_count,
+    watchdog_path,
+)
 
 #: the targets that run the emulator's code in the fuzzing process, and the module of each
 MODULES = {"qtest": "qtest.fuzz.generic", "stream": "qtest.fuzz.stream"}
@@ -202,8 +209,7 @@ def run_atheris(args: argparse.Namespace, write: Callable[[str], Any] = sys.stde
     work = _work_dir(args)
     (work / "corpus").mkdir(parents=True, exist_ok=True)
     jobs = max(1, args.jobs)
-    counts = ([args.count // jobs + (1 if i < args.count % jobs else 0) for i in range(jobs)]
-              if args.count is not None else [None] * jobs)
+    counts = split_count(args.count, jobs)
     logs = [_Log(work / f"worker-{i}.log") for i in range(jobs)]
     procs = [_spawn(args, i, counts[i], logs[i].path) for i in range(jobs)]
     start = time.monotonic()
