@@ -469,7 +469,7 @@ OPTIONS: dict[str, Option] = {
     "netdev": not_modelled(True, _NO_NET), "net": not_modelled(True, _NO_NET),
     "parallel": not_modelled(True, "there is no parallel port"),
     "debugcon": not_modelled(True, "there is no debug console"), "usbdevice": not_modelled(True, "there is no USB"),
-    "smbios": not_modelled(True, "there are no SMBIOS tables"), "acpitable": not_modelled(True, "there is no ACPI"),
+    "acpitable": not_modelled(True, "there is no ACPI"),
     "option-rom": not_modelled(True, "option ROMs are not loaded"),
     "fw_cfg": not_modelled(True, "there is no fw_cfg device"), "tpmdev": not_modelled(True, "there is no TPM"),
     "fsdev": not_modelled(True, _NO_9P), "virtfs": not_modelled(True, _NO_9P),
@@ -483,6 +483,8 @@ OPTIONS: dict[str, Option] = {
     "writeconfig": not_modelled(True, "configuration files are not written"),
     "d": not_modelled(True, "QEMU's debug log is not produced"),
     # refused
+    "smbios": refused(True, "-smbios is not supported by this emulator: the pc board publishes QEMU's default "
+                      "SMBIOS tables only"),
     "kernel": refused(True, _NO_KERNEL_BOOT), "initrd": refused(True, _NO_KERNEL_BOOT),
     "append": refused(True, _NO_KERNEL_BOOT), "loadvm": refused(True, "snapshots are not supported by this emulator"),
     "preconfig": refused(False, "--preconfig is not supported by this emulator"),

@@ -25,6 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from emu.devices.base import Device
+from emu.devices.smbios import ANCHOR_FILE as SMBIOS_ANCHOR_FILE
+from emu.devices.smbios import TABLES_FILE as SMBIOS_TABLES_FILE
+from emu.devices.smbios import SmbiosConfig, build_smbios
 from emu.memory import AccessRules, AddressSpace, CallbackOps, MemoryRegion
 from emu.migration.vmstate import Field, VMStateDescription
 from emu.qom import register_type
@@ -543,6 +546,9 @@ class PcFwCfgConfig:
     acpi_tables: bytes = b""  # -acpitable data (FW_CFG_ACPI_TABLES)
     reserved_memory_end: int | None = None
     extra_files: Mapping[str, bytes] = field(default_factory=dict)  # e.g. option ROMs the board loads
+    smbios: bool = True  # etc/smbios/* (the pc board builds them at machine-done)
+    machine_name: str = "pc-i440fx-9.1"  # the SMBIOS "version" strings
+    smp_topology: tuple[int, int, int] = (1, 1, 1)  # sockets, cores per socket, threads per core (SMBIOS type 4)
 
 
 def build_pc_fw_cfg(config: PcFwCfgConfig, dma_as: DmaTarget = None,
@@ -588,6 +594,14 @@ def build_pc_fw_cfg(config: PcFwCfgConfig, dma_as: DmaTarget = None,
         fw.add_file("etc/tpm/log", b"")  # acpi_setup publishes it, empty without a TPM
     for name, data in c.extra_files.items():
         fw.add_file(name, data)
+    if c.smbios:  # fw_cfg_build_smbios: type 19 lists e820's RAM ranges
+        blobs = build_smbios(SmbiosConfig(
+            version=c.machine_name, uuid=c.uuid if any(c.uuid) else None, ram_size=c.ram_size,
+            sockets=c.smp_topology[0], cores_per_socket=c.smp_topology[1],
+            threads_per_socket=c.smp_topology[1] * c.smp_topology[2],
+            ram_areas=[(e.address, e.length) for e in e820 if e.type == E820_RAM]))
+        fw.add_file(SMBIOS_TABLES_FILE, blobs.tables)
+        fw.add_file(SMBIOS_ANCHOR_FILE, blobs.anchor)
     # fw_cfg_machine_reset, run at the first system reset before anything can look
     fw.modify_file("bootorder", bootorder_file(c.bootorder, c.boot_strict))
     fw.modify_file("bios-geometry", c.bios_geometry)

@@ -274,7 +274,8 @@ class PcMachine(Machine):
             ram_size=self.ram_size, below_4g=below, above_4g=above, nb_cpus=o.nb_cpus, max_cpus=o.max_cpus,
             uuid=o.uuid or bytes(16), nographic=o.nographic, boot_menu=int(o.boot_menu),
             splash_time=o.splash_time, reboot_timeout=o.reboot_timeout, splash=o.boot_splash,
-            boot_strict=o.boot_strict, hpet=((PC_HPET_BLOCK_ID, HPET_BASE),) if o.hpet else ())
+            boot_strict=o.boot_strict, hpet=((PC_HPET_BLOCK_ID, HPET_BASE),) if o.hpet else (),
+            machine_name=self.name)
         try:
             fw = build_pc_fw_cfg(config, dma_as=self.address_space_memory,
                                  report=_report)

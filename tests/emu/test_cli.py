@@ -114,3 +114,12 @@ def test_floppy_images_are_refused_not_ignored(option):
     with pytest.raises(CliError) as ei:
         parse_args([option, "disk.img"])
     assert str(ei.value) == f"{option} disk.img: bus type 'floppy' is not supported by this emulator"
+
+
+def test_smbios_fields_are_refused_not_ignored():
+    """The pc board publishes QEMU's default SMBIOS tables; ``-smbios`` would change them, so it is
+    refused rather than dropped."""
+    with pytest.raises(CliError) as ei:
+        parse_args(["-smbios", "type=1,serial=x"])
+    assert str(ei.value) == ("-smbios type=1,serial=x: -smbios is not supported by this emulator: "
+                             "the pc board publishes QEMU's default SMBIOS tables only")

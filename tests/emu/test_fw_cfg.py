@@ -294,7 +294,9 @@ def test_pc_items_for_the_default_machine() -> None:
     b = Bench()
     fw = b.fw
     assert directory(b) == {"bios-geometry": (0x20, 0), "bootorder": (0x21, 0), "etc/boot-fail-wait": (0x22, 4),
-                            "etc/e820": (0x23, 40), "etc/system-states": (0x24, 6), "etc/tpm/log": (0x25, 0)}
+                            "etc/e820": (0x23, 40), "etc/smbios/smbios-anchor": (0x24, 31),
+                            "etc/smbios/smbios-tables": (0x25, 321), "etc/system-states": (0x26, 6),
+                            "etc/tpm/log": (0x27, 0)}
     assert fw.entry(F.FW_CFG_UUID) == bytes(16)
     assert fw.entry(F.FW_CFG_RAM_SIZE) == struct.pack("<Q", 128 << 20)
     assert [fw.entry(k) for k in (F.FW_CFG_NOGRAPHIC, F.FW_CFG_NB_CPUS, F.FW_CFG_MAX_CPUS, F.FW_CFG_BOOT_MENU)] == [
@@ -308,7 +310,8 @@ def test_pc_items_for_the_default_machine() -> None:
     assert dma_read(b, 0x22, 4) == b"\xff\xff\xff\xff"
     assert dma_read(b, 0x23, 40).hex() == ("00000000fd000000000000000300000002000000"
                                            "0000000000000000000000080000000001000000")
-    assert dma_read(b, 0x24, 6).hex() == "800000818280"
+    assert dma_read(b, 0x26, 6).hex() == "800000818280"
+    assert dma_read(b, 0x24, 31)[:4] == b"_SM_" and b"pc-i440fx-9.1\0" in dma_read(b, 0x25, 321)
 
 
 def test_pc_items_for_a_bigger_machine() -> None:
@@ -319,7 +322,8 @@ def test_pc_items_for_a_bigger_machine() -> None:
                            bootorder=("/pci@i0cf8/ide@1,1/drive@0/disk@0", "/rom@genroms/linuxboot_dma.bin"),
                            boot_strict=True)
     fw = build_pc_fw_cfg(config)
-    assert fw.file_names() == ["bios-geometry", "bootorder", "etc/boot-fail-wait", "etc/boot-menu-wait", "etc/e820"]
+    assert fw.file_names() == ["bios-geometry", "bootorder", "etc/boot-fail-wait", "etc/boot-menu-wait", "etc/e820",
+                               "etc/smbios/smbios-anchor", "etc/smbios/smbios-tables"]
     sel = {n: fw.file_selector(n) for n in fw.file_names()}
     assert fw.entry(sel["etc/boot-menu-wait"]) == b"\x2c\x01"
     assert fw.entry(sel["etc/boot-fail-wait"]) == b"\x14\0\0\0"
@@ -449,15 +453,14 @@ def test_boot_options_merge_and_fw_cfg_values() -> None:
 
 needs_qemu72 = pytest.mark.skipif(not QEMU72.exists(), reason=f"{QEMU72} is absent")
 
-# Produced by QEMU 7.2 from data this model does not generate (ACPI, SMBIOS, the vapic ROM).
-NOT_PRODUCED = {"etc/acpi/rsdp", "etc/acpi/tables", "etc/table-loader", "etc/smbios/smbios-anchor",
-                "etc/smbios/smbios-tables", "genroms/kvmvapic.bin"}
+# Produced by QEMU 7.2 from data this model does not generate (ACPI, the vapic ROM).
+NOT_PRODUCED = {"etc/acpi/rsdp", "etc/acpi/tables", "etc/table-loader", "genroms/kvmvapic.bin"}
 WELL_KNOWN = {F.FW_CFG_SIGNATURE: 4, F.FW_CFG_ID: 4, F.FW_CFG_UUID: 16, F.FW_CFG_RAM_SIZE: 8,
               F.FW_CFG_NOGRAPHIC: 2, F.FW_CFG_NB_CPUS: 2, F.FW_CFG_MAX_CPUS: 2, F.FW_CFG_BOOT_MENU: 2,
               F.FW_CFG_IRQ0_OVERRIDE: 4, F.FW_CFG_HPET: 121, F.FW_CFG_SMBIOS_ENTRIES: 8, 0x0C: 2}
 
 ORACLE_CONFIGS: dict[str, tuple[list[str], PcFwCfgConfig]] = {
-    "default": ([], PcFwCfgConfig()),
+    "default": ([], PcFwCfgConfig(machine_name="pc-i440fx-7.2")),
     "numa-5G": (["-m", "5G", "-smp", "2,maxcpus=4", "-object", "memory-backend-ram,id=m0,size=2G",
                  "-object", "memory-backend-ram,id=m1,size=3G", "-numa", "node,memdev=m0,cpus=0-1",
                  "-numa", "node,memdev=m1,cpus=2-3", "-boot", "menu=on,splash-time=300,reboot-timeout=20,strict=on",
@@ -465,7 +468,8 @@ ORACLE_CONFIGS: dict[str, tuple[list[str], PcFwCfgConfig]] = {
                 PcFwCfgConfig(ram_size=5 << 30, below_4g=3 << 30, above_4g=2 << 30, nb_cpus=2, max_cpus=4,
                               uuid=bytes.fromhex("4600cb3238ec4b2f8acb81c6ea54f2d8"), nographic=True, boot_menu=1,
                               splash_time=300, reboot_timeout=20, boot_strict=True, cpu_node_ids=(0, 0, 1, 1),
-                              numa_node_mem=(2 << 30, 3 << 30))),
+                              numa_node_mem=(2 << 30, 3 << 30), machine_name="pc-i440fx-7.2",
+                              smp_topology=(1, 4, 1))),
 }
 
 
