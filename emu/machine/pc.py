@@ -65,6 +65,23 @@ BIOS_SEARCH_PATH = (
     "/usr/share/qemu/bios-256k.bin",
     "/usr/share/qemu/bios.bin",
 )
+# Where QEMU's own ROM images are installed (QEMU's data directory; -L is not honoured).
+ROM_DIRS = ("/usr/share/qemu",)
+# The option ROM of the vapic device every TCG pc has (hw/i386/kvmvapic.c). The device (TPR
+# patching through port 0x7e) is not modelled; SeaBIOS would run the ROM, which we never do.
+VAPIC_ROM = "kvmvapic.bin"
+
+
+def option_rom(name: str) -> bytes | None:
+    """An option ROM image found as qemu_find_file does, or None after QEMU's message (the
+    machine starts without it, as QEMU's does)."""
+    path = next((f"{d}/{name}" for d in ROM_DIRS if os.path.isfile(f"{d}/{name}")), name)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        sys.stderr.write(f"Could not open option rom '{path}': {os.strerror(e.errno or 0)}\n")
+        return None
 
 
 def default_bios_image() -> bytes:
@@ -275,7 +292,7 @@ class PcMachine(Machine):
             uuid=o.uuid or bytes(16), nographic=o.nographic, boot_menu=int(o.boot_menu),
             splash_time=o.splash_time, reboot_timeout=o.reboot_timeout, splash=o.boot_splash,
             boot_strict=o.boot_strict, hpet=((PC_HPET_BLOCK_ID, HPET_BASE),) if o.hpet else (),
-            machine_name=self.name)
+            machine_name=self.name, extra_files=self._option_roms())
         try:
             fw = build_pc_fw_cfg(config, dma_as=self.address_space_memory,
                                  report=_report)
@@ -286,6 +303,13 @@ class PcMachine(Machine):
         if fw.dma_io is not None:
             self.system_io.add_subregion(FW_CFG_DMA_IO_BASE, fw.dma_io)
         self.fw_cfg = fw
+
+    @staticmethod
+    def _option_roms() -> dict[str, bytes]:
+        """fw_cfg's ``genroms/`` files (QEMU's rom_add_option from pc_memory_init): plain data,
+        with no RAM block on this machine type (option_rom_has_mr is off)."""
+        data = option_rom(VAPIC_ROM)
+        return {} if data is None else {f"genroms/{VAPIC_ROM}": data}
 
     def _init_i8042(self) -> None:
         kbd = I8042()

@@ -18,7 +18,7 @@ from emu.devices.smbios import ANCHOR_FILE, TABLES_FILE
 DESC = 0x1000
 DATA = 0x10000
 FW_CFG_FILE_DIR = 0x19
-NOT_YET = {"etc/acpi/rsdp", "etc/acpi/tables", "etc/table-loader", "genroms/kvmvapic.bin"}
+NOT_YET = {"etc/acpi/rsdp", "etc/acpi/tables", "etc/table-loader"}
 
 CASES = {
     "default": [],

@@ -104,3 +104,17 @@ def test_every_device_section_round_trips_between_two_boards() -> None:
     assert d.read_uint(0x71, 1) == 0x5A
     d.write_uint(0xCF8, 0x80000058, 4)
     assert d.read_uint(0xCFD, 1) == 0x30
+
+
+def test_vapic_option_rom_is_published_from_the_rom_directory(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """genroms/kvmvapic.bin holds the file's bytes; without the file QEMU's message is printed and
+    the board starts without it."""
+    (tmp_path / "kvmvapic.bin").write_bytes(b"\x55\xaa" + bytes(range(200)))
+    monkeypatch.setattr(pc, "ROM_DIRS", (str(tmp_path),))
+    fw = _board().fw_cfg
+    assert fw.entry(fw.file_selector("genroms/kvmvapic.bin")) == b"\x55\xaa" + bytes(range(200))
+    monkeypatch.setattr(pc, "ROM_DIRS", (str(tmp_path / "none"),))
+    monkeypatch.chdir(tmp_path.parent)  # the bare name is tried last, relative to the working directory
+    fw = _board().fw_cfg
+    assert "genroms/kvmvapic.bin" not in fw.file_names()
+    assert capsys.readouterr().err == "Could not open option rom 'kvmvapic.bin': No such file or directory\n"
