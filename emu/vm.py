@@ -212,8 +212,10 @@ class VM:
             sys.stderr.write("watchdog: timer fired\n")
 
     def powerdown(self) -> None:
-        """``system_powerdown``: the ACPI power button; a guest without ACPI ignores it."""
+        """``system_powerdown``: the event, then the board's ACPI power button (QEMU's
+        qemu_system_powerdown); a guest without ACPI ignores it."""
         self.emit("POWERDOWN")
+        self.machine.powerdown()
 
     def request_shutdown(self, reason: str) -> None:
         """Ends the process (QMP ``quit``, SIGTERM...): SHUTDOWN goes out at once (QEMU 7.2 sends it

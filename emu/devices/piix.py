@@ -45,6 +45,7 @@ PM_TIMER_FREQUENCY = 3579545
 NANOSECONDS_PER_SECOND = 1_000_000_000
 
 TMR_STS, TMR_EN = 0x0001, 0x0001
+PWRBTN_STS, PWRBTN_EN = 0x0100, 0x0100
 PM1_COMMON_ENABLED = 0x0400 | 0x0100 | 0x0020 | 0x0001  # RTC, power button, global lock, timer
 SCI_EN, SLEEP_EN = 0x0001, 0x2000
 
@@ -342,6 +343,13 @@ class PIIX4PM(PCIDevice):
             self.timer.mod(self._overflow_ns())
         else:
             self.timer.cancel()
+
+    def power_button(self) -> None:
+        """``system_powerdown`` (acpi_pm1_evt_power_down): PWRBTN_STS latches, and raises the SCI,
+        only while the guest has enabled the power button event."""
+        if self.evt_en & PWRBTN_EN:
+            self.evt_sts |= PWRBTN_STS
+            self.update_sci()
 
     def _evt_read(self, offset: int, size: int) -> int:
         return {0: self.pm1_status(), 2: self.evt_en}.get(offset, 0)

@@ -138,6 +138,9 @@ class Machine(QObject):
     def boot(self) -> None:
         """What the firmware would do before the guest runs; nothing on a bare board."""
 
+    def powerdown(self) -> None:
+        """``system_powerdown`` reaches the board's powerdown notifiers; a bare board has none."""
+
     # ---- migration: the non-RAM sections this board saves and loads
     def migration_entries(self, saving: bool) -> list:
         """SaveStateEntry handlers (``timer`` on every board, as QEMU's ``-M none`` has)."""

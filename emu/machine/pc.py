@@ -356,6 +356,10 @@ class PcMachine(Machine):
         notifiers (PIIX4 PM's COM/LPT presence bits)."""
         self.pm.machine_ready(lambda port: io_port_present(self.system_io, port))
 
+    def powerdown(self) -> None:
+        """The ACPI power button of PIIX4 PM (QEMU's powerdown notifier)."""
+        self.pm.power_button()
+
     boot_image: bytes | None = None  # sector 0 of the boot disk, if there is one
 
     # ---- -device
