@@ -441,7 +441,8 @@ def board_options(cfg: Config) -> BoardOptions:
     opts = BoardOptions(fd_bootchk=cfg.fd_bootchk, rtc=cfg.rtc, nodefaults=cfg.nodefaults,
                         uuid=bytes.fromhex(cfg.uuid.replace("-", "")) if cfg.uuid else None,
                         nographic=cfg.nographic or _off(cfg.machine_props.get("graphics")),
-                        hpet=not (cfg.no_hpet or _off(cfg.machine_props.get("hpet"))))
+                        hpet=not (cfg.no_hpet or _off(cfg.machine_props.get("hpet"))),
+                        acpi=not (cfg.no_acpi or _off(cfg.machine_props.get("acpi"))))
     from emu.drives import pflash_drives
 
     opts.pflash = pflash_drives(cfg.drives)

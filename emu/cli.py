@@ -439,6 +439,7 @@ OPTIONS: dict[str, Option] = {
     "uuid": arg(_opt_uuid), "global": arg(_opt_global), "run-with": arg(_opt_run_with),
     "bios": arg(_store("bios")), "rtc": arg(_append("rtc_values")), "boot": arg(_opt_boot),
     "no-fd-bootchk": flag(_set("fd_bootchk", False)), "no-hpet": flag(_set("no_hpet")),
+    "no-acpi": flag(_set("no_acpi")),
     "smp": arg(_opt_smp), "pidfile": arg(_store("pidfile")),
     "version": flag(_set("action", "version")), "help": flag(_set("action", "help")),
     "h": flag(_set("action", "help")), "daemonize": flag(_daemonize),
@@ -460,7 +461,7 @@ OPTIONS: dict[str, Option] = {
     **dict.fromkeys(("audio", "audiodev", "msg", "sandbox", "overcommit", "k", "compat", "seed", "L", "D",
                      "trace"), ignored(True)),
     **dict.fromkeys(("no-user-config", "full-screen", "mem-prealloc", "only-migratable", "snapshot", "old-param",
-                     "win2k-hack", "no-acpi"), ignored(False)),
+                     "win2k-hack"), ignored(False)),
     # accepted with a warning: not modelled
     "cpu": not_modelled(True, "CPU models are not modelled: the vCPU is Unicorn's x86-64"),
     "icount": not_modelled(True, "instruction counting is not modelled: the clock follows host time"),

@@ -68,6 +68,7 @@ class Config:
         self.boot_keyval: dict[str, Any] = {}  # every -boot merged (keyval), checked once all are read
         self.boot: object | None = None  # emu.devices.fw_cfg.BootOptions
         self.no_hpet = False
+        self.no_acpi = False
         self.nographic = False
         self.rtc_values: list[str] = []  # each -rtc, merged once all options are read
         self.rtc: object | None = None  # emu.devices.rtc.RtcOptions

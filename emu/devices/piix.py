@@ -454,17 +454,20 @@ def io_port_present(system_io: MemoryRegion, port: int) -> bool:
     return any(fr.start <= port <= fr.last and fr.mr is not system_io for fr in render(system_io))
 
 
-def build_piix(bus: PCIBus, clock: VirtualClock, piix3_devfn: int = 8,
-               smb_io_base: int = 0xB100, smm_enabled: bool = True) -> tuple[PIIX3, PIIX3IDE, PIIX4PM]:
+def build_piix(bus: PCIBus, clock: VirtualClock, piix3_devfn: int = 8, smb_io_base: int = 0xB100,
+               smm_enabled: bool = True, acpi: bool = True) -> tuple[PIIX3, PIIX3IDE, PIIX4PM | None]:
     """PIIX3 (multi-function) at ``piix3_devfn``, its IDE at +1 and PIIX4 PM at +3, as pc_init1 plugs
     them (smm-enabled is what QEMU's pc gets under TCG and qtest). The board still wires:
     ``piix3.isa_irq[n]`` -> GSI n, ``piix3.reset_request``, ``pm.sci`` -> GSI 9, ``pm.smi`` (SMI; may
     stay unconnected), ``pm.shutdown_request``/``suspend_request``, and calls ``pm.machine_ready``
-    once its ISA devices (COM/LPT ports) exist."""
+    once its ISA devices (COM/LPT ports) exist. Without ACPI (``-machine acpi=off``) there is no
+    PIIX4 PM, as in QEMU's pc_init1."""
     piix3 = PIIX3()
     bus.add(piix3, piix3_devfn)
     ide = PIIX3IDE()
     bus.add(ide, piix3_devfn + 1)
+    if not acpi:
+        return piix3, ide, None
     pm = PIIX4PM(clock, smb_io_base=smb_io_base, smm_enabled=smm_enabled)
     bus.add(pm, piix3_devfn + 3)
     return piix3, ide, pm

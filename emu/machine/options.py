@@ -30,6 +30,7 @@ class BoardOptions:
     max_cpus: int = 1
     nodefaults: bool = False
     hpet: bool = True  # -no-hpet / -machine hpet=off
+    acpi: bool = True  # -no-acpi / -machine acpi=off: no PIIX4 PM and no ACPI tables
     rtc: object | None = None  # emu.devices.rtc.RtcOptions
     devices: list = field(default_factory=list)  # parsed -device specs the board creates
     pflash: list = field(default_factory=list)  # -drive if=pflash: per unit, (path, readonly) or None

@@ -36,7 +36,7 @@ from emu.devices.ioapic import IOAPIC, IOAPIC_BASE, NUM_PINS
 from emu.devices.ioport import PORT80_ADDR, PORT92_ADDR, PORTF0_ADDR, Port92, port80_region, portf0_region
 from emu.devices.pci import PCIDevice, PCIError
 from emu.devices.pcspk import PCSpeaker
-from emu.devices.piix import build_piix, io_port_present
+from emu.devices.piix import PIIX4PM, build_piix, io_port_present
 from emu.devices.pm_blocks import CPUHP_BASE, PCIHP_BASE, CpuHotplugLegacy, PciHotplugRegs
 from emu.devices.pvpanic import PVPanic, PVPanicPCI
 from emu.devices.rtc import RTC, RtcOptions
@@ -138,7 +138,7 @@ class PcMachine(Machine):
         host = self._init_memory_and_host(below, above)  # device[2]: i440FX (00:00.0)
         self._init_fw_cfg(below, above)
         self._init_irqs(host)
-        piix3, ide, pm = build_piix(host.bus, self.clock)
+        piix3, ide, pm = build_piix(host.bus, self.clock, acpi=self.options.acpi)
         self.add_device(piix3)  # device[3]
         for n in range(16):
             piix3.isa_irq[n].connect(self.gsi[n])
@@ -164,10 +164,11 @@ class PcMachine(Machine):
         for (base, control), channel in zip(CHANNELS, self.ide_channels):
             self.system_io.add_subregion(base, channel.block_io)
             self.system_io.add_subregion(control, channel.control_io)
-        self.add_device(pm)  # device[18]
-        pm.sci.connect(self.gsi[9])
         self.pm = pm
-        self._init_pm_blocks()
+        if pm is not None:
+            self.add_device(pm)  # device[18]
+            pm.sci.connect(self.gsi[9])
+            self._init_pm_blocks(pm)
         # QEMU's start-up reset ends with the PICs clear: the PIT's IRQ 0 level, raised when
         # the HPET's reset enabled it, leaves no request behind before the first clock tick
         self.pic.reset()
@@ -292,7 +293,7 @@ class PcMachine(Machine):
             uuid=o.uuid or bytes(16), nographic=o.nographic, boot_menu=int(o.boot_menu),
             splash_time=o.splash_time, reboot_timeout=o.reboot_timeout, splash=o.boot_splash,
             boot_strict=o.boot_strict, hpet=((PC_HPET_BLOCK_ID, HPET_BASE),) if o.hpet else (),
-            machine_name=self.name, extra_files=self._option_roms())
+            machine_name=self.name, extra_files=self._option_roms(), acpi=o.acpi)
         try:
             fw = build_pc_fw_cfg(config, dma_as=self.address_space_memory,
                                  report=_report)
@@ -328,7 +329,7 @@ class PcMachine(Machine):
         port92.reset_request = lambda: self.request_reset("guest-reset")
         self.system_io.add_subregion(PORT92_ADDR, port92.io)
 
-    def _init_pm_blocks(self) -> None:
+    def _init_pm_blocks(self, pm: PIIX4PM) -> None:
         """PIIX4 PM's ACPI PCI/CPU hotplug blocks, and the SPD EEPROMs on its SMBus (device[19]
         to [26], as smbus_eeprom_init adds them)."""
         bus = self.pci_bus
@@ -336,12 +337,12 @@ class PcMachine(Machine):
         cpu_hotplug = CpuHotplugLegacy(self.options.nb_cpus)
         self.pm_blocks = (hotplug, cpu_hotplug)
         for base, region in ((PCIHP_BASE, hotplug.io), (CPUHP_BASE, cpu_hotplug.io)):
-            region.owner = self.pm  # QEMU's PIIX4_PM creates both
+            region.owner = pm  # QEMU's PIIX4_PM creates both
             self.system_io.add_subregion(base, region)
         for i in range(EEPROM_COUNT):
             eeprom = SMBusEEPROM(EEPROM_BASE + i, instance=i)
             self.add_device(eeprom)
-            self.pm.smb.bus.devices.append(eeprom)
+            pm.smb.bus.devices.append(eeprom)
 
     def attach_boot_disk(self, sector0: bytes) -> None:
         """The first IDE disk: its sector 0 is what the direct boot loads. The primary channel
@@ -354,11 +355,13 @@ class PcMachine(Machine):
     def machine_done(self) -> None:
         """Once every device (``-serial`` UARTs included) exists: QEMU's machine-init-done
         notifiers (PIIX4 PM's COM/LPT presence bits)."""
-        self.pm.machine_ready(lambda port: io_port_present(self.system_io, port))
+        if self.pm is not None:
+            self.pm.machine_ready(lambda port: io_port_present(self.system_io, port))
 
     def powerdown(self) -> None:
-        """The ACPI power button of PIIX4 PM (QEMU's powerdown notifier)."""
-        self.pm.power_button()
+        """The ACPI power button of PIIX4 PM (QEMU's powerdown notifier); nothing without ACPI."""
+        if self.pm is not None:
+            self.pm.power_button()
 
     boot_image: bytes | None = None  # sector 0 of the boot disk, if there is one
 

@@ -26,6 +26,7 @@ CASES = {
     "uuid": ["-uuid", "4600cb32-38ec-4b2f-8acb-81c6ea54f2d8"],
     "no-hpet-boot": ["-no-hpet", "-boot", "menu=on,splash-time=300,reboot-timeout=20"],
     "odd-size": ["-m", "3001M"],
+    "no-acpi": ["-no-acpi"],  # no PIIX4 PM: no etc/system-states, etc/tpm/log or ACPI tables
 }
 
 
@@ -63,7 +64,6 @@ def test_fw_cfg_files_match_qemu(case: str) -> None:
     for name in (ANCHOR_FILE, TABLES_FILE):
         select, data = qemu[name]
         qemu[name] = (select, data.replace(b"pc-i440fx-7.2\0", b"pc-i440fx-9.1\0"))
-    assert NOT_YET <= set(qemu)
     theirs = {n: v for n, v in qemu.items() if n not in NOT_YET}
     assert sorted(ours) == sorted(theirs)
     # selectors follow the names' order, so they match only once every file is published
