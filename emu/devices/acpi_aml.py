@@ -1,8 +1,10 @@
 """A small AML encoder (ACPI Machine Language), as QEMU's hw/acpi/aml-build.c encodes it.
 
 Only what the ``pc`` board's tables need: package lengths, name strings, integers (QEMU's shortest
-encoding), names, scopes, devices, methods, packages, buffers, EISA ids and the resource template
-items (I/O ports, IRQ without flags). Every builder returns the encoded bytes.
+encoding), names, scopes, devices, processors, methods, packages, buffers, EISA ids, UUIDs, the
+operators and control flow QEMU's DSDT uses, and the resource template items (I/O ports, IRQs,
+extended interrupts, DMA, word/dword/qword address spaces, fixed memory). Every builder returns the
+encoded bytes; an operator's omitted target is the NullName, as QEMU passes NULL.
 """
 from __future__ import annotations
 
@@ -116,9 +118,11 @@ def method(name: str, arg_count: int, *items: bytes, serialized: bool = False) -
     return _with_pkg(bytes([METHOD_OP]), name_string(name) + bytes([flags]) + b"".join(items))
 
 
-def package(*elements: bytes) -> bytes:
-    """Package() { elements } (count as a byte, as QEMU's aml_package)."""
-    return _with_pkg(bytes([PACKAGE_OP]), bytes([len(elements)]) + b"".join(elements))
+def package(*elements: bytes, count: int | None = None) -> bytes:
+    """Package(count) { elements } (count as a byte, as QEMU's aml_package; by default the
+    number of elements)."""
+    n = len(elements) if count is None else count
+    return _with_pkg(bytes([PACKAGE_OP]), bytes([n]) + b"".join(elements))
 
 
 def buffer(data: bytes) -> bytes:
@@ -183,10 +187,11 @@ def operation_region(name: str, space: int, offset: bytes, length: int) -> bytes
 
 
 def field_(region: str, flags: int, *fields: tuple[str, int]) -> bytes:
-    """Field(REGION, flags) { NAME, bits ... }: ``flags`` is access | lock << 4 | update << 5."""
+    """Field(REGION, flags) { NAME, bits ... }: ``flags`` is access | lock << 4 | update << 5;
+    an empty NAME is a reserved field (an Offset() in ASL)."""
     body = name_string(region) + bytes([flags])
     for name, bits in fields:
-        body += _name_seg(name) + pkg_length(bits, include_self=False)
+        body += (_name_seg(name) if name else b"\x00") + pkg_length(bits, include_self=False)
     return _with_pkg(bytes([EXT_OP_PREFIX, 0x81]), body)
 
 
@@ -218,3 +223,184 @@ def shiftright(value: bytes, count: bytes, target: bytes = b"\x00") -> bytes:
 def memory32_fixed(address: int, size: int, writable: bool) -> bytes:
     """Memory32Fixed(ReadWrite|ReadOnly, address, size)."""
     return struct.pack("<BHBII", 0x86, 9, 1 if writable else 0, address, size)
+
+
+NULL_TARGET = b"\x00"
+
+
+def _op2(opcode: int, a: bytes, b: bytes, target: bytes) -> bytes:
+    return bytes([opcode]) + a + b + target
+
+
+def add(a: bytes, b: bytes, target: bytes = NULL_TARGET) -> bytes:
+    """Add(a, b, target)."""
+    return _op2(0x72, a, b, target)
+
+
+def subtract(a: bytes, b: bytes, target: bytes = NULL_TARGET) -> bytes:
+    """Subtract(a, b, target)."""
+    return _op2(0x74, a, b, target)
+
+
+def and_(a: bytes, b: bytes, target: bytes = NULL_TARGET) -> bytes:
+    """And(a, b, target)."""
+    return _op2(0x7B, a, b, target)
+
+
+def or_(a: bytes, b: bytes, target: bytes = NULL_TARGET) -> bytes:
+    """Or(a, b, target)."""
+    return _op2(0x7D, a, b, target)
+
+
+def shiftleft(value: bytes, count: bytes) -> bytes:
+    """ShiftLeft(value, count) (QEMU's aml_shiftleft never stores)."""
+    return _op2(0x79, value, count, NULL_TARGET)
+
+
+def index(obj: bytes, idx: bytes) -> bytes:
+    """Index(obj, idx) without a target."""
+    return _op2(0x88, obj, idx, NULL_TARGET)
+
+
+def derefof(ref: bytes) -> bytes:
+    """DerefOf(ref)."""
+    return b"\x83" + ref
+
+
+def sizeof(obj: bytes) -> bytes:
+    """SizeOf(obj)."""
+    return b"\x87" + obj
+
+
+def increment(target: bytes) -> bytes:
+    """Increment(target)."""
+    return b"\x75" + target
+
+
+def land(a: bytes, b: bytes) -> bytes:
+    """LAnd(a, b)."""
+    return b"\x90" + a + b
+
+
+def lnot(a: bytes) -> bytes:
+    """LNot(a)."""
+    return b"\x92" + a
+
+
+def lless(a: bytes, b: bytes) -> bytes:
+    """LLess(a, b)."""
+    return b"\x95" + a + b
+
+
+def to_hexstring(source: bytes, target: bytes) -> bytes:
+    """ToHexString(source, target)."""
+    return b"\x98" + source + target
+
+
+def to_buffer(source: bytes, target: bytes) -> bytes:
+    """ToBuffer(source, target)."""
+    return b"\x96" + source + target
+
+
+def notify(obj: bytes, value: bytes) -> bytes:
+    """Notify(obj, value)."""
+    return b"\x86" + obj + value
+
+
+def call(name: str, *args: bytes) -> bytes:
+    """A method invocation: the name then its arguments."""
+    return name_string(name) + b"".join(args)
+
+
+def debug() -> bytes:
+    """The Debug object."""
+    return bytes([EXT_OP_PREFIX, 0x31])
+
+
+def while_(predicate: bytes, *items: bytes) -> bytes:
+    """While(predicate) { items }."""
+    return _with_pkg(b"\xa2", predicate + b"".join(items))
+
+
+def else_(*items: bytes) -> bytes:
+    """Else { items } (follows an If)."""
+    return _with_pkg(b"\xa1", b"".join(items))
+
+
+def break_() -> bytes:
+    """Break."""
+    return b"\xa5"
+
+
+def mutex(name: str, sync_level: int) -> bytes:
+    """Mutex(NAME, level)."""
+    return bytes([EXT_OP_PREFIX, 0x01]) + name_string(name) + bytes([sync_level])
+
+
+def acquire(target: bytes, timeout: int) -> bytes:
+    """Acquire(mutex, timeout)."""
+    return bytes([EXT_OP_PREFIX, 0x23]) + target + struct.pack("<H", timeout)
+
+
+def release(target: bytes) -> bytes:
+    """Release(mutex)."""
+    return bytes([EXT_OP_PREFIX, 0x27]) + target
+
+
+def create_dword_field(source: bytes, byte_index: bytes, name: str) -> bytes:
+    """CreateDWordField(source, index, NAME)."""
+    return b"\x8a" + source + byte_index + name_string(name)
+
+
+def processor(name: str, proc_id: int, pblk_addr: int, pblk_len: int, *items: bytes) -> bytes:
+    """Processor(NAME, id, pblk, pblk_len) { items } (the ACPI 1.0 processor object)."""
+    body = name_string(name) + struct.pack("<BIB", proc_id, pblk_addr, pblk_len) + b"".join(items)
+    return _with_pkg(bytes([EXT_OP_PREFIX, 0x83]), body)
+
+
+def touuid(text: str) -> bytes:
+    """ToUUID("aabbccdd-eeff-gghh-iijj-kkllmmnnoopp"): a 16-byte buffer, the first three groups
+    little-endian."""
+    groups = text.split("-")
+    raw = bytes.fromhex(groups[0])[::-1] + bytes.fromhex(groups[1])[::-1] + bytes.fromhex(groups[2])[::-1]
+    return buffer(raw + bytes.fromhex(groups[3] + groups[4]))
+
+
+def interrupt(irqs: list[int]) -> bytes:
+    """Interrupt(ResourceConsumer, Level, ActiveHigh, Shared) { irqs }: an extended IRQ
+    descriptor."""
+    return struct.pack("<BHBB", 0x89, 2 + 4 * len(irqs), 0x09, len(irqs)) + b"".join(
+        struct.pack("<I", irq) for irq in irqs)
+
+
+def dma_compat8(channel: int) -> bytes:
+    """DMA(Compatibility, NotBusMaster, Transfer8) {channel}."""
+    return bytes([0x2A, 1 << channel, 0])
+
+
+# Address space descriptor resource types and QEMU's fixed flags (MinFixed, MaxFixed, PosDecode)
+MEMORY_RANGE = 0
+IO_RANGE = 1
+BUS_NUMBER_RANGE = 2
+_MIN_MAX_FIXED = 0x0C
+
+
+def word_space(rtype: int, type_flags: int, minimum: int, maximum: int) -> bytes:
+    """A Word address space descriptor (WordBusNumber / WordIO) without granularity or
+    translation; the length is maximum - minimum + 1."""
+    return struct.pack("<BHBBBHHHHH", 0x88, 0x0D, rtype, _MIN_MAX_FIXED, type_flags,
+                       0, minimum, maximum, 0, maximum - minimum + 1)
+
+
+def dword_memory(minimum: int, maximum: int, cacheable: bool) -> bytes:
+    """DWordMemory(ResourceProducer, PosDecode, MinFixed, MaxFixed, Cacheable|NonCacheable,
+    ReadWrite)."""
+    return struct.pack("<BHBBBIIIII", 0x87, 23, MEMORY_RANGE, _MIN_MAX_FIXED, 1 | (2 if cacheable else 0),
+                       0, minimum, maximum, 0, maximum - minimum + 1)
+
+
+def qword_memory(minimum: int, maximum: int, cacheable: bool) -> bytes:
+    """QWordMemory(ResourceProducer, PosDecode, MinFixed, MaxFixed, Cacheable|NonCacheable,
+    ReadWrite)."""
+    return struct.pack("<BHBBBQQQQQ", 0x8A, 0x2B, MEMORY_RANGE, _MIN_MAX_FIXED, 1 | (2 if cacheable else 0),
+                       0, minimum, maximum, 0, maximum - minimum + 1)

@@ -115,3 +115,53 @@ def test_madt_revision_and_disabled_cpus() -> None:
     madt = _tables(build_acpi(config).tables)[b"APIC"][1]
     assert madt[8] == 3
     assert madt[44:60] == bytes([0, 8, 0, 0, 1, 0, 0, 0, 0, 8, 1, 1, 0, 0, 0, 0])
+
+
+def test_operator_and_object_encodings() -> None:
+    assert aml.package(count=3) == b"\x12\x02\x03"
+    assert aml.field_("R", 0x01, ("", 32), ("A", 1)) == b"\x5b\x81\x0d" + b"R___\x01\x00\x20A___\x01"
+    assert aml.and_(aml.arg(0), aml.integer(4)) == b"\x7b\x68\x0a\x04\x00"
+    assert aml.while_(aml.lless(aml.local(0), aml.local(1)), aml.break_()) == b"\xa2\x05\x95\x60\x61\xa5"
+    assert aml.acquire(aml.name_string("BLCK"), 0xFFFF) == b"\x5b\x23BLCK\xff\xff"
+    assert aml.processor("C001", 1, 0, 0) == b"\x5b\x83\x0bC001\x01\x00\x00\x00\x00\x00"
+    assert aml.touuid("E5C937D0-3553-4D7A-9117-EA4D19C3434D") == bytes.fromhex(
+        "1113" "0a10" "d037c9e5" "5335" "7a4d" "9117ea4d19c3434d")
+
+
+def test_resource_descriptors() -> None:
+    assert aml.interrupt([5, 10]) == bytes.fromhex("890a000902" "05000000" "0a000000")
+    assert aml.word_space(aml.IO_RANGE, 3, 0xD00, 0xFFFF) == bytes.fromhex("880d00010c03" "0000" "000d" "ffff" "0000" "00f3")
+    assert aml.dword_memory(0xA0000, 0xBFFFF, True)[3:6] == b"\x00\x0c\x03"
+    qword = aml.qword_memory(1 << 32, (3 << 31) - 1, True)
+    assert len(qword) == 46 and struct.unpack_from("<QQQQQ", qword, 6) == (0, 1 << 32, (3 << 31) - 1, 0, 1 << 31)
+    assert aml.dma_compat8(2) == b"\x2a\x04\x00"
+
+
+def _dsdt(config: AcpiConfig) -> bytes:
+    return _tables(build_acpi(config).tables)[b"DSDT"][1]
+
+
+def test_dsdt_hotplug_slots_follow_the_fixed_slots() -> None:
+    default, vga = _dsdt(AcpiConfig()), _dsdt(AcpiConfig(pci_fixed_slots={0: "", 1: "isa", 2: "vga"}))
+    eject = b"_EJ0\x01PCEJBSEL_SUN"
+    assert default.count(eject) == 30 and vga.count(eject) == 29
+    assert b"_S1D" in vga and b"_S1D" not in default
+    assert b"\x86S10_\x69" in default and b"\x86S10_\x69" not in vga  # DVNT's Notify(S10, Arg1)
+
+
+def test_dsdt_cpu_objects_and_pci_windows() -> None:
+    dsdt = _dsdt(AcpiConfig(cpus=2, max_cpus=3, apic_ids=[0, 1, 4], ram_below_4g=0xC0000000,
+                            ram_above_4g=0x80000000))
+    assert dsdt.count(b"\x5b\x83") == 3  # a Processor per possible CPU
+    assert b"_MAT\x11\x0b\x0a\x08" + bytes([0, 8, 2, 4, 1, 0, 0, 0]) in dsdt  # always enabled
+    assert dsdt.count(b"_EJ0\x01CEJ0") == 2  # not the boot CPU
+    assert aml.dword_memory(0xC0000000, 0xFEBFFFFF, False) in dsdt
+    assert aml.qword_memory(0x180000000, 0x1FFFFFFFF, True) in dsdt
+    mapped = _dsdt(AcpiConfig(pci_hole64=(0x800000000, 0x1000000000)))
+    assert aml.qword_memory(0x800000000, 0xFFFFFFFFF, True) in mapped
+
+
+def test_isa_devices_in_qemus_bus_order() -> None:
+    dsdt = _dsdt(AcpiConfig(serial_ports=[(0x3F8, 4), (0x2F8, 3)], pvpanic_iobase=0x505))
+    order = [dsdt.index(name) for name in (b"PEVT", b"KBD_", b"MOU_", b"FDC0", b"COM2", b"COM1", b"RTC_")]
+    assert order == sorted(order)
