@@ -475,7 +475,10 @@ def _set_machine_prop(machine: Any, key: str, value: str) -> None:
             raise StartupError(f"Parameter '{key}' expects 'on' or 'off'")
         prop.setter(value in ("on", "yes", "true"))
     elif prop.setter is not None:
-        prop.setter(value)
+        try:
+            prop.setter(value)
+        except QomError as e:
+            raise StartupError(str(e)) from None
 
 
 def _fmt(opts: dict[str, str]) -> str:

@@ -470,7 +470,6 @@ OPTIONS: dict[str, Option] = {
     "netdev": not_modelled(True, _NO_NET), "net": not_modelled(True, _NO_NET),
     "parallel": not_modelled(True, "there is no parallel port"),
     "debugcon": not_modelled(True, "there is no debug console"), "usbdevice": not_modelled(True, "there is no USB"),
-    "acpitable": not_modelled(True, "there is no ACPI"),
     "option-rom": not_modelled(True, "option ROMs are not loaded"),
     "fw_cfg": not_modelled(True, "there is no fw_cfg device"), "tpmdev": not_modelled(True, "there is no TPM"),
     "fsdev": not_modelled(True, _NO_9P), "virtfs": not_modelled(True, _NO_9P),
@@ -484,6 +483,8 @@ OPTIONS: dict[str, Option] = {
     "writeconfig": not_modelled(True, "configuration files are not written"),
     "d": not_modelled(True, "QEMU's debug log is not produced"),
     # refused
+    "acpitable": refused(True, "-acpitable is not supported by this emulator: the pc board publishes QEMU's "
+                         "own ACPI tables only"),
     "smbios": refused(True, "-smbios is not supported by this emulator: the pc board publishes QEMU's default "
                       "SMBIOS tables only"),
     "kernel": refused(True, _NO_KERNEL_BOOT), "initrd": refused(True, _NO_KERNEL_BOOT),

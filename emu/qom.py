@@ -72,6 +72,10 @@ class QObject:
 
         self._props[name] = Property(name, type_, lambda: box[0], setter if writable else None, qapi_type, static)
 
+    def define_property(self, prop: Property) -> None:
+        """A property with its own getter and setter (a setter may refuse a value with QomError)."""
+        self._props[prop.name] = prop
+
     def prop(self, name: str) -> Any:
         return self._props[name].get()
 

@@ -265,6 +265,16 @@ class FwCfgIo(Device):
                 return
         self.add_file(name, data)
 
+    def file_resized(self, name: str) -> None:
+        """A file's buffer changed length in place: the directory follows (fw_cfg_resized)."""
+        for i, (n, _) in enumerate(self._files):
+            if n == _c_name(name):
+                size = len(self._entries[0, FW_CFG_FILE_FIRST + i].data)
+                self._files[i] = (n, size)
+                self._note_acpi_size(name, size)
+                self._write_dir()
+                return
+
     def file_selector(self, name: str) -> int | None:
         """The selector of a published file, or None."""
         for i, (n, _) in enumerate(self._files):

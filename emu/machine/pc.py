@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from emu.devices.acpi_build import AcpiConfig
 from emu.devices.base import Device
 from emu.devices.catalog import DeviceSpec
 from emu.devices.debug_exit import ISADebugExit
@@ -47,6 +48,7 @@ from emu.devices.testdev import PCTestdev
 from emu.devices.x86cpu import X86CPU
 from emu.irq import IRQ
 from emu.machine.base import Machine, MachineError
+from emu.machine.pc_acpi import OemIds, PcAcpiTables
 from emu.memory import MemoryRegion
 
 GiB = 1 << 30
@@ -131,6 +133,10 @@ class PcMachine(Machine):
         """The devices in the order QEMU 7.2's pc_init1 creates them, so that each one gets
         QEMU's ``/machine/unattached/device[N]`` path (numbers of devices we do not have are
         skipped, not reused)."""
+        self.oem_ids = OemIds(self)
+        self.serial_ports: list[tuple[int, int]] = []  # (iobase, irq) of each -serial UART
+        self.pvpanic_iobase: int | None = None
+        self.acpi_tables: PcAcpiTables | None = None
         self.cpus = [X86CPU(0)]
         self.add_device(self.cpus[0])  # device[0]
         self._skip_unattached()  # device[1]: kvmvapic
@@ -357,6 +363,20 @@ class PcMachine(Machine):
         notifiers (PIIX4 PM's COM/LPT presence bits)."""
         if self.pm is not None:
             self.pm.machine_ready(lambda port: io_port_present(self.system_io, port))
+            self.acpi_tables = PcAcpiTables(self.fw_cfg, self.acpi_config)  # acpi_setup
+
+    def acpi_config(self) -> AcpiConfig:
+        """What QEMU's acpi_build reads from the board now: the PM base the guest programmed,
+        the ISA devices and the OEM ids. Every PCI device we plug with -device is hotpluggable,
+        so only the host bridge and the PIIX3 occupy fixed slots."""
+        assert self.pm is not None
+        below, above = split_ram(self.ram_size)
+        o = self.options
+        return AcpiConfig(cpus=o.nb_cpus, max_cpus=o.max_cpus, apic_ids=list(range(o.max_cpus)),
+                          ram_below_4g=below, ram_above_4g=above, hpet=o.hpet, pm_base=self.pm.io_base,
+                          serial_ports=list(self.serial_ports), pvpanic_iobase=self.pvpanic_iobase,
+                          oem_id=self.oem_ids.padded("x-oem-id", 6),
+                          oem_table_id=self.oem_ids.padded("x-oem-table-id", 8))
 
     def powerdown(self) -> None:
         """The ACPI power button of PIIX4 PM (QEMU's powerdown notifier); nothing without ACPI."""
@@ -384,10 +404,14 @@ class PcMachine(Machine):
                 line.connect(self.gsi[n])
             dev = testdev
         elif spec.driver == "pvpanic":
+            if self.fw_cfg.file_selector("etc/pvpanic-port") is not None:  # QEMU exits in fw_cfg_add_file
+                raise MachineError("duplicate fw_cfg file name: etc/pvpanic-port")
             pvpanic = PVPanic(spec.int_value("ioport"), spec.int_value("events"),
                               lambda kind: self.panic_event(kind))
             io = [(pvpanic.ioport, pvpanic.io)]
             dev = pvpanic
+            self.pvpanic_iobase = pvpanic.ioport
+            self.fw_cfg.add_file("etc/pvpanic-port", pvpanic.ioport.to_bytes(2, "little"))
         elif spec.driver == "ib700":
             ib700 = IB700(self.clock, lambda: self.watchdog_expired())
             io = [(IB700_BASE, ib700.io)]
@@ -463,6 +487,7 @@ class PcMachine(Machine):
         self.add_device(uart)
         uart.irq.connect(self.gsi[irq])
         self.system_io.add_subregion(port, uart.io)
+        self.serial_ports.append((port, irq))
         return uart
 
     @staticmethod
@@ -513,6 +538,8 @@ class PcMachine(Machine):
 
     def reset(self) -> None:
         super().reset()
+        if self.acpi_tables is not None:
+            self.acpi_tables.reset()
         if self._restore_boot_order:  # -boot once= applies to the first boot only
             self._restore_boot_order = False
             self.set_boot_order(self.options.boot_order)

@@ -178,7 +178,10 @@ def qom_set(ctx: CommandContext, args: dict[str, Any]) -> None:
     value = args["value"]
     if prop.qapi_type is not None:
         value = ctx.server.registry.schema.visit(prop.qapi_type, value, prop.name, prop.name)
-    prop.setter(value)
+    try:
+        prop.setter(value)
+    except QomError as e:
+        raise QapiError(str(e)) from None
 
 
 def qom_list_types(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, Any]]:

@@ -453,7 +453,8 @@ def test_boot_options_merge_and_fw_cfg_values() -> None:
 
 needs_qemu72 = pytest.mark.skipif(not QEMU72.exists(), reason=f"{QEMU72} is absent")
 
-# Produced by QEMU 7.2 from data this model does not generate (ACPI, the vapic ROM).
+# Published by the board outside build_pc_fw_cfg (the ACPI blobs at machine-done, the vapic ROM);
+# tests/compat/test_fw_cfg_files_qemu.py compares the whole machine's files.
 NOT_PRODUCED = {"etc/acpi/rsdp", "etc/acpi/tables", "etc/table-loader", "genroms/kvmvapic.bin"}
 WELL_KNOWN = {F.FW_CFG_SIGNATURE: 4, F.FW_CFG_ID: 4, F.FW_CFG_UUID: 16, F.FW_CFG_RAM_SIZE: 8,
               F.FW_CFG_NOGRAPHIC: 2, F.FW_CFG_NB_CPUS: 2, F.FW_CFG_MAX_CPUS: 2, F.FW_CFG_BOOT_MENU: 2,

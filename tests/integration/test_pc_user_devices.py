@@ -123,3 +123,10 @@ def test_device_errors_and_help_as_qemu() -> None:
     assert r.returncode == 0 and r.stdout.startswith("pvpanic options:\n") and "ioport=<uint16>" in r.stdout
     r = _run("-watchdog-action", "inject-nmi")
     assert r.returncode == 1 and "inject-nmi is not supported" in r.stderr
+    # each ISA pvpanic publishes etc/pvpanic-port: QEMU's fw_cfg refuses the second one
+    r = _run("-M", "pc", "-display", "none", "-S", "-device", "pvpanic", "-device", "pvpanic,ioport=0x506")
+    assert (r.returncode, r.stderr) == (
+        1, "emu-system-x86_64: -device pvpanic,ioport=0x506: duplicate fw_cfg file name: etc/pvpanic-port\n")
+    r = _run("-M", "pc,x-oem-id=ABCDEFG", "-display", "none", "-S")
+    assert (r.returncode, r.stderr) == (
+        1, "emu-system-x86_64: User specified x-oem-id value is bigger than 6 bytes in size\n")
