@@ -64,7 +64,9 @@ class IOAPIC(Device):
             # level-triggered pin sends its vector on each rising edge.
             if rising and not self.redir[n] & MASKED and self.deliver is not None:
                 self.deliver(self.redir[n] & 0xFF)
-        elif level:  # edge: latched in IRR until delivered, as in QEMU (a falling edge keeps it)
+        elif level and not self.redir[n] & MASKED:
+            # edge: latched in IRR until delivered (a falling edge keeps it); a masked pin
+            # ignores it, as the 82093AA manual says and QEMU does
             self.irr |= mask
             self._service()
 

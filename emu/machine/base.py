@@ -70,6 +70,7 @@ class Machine(QObject):
                         AccessRules(valid_min=1, valid_max=4, impl_min=1, impl_max=4, valid_unaligned=True)),
         )
         self.ram_blocks: list[RamBlock] = []
+        self._ram_max: list[int] = []  # each block's maximum length, for the order
         self.devices: list[Device] = []
         self._unattached = 0
         self.cpus = []
@@ -101,8 +102,17 @@ class Machine(QObject):
 
     def new_ram(self, name: str, size: int) -> RamBlock:
         block = RamBlock(name, size)
-        self.ram_blocks.append(block)
+        self.register_ram_block(block)
         return block
+
+    def register_ram_block(self, block: RamBlock, max_length: int | None = None) -> None:
+        """Adds a block to the migrated list in QEMU's ram_list order: by maximum length,
+        largest first, a new block after those at least as large (ram_block_add). A ROM or
+        resizable block's maximum can exceed its used length."""
+        size = block.used_length if max_length is None else max_length
+        index = next((i for i, n in enumerate(self._ram_max) if n < size), len(self._ram_max))
+        self.ram_blocks.insert(index, block)
+        self._ram_max.insert(index, size)
 
     def add_device(self, dev: Device, name: str | None = None, parent: QObject | None = None) -> Device:
         """Places a device in the QOM tree (``/machine/unattached/device[N]`` by default)."""

@@ -188,8 +188,11 @@ class PcMachine(Machine):
         block = self.new_ram("pc.ram", self.ram_size)
         ram_mr = MemoryRegion.ram("pc.ram", self.ram_size, block)
         firmware = self._init_pflash() if any(self.options.pflash) else self._bios_regions()
+        option_rom = MemoryRegion.rom("pc.rom", PC_ROM_SIZE)
+        assert option_rom.block is not None
+        self.register_ram_block(option_rom.block)  # QEMU's ROMs are RAM blocks: they migrate
         host = build_i440fx(self.system_memory, self.system_io, ram_mr, below, above, pci_regions=[
-            *firmware, (PC_ROM_BASE, MemoryRegion.rom("pc.rom", PC_ROM_SIZE), 1),
+            *firmware, (PC_ROM_BASE, option_rom, 1),
         ])
         self.add_device(host, "i440fx")
         assert host.device is not None  # build_i440fx plugs 00:00.0
@@ -200,6 +203,8 @@ class PcMachine(Machine):
     def _bios_regions(self) -> list[tuple[int, MemoryRegion, int]]:
         image = default_bios_image() if self.bios_path is None else self._load_bios(self.bios_path)
         bios_mr = MemoryRegion.rom("pc.bios", BIOS_SIZE, image)
+        assert bios_mr.block is not None
+        self.register_ram_block(bios_mr.block)
         isa_bios = MemoryRegion.alias("isa-bios", bios_mr, BIOS_SIZE - ISA_BIOS_SIZE, ISA_BIOS_SIZE)
         return [(4 * GiB - BIOS_SIZE, bios_mr, 0), (0x100000 - ISA_BIOS_SIZE, isa_bios, 1)]
 
@@ -364,6 +369,8 @@ class PcMachine(Machine):
         if self.pm is not None:
             self.pm.machine_ready(lambda port: io_port_present(self.system_io, port))
             self.acpi_tables = PcAcpiTables(self.fw_cfg, self.acpi_config)  # acpi_setup
+            for block, max_length in self.acpi_tables.blocks():
+                self.register_ram_block(block, max_length)
 
     def acpi_config(self) -> AcpiConfig:
         """What QEMU's acpi_build reads from the board now: the PM base the guest programmed,
@@ -444,12 +451,16 @@ class PcMachine(Machine):
         from emu.migration.vmstate import cpu_entry
 
         entries = super().migration_entries(saving)
+        if self.acpi_tables is not None:  # registered at machine-done, after the devices
+            entries.append(self.acpi_tables.migration_entry(saving))
         vcpu = getattr(self.cpus[0], "vcpu", None)
         entries.append(cpu_entry(vcpu.get_state() if saving and vcpu is not None else None))
         return entries
 
     def migration_loaded(self, entries: list) -> None:
         super().migration_loaded(entries)
+        if self.acpi_tables is not None:
+            self.acpi_tables.migration_loaded(entries)
         vcpu = getattr(self.cpus[0], "vcpu", None)
         for e in entries:
             if e.idstr == "cpu" and vcpu is not None and e.state:

@@ -4,14 +4,33 @@ At machine-done the three blobs are published (``etc/acpi/tables``, ``etc/table-
 ``etc/acpi/rsdp``). The first select of any of them after a reset rebuilds all three from the
 board as it is then (QEMU's acpi_build_update): the firmware reads them after it has programmed
 the PIIX4 PM base, which the FADT holds. A system reset arms the rebuild again.
+
+As in QEMU each blob also lives in a ROM RAM block (``/rom@etc/acpi/tables``...), whose used
+length is the blob's size rounded up to a page, so the blobs migrate with RAM; after an incoming
+migration fw_cfg serves the migrated bytes.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from emu.devices.acpi_build import LOADER_FILE, RSDP_FILE, TABLE_FILE, AcpiBlobs, AcpiConfig, build_acpi
+from emu.devices.acpi_build import (
+    LOADER_FILE,
+    RAM_BLOCK_MAX,
+    RSDP_FILE,
+    TABLE_FILE,
+    AcpiBlobs,
+    AcpiConfig,
+    build_acpi,
+)
 from emu.devices.fw_cfg import FwCfgIo
+from emu.migration.vmstate import Field, SaveStateEntry, VMStateDescription
 from emu.qom import Property, QObject, QomError
+from emu.ram import PAGE_SIZE, RamBlock
+
+FILES = (TABLE_FILE, LOADER_FILE, RSDP_FILE)
+#: acpi_setup's vmstate_register: whether the blobs were rebuilt since the last reset
+VMSTATE_ACPI_BUILD = VMStateDescription(name="acpi_build", version_id=1, minimum_version_id=1,
+                                        fields=[Field("patched", "uint8")])
 
 OEM_ID_DEFAULT = "BOCHS "
 OEM_TABLE_ID_DEFAULT = "BXPC    "
@@ -50,9 +69,31 @@ class PcAcpiTables:
         blobs = build_acpi(build_config())
         self.data = {TABLE_FILE: bytearray(blobs.tables), LOADER_FILE: bytearray(blobs.loader),
                      RSDP_FILE: bytearray(blobs.rsdp)}
+        self.ram = {name: RamBlock(f"/rom@{name}", _page_align(len(data))) for name, data in self.data.items()}
         for name, data in self.data.items():
             fw_cfg.add_file(name, data, select_cb=self.update)
+            self.ram[name].write(0, bytes(data))
         self.patched = False
+
+    def blocks(self) -> list[tuple[RamBlock, int]]:
+        """The ROM blocks with their maximum lengths (acpi_add_rom_blob's)."""
+        return [(self.ram[name], RAM_BLOCK_MAX[name]) for name in FILES]
+
+    def migration_entry(self, saving: bool) -> SaveStateEntry:
+        """The ``acpi_build`` section (instance 0)."""
+        return SaveStateEntry("acpi_build", 0, VMSTATE_ACPI_BUILD, {"patched": int(self.patched)} if saving else {})
+
+    def migration_loaded(self, entries: list[SaveStateEntry]) -> None:
+        """fw_cfg serves the migrated blobs, at the sizes the fw_cfg/acpi_mr subsection carried
+        (QEMU's fw_cfg data points into these blocks), and ``patched`` comes from the stream."""
+        for e in entries:
+            if e.idstr == "acpi_build" and e.state:
+                self.patched = bool(e.state["patched"])
+        for name in FILES:
+            size = self.fw_cfg.acpi_mr_sizes.get(name) or len(self.data[name])
+            block = self.ram[name]
+            self.data[name][:] = block.read(0, min(size, block.used_length))
+            self.fw_cfg.file_resized(name)
 
     def reset(self) -> None:
         """acpi_build_reset: the next select rebuilds."""
@@ -70,5 +111,11 @@ class PcAcpiTables:
             buf = self.data[name]
             resized = len(buf) != len(new)
             buf[:] = new
+            block = self.ram[name]
+            block.write(0, new[:block.used_length])
             if resized:  # QEMU resizes the ROM block and fw_cfg follows (fw_cfg_resized)
                 self.fw_cfg.file_resized(name)
+
+
+def _page_align(size: int) -> int:
+    return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
