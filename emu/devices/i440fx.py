@@ -182,6 +182,19 @@ class I440FXHost(Device):
     def load_vmstate(self, state: dict) -> None:
         self.config_reg = int(state["config_reg"]) & 0xFFFFFFFF
 
+    def vmstate_sections(self, saving: bool = True) -> list[tuple[str, int, VMStateDescription, dict]]:
+        """"PCIHost", then the root bus's "PCIBUS" (QEMU registers it when the bus is realized,
+        right after the host)."""
+        idstr, instance = self.bus.vmstate_id()
+        return [*super().vmstate_sections(saving),
+                (idstr, instance, self.bus.vmsd, self.bus.save_vmstate() if saving else {})]
+
+    def load_vmstate_sections(self, states: dict[tuple[str, int], dict]) -> None:
+        super().load_vmstate_sections(states)
+        state = states.get(self.bus.vmstate_id())
+        if state:
+            self.bus.load_vmstate(state)
+
 
 def build_i440fx(sysmem: MemoryRegion, system_io: MemoryRegion, ram: MemoryRegion, below_4g: int, above_4g: int,
                  pci_regions: Iterable[tuple[int, MemoryRegion, int]] = ()) -> I440FXHost:

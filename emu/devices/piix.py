@@ -29,7 +29,7 @@ from emu.devices.pci import (
     PCIBus,
     PCIDevice,
 )
-from emu.devices.smbus import PMSMBus
+from emu.devices.smbus import VMSTATE_I2C_BUS, PMSMBus
 from emu.memory import AccessRules, CallbackOps, MemoryRegion, render
 from emu.migration.vmstate import Field, VMStateDescription
 
@@ -420,6 +420,18 @@ class PIIX4PM(PCIDevice):
                                    fields=[Field("acpi_memory_hotplug.selector", "uint32")], needed=lambda s: True)
         return VMStateDescription(name="piix4_pm", version_id=3, minimum_version_id=3, fields=fields,
                                   subsections=[memhp])
+
+    def vmstate_sections(self, saving: bool = True) -> list[tuple[str, int, VMStateDescription, dict]]:
+        """The SMBus's "i2c_bus" (registered while PIIX4 PM is realized), then "piix4_pm"."""
+        bus = self.smb.bus
+        return [("i2c_bus", 0, VMSTATE_I2C_BUS, bus.save_vmstate() if saving else {}),
+                *super().vmstate_sections(saving)]
+
+    def load_vmstate_sections(self, states: dict[tuple[str, int], dict]) -> None:
+        state = states.get(("i2c_bus", 0))
+        if state:
+            self.smb.bus.load_vmstate(state)
+        super().load_vmstate_sections(states)
 
     def save_vmstate(self) -> dict:
         state = self.pci_save_state()

@@ -107,6 +107,10 @@ class SMBusDevice(Device):
             self.data_len += 1
 
 
+#: hw/i2c/core.c's bus section: the selected device's address (0xff: none, 0: broadcast)
+VMSTATE_I2C_BUS = VMStateDescription("i2c_bus", 1, 1, [Field("saved_address", "uint8")])
+
+
 class I2CBus:
     """The bus: the devices a transfer selected stay selected until ``end_transfer``."""
 
@@ -114,6 +118,25 @@ class I2CBus:
         self.devices: list[SMBusDevice] = []
         self.current: list[SMBusDevice] = []
         self.broadcast = False
+        self.saved_address = 0xFF
+
+    # ---- migration: "i2c_bus", then each slave's post_load re-selects it
+    def save_vmstate(self) -> dict:
+        """i2c_bus_pre_save: the first selected device's address, 0 when broadcasting."""
+        if not self.current:
+            self.saved_address = 0xFF
+        else:
+            self.saved_address = 0 if self.broadcast else self.current[0].address
+        return {"saved_address": self.saved_address}
+
+    def load_vmstate(self, state: dict) -> None:
+        self.saved_address = int(state["saved_address"])
+
+    def slave_loaded(self, dev: SMBusDevice) -> None:
+        """i2c_slave_post_load: a loaded slave at the saved address (or any, after a broadcast)
+        is selected again, at the head of the list (the broadcast flag itself is not migrated)."""
+        if self.saved_address in (dev.address, 0):
+            self.current.insert(0, dev)
 
     def start(self, address: int, recv: bool) -> bool:
         """A start condition; True when no device answers (QEMU's non-zero return)."""
@@ -189,6 +212,7 @@ class SMBusEEPROM(SMBusDevice):
         self.offset = 0
         self.accessed = False
         self.instance = instance
+        self.bus: I2CBus | None = None  # set when plugged, for the post-load re-selection
         self.vmsd = VMStateDescription("smbus-eeprom", 1, 1, [
             Field("smbusdev.i2c.address", "uint8"), Field("smbusdev.mode", "int32"),
             Field("smbusdev.data_len", "int32"), Field("smbusdev.data_buf", "buffer", SMBUS_DATA_MAX_LEN),
@@ -227,6 +251,8 @@ class SMBusEEPROM(SMBusDevice):
                 "accessed": int(self.accessed)}
 
     def load_vmstate(self, state: dict) -> None:
+        if self.bus is not None:
+            self.bus.slave_loaded(self)
         self.mode = int(state["smbusdev.mode"])
         self.data_len = int(state["smbusdev.data_len"])
         self.data_buf[:] = bytes(state["smbusdev.data_buf"])

@@ -354,6 +354,7 @@ class PcMachine(Machine):
             eeprom = SMBusEEPROM(EEPROM_BASE + i, instance=i)
             self.add_device(eeprom)
             pm.smb.bus.devices.append(eeprom)
+            eeprom.bus = pm.smb.bus
 
     def attach_boot_disk(self, sector0: bytes) -> None:
         """The first IDE disk: its sector 0 is what the direct boot loads. The primary channel
