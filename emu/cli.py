@@ -27,6 +27,18 @@ MACHINE_PROPS = frozenset({
     "pcspk-audiodev", "fd-bootindex", "kernel", "initrd", "append", "dtb", "dumpdtb", "phandle-start",
     "pflash0", "pflash1", "sgx-epc", "boot", "memory-encryption", "igd-passthru", "x-oem-id", "x-oem-table-id",
 })
+# -machine properties that take effect here (board options, QOM properties of the machine)
+MACHINE_PROPS_HONOURED = frozenset({"type", "accel", "usb", "graphics", "dump-guest-core", "mem-merge", "hpet", "acpi",
+                                    "x-oem-id", "x-oem-table-id"})
+# the others, with the values that match this board as it is (QEMU's default here, or what the
+# board lacks anyway); any other value configures something not modelled and is warned about
+_ON, _OFF = frozenset({"on", "yes", "true", "auto"}), frozenset({"off", "no", "false"})
+MACHINE_PROPS_AS_IS: dict[str, frozenset[str]] = {
+    "smm": _ON, "pit": _ON, "i8042": _ON, "smbus": _ON, "vmport": _OFF, "suppress-vmdesc": _OFF,
+    "nvdimm": _OFF, "hmat": _OFF, "igd-passthru": _OFF, "default-bus-bypass-iommu": _OFF,
+    "kernel_irqchip": _OFF, "kernel-irqchip": _OFF, "kernel": frozenset({""}),
+    "initrd": frozenset({""}), "append": frozenset({""}), "dtb": frozenset({""}),
+}
 UUID_RE = re.compile(r"\A[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 SIZE_HELP = ("Parameter 'size' expects a non-negative number below 2^64\n"
              "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
@@ -187,6 +199,9 @@ def _opt_machine(cfg: Config, name: str, value: str) -> None:
             mtype = opts.get("type", cfg.machine)
             mcls = find_machine(mtype)
             raise _bare(f"Property '{mcls.name if mcls else mtype}-machine.{key}' not found")
+    for key, val in opts.items():
+        if key not in MACHINE_PROPS_HONOURED and val not in MACHINE_PROPS_AS_IS.get(key, ()):
+            cfg.warnings.append(f"-machine {key}={val}: not modelled by this emulator, ignored")
     if "type" in opts:
         cfg.machine = opts.pop("type")
     if "accel" in opts:

@@ -123,3 +123,13 @@ def test_smbios_fields_are_refused_not_ignored():
         parse_args(["-smbios", "type=1,serial=x"])
     assert str(ei.value) == ("-smbios type=1,serial=x: -smbios is not supported by this emulator: "
                              "the pc board publishes QEMU's default SMBIOS tables only")
+
+
+def test_machine_properties_not_modelled_are_warned_about():
+    """A -machine property takes effect, matches the board as it is, or is warned about."""
+    cfg = parse_args(["-machine", "pc,usb=off,hpet=off,smm=on,vmport=off,smbus=off,pit=off,sata=on",
+                      "-machine", "kernel-irqchip=split,max-ram-below-4g=1G"])
+    assert cfg.warnings == [f"-machine {p}: not modelled by this emulator, ignored"
+                            for p in ("smbus=off", "pit=off", "sata=on", "kernel-irqchip=split",
+                                      "max-ram-below-4g=1G")]
+    assert cfg.machine_props["hpet"] == "off"
