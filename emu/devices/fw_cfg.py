@@ -556,7 +556,7 @@ class PcFwCfgConfig:
     acpi_tables: bytes = b""  # -acpitable data (FW_CFG_ACPI_TABLES)
     reserved_memory_end: int | None = None
     extra_files: Mapping[str, bytes] = field(default_factory=dict)  # e.g. option ROMs the board loads
-    smbios: bool = True  # etc/smbios/* (the pc board builds them at machine-done)
+    smbios: bool = True  # etc/smbios/* (QEMU adds them at machine-done; they depend on this config only)
     machine_name: str = "pc-i440fx-9.1"  # the SMBIOS "version" strings
     smp_topology: tuple[int, int, int] = (1, 1, 1)  # sockets, cores per socket, threads per core (SMBIOS type 4)
 

@@ -366,7 +366,8 @@ class PcMachine(Machine):
 
     def machine_done(self) -> None:
         """Once every device (``-serial`` UARTs included) exists: QEMU's machine-init-done
-        notifiers (PIIX4 PM's COM/LPT presence bits)."""
+        notifiers (PIIX4 PM's COM/LPT presence bits, then acpi_setup: the ACPI blobs in fw_cfg
+        and their ROM blocks)."""
         if self.pm is not None:
             self.pm.machine_ready(lambda port: io_port_present(self.system_io, port))
             self.acpi_tables = PcAcpiTables(self.fw_cfg, self.acpi_config)  # acpi_setup
