@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from emu.clock import VirtualClock
+from emu.devices.ide_ports import IdeBus, ide_bus_fields, load_ide_buses, save_ide_buses
 from emu.devices.pci import (
     BASE_ADDRESS_SPACE_IO,
     COMMAND,
@@ -30,6 +31,7 @@ from emu.devices.pci import (
     PCIDevice,
 )
 from emu.devices.smbus import VMSTATE_I2C_BUS, PMSMBus
+from emu.irq import GpioOut
 from emu.memory import AccessRules, CallbackOps, MemoryRegion, render
 from emu.migration.vmstate import Field, VMStateDescription
 
@@ -158,7 +160,9 @@ class PIIX3(PCIDevice):
 
 
 class PIIX3IDE(PCIDevice):
-    """PIIX3 IDE function: config space and bus-master registers only (no IDE, no DMA)."""
+    """PIIX3 IDE function: config space, the bus-master registers (no DMA is ever performed) and
+    the two IDE buses' register state (``buses``, :class:`IdeBus`); the board maps their legacy
+    ports and wires ``isa_irq`` to ISA IRQ 14/15. Migrates as QEMU's "ide" (vmstate_ide_pci)."""
 
     type_name = "piix3-ide"
     type_parent = "pci-ide"
@@ -172,6 +176,9 @@ class PIIX3IDE(PCIDevice):
         self.bm_cmd = [0, 0]
         self.bm_status = [0, 0]
         self.bm_addr = [0, 0]
+        # each bus's interrupt passes through its BMDMA (bmdma_irq), as QEMU wires them
+        self.isa_irq = [GpioOut(0), GpioOut(1)]
+        self.buses = [IdeBus(self._bmdma_irq(ch)) for ch in range(2)]
         self.bmdma_bar = MemoryRegion.container("piix-bmdma-container", 16)
         for ch in range(2):
             self.bmdma_bar.add_subregion(ch * 8, MemoryRegion.io(
@@ -179,11 +186,24 @@ class PIIX3IDE(PCIDevice):
             self.bmdma_bar.add_subregion(ch * 8 + 4, MemoryRegion.io(
                 "bmdma", 4, CallbackOps(self._addr_reader(ch), self._addr_writer(ch), _rules()), owner=self))
         self.register_bar(4, BASE_ADDRESS_SPACE_IO, self.bmdma_bar)
+        self.vmsd = VMStateDescription(name="ide", version_id=3, minimum_version_id=0,
+                                       fields=[*self.pci_vmstate_fields(), *ide_bus_fields()])
 
     def device_reset(self) -> None:
+        """piix_ide_reset: both buses (ide_bus_reset, with its BMDMA's reset), then config."""
+        for ch, bus in enumerate(self.buses):
+            bus.reset()
+            self.bm_cmd[ch] = self.bm_status[ch] = self.bm_addr[ch] = 0
         self.set_word(COMMAND, 0)
         self.set_word(STATUS, STATUS_DEVSEL_MEDIUM | STATUS_FAST_BACK)
         self.set_long(0x20, BASE_ADDRESS_SPACE_IO)
+
+    def _bmdma_irq(self, ch: int) -> Callable[[int], None]:
+        def set_level(level: int) -> None:
+            if level:
+                self.bm_status[ch] |= 0x04  # BM_STATUS_INT latches on every raise
+            self.isa_irq[ch].set(level)
+        return set_level
 
     def _bm_reader(self, ch: int) -> Callable[[int, int], int]:
         def read(offset: int, size: int) -> int:
@@ -214,6 +234,16 @@ class PIIX3IDE(PCIDevice):
             mask = ((1 << (8 * size)) - 1) << (8 * offset)
             self.bm_addr[ch] = (self.bm_addr[ch] & ~mask) | ((value << (8 * offset)) & mask & ~3)
         return write
+
+    def save_vmstate(self) -> dict:
+        state = self.pci_save_state()
+        state.update(save_ide_buses(self.buses, self.bm_cmd, self.bm_status, self.bm_addr))
+        return state
+
+    def load_vmstate(self, state: dict) -> None:
+        self.pci_load_state(state)
+        for ch, (cmd, status, addr) in enumerate(load_ide_buses(state, self.buses)):
+            self.bm_cmd[ch], self.bm_status[ch], self.bm_addr[ch] = cmd, status, addr
 
 
 def _gpe_u16(data: bytearray) -> int:

@@ -166,8 +166,10 @@ class PcMachine(Machine):
         self._skip_unattached(2)  # device[14], [15]: vmport, vmmouse
         self._init_port92()  # device[16]
         self.add_device(ide)  # device[17]
-        self.ide_channels = [EmptyIdeChannel() for _ in CHANNELS]
-        for (base, control), channel in zip(CHANNELS, self.ide_channels):
+        self.ide = ide
+        self.ide_channels = [EmptyIdeChannel(bus) for bus in ide.buses]
+        for n, ((base, control), channel) in enumerate(zip(CHANNELS, self.ide_channels)):
+            ide.isa_irq[n].connect(self.gsi[14 + n])  # ISA IRQ 14 / 15
             self.system_io.add_subregion(base, channel.block_io)
             self.system_io.add_subregion(control, channel.control_io)
         self.pm = pm
@@ -363,6 +365,11 @@ class PcMachine(Machine):
         channel = self.ide_channels[0]
         channel.block_io.set_enabled(False)
         channel.control_io.set_enabled(False)
+        # the master slot holds a drive: its reset signature says so; the rest of its state
+        # stays the reset state, since the guest cannot reach the unmapped ATA registers
+        slot = self.ide.buses[0].ifs[0]
+        slot.has_drive = True
+        slot.reset()
 
     def machine_done(self) -> None:
         """Once every device (``-serial`` UARTs included) exists: QEMU's machine-init-done

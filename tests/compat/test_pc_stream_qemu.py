@@ -29,7 +29,7 @@ MEM_SIZE_FLAG = 0x04
 #: Sections of QEMU 7.2's pc that this emulator does not produce: the vCPU's own state (ours
 #: travels in a section of its own format), the local APIC and the vapic, which are not
 #: modelled, and the VMware mouse.
-NOT_MODELLED = {("cpu_common", 0), ("apic", 0), ("kvm-tpr-opt", 0), ("vmmouse", 0), ("0000:00:01.1/ide", 0)}
+NOT_MODELLED = {("cpu_common", 0), ("apic", 0), ("kvm-tpr-opt", 0), ("vmmouse", 0)}
 #: The SMBus script up to the middle of a byte-by-byte block read: EEPROM 0x50 stays selected,
 #: so the bus section carries saved_address 0x50.
 SMBUS_MID_BLOCK = 176
