@@ -9,11 +9,11 @@ ours, which saves it again unchanged.
 from __future__ import annotations
 
 import random
-import struct
 import time
 from pathlib import Path
 
 import pytest
+from test_pc_stream_qemu import full_section
 from test_qtest_compat import both, needs_qemu  # needs_qemu: skipped without qemu-system-x86_64
 from vmstate_source import ByteSource
 
@@ -50,23 +50,6 @@ PROGRAMS: dict[str, list[str]] = {
                    f"outb 0x{BM + 8:x} 0x01", f"outw 0x{BM + 12:x} 0xabcd", f"outb 0x{BM + 10:x} 0x20",
                    f"outb 0x{BM:x} 0x00", "outb 0x1f7 0x00", "outl 0xcf8 0x8000093c", "outb 0xcfc 0x0b"],
 }
-
-
-def full_section(stream: bytes, key: tuple[str, int]) -> tuple[int, bytes]:
-    """A QEMU_VM_SECTION_FULL's (version, body), as ``test_pc_stream_qemu.full_section``."""
-    name = key[0].encode()
-    marker = bytes([len(name)]) + name + struct.pack(">I", key[1])
-    at = stream.index(marker)
-    while stream[at - 5] != 0x04:
-        at = stream.index(marker, at + 1)
-    section_id = stream[at - 4:at]
-    version = struct.unpack_from(">I", stream, at + len(marker))[0]
-    body = end = at + len(marker) + 4
-    while True:
-        end = stream.index(b"\x7e" + section_id, end)
-        if stream[end + 5] in (0x00, 0x04):  # EOF, or the next full section
-            return version, stream[body:end]
-        end += 1
 
 
 def run_and_save(binary: str, path: Path, program: list[str], extra: list[str]) -> tuple[list[str], bytes]:
