@@ -346,9 +346,14 @@ def test_irq_intercept_transcript_A2(h):
     for args, irq in A2_SET_IRQ_IN:
         reply = [irq.encode(), b"OK"] if irq else [b"OK"]
         assert h.send(b"set_irq_in ioapic unnamed-gpio-in %s\n" % args.encode()) == reply, args
-    # the interceptor is transparent: the IOAPIC itself saw the level
+    # the interceptor is transparent: the IOAPIC itself saw the level. Pin 5 is made
+    # level-triggered (still masked) first, since a masked edge-triggered pin ignores requests.
+    assert h.send(b"writel 0xfec00000 0x1a\n") == [b"OK"]
+    assert h.send(b"writel 0xfec00010 0x18030\n") == [b"OK"]
     assert h.send(b"set_irq_in ioapic unnamed-gpio-in 5 1\n") == [b"IRQ raise 5", b"OK"]
     assert h.machine.ioapic.irr & (1 << 5)
+    assert h.send(b"set_irq_in ioapic unnamed-gpio-in 5 0\n") == [b"IRQ lower 5", b"OK"]
+    assert not h.machine.ioapic.irr & (1 << 5)
 
 
 def test_intercepting_a_device_without_gpios_locks_out_others_A3(h):
