@@ -14,6 +14,7 @@ from typing import Any
 
 from emu.chardev import Chardev, ChardevError, create_chardev, parse_legacy
 from emu.config import Config
+from emu.firmware_path import data_dirs
 from emu.machine import MACHINE_TYPES, MachineError, find_machine
 from emu.machine.options import BoardOptions
 from emu.main_loop import MainLoop
@@ -442,7 +443,8 @@ def board_options(cfg: Config) -> BoardOptions:
                         uuid=bytes.fromhex(cfg.uuid.replace("-", "")) if cfg.uuid else None,
                         nographic=cfg.nographic or _off(cfg.machine_props.get("graphics")),
                         hpet=not (cfg.no_hpet or _off(cfg.machine_props.get("hpet"))),
-                        acpi=not (cfg.no_acpi or _off(cfg.machine_props.get("acpi"))))
+                        acpi=not (cfg.no_acpi or _off(cfg.machine_props.get("acpi"))),
+                        data_dirs=data_dirs(cfg.data_dirs))
     from emu.drives import pflash_drives
 
     opts.pflash = pflash_drives(cfg.drives)

@@ -112,6 +112,11 @@ def parse_args(argv: list[str]) -> Config:
                 raise
             raise CliError(f"{arg} {value}: {e}") from None
     _device_help(cfg)
+    if cfg.list_data_dirs and cfg.action is None:  # after -device help, as QEMU checks them
+        from emu.firmware_path import data_dirs
+
+        cfg.action = "print-help-text"
+        cfg.help_text = "".join(f"{d}\n" for d in data_dirs(cfg.data_dirs))
     if cfg.rtc_values:
         _rtc(cfg)
     if cfg.boot_keyval:
@@ -174,13 +179,22 @@ def _device_help(cfg: Config) -> None:
         try:
             text = device_help(opts)
         except DeviceSpecError as e:
-            cfg.action = "device-help"
+            cfg.action = "print-help-text"
             cfg.notes.append(f"-device {spec}: {e}")
             return
         if text is not None:
-            cfg.action = "device-help"
+            cfg.action = "print-help-text"
             cfg.help_text = text
             return
+
+
+def _opt_data_dir(cfg: Config, name: str, value: str) -> None:
+    """``-L DIR`` adds a firmware directory (searched before the built-in ones); ``-L help``
+    lists them all once the options are read."""
+    if value in ("help", "?"):
+        cfg.list_data_dirs = True
+    else:
+        cfg.data_dirs.append(value)
 
 
 def _bare(message: str) -> CliError:
@@ -452,7 +466,7 @@ OPTIONS: dict[str, Option] = {
     "S": flag(_set("start_paused")), "nodefaults": flag(_set("nodefaults")),
     "name": arg(lambda cfg, name, value: setattr(cfg, "name", _opts(value, implied="guest").get("guest"))),
     "uuid": arg(_opt_uuid), "global": arg(_opt_global), "run-with": arg(_opt_run_with),
-    "bios": arg(_store("bios")), "rtc": arg(_append("rtc_values")), "boot": arg(_opt_boot),
+    "bios": arg(_store("bios")), "L": arg(_opt_data_dir), "rtc": arg(_append("rtc_values")), "boot": arg(_opt_boot),
     "no-fd-bootchk": flag(_set("fd_bootchk", False)), "no-hpet": flag(_set("no_hpet")),
     "no-acpi": flag(_set("no_acpi")),
     "smp": arg(_opt_smp), "pidfile": arg(_store("pidfile")),
@@ -473,7 +487,7 @@ OPTIONS: dict[str, Option] = {
     "incoming": arg(_store("incoming")),
     **dict.fromkeys(("drive", "hda", "hdb", "hdc", "hdd", "cdrom", "blockdev"), arg(_opt_drive)),
     # accepted without effect
-    **dict.fromkeys(("audio", "audiodev", "msg", "sandbox", "overcommit", "k", "compat", "seed", "L", "D",
+    **dict.fromkeys(("audio", "audiodev", "msg", "sandbox", "overcommit", "k", "compat", "seed", "D",
                      "trace"), ignored(True)),
     **dict.fromkeys(("no-user-config", "full-screen", "mem-prealloc", "only-migratable", "snapshot", "old-param",
                      "win2k-hack"), ignored(False)),
@@ -553,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for note in cfg.notes:
         sys.stderr.write(f"{prog}: {note}\n")
-    if cfg.action == "device-help":
+    if cfg.action == "print-help-text":
         sys.stdout.write(cfg.help_text or "")
         return 0
     from emu.assembly import run_system

@@ -52,15 +52,18 @@ class Config:
         #: the QemuOpts form of each ``-device`` (emu.devices.catalog.DeviceOpts), in order
         self.device_opts: list[Any] = []
         self.device_ids: set[str] = set()
-        #: stdout text of a ``-device help`` request (printed instead of running)
+        #: stdout text of a ``-device help`` or ``-L help`` request (printed instead of running)
         self.help_text: str | None = None
         #: lines printed on stderr after the program name (e.g. ``-device X: warning: ...``)
         self.notes: list[str] = []
         self.bios: str | None = None
+        self.data_dirs: list[str] = []  # each -L DIR, in order
+        self.list_data_dirs = False  # -L help
         self.nodefaults = False
         self.display = "none"
         self.pidfile: str | None = None
-        self.action: str | None = None  # "help" / "version" when they were asked for
+        #: "help" / "version" when asked for; "print-help-text" prints help_text (-device/-L help)
+        self.action: str | None = None
         self.fd_bootchk = True  # -no-fd-bootchk clears it
         #: -action, -no-reboot, -no-shutdown and -watchdog-action, merged (emu.actions)
         self.action_opts = ActionOptions()

@@ -18,7 +18,6 @@ This module owns:
 from __future__ import annotations
 
 import mmap
-import os
 import re
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +27,7 @@ from emu.devices.base import Device
 from emu.devices.smbios import ANCHOR_FILE as SMBIOS_ANCHOR_FILE
 from emu.devices.smbios import TABLES_FILE as SMBIOS_TABLES_FILE
 from emu.devices.smbios import SmbiosConfig, build_smbios
+from emu.firmware_path import find_file
 from emu.memory import AccessRules, AddressSpace, CallbackOps, MemoryRegion
 from emu.migration.vmstate import Field, VMStateDescription
 from emu.qom import register_type
@@ -622,8 +622,7 @@ def read_splash_file(name: str, data_dirs: Sequence[str] = ()) -> tuple[str, byt
     """``-boot splash=FILE``: (fw_cfg file name, data) for a JPEG or 24-bit BMP, found as
     qemu_find_file does (the name itself, then each data directory). QEMU reports the
     BootOptionError texts and goes on without a splash (not fatal)."""
-    candidates = [name] + [f"{d}/{name}" for d in data_dirs]
-    path = next((p for p in candidates if os.access(p, os.R_OK)), None)
+    path = find_file(name, data_dirs)
     if path is None:
         raise BootOptionError(f"failed to find file '{name}'")
     try:

@@ -4,10 +4,10 @@ As QEMU 7.2 builds them (hw/isa/piix3.c, hw/ide/piix.c, hw/acpi/piix4.c + core.c
 
 - ``PIIX3`` (8086:7000): PIRQ route registers 0x60-0x63 steer the bus's four INTx lines to ISA IRQs
   (its ``isa_irq`` outputs, wired to the board's GSIs); the reset control register at port 0xcf9.
-  The i8257 DMA controllers QEMU creates with it are not modelled.
-- ``PIIX3IDE`` (8086:7010): config space and the bus-master BAR (BAR4, 16 I/O ports) as registers
-  only: command/status/PRD address are stored, no DMA is ever performed and there are no IDE
-  channels (the legacy ports 0x1f0/0x170 are the board's business).
+  The i8257 DMA controllers QEMU creates with it are the board's (``emu.devices.i8257``).
+- ``PIIX3IDE`` (8086:7010): config space, the bus-master BAR (BAR4, 16 I/O ports: command/status/PRD
+  address are stored, no DMA is ever performed) and the register state of both IDE buses
+  (``emu.devices.ide_ports``), whose legacy ports 0x1f0/0x170 the board maps.
 - ``PIIX4PM`` (8086:7113 rev 3): PM base (0x40) and enable (0x80) place the PM I/O block (PM1a
   event/control, the 24-bit ACPI PM timer at +8 counting at 3.579545 MHz of the virtual clock),
   SCI on its ``sci`` output (IRQ 9 on the pc board), APM ports 0xb2/0xb3 and GPE0 at 0xafe0. The

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from emu.firmware_path import FIRMWARE_PATH
+
 
 @dataclass
 class BoardOptions:
@@ -31,6 +33,7 @@ class BoardOptions:
     nodefaults: bool = False
     hpet: bool = True  # -no-hpet / -machine hpet=off
     acpi: bool = True  # -no-acpi / -machine acpi=off: no PIIX4 PM and no ACPI tables
+    data_dirs: tuple[str, ...] = FIRMWARE_PATH  # -L directories, then the firmware path
     rtc: object | None = None  # emu.devices.rtc.RtcOptions
     devices: list = field(default_factory=list)  # parsed -device specs the board creates
     pflash: list = field(default_factory=list)  # -drive if=pflash: per unit, (path, readonly) or None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from emu.devices.acpi_build import AcpiConfig
 from emu.devices.base import Device
@@ -46,6 +46,7 @@ from emu.devices.smbus import EEPROM_BASE, EEPROM_COUNT, SMBusEEPROM
 from emu.devices.testdev import IOMEM_ADDR as TESTDEV_IOMEM_ADDR
 from emu.devices.testdev import PCTestdev
 from emu.devices.x86cpu import X86CPU
+from emu.firmware_path import FIRMWARE_PATH, find_file
 from emu.irq import IRQ
 from emu.machine.base import Machine, MachineError
 from emu.machine.pc_acpi import OemIds, PcAcpiTables
@@ -61,23 +62,18 @@ LOWMEM_SPLIT = 0xC0000000
 CMOS_EQUIPMENT = 0x14
 BOOT_NIBBLES = {"a": 1, "b": 1, "c": 2, "d": 3, "n": 4}  # CMOS boot device codes
 
-# Where distributions install SeaBIOS; its image is plain ROM data for us (we never execute it).
-BIOS_SEARCH_PATH = (
-    "/usr/share/seabios/bios-256k.bin",
-    "/usr/share/qemu/bios-256k.bin",
-    "/usr/share/qemu/bios.bin",
-)
-# Where QEMU's own ROM images are installed (QEMU's data directory; -L is not honoured).
-ROM_DIRS = ("/usr/share/qemu",)
+# QEMU's pc firmware, looked for in the data directories (emu.firmware_path); SeaBIOS's image is
+# plain ROM data for us (we never execute it).
+DEFAULT_BIOS = "bios-256k.bin"
 # The option ROM of the vapic device every TCG pc has (hw/i386/kvmvapic.c). The device (TPR
 # patching through port 0x7e) is not modelled; SeaBIOS would run the ROM, which we never do.
 VAPIC_ROM = "kvmvapic.bin"
 
 
-def option_rom(name: str) -> bytes | None:
+def option_rom(name: str, dirs: Sequence[str] = FIRMWARE_PATH) -> bytes | None:
     """An option ROM image found as qemu_find_file does, or None after QEMU's message (the
     machine starts without it, as QEMU's does)."""
-    path = next((f"{d}/{name}" for d in ROM_DIRS if os.path.isfile(f"{d}/{name}")), name)
+    path = find_file(name, dirs) or name
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -86,18 +82,20 @@ def option_rom(name: str) -> bytes | None:
         return None
 
 
-def default_bios_image() -> bytes:
-    """A SeaBIOS image if one is installed, else (with a warning) an empty ROM with only the
-    reset vector jump."""
-    for path in BIOS_SEARCH_PATH:
+def default_bios_image(dirs: Sequence[str] = FIRMWARE_PATH) -> bytes:
+    """SeaBIOS's ``bios-256k.bin`` from the data directories, else (with a warning, where QEMU
+    would not start) an empty ROM with only the reset vector jump."""
+    path = find_file(DEFAULT_BIOS, dirs)
+    data = b""
+    if path is not None:
         try:
             with open(path, "rb") as f:
                 data = f.read(BIOS_SIZE + 1)
         except OSError:
-            continue
-        if len(data) == BIOS_SIZE:
-            return data
-    _report("warning: no SeaBIOS image (bios-256k.bin) found in " + ", ".join(BIOS_SEARCH_PATH)
+            pass
+    if len(data) == BIOS_SIZE:
+        return data
+    _report(f"warning: no SeaBIOS image ({DEFAULT_BIOS}) found in " + ", ".join(dirs)
             + ": the BIOS ROM is empty")
     image = bytearray(BIOS_SIZE)
     # jmp far f000:e05b at 0xffff0: the conventional PC reset vector
@@ -203,7 +201,8 @@ class PcMachine(Machine):
         return host
 
     def _bios_regions(self) -> list[tuple[int, MemoryRegion, int]]:
-        image = default_bios_image() if self.bios_path is None else self._load_bios(self.bios_path)
+        dirs = self.options.data_dirs
+        image = default_bios_image(dirs) if self.bios_path is None else self._load_bios(self.bios_path, dirs)
         bios_mr = MemoryRegion.rom("pc.bios", BIOS_SIZE, image)
         assert bios_mr.block is not None
         self.register_ram_block(bios_mr.block)
@@ -306,7 +305,8 @@ class PcMachine(Machine):
             uuid=o.uuid or bytes(16), nographic=o.nographic, boot_menu=int(o.boot_menu),
             splash_time=o.splash_time, reboot_timeout=o.reboot_timeout, splash=o.boot_splash,
             boot_strict=o.boot_strict, hpet=((PC_HPET_BLOCK_ID, HPET_BASE),) if o.hpet else (),
-            machine_name=self.name, extra_files=self._option_roms(), acpi=o.acpi)
+            machine_name=self.name, extra_files=self._option_roms(o.data_dirs), acpi=o.acpi,
+            data_dirs=o.data_dirs)
         try:
             fw = build_pc_fw_cfg(config, dma_as=self.address_space_memory,
                                  report=_report)
@@ -319,10 +319,10 @@ class PcMachine(Machine):
         self.fw_cfg = fw
 
     @staticmethod
-    def _option_roms() -> dict[str, bytes]:
+    def _option_roms(dirs: Sequence[str]) -> dict[str, bytes]:
         """fw_cfg's ``genroms/`` files (QEMU's rom_add_option from pc_memory_init): plain data,
         with no RAM block on this machine type (option_rom_has_mr is off)."""
-        data = option_rom(VAPIC_ROM)
+        data = option_rom(VAPIC_ROM, dirs)
         return {} if data is None else {f"genroms/{VAPIC_ROM}": data}
 
     def _init_i8042(self) -> None:
@@ -511,15 +511,22 @@ class PcMachine(Machine):
         return uart
 
     @staticmethod
-    def _load_bios(path: str) -> bytes:
-        """``-bios FILE``: a ROM image of at most 256 KiB, mapped so that it ends at 4 GiB."""
+    def _load_bios(name: str, dirs: Sequence[str]) -> bytes:
+        """``-bios NAME`` (a path, or a file in the data directories): a ROM image whose size is
+        a multiple of 64 KiB, mapped so that it ends at 4 GiB."""
+        path = find_file(name, dirs)
+        data = b""
         try:
-            with open(path, "rb") as f:
-                data = f.read(BIOS_SIZE + 1)
+            if path is not None and os.path.getsize(path) <= BIOS_SIZE:
+                with open(path, "rb") as f:
+                    data = f.read(BIOS_SIZE + 1)
+            elif path is not None and os.path.getsize(path) % 65536 == 0:
+                # QEMU maps larger images; our BIOS region is fixed
+                raise MachineError(f"-bios {name}: images larger than 256 KiB are not supported by this emulator")
         except OSError:
-            data = b""
-        if not data or len(data) > BIOS_SIZE or len(data) % 65536:
-            raise MachineError(f"qemu: could not load PC BIOS '{path}'", prefixed=False)
+            pass
+        if not data or len(data) % 65536:
+            raise MachineError(f"qemu: could not load PC BIOS '{name}'", prefixed=False)
         return bytes(BIOS_SIZE - len(data)) + data
 
     def _init_cmos(self, rtc: RTC, below: int, above: int) -> None:

@@ -7,6 +7,7 @@ import pytest
 from vmstate_source import ByteSource
 
 import emu.machine.pc as pc
+from emu.machine.base import MachineError
 from emu.machine.options import BoardOptions
 from emu.machine.pc import PcMachine
 from emu.migration.vmstate import LoadContext, load_state, save_state
@@ -68,11 +69,33 @@ def test_pit_irq0_reaches_gsi_0_with_or_without_hpet(hpet: bool) -> None:
     assert m.address_space_memory.read_uint(0xFED00000, 4) == (0x8086A201 if hpet else 0)
 
 
-def test_missing_seabios_warns(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(pc, "BIOS_SEARCH_PATH", ("/nonexistent/bios-256k.bin",))
-    image = pc.default_bios_image()
+def test_missing_seabios_warns(tmp_path, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)  # the bare name is tried first, relative to the working directory
+    image = pc.default_bios_image((str(tmp_path / "none"),))
     assert len(image) == pc.BIOS_SIZE and image[-16:-11] == bytes([0xEA, 0x5B, 0xE0, 0x00, 0xF0])
     assert "warning: no SeaBIOS image (bios-256k.bin) found" in capsys.readouterr().err
+
+
+def test_bios_is_found_in_the_first_data_directory_that_has_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The default bios-256k.bin and ``-bios NAME`` are looked for in the -L directories in order."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (second / "bios-256k.bin").write_bytes(b"\x11" * pc.BIOS_SIZE)
+    (second / "mine.bin").write_bytes(b"\x22" * 65536)
+    (first / "mine.bin").write_bytes(b"\x33" * 65536)
+    dirs = (str(first), str(second))
+    m = _board(data_dirs=dirs)
+    assert m.address_space_memory.read_uint(0xFFFFFFF0, 4) == 0x11111111
+    m = PcMachine(64 << 20, manual_clock=True, bios="mine.bin", options=BoardOptions(data_dirs=dirs))
+    assert m.address_space_memory.read_uint(0xFFFFFFF0, 4) == 0x33333333
+    assert m.address_space_memory.read_uint(0xFFFC0000, 4) == 0  # 64 KiB: the rest of the window is zero
+    with pytest.raises(MachineError, match="could not load PC BIOS 'other.bin'"):
+        PcMachine(64 << 20, manual_clock=True, bios="other.bin", options=BoardOptions(data_dirs=dirs))
+    (first / "big.bin").write_bytes(bytes(2 * pc.BIOS_SIZE))
+    with pytest.raises(MachineError, match="larger than 256 KiB are not supported"):
+        PcMachine(64 << 20, manual_clock=True, bios="big.bin", options=BoardOptions(data_dirs=dirs))
 
 
 def test_every_device_section_round_trips_between_two_boards() -> None:
@@ -110,11 +133,10 @@ def test_vapic_option_rom_is_published_from_the_rom_directory(tmp_path, monkeypa
     """genroms/kvmvapic.bin holds the file's bytes; without the file QEMU's message is printed and
     the board starts without it."""
     (tmp_path / "kvmvapic.bin").write_bytes(b"\x55\xaa" + bytes(range(200)))
-    monkeypatch.setattr(pc, "ROM_DIRS", (str(tmp_path),))
-    fw = _board().fw_cfg
+    fw = _board(data_dirs=(str(tmp_path),)).fw_cfg
     assert fw.entry(fw.file_selector("genroms/kvmvapic.bin")) == b"\x55\xaa" + bytes(range(200))
-    monkeypatch.setattr(pc, "ROM_DIRS", (str(tmp_path / "none"),))
-    monkeypatch.chdir(tmp_path.parent)  # the bare name is tried last, relative to the working directory
-    fw = _board().fw_cfg
+    monkeypatch.chdir(tmp_path.parent)  # the bare name is tried first, relative to the working directory
+    fw = _board(data_dirs=(str(tmp_path / "none"),)).fw_cfg
     assert "genroms/kvmvapic.bin" not in fw.file_names()
-    assert capsys.readouterr().err == "Could not open option rom 'kvmvapic.bin': No such file or directory\n"
+    # (the default BIOS is not in these directories either: its warning comes first)
+    assert capsys.readouterr().err.endswith("Could not open option rom 'kvmvapic.bin': No such file or directory\n")

@@ -2,6 +2,7 @@
 exit status, logs, reconnects, backpressure and QEMU-style command-line errors."""
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -15,6 +16,7 @@ import pytest
 from wire import TIMEOUT, QmpClient, QtestClient, accept, connect_unix, listen_unix, wait_path
 
 BIN = shutil.which("emu-system-x86_64")
+REAL_QEMU = shutil.which("qemu-system-x86_64")
 
 _SPAWNED: list[subprocess.Popen] = []
 
@@ -305,6 +307,35 @@ def test_bios_option_maps_the_image_below_4g(tmp):
     assert qt.cmd("readl 0xffff0") == [b"OK 0x00000000000100ea"]  # the ISA BIOS alias shows the same bytes
     rc, _ = finish(proc)
     assert rc == 0
+
+
+def test_bios_name_is_found_through_L_directories(tmp):
+    """``-L DIR -bios NAME`` reads DIR/NAME, as qemu_find_file does; ``-L help`` lists the -L
+    directories before the built-in firmware path."""
+    image = bytearray(64 * 1024)
+    image[-16:-11] = b"\xea\x00\x02\x00\xf0"
+    (tmp / "fw").mkdir()
+    (tmp / "fw" / "mine.bin").write_bytes(bytes(image))
+    proc, qt, _ = libqtest_launch(tmp, ["-M", "pc", "-L", str(tmp / "empty"), "-L", str(tmp / "fw"),
+                                        "-bios", "mine.bin"])
+    assert qt.cmd("readl 0xfffffff0") == [b"OK 0x00000000000200ea"]
+    rc, _ = finish(proc)
+    assert rc == 0
+    out = subprocess.run([BIN, "-L", str(tmp / "fw"), "-L", "help", "-L", str(tmp / "fw")],
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert (out.returncode, out.stdout, out.stderr) == (
+        0, f"{tmp}/fw\n/usr/share/qemu\n/usr/share/seabios\n/usr/lib/ipxe/qemu\n", "")
+
+
+@pytest.mark.skipif(REAL_QEMU is None, reason="Debian's qemu-system-x86_64 is not installed")
+def test_L_help_lists_the_directories_qemu_lists(tmp):
+    """QEMU prints its built-in directories relative to its executable (/usr/bin/../share/qemu):
+    the same directories, which we name by their absolute paths."""
+    args = ["-L", str(tmp / "a"), "-L", str(tmp / "b"), "-L", str(tmp / "a"), "-L", "?"]
+    theirs = subprocess.run([REAL_QEMU, *args], capture_output=True, text=True, timeout=TIMEOUT)
+    ours = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=TIMEOUT)
+    assert theirs.returncode == ours.returncode == 0
+    assert ours.stdout.splitlines() == [os.path.normpath(line) for line in theirs.stdout.splitlines()]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
