@@ -7,10 +7,10 @@ maximum size 0x200000, 0x10000 and 0x1000 (hw/acpi/utils.c acpi_add_rom_blob).
 
 Status: all three blobs, the whole DSDT included, are byte-exact with Debian's QEMU 7.2 for
 ``-M pc -nodefaults`` with 1-10 CPUs (maxcpus, APIC ids < 255; x2APIC ids are encoded but
-unchecked), any RAM size, with or without HPET, serial ports, ISA pvpanic, a std VGA (a
-non-hotpluggable slot) and hotpluggable PCI devices (tests/compat/test_acpi_qemu.py). Not
-modelled: PCI bridges and expander buses, memory hotplug (maxmem), NVDIMM, TPM, SGX, parallel
-ports, floppy drives, NUMA (_PXM), and q35.
+unchecked), any RAM size, with or without HPET, serial and parallel ports, ISA pvpanic, a std VGA
+(a non-hotpluggable slot) and hotpluggable PCI devices (tests/compat/test_acpi_qemu.py). Not
+modelled: PCI bridges and expander buses, memory hotplug (maxmem), NVDIMM, TPM, SGX, floppy
+drives, NUMA (_PXM), and q35.
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ class AcpiConfig:
     rtc_irq: int = 8
     i8042: bool = True
     serial_ports: list[tuple[int, int]] = field(default_factory=list)  # (iobase, irq)
+    parallel_ports: list[tuple[int, int]] = field(default_factory=list)  # (iobase, irq)
     pvpanic_iobase: int | None = None
     fdc: bool = True  # the ISA floppy controller (present even with -nodefaults), no drives
     # Root-bus slots whose function 0 holds a cold-plugged device that is not hotpluggable, with
@@ -191,8 +192,8 @@ def build_rsdt(blob: TableBlob, tables: list[int]) -> int:
 
 def isa_devices_aml(c: AcpiConfig) -> list[bytes]:
     """The ISA devices' build_aml in QEMU's ISA bus order: the bus lists its children newest first,
-    so ``-device`` ones (pvpanic) lead, then the i8042 (KBD, MOU), the floppy controller, the serial
-    ports from the last one, and the RTC, which the board creates first."""
+    so ``-device`` ones (pvpanic) lead, then the i8042 (KBD, MOU), the floppy controller, the parallel
+    and then the serial ports, each from the last one, and the RTC, which the board creates first."""
     out = []
     if c.pvpanic_iobase is not None:
         out.append(pvpanic_aml(c.pvpanic_iobase))
@@ -206,6 +207,11 @@ def isa_devices_aml(c: AcpiConfig) -> list[bytes]:
                               aml.name_decl("_CRS", aml.resource_template(aml.irq_no_flags(12)))))
     if c.fdc:
         out.append(fdc_aml())
+    for index, (iobase, irq) in reversed(list(enumerate(c.parallel_ports))):  # parallel_isa_build_aml
+        out.append(aml.device(f"LPT{index + 1}", aml.name_decl("_HID", aml.eisaid("PNP0400")),
+                              aml.name_decl("_UID", aml.integer(index + 1)),
+                              aml.name_decl("_STA", aml.integer(0xF)), aml.name_decl(
+            "_CRS", aml.resource_template(aml.io_port(iobase, iobase, 8, 8), aml.irq_no_flags(irq)))))
     for index, (iobase, irq) in reversed(list(enumerate(c.serial_ports))):
         out.append(aml.device(f"COM{index + 1}", aml.name_decl("_HID", aml.eisaid("PNP0501")),
                               aml.name_decl("_UID", aml.integer(index + 1)),

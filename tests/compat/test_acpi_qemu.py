@@ -107,6 +107,9 @@ CASES = {
     "serial": (["-serial", "null"], AcpiConfig(serial_ports=[(0x3F8, 4)])),
     "serial2": (["-serial", "null", "-serial", "null"], AcpiConfig(serial_ports=[(0x3F8, 4), (0x2F8, 3)])),
     "m3G": (["-m", "3G"], AcpiConfig(ram_below_4g=0xC0000000)),
+    "parallel": (["-parallel", "null"], AcpiConfig(parallel_ports=[(0x378, 7)])),
+    "serial-parallel2": (["-serial", "null", "-parallel", "null", "-parallel", "null"],
+                         AcpiConfig(serial_ports=[(0x3F8, 4)], parallel_ports=[(0x378, 7), (0x278, 7)])),
     # a non-hotpluggable device (std VGA at slot 2): no _SUN/_EJ0/DVNT entry, the VGA's _SxD
     "vga": (["-vga", "std"], AcpiConfig(pci_fixed_slots={0: "", 1: "isa", 2: "vga"})),
     # a hotpluggable device describes its slot as an empty one
