@@ -196,3 +196,19 @@ def test_boot_disk_slot_has_a_drive_signature() -> None:
     m.reset()
     assert (slot.lcyl, slot.hcyl) == (0, 0)
     assert _in(m, 0x1F7) == 0xFF  # the channel's ports stay unmapped
+
+
+def test_a_cd_on_the_secondary_master_answers_on_the_board_ports() -> None:
+    """IdeBus.attach_cdrom on the board's secondary bus: that channel reads the ATAPI signature
+    (as QEMU's default CD-ROM does), the primary channel stays an empty one."""
+    m = PcMachine(64 << 20, manual_clock=True, options=BoardOptions())
+    _ide(m).buses[1].attach_cdrom(0)
+    m.reset()
+    assert [_in(m, 0x170 + r) for r in range(1, 8)] == [0, 1, 1, 0x14, 0xEB, 0xA0, 0x50]
+    assert _in(m, 0x376) == 0x50
+    assert [_in(m, 0x1F0 + r) for r in range(1, 8)] == [0] * 7
+    # the secondary master's drive state: lcyl/hcyl carry the packet signature
+    body = _body(m)
+    secondary_master = body[PCI_PART + 2 * len(FRESH_BMDMA) + 2 * 2 + 2 * len(FRESH_DRIVE):][:len(FRESH_DRIVE)]
+    assert secondary_master[15:17] == bytes([0x14, 0xEB])
+    assert body.count(FRESH_DRIVE) == 3
