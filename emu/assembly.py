@@ -62,6 +62,7 @@ class Assembler:
     def __init__(self, cfg: Config, prog: str) -> None:
         self.cfg = cfg
         self.prog = prog
+        self.late_warnings: list[str] = []
         self._counters: dict[str, int] = {}  # chardev labels per owner: serial0, serial1...
         self.accel = ""  # the accelerator chosen: qtest, tcg or kvm
         self.kvm_dirty_ring_size = 0  # -accel kvm,dirty-ring-size=N (0: dirty bitmaps)
@@ -87,6 +88,7 @@ class Assembler:
             raise StartupError(str(e), prefixed=e.prefixed) from None
         for key, value in cfg.machine_props.items():
             _set_machine_prop(machine, key, value)
+        self._warn_missing_defaults(machine)
         vm = VM(machine, start_paused=cfg.start_paused, qtest_accel=qtest_accel, name=cfg.name, uuid=cfg.uuid)
         vm.accel = self.accel
         vm.actions = cfg.actions
@@ -99,6 +101,24 @@ class Assembler:
         self._add_devices(machine)
         machine.boot()
         return vm
+
+    def _warn_missing_defaults(self, machine: Any) -> None:
+        """QEMU's default devices that this board does not create are said to be missing (the
+        serial and parallel ports are created)."""
+        from emu.drives import default_cdrom_wanted
+
+        cfg = self.cfg
+        if cfg.nodefaults or not machine.has_default_devices:
+            return
+        missing = [what for what, wanted in (("VGA (-vga std)", cfg.default_vga),
+                                             ("e1000 network card (-nic)", cfg.default_net),
+                                             ("floppy drive fd0", True),
+                                             ("CD-ROM ide1-cd0", default_cdrom_wanted(cfg.drives, cfg.devices)))
+                   if wanted]
+        # said once start-up succeeded: a start-up error stays the only line, as in QEMU
+        self.late_warnings.append(f"QEMU's default {', '.join(missing)} "
+                                  f"{'is' if len(missing) == 1 else 'are'} not created by this emulator; "
+                                  "-nodefaults leaves them out")
 
     def _attach_boot_disk(self, machine: Any) -> None:
         from emu.drives import DriveError, boot_disk
@@ -241,11 +261,14 @@ class Assembler:
         self._setup_migration()
         self._setup_monitors()
         self._setup_serials()
+        self._setup_parallels()
         self.system.vm.machine.machine_done()
         self._setup_qtest()
         self._setup_vcpu()
         if cfg.incoming is not None and cfg.incoming != "defer":
             self._start_incoming(cfg.incoming)
+        for line in self.late_warnings:
+            sys.stderr.write(f"{self.prog}: warning: {line}\n")
 
     def _create_chardevs(self) -> None:
         """Each ``-chardev``, checked against the ``-mon``s, then started."""
@@ -330,7 +353,8 @@ class Assembler:
 
         system.migration = MigrationManager(system.vm, named_fds=named_fds, fdsets=system.fdsets, fatal=fatal,
                                             prog=self.prog)
-        for (driver, prop), value in self.cfg.globals.items():
+        # the machine type's compat properties first, then the command line's -global
+        for (driver, prop), value in {**system.vm.machine.compat_globals, **self.cfg.globals}.items():
             if driver == "migration" and prop == "multifd-flush-after-each-section":
                 flag = {"on": True, "yes": True, "true": True, "y": True,
                         "off": False, "no": False, "false": False, "n": False}.get(value)
@@ -338,6 +362,11 @@ class Assembler:
                     raise StartupError(f"can't apply global migration.{prop}={value}: "
                                        f"Parameter '{prop}' expects 'on' or 'off'")
                 system.migration.flush_after_each_section = flag
+            elif driver == "migration" and prop == "zero-page-detection":
+                if value not in ("none", "legacy", "multifd"):
+                    raise StartupError(f"can't apply global migration.{prop}={value}: "
+                                       f"Parameter '{prop}' does not accept value '{value}'")
+                system.migration.config.parameters[prop] = value
 
     def _start_incoming(self, uri: str) -> None:
         from emu.migration.address import MigrationAddressError, parse_migration_uri
@@ -349,11 +378,25 @@ class Assembler:
         except (MigrationAddressError, MigrationError) as e:
             raise StartupError(str(e)) from None
 
+    def _default_chardev(self) -> str | None:
+        """QEMU's backend for a default serial or parallel port: stdio under -nographic (the
+        serial port muxed with the monitor there; the parallel port gets null), else
+        ``vc:80Cx24C``, a text console that nothing displays here: null. None: -nodefaults, or a
+        machine without default devices."""
+        cfg = self.cfg
+        if cfg.nodefaults or not self.system.vm.machine.has_default_devices:
+            return None
+        return "stdio" if cfg.nographic else "null"
+
     def _setup_serials(self) -> None:
         """Opens each ``-serial`` chardev now (a test may be waiting for us to connect); the 16550
         UARTs that drive them come with the vCPU work."""
         serials = self.system.serial_chardevs
-        for spec in self.cfg.serials:
+        specs = list(self.cfg.serials)
+        default = self._default_chardev()
+        if self.cfg.default_serial and default is not None:
+            specs.append(default)
+        for spec in specs:
             if spec == "none":
                 serials.append(None)
                 continue
@@ -366,6 +409,28 @@ class Assembler:
             if add_serial is not None and len(serials) <= 4:
                 uart = add_serial(len(serials) - 1, chardev.write)
                 chardev.attach(_serial_frontend(uart))
+
+    def _setup_parallels(self) -> None:
+        """Each ``-parallel`` chardev (or QEMU's default one) and its LPT port, as many as the
+        board has (QEMU's MAX_PARALLEL_PORTS is 3)."""
+        specs = list(self.cfg.parallels)
+        default = self._default_chardev()
+        if self.cfg.default_parallel and default is not None:
+            specs.append("null")  # -nographic gives the default parallel port null too
+        add_parallel = getattr(self.system.vm.machine, "add_parallel", None)
+        index = 0
+        for spec in specs:
+            if spec == "none":  # takes no index, as in QEMU's parallel_parse
+                continue
+            if index == 3:
+                raise StartupError("too many parallel ports")
+            try:
+                chardev = self._chardev(spec, "parallel")
+            except (ChardevError, StartupError) as e:
+                raise StartupError(f"-parallel {spec}: {e}") from None
+            if add_parallel is not None:
+                add_parallel(index, chardev.write)
+            index += 1
 
     def _setup_vcpu(self) -> None:
         """With TCG or KVM, a machine that has a CPU and a boot disk runs the guest on a vCPU

@@ -282,6 +282,27 @@ def _opt_display(cfg: Config, name: str, value: str) -> None:
 def _opt_vga(cfg: Config, name: str, value: str) -> None:
     if value not in ("none", "std", "cirrus", "vmware", "qxl", "virtio"):
         raise CliError(f"{value}: unknown vga type")
+    cfg.default_vga = False
+    if value != "none":
+        cfg.warnings.append(f"-vga {value}: {_NO_DISPLAY}")
+
+
+def _opt_serial(cfg: Config, name: str, value: str) -> None:
+    cfg.serials.append(value)
+    cfg.default_serial = False
+
+
+def _opt_parallel(cfg: Config, name: str, value: str) -> None:
+    cfg.parallels.append(value)
+    cfg.default_parallel = False
+
+
+def _opt_net(cfg: Config, name: str, value: str) -> None:
+    """-nic, -net and -netdev replace QEMU's default NIC; only ``-nic none`` / ``-net none``
+    (no network at all) is what this emulator has."""
+    cfg.default_net = False
+    if not (name in ("nic", "net") and value.split(",", 1)[0] == "none"):
+        cfg.warnings.append(f"-{name} {value}: {_NO_NET}")
 
 
 def _opt_uuid(cfg: Config, name: str, value: str) -> None:
@@ -359,7 +380,9 @@ def _opt_device(cfg: Config, name: str, value: str) -> None:
 def _opt_drive(cfg: Config, name: str, value: str) -> None:
     if name in ("drive", "blockdev"):
         cfg.drives.append(value)
-    else:  # -hda FILE ... -cdrom FILE
+    elif name == "cdrom":  # QEMU's CDROM_OPTS at IDE index 2
+        cfg.drives.append(f"file={value},index=2,media=cdrom")
+    else:  # -hda FILE ... -hdd FILE
         cfg.drives.append(f"file={value},index={ord(name[-1]) - ord('a')}")
 
 
@@ -478,7 +501,8 @@ OPTIONS: dict[str, Option] = {
     "no-shutdown": flag(lambda cfg, name: _add_action(cfg, "-no-shutdown", "shutdown=pause")),
     # front ends and character devices
     "qtest": arg(_store("qtest")), "qtest-log": arg(_store("qtest_log")), "chardev": arg(_opt_chardev),
-    "mon": arg(_opt_mon), "monitor": arg(_opt_monitor), "serial": arg(_append("serials")),
+    "mon": arg(_opt_mon), "monitor": arg(_opt_monitor), "serial": arg(_opt_serial),
+    "parallel": arg(_opt_parallel),
     "qmp": arg(lambda cfg, name, value: cfg.qmp.append((value, False))),
     "qmp-pretty": arg(lambda cfg, name, value: cfg.qmp.append((value, True))),
     "display": arg(_opt_display), "vga": arg(_opt_vga), "nographic": flag(_set("nographic")),
@@ -496,8 +520,7 @@ OPTIONS: dict[str, Option] = {
     "icount": not_modelled(True, "instruction counting is not modelled: the clock follows host time"),
     "mem-path": not_modelled(True, "guest RAM is anonymous memory"),
     "numa": not_modelled(True, "NUMA is not modelled"),
-    "netdev": not_modelled(True, _NO_NET), "net": not_modelled(True, _NO_NET),
-    "parallel": not_modelled(True, "there is no parallel port"),
+    "netdev": arg(_opt_net), "net": arg(_opt_net), "nic": arg(_opt_net),
     "debugcon": not_modelled(True, "there is no debug console"), "usbdevice": not_modelled(True, "there is no USB"),
     "option-rom": not_modelled(True, "option ROMs are not loaded"),
     "fw_cfg": not_modelled(True, "there is no fw_cfg device"), "tpmdev": not_modelled(True, "there is no TPM"),

@@ -60,6 +60,10 @@ class Config:
         self.data_dirs: list[str] = []  # each -L DIR, in order
         self.list_data_dirs = False  # -L help
         self.nodefaults = False
+        #: QEMU's default devices, each dropped by -nodefaults or by the options that replace it
+        #: (-serial, -parallel, -vga, -nic/-net/-netdev); see emu.defaults
+        self.default_serial = self.default_parallel = self.default_vga = self.default_net = True
+        self.parallels: list[str] = []  # each -parallel CHARDEV
         self.display = "none"
         self.pidfile: str | None = None
         #: "help" / "version" when asked for; "print-help-text" prints help_text (-device/-L help)

@@ -53,6 +53,8 @@ def boot_disk(drives: list[str], devices: list[str], faults: list | None = None)
                 raise DriveError(option, f"Block format 'raw' does not support the option '{key}'")
         if "file" not in opts:
             continue  # an empty drive (e.g. a CD-ROM without media)
+        if opts.get("media") == "cdrom":
+            raise DriveError(option, "CD-ROM media are not supported by this emulator")
         _check_file(option, opts["file"])
         if iface == "pflash":
             continue  # the board's flash (pflash_drives)
@@ -103,3 +105,32 @@ def pflash_drives(drives: list[str]) -> list[tuple[str, bool] | None]:
             unit = next(i for i in range(len(units) + 1) if i not in units)
         units[unit] = (opts["file"], opts.get("readonly", "off") in ("on", "true", "yes"))
     return [units.get(i) for i in range(max(units) + 1)] if units else []
+
+
+def default_cdrom_wanted(drives: list[str], devices: list[str]) -> bool:
+    """Whether QEMU would add its default CD-ROM (IDE index 2, the secondary master): not after a
+    ``-device`` of a disk or CD model (default_driver_check), nor when a ``-drive`` of the IDE
+    interface already took index 2 (drives without index/bus/unit fill the first free slot)."""
+    for spec in devices:
+        pairs, _ = parse_opts(spec, implied="driver")
+        if dict(pairs).get("driver") in ("ide-cd", "ide-hd", "scsi-cd", "scsi-hd"):
+            return False
+    taken: set[int] = set()
+    for spec in drives:
+        pairs, _ = parse_opts(spec)
+        opts = dict(pairs)
+        if opts.get("if", "ide") != "ide":
+            continue
+        try:
+            if "index" in opts:
+                slot = int(opts["index"])
+            elif "bus" in opts or "unit" in opts:
+                bus = int(opts.get("bus", 0))
+                slot = (bus * 2 + int(opts["unit"]) if "unit" in opts
+                        else next(bus * 2 + u for u in (0, 1, 2, 3) if bus * 2 + u not in taken))
+            else:
+                slot = next(i for i in range(len(taken) + 1) if i not in taken)
+        except ValueError:
+            continue  # a malformed number is the drive set-up's error to report
+        taken.add(slot)
+    return 2 not in taken

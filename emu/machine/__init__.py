@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from emu.machine.base import Machine, MachineError
 from emu.machine.none import NoneMachine
-from emu.machine.pc import PcMachine
+from emu.machine.pc import PcI440fx72Machine, PcMachine
 from emu.qom import register_type
 
-MACHINE_TYPES: tuple[type[Machine], ...] = (PcMachine, NoneMachine)
+MACHINE_TYPES: tuple[type[Machine], ...] = (PcMachine, PcI440fx72Machine, NoneMachine)
 
 register_type("machine", "object", abstract=True)
 register_type("x86-machine", "machine", abstract=True)

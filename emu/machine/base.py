@@ -40,9 +40,15 @@ class Machine(QObject):
 
     name = "none"
     aliases: tuple[str, ...] = ()
+    #: the machine type's compat properties (QEMU's hw_compat_X_Y) that this emulator applies,
+    #: as -global DRIVER.PROP values under the command line's own -global options
+    compat_globals: dict[tuple[str, str], str] = {}
     description = ""
     default_ram_size = 0
     has_cpu = False
+    #: QEMU gives this board default devices (serial, parallel, floppy, CD-ROM, VGA, NIC) unless
+    #: -nodefaults; the none machine has none (no_serial, no_parallel... and no display)
+    has_default_devices = False
     machine_parent = "machine"  # QOM parent of this machine's type
     max_cpus = 1
     default_cpu_type: str | None = None

@@ -48,6 +48,7 @@ from emu.devices.testdev import PCTestdev
 from emu.devices.x86cpu import X86CPU
 from emu.firmware_path import FIRMWARE_PATH, find_file
 from emu.irq import IRQ
+from emu.machine import pc_unmodelled
 from emu.machine.base import Machine, MachineError
 from emu.machine.pc_acpi import OemIds, PcAcpiTables
 from emu.memory import MemoryRegion
@@ -117,10 +118,11 @@ def split_ram(ram_size: int) -> tuple[int, int]:
 
 class PcMachine(Machine):
     name = "pc-i440fx-9.1"
-    aliases = ("pc",)
+    aliases: tuple[str, ...] = ("pc",)
     description = "Standard PC (i440FX + PIIX, 1996)"
     default_ram_size = 128 * 1024 * 1024
     has_cpu = True
+    has_default_devices = True
     machine_parent = "generic-pc-machine"
     max_cpus = 255
     default_cpu_type = "qemu64-x86_64-cpu"
@@ -133,6 +135,7 @@ class PcMachine(Machine):
         skipped, not reused)."""
         self.oem_ids = OemIds(self)
         self.serial_ports: list[tuple[int, int]] = []  # (iobase, irq) of each -serial UART
+        self.parallel_ports: list[tuple[int, int]] = []  # (iobase, irq) of each -parallel port
         self.pvpanic_iobase: int | None = None
         self.acpi_tables: PcAcpiTables | None = None
         self.cpus = [X86CPU(0)]
@@ -390,7 +393,8 @@ class PcMachine(Machine):
         o = self.options
         return AcpiConfig(cpus=o.nb_cpus, max_cpus=o.max_cpus, apic_ids=list(range(o.max_cpus)),
                           ram_below_4g=below, ram_above_4g=above, hpet=o.hpet, pm_base=self.pm.io_base,
-                          serial_ports=list(self.serial_ports), pvpanic_iobase=self.pvpanic_iobase,
+                          serial_ports=list(self.serial_ports), parallel_ports=list(self.parallel_ports),
+                          pvpanic_iobase=self.pvpanic_iobase,
                           oem_id=self.oem_ids.padded("x-oem-id", 6),
                           oem_table_id=self.oem_ids.padded("x-oem-table-id", 8))
 
@@ -464,6 +468,8 @@ class PcMachine(Machine):
             entries.append(self.acpi_tables.migration_entry(saving))
         vcpu = getattr(self.cpus[0], "vcpu", None)
         entries.append(cpu_entry(vcpu.get_state() if saving and vcpu is not None else None))
+        if not saving:  # QEMU's sections of devices not modelled here: loaded at reset state only
+            entries += pc_unmodelled.load_entries()
         return entries
 
     def migration_loaded(self, entries: list) -> None:
@@ -509,6 +515,18 @@ class PcMachine(Machine):
         self.system_io.add_subregion(port, uart.io)
         self.serial_ports.append((port, irq))
         return uart
+
+    def add_parallel(self, index: int, output: Callable[[bytes], None]) -> Device:
+        """LPT1..LPT3 at 0x378, 0x278, 0x3bc, all on IRQ 7 (QEMU's isa_parallel_io/irq)."""
+        from emu.devices.parallel import ParallelPort
+
+        port, irq = (0x378, 0x278, 0x3BC)[index], 7
+        lpt = ParallelPort(output, instance_id=index)
+        self.add_device(lpt)
+        lpt.irq.connect(self.gsi[irq])
+        self.system_io.add_subregion(port, lpt.io)
+        self.parallel_ports.append((port, irq))
+        return lpt
 
     @staticmethod
     def _load_bios(name: str, dirs: Sequence[str]) -> bytes:
@@ -570,3 +588,17 @@ class PcMachine(Machine):
         if self._restore_boot_order:  # -boot once= applies to the first boot only
             self._restore_boot_order = False
             self.set_boot_order(self.options.boot_order)
+
+
+class PcI440fx72Machine(PcMachine):
+    """``pc-i440fx-7.2``: QEMU 7.2's ``pc``, the machine type a QEMU 7.2 migrates with (its
+    configuration section names it). The board is the same: what this emulator models of the pc
+    already behaves as QEMU 7.2's (its tests compare with QEMU 7.2). The compat properties QEMU
+    9.1 gives this type that touch what we model are the migration ones: 7.2's multifd sync at
+    each section and zero-page detection on the main channel (7.2's multifd packets have no
+    zero-page list)."""
+
+    name = "pc-i440fx-7.2"
+    aliases: tuple[str, ...] = ()
+    compat_globals = {("migration", "multifd-flush-after-each-section"): "on",
+                      ("migration", "zero-page-detection"): "legacy"}
