@@ -1,0 +1,51 @@
+"""Without -nodefaults QEMU's pc gets default devices: the COM1 and LPT1 ports answer as QEMU's
+do; the defaults this emulator does not create are named in one warning."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from test_qtest_compat import Emu, both, needs_qemu
+
+OURS = shutil.which("emu-system-x86_64")
+ARGS = ["-M", "pc", "-m", "64M", "-S", "-display", "none"]
+PROBES = [f"inb 0x{p:x}" for p in (*range(0x3F8, 0x400), *range(0x378, 0x380))] + ["inw 0x378", "inl 0x3f8"]
+
+
+def _replies(binary: str, extra: list[str]) -> list[bytes | None]:
+    with Emu(binary, ARGS, extra=extra) as emu:
+        emu.conn.send(("\n".join(PROBES) + "\n").encode())
+        return [emu.conn.readline() for _ in PROBES]
+
+
+@needs_qemu
+@pytest.mark.qemu
+@pytest.mark.parametrize("extra", [[], ["-serial", "none", "-parallel", "none"], ["-nodefaults"]],
+                         ids=["defaults", "none", "nodefaults"])
+def test_default_serial_and_parallel_ports_match_qemu(extra: list[str]) -> None:
+    ours, qemu = both(_replies, extra)
+    assert ours == qemu
+    assert (b"OK 0x0060" in ours) == (extra == [])  # COM1's LSR (THRE|TEMT) only with defaults
+
+
+def _first_stderr_line(extra: list[str]) -> str:
+    """The first line the emulator prints on stderr once started (the qtest socket is never
+    connected, so it waits; it is killed after that line)."""
+    assert OURS is not None
+    proc = subprocess.Popen([OURS, *ARGS, *extra, "-qtest", "stdio", "-qtest-log", "none"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        return proc.stderr.readline()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_missing_defaults_are_named_once_start_up_succeeds() -> None:
+    line = _first_stderr_line(["-vga", "none", "-nic", "none"])
+    assert line.endswith("warning: QEMU's default floppy drive fd0, CD-ROM ide1-cd0 are not created by this "
+                         "emulator; -nodefaults leaves them out\n")
+    line = _first_stderr_line(["-cdrom", "/dev/null"])
+    assert line.endswith("CD-ROM media are not supported by this emulator\n")  # a start-up error, alone
