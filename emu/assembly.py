@@ -414,8 +414,7 @@ class Assembler:
         """Each ``-parallel`` chardev (or QEMU's default one) and its LPT port, as many as the
         board has (QEMU's MAX_PARALLEL_PORTS is 3)."""
         specs = list(self.cfg.parallels)
-        default = self._default_chardev()
-        if self.cfg.default_parallel and default is not None:
+        if self.cfg.default_parallel and self._default_chardev() is not None:
             specs.append("null")  # -nographic gives the default parallel port null too
         add_parallel = getattr(self.system.vm.machine, "add_parallel", None)
         index = 0

@@ -24,15 +24,15 @@ from pathlib import Path
 
 import pytest
 from test_ide_qemu import BM, SECTION, SETUP, run_and_save
+from test_ide_qemu import reload as reload_into
 from test_pc_stream_qemu import full_section
 from test_qtest_compat import OURS, QEMU, needs_qemu  # needs_qemu: skipped without qemu-system-x86_64
-from vmstate_source import ByteSource
 
 from emu.devices.ide_ports import ide_serial
 from emu.devices.piix import PIIX3IDE
 from emu.machine.options import BoardOptions
 from emu.machine.pc import PcMachine
-from emu.migration.vmstate import LoadContext, load_state, save_state
+from emu.migration.vmstate import save_state
 
 CDROM = ["-drive", "if=ide,index=2,media=cdrom"]
 BM_STATUS = f"0x{BM + 10:x}"  # the secondary channel's bus-master status (interrupt bit 0x04)
@@ -151,14 +151,7 @@ def ours(tmp_path: Path, program: list[str], unit: int = 0) -> tuple[list[str], 
 
 def reload(body: bytes, unit: int = 0) -> bytes:
     """QEMU's section loaded into a fresh board of ours with the CD, then saved again."""
-    board = cd_board(unit)
-    entry = next(e for e in board.migration_entries(saving=False) if (e.idstr, e.instance_id) == SECTION)
-    source, ctx = ByteSource(body), LoadContext()
-    assert load_state(source, entry.vmsd, entry.state, 3, ctx) == 0, ctx.lines
-    assert source.pos == len(body)
-    board.migration_loaded([entry])
-    again = next(e for e in board.migration_entries(saving=True) if (e.idstr, e.instance_id) == SECTION)
-    return save_state(again.vmsd, again.state)
+    return reload_into(body, cd_board(unit))
 
 
 PCI_PART = 4 + 256 + 16

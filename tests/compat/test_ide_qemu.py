@@ -86,10 +86,12 @@ def random_program(seed: int, count: int = 300) -> list[str]:
     return program
 
 
-def reload(body: bytes) -> bytes:
-    """QEMU's section loaded into a fresh board of ours, then saved again."""
-    board = PcMachine(64 << 20, manual_clock=True, options=BoardOptions())
-    board.reset()
+def reload(body: bytes, board: PcMachine | None = None) -> bytes:
+    """QEMU's section loaded into ``board`` (by default a fresh, reset board of ours), then saved
+    again."""
+    if board is None:
+        board = PcMachine(64 << 20, manual_clock=True, options=BoardOptions())
+        board.reset()
     entry = next(e for e in board.migration_entries(saving=False) if (e.idstr, e.instance_id) == SECTION)
     source, ctx = ByteSource(body), LoadContext()
     assert load_state(source, entry.vmsd, entry.state, 3, ctx) == 0, ctx.lines
