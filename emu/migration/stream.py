@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emu.migration import vmstate as vms
+from emu.migration.errors import QemuTextError
 from emu.migration.ram_flags import (
     ENCODING_FLAG_XBZRLE,
     RAM_FLAGS_MASK,
@@ -584,6 +585,11 @@ class _QFile(_BigEndianReads):
         except StreamEOFError as e:
             self.set_error(-errno.EIO)
             return e.partial
+        except QemuTextError:
+            # a channel that failed (a reset connection): QEMU's qemu_fill_buffer makes every
+            # channel error EIO, so the load fails (or a postcopy pauses) like at an early end
+            self.set_error(-errno.EIO)
+            return b""
         except OSError as e:
             self.set_error(-(e.errno or errno.EIO))
             return b""
@@ -611,6 +617,9 @@ class _QFile(_BigEndianReads):
             return b""
         try:
             return self.r.peek(n, offset)
+        except QemuTextError:
+            self.set_error(-errno.EIO)
+            return b""
         except OSError as e:
             self.set_error(-(e.errno or errno.EIO))
             return b""

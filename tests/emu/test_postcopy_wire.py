@@ -189,3 +189,40 @@ def test_discard_ranges_are_checked_with_qemus_texts_and_make_pages_missing() ->
     assert block.read(0, 4 * 4096) == b"\xaa" * 4096 + bytes(2 * 4096) + b"\xaa" * 4096  # missing reads as zero
     assert pc.missing_pages() == 14
     pc.close()
+
+
+class ResetAfter:
+    """A source whose connection is reset after ``data``: reads then raise the channel's error."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, n: int) -> bytes:
+        from emu.migration.transport import TransportError
+
+        if not self.data:
+            raise TransportError("Unable to read from socket: Connection reset by peer")
+        out, self.data = self.data[:n], self.data[n:]
+        return out
+
+
+class PausingPostcopy(FakePostcopy):
+    def paused(self, lines: list[str]) -> None:
+        self.calls.append(("paused", lines))
+        return None
+
+
+def test_a_reset_connection_fails_the_load_with_eio_like_an_early_end() -> None:
+    # QEMU's qemu_fill_buffer turns every channel error into EIO; before, the reset escaped the
+    # loader as an exception and a postcopy destination exited instead of pausing
+    data = _stream()[:-1]  # no EOF: the connection is reset there
+    with pytest.raises(StreamError) as e:
+        load_stream(StreamReader(ResetAfter(data)), {}, None, "none")
+    assert e.value.messages[-1] == "load of migration failed: Input/output error"
+
+
+def test_a_reset_connection_in_postcopy_pauses() -> None:
+    pc = PausingPostcopy(state=4)  # LISTENING: past the package, pages are being placed
+    with pytest.raises(StreamError):
+        load_stream(StreamReader(ResetAfter(_stream()[:-1])), {}, None, "none", postcopy=pc)
+    assert [c[0] for c in pc.calls] == ["paused"]
