@@ -92,9 +92,13 @@ def _libfuzzer_argv(args: argparse.Namespace, index: int, count: int | None) -> 
 
 
 def _seed_corpus(target: Any, corpus: Path, seed: int) -> None:
-    """Inputs from the target's generator, so libFuzzer starts from structure it cannot guess."""
+    """The target's own valid inputs, unmutated (every structure it knows reaches libFuzzer, not
+    just those the generator happens to pick), then inputs from its generator, so libFuzzer starts
+    from structure it cannot guess."""
     rng = random.Random(seed)
     corpus.mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(getattr(target, "valid_inputs", lambda: [])()):
+        (corpus / f"valid-{seed}-{i}").write_bytes(data)
     for i in range(SEEDS_PER_WORKER):
         (corpus / f"seed-{seed}-{i}").write_bytes(target.generate(rng))
 

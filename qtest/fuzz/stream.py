@@ -752,6 +752,10 @@ class StreamTarget:
         self.counts: Counter[str] = Counter()
         self.execs = 0
 
+    def valid_inputs(self) -> list[bytes]:
+        """Every seed as it is: streams that load (the coverage backend starts from them)."""
+        return [join(s.items) for s in self.seeds]
+
     def generate(self, rng: random.Random) -> bytes:
         """A mutant of a seed chosen at random (smaller seeds more often)."""
         seed = rng.choices(self.seeds, self.weights)[0]

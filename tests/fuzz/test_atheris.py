@@ -33,10 +33,12 @@ def test_coverage_guided_run(tmp_path: Path, target: str, count: int, jobs: int)
     assert m is not None, proc.stderr
     assert m.group(1) == target and int(m.group(2)) == count and m.group(5) == "0"
     # coverage is the emulator's: far more edges than the fuzzer's callback alone, and the
-    # corpus grew past the generator's seeds
+    # corpus grew past the seeds (the target's valid inputs and the generator's)
     assert int(m.group(3)) > 500
     corpus = tmp_path / "out" / "atheris" / "corpus"
-    assert int(m.group(4)) == len(list(corpus.iterdir())) > coverage.SEEDS_PER_WORKER * jobs
+    files = list(corpus.iterdir())
+    valid = [f for f in files if f.name.startswith("valid-")]
+    assert int(m.group(4)) == len(files) > len(valid) + coverage.SEEDS_PER_WORKER * jobs
     stats = [line for line in proc.stderr.splitlines() if line.startswith("  worker ")]
     assert len(stats) == jobs and all("number_of_executed_units:" in s for s in stats)
     assert sum(int(re.search(r"number_of_executed_units:(\d+)", s).group(1)) for s in stats) == count  # type: ignore[union-attr]
