@@ -459,15 +459,11 @@ class PcMachine(Machine):
             raise MachineError(str(e)) from None
         return dev
 
-    # ---- migration: the vCPU's registers travel in a "cpu" section
+    # ---- migration (the CPU, device[0], saves its cpu_common and cpu sections first)
     def migration_entries(self, saving: bool) -> list:
-        from emu.migration.vmstate import cpu_entry
-
         entries = super().migration_entries(saving)
         if self.acpi_tables is not None:  # registered at machine-done, after the devices
             entries.append(self.acpi_tables.migration_entry(saving))
-        vcpu = getattr(self.cpus[0], "vcpu", None)
-        entries.append(cpu_entry(vcpu.get_state() if saving and vcpu is not None else None))
         if not saving:  # QEMU's sections of devices not modelled here: loaded at reset state only
             entries += pc_unmodelled.load_entries()
         return entries
@@ -476,10 +472,6 @@ class PcMachine(Machine):
         super().migration_loaded(entries)
         if self.acpi_tables is not None:
             self.acpi_tables.migration_loaded(entries)
-        vcpu = getattr(self.cpus[0], "vcpu", None)
-        for e in entries:
-            if e.idstr == "cpu" and vcpu is not None and e.state:
-                vcpu.set_state(e.state)
 
     # ---- interrupts: PIC INTR and IOAPIC fixed-delivery messages to CPU 0
     def _kick_cpu(self) -> None:

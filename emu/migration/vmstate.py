@@ -437,37 +437,3 @@ VMSTATE_CONFIGURATION = VMStateDescription(
                            needed=lambda s: False, post_load=_uuid_post_load),
     ],
 )
-
-
-# ---------------------------------------------------------------- this emulator's own sections
-
-def _x86_cpu_fields() -> list[Field]:
-    """The architectural state ``emu.cpu_state`` reads, with field names after QEMU's
-    ``vmstate_x86_cpu`` (general registers, RIP/RFLAGS, segment caches with their hidden parts,
-    descriptor tables, control registers, EFER, hflags, FPU/SSE, system MSRs)."""
-    gprs = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-            "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
-    fields = [Field(r, "uint64") for r in (*gprs, "rip", "rflags")]
-    for seg in ("es", "cs", "ss", "ds", "fs", "gs", "ldt", "tr"):
-        fields += [Field(f"{seg}.selector", "uint32"), Field(f"{seg}.base", "uint64"),
-                   Field(f"{seg}.limit", "uint32"), Field(f"{seg}.flags", "uint32")]
-    for table in ("gdt", "idt"):
-        fields += [Field(f"{table}.base", "uint64"), Field(f"{table}.limit", "uint32")]
-    fields += [Field(r, "uint64") for r in ("cr0", "cr2", "cr3", "cr4", "efer")]
-    fields += [Field("hflags", "uint32"), Field("hflags2", "uint32"), Field("fpu", "buffer", 172),
-               Field("mxcsr", "uint32"), Field("xmm", "buffer", 256)]
-    fields += [Field(m, "uint64") for m in ("star", "lstar", "cstar", "fmask", "kernelgsbase",
-                                            "sysenter_cs", "sysenter_esp", "sysenter_eip")]
-    fields += [Field("halted", "uint8"), Field("interrupt_request", "uint8")]
-    return fields
-
-
-#: The x86 CPU as this emulator migrates it between its own processes (not QEMU's "cpu" format:
-#: streams of the ``none`` machine, the one shared with QEMU, have no CPU section).
-VMSTATE_X86_CPU = VMStateDescription(name="emu-x86-cpu", version_id=2, minimum_version_id=2,
-                                     fields=_x86_cpu_fields())
-
-
-def cpu_entry(state: dict | None = None, section_id: int | None = None) -> SaveStateEntry:
-    """The ``cpu`` handler, instance 0."""
-    return SaveStateEntry("cpu", 0, VMSTATE_X86_CPU, dict(state or {}), section_id)

@@ -1,4 +1,4 @@
-"""The vCPU in QEMU 7.2's own format (emu/migration/x86_cpu_qemu.py) against Debian's QEMU 7.2.
+"""The vCPU in QEMU 7.2's own format (emu/devices/x86cpu_vmstate.py) against Debian's QEMU 7.2.
 
 * A fresh ``-M pc -nodefaults -S -m 64M`` QEMU saves its ``cpu_common`` and ``cpu`` sections:
   loading them gives :func:`reset_fields`, and saving :func:`reset_fields` gives QEMU's bytes.
@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_pc_stream_qemu import full_section, vmdesc
+from test_pc_stream_qemu import full_section, save_stream, vmdesc
 from test_x86_cpu_qemu import load_both, save_both, vcpu_state
 
-from emu.migration.x86_cpu_qemu import NOT_IN_STREAM, from_qemu, reset_fields, to_qemu
+from emu.devices.x86cpu_vmstate import NOT_IN_STREAM, from_qemu, reset_fields, to_qemu
 from qtest.machine import QTestMachine
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -41,11 +41,9 @@ def save_qemu(path: Path, incoming: Path | None = None) -> bytes:
                 assert status != "failed", f"QEMU refused the stream: {m.qmp.cmd('query-migrate')}"
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
-        m.qmp.cmd("migrate", uri=f"exec:cat > {path}")
-        while m.qmp.cmd("query-migrate").get("status") != "completed":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-    return path.read_bytes()
+        stream = save_stream(m)
+    path.write_bytes(stream)
+    return stream
 
 
 def section_span(stream: bytes, key: tuple[str, int]) -> tuple[int, int]:

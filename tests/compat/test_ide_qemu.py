@@ -2,18 +2,17 @@
 
 Both binaries (``-M pc -nodefaults -S``, no drives) run the same qtest port program, one command
 per round trip (QEMU performs a soft reset in a bottom half, which runs between round trips but
-not inside a pipelined batch), then save with ``migrate exec:cat > FILE``. Compared: every reply
+not inside a pipelined batch), then save with ``migrate`` to a socket the test reads. Compared: every reply
 of the program, and the section's version and bytes; QEMU's section then loads into a board of
 ours, which saves it again unchanged.
 """
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 
 import pytest
-from test_pc_stream_qemu import full_section
+from test_pc_stream_qemu import full_section, save_stream
 from test_qtest_compat import both, needs_qemu  # needs_qemu: skipped without qemu-system-x86_64
 from vmstate_source import ByteSource
 
@@ -56,11 +55,9 @@ def run_and_save(binary: str, path: Path, program: list[str], extra: list[str]) 
     """The replies of ``program`` (one command per round trip) and the saved stream."""
     with QTestMachine(binary, ARGS + extra, accel_qtest=False) as m:
         replies = [m.qtest.pipeline([cmd], check=True)[0] for cmd in program]
-        m.qmp.cmd("migrate", uri=f"exec:cat > {path}")
-        deadline = time.monotonic() + 60
-        while m.qmp.cmd("query-migrate").get("status") != "completed":  # polled, as libqtest does
-            assert time.monotonic() < deadline
-    return replies, path.read_bytes()
+        stream = save_stream(m)
+    path.write_bytes(stream)
+    return replies, stream
 
 
 def random_program(seed: int, count: int = 300) -> list[str]:

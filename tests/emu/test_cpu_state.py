@@ -1,8 +1,9 @@
 """The vCPU's architectural state round-trips in every x86 mode (emu/cpu_state.py).
 
-Each guest runs on one pc machine until it has printed on COM1, is paused, and its state and RAM
-are put into a second, fresh machine, which must report the very same state and then go on
-running the guest where the first one stopped. The guests are built so that a wrong hidden
+Each guest runs on one pc machine until it has printed on COM1, is paused, and its RAM and its CPU
+(as the CPU device's QEMU ``cpu_common``/``cpu`` section bytes) are put into a second, fresh
+machine, which must report the very same state and then go on running the guest where the first
+one stopped. The guests are built so that a wrong hidden
 segment part or a wrong mode makes them fault or print the wrong thing.
 """
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 import pytest
 from guest_asm import FLAT_CODE32, FLAT_DATA32, gdt
 from pc_guest import PcGuest
+from vmstate_source import ByteSource
 
-from emu.migration.vmstate import VMSTATE_X86_CPU
+from emu.migration.vmstate import LoadContext, load_state, save_state
 
 RAM = 4 << 20
 CODE16 = 0x00009A000000FFFF  # base 0, limit 64 KiB
@@ -155,12 +157,20 @@ lm64:
 
 
 def migrate(source: PcGuest) -> tuple[dict[str, Any], PcGuest]:
-    """Pauses ``source`` and copies its RAM and vCPU state into a new machine (still paused)."""
+    """Pauses ``source`` and copies its RAM and its CPU's sections (as bytes, through QEMU's
+    format) into a new machine (still paused)."""
     source.vm.stop()
     state = source.vcpu.get_state()
+    bodies = [(name, vmsd, save_state(vmsd, fields))
+              for name, _, vmsd, fields in source.machine.cpus[0].vmstate_sections(saving=True)]
+    assert [name for name, _, _ in bodies] == ["cpu_common", "cpu"]
     dest = PcGuest(bytes(512), RAM, start_paused=True)
     dest.machine.ram_blocks[0].view()[:] = source.machine.ram_blocks[0].view()
-    dest.vcpu.set_state(state)
+    cpu = dest.machine.cpus[0]
+    sections = cpu.vmstate_sections(saving=False)
+    for (_, vmsd, body), (name, _instance, _, fields) in zip(bodies, sections):
+        assert load_state(ByteSource(body), vmsd, fields, vmsd.version_id, LoadContext()) == 0, name
+    cpu.load_vmstate_sections({(name, instance): fields for name, instance, _, fields in sections})
     return state, dest
 
 
@@ -174,8 +184,10 @@ def test_state_round_trips_and_the_guest_goes_on(assemble, source, mark, counter
     try:
         guest.wait_until(lambda out: out.count(mark) >= 2, 30)
         state, dest = migrate(guest)
-        assert state.keys() == {f.name for f in VMSTATE_X86_CPU.fields}
-        assert dest.vcpu.get_state() == state  # every field, hidden segment parts included
+        got = dest.vcpu.get_state()
+        # every field, hidden segment parts included; the x87 last CS/DS selectors are not in
+        # QEMU's stream and arrive as 0
+        assert got == dict(state, fpu=state["fpu"][:150] + bytes(4) + state["fpu"][154:])
         before = state[counter]
         dest.vm.cont()
         dest.wait_until(lambda out: out.count(mark) >= 2, 30)
