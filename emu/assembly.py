@@ -104,7 +104,7 @@ class Assembler:
 
     def _warn_missing_defaults(self, machine: Any) -> None:
         """QEMU's default devices that this board does not create are said to be missing (the
-        serial and parallel ports are created)."""
+        serial and parallel ports and the CD-ROM drive are created)."""
         from emu.drives import default_cdrom_wanted
 
         cfg = self.cfg
@@ -113,23 +113,42 @@ class Assembler:
         missing = [what for what, wanted in (("VGA (-vga std)", cfg.default_vga),
                                              ("e1000 network card (-nic)", cfg.default_net),
                                              ("floppy drive fd0", True),
-                                             ("CD-ROM ide1-cd0", default_cdrom_wanted(cfg.drives, cfg.devices)))
+                                             ("CD-ROM ide1-cd0", default_cdrom_wanted(cfg.drives, cfg.devices)
+                                              and not machine.ide_buses))
                    if wanted]
         # said once start-up succeeded: a start-up error stays the only line, as in QEMU
-        self.late_warnings.append(f"QEMU's default {', '.join(missing)} "
-                                  f"{'is' if len(missing) == 1 else 'are'} not created by this emulator; "
-                                  "-nodefaults leaves them out")
+        one = len(missing) == 1
+        self.late_warnings.append(f"QEMU's default {', '.join(missing)} {'is' if one else 'are'} not created by "
+                                  f"this emulator; -nodefaults leaves {'it' if one else 'them'} out")
 
     def _attach_boot_disk(self, machine: Any) -> None:
-        from emu.drives import DriveError, boot_disk
+        """The boot disk, then the empty CD-ROM drives of ``-drive if=ide,media=cdrom`` and the
+        default one (IDE index 2, as QEMU adds it without ``-nodefaults``)."""
+        from emu.drives import DriveError, boot_disk, default_cdrom_wanted, ide_drives
 
+        cfg = self.cfg
+        default_cdrom = (not cfg.nodefaults and machine.has_default_devices
+                         and default_cdrom_wanted(cfg.drives, cfg.devices))
         try:
-            disk = boot_disk(self.cfg.drives, self.cfg.devices, machine.migration_faults)
+            disk = boot_disk(cfg.drives, cfg.devices, machine.migration_faults)
+            ide = ide_drives(cfg.drives, machine.ide_buses, default_cdrom)
         except DriveError as e:
             raise StartupError(str(e)) from None
+        # the boot disk sits at the primary master, whose ATA registers are not modelled (its
+        # channel's ports are unmapped): another drive on that bus could not be reached
+        for drive in ide:
+            if drive.media == "disk" and drive.index != 0:
+                raise StartupError(f"an IDE disk at index {drive.index} is not supported by this emulator "
+                                   "(only the boot disk, at index 0)")
+            if drive.media == "cdrom" and disk is not None and drive.index < 2:
+                raise StartupError("a CD-ROM drive on the primary IDE bus beside the boot disk is not supported "
+                                   "by this emulator")
         if disk is not None and hasattr(machine, "attach_boot_disk"):
             with open(disk, "rb") as f:
                 machine.attach_boot_disk(f.read(512).ljust(512, b"\0"))
+        for drive in ide:
+            if drive.media == "cdrom":
+                machine.attach_cdrom(drive.index)
 
     def _add_devices(self, machine: Any) -> None:
         """Each ``-device`` of the catalog, in command-line order (``ide-hd`` and the test-only

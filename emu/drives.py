@@ -1,10 +1,13 @@
-"""Disks from ``-drive`` and ``-device ide-hd``: which raw image the machine boots from.
+"""Disks from ``-drive`` and ``-device ide-hd``: which raw image the machine boots from, and the
+IDE slots of ``-drive if=ide`` (empty CD-ROM drives included).
 
 Only raw images are supported; the first disk on the IDE bus (``-drive file=...`` with the default
 ``if=ide``, or ``-drive if=none,id=X`` plus ``-device ide-hd,drive=X``) is the boot disk. Errors
 use QEMU's wording.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from emu.chardev import parse_opts
 from emu.devices import migration_fault as fault_device
@@ -18,10 +21,11 @@ IDE_HD_PROPS = frozenset({"drive", "secs", "cyls", "heads", "bootindex", "bus", 
 
 
 class DriveError(Exception):
-    """``str()`` is the message after the option's location (``-drive ...: <message>``)."""
+    """``str()`` is the message after the option's location (``-drive ...: <message>``), or the
+    message alone for an error QEMU reports without one (``option`` empty)."""
 
     def __init__(self, option: str, message: str) -> None:
-        super().__init__(f"{option}: {message}")
+        super().__init__(f"{option}: {message}" if option else message)
 
 
 def _check_file(option: str, path: str) -> None:
@@ -134,3 +138,68 @@ def default_cdrom_wanted(drives: list[str], devices: list[str]) -> bool:
             continue  # a malformed number is the drive set-up's error to report
         taken.add(slot)
     return 2 not in taken
+
+
+#: PIIX IDE: two buses of two units; a drive's index is bus * 2 + unit
+IDE_UNITS_PER_BUS = 2
+
+
+@dataclass(frozen=True)
+class IdeDrive:
+    """A ``-drive if=ide`` at its slot: ``media`` is ``disk`` or ``cdrom``; ``file`` None when empty."""
+
+    index: int
+    media: str
+    file: str | None
+
+
+def _number(option: str, opts: dict[str, str], key: str, default: int) -> int:
+    if key not in opts:
+        return default
+    try:
+        return int(opts[key], 0)
+    except ValueError:
+        raise DriveError(option, f"Parameter '{key}' expects a number") from None
+
+
+def ide_drives(drives: list[str], ide_buses: int, default_cdrom: bool) -> list[IdeDrive]:
+    """The ``-drive if=ide`` drives at the slots QEMU's drive_new gives them (``index=``, or
+    ``bus=``/``unit=``, or the first free unit), then QEMU's default CD-ROM at index 2 when
+    ``default_cdrom`` and that slot is free. ``ide_buses``: the board's IDE buses (0: a board
+    without IDE, whose default interface is ``none``). QEMU's errors: a bad number, ``index``
+    with ``bus``/``unit``, a unit too big, a taken slot, a slot the board lacks, an empty disk."""
+    out: dict[tuple[int, int], IdeDrive] = {}
+    for spec in drives:
+        option = f"-drive {spec}"
+        pairs, _ = parse_opts(spec)
+        opts = dict(pairs)
+        if opts.get("if", "ide" if ide_buses else "none") != "ide":
+            continue
+        bus = _number(option, opts, "bus", 0)
+        unit = _number(option, opts, "unit", -1)
+        index = _number(option, opts, "index", -1)
+        if index != -1:
+            if bus != 0 or unit != -1:
+                raise DriveError(option, "index cannot be used with bus and unit")
+            bus, unit = divmod(index, IDE_UNITS_PER_BUS)
+        if unit == -1:
+            unit = 0
+            while (bus, unit) in out:
+                unit += 1
+                if unit >= IDE_UNITS_PER_BUS:
+                    unit -= IDE_UNITS_PER_BUS
+                    bus += 1
+        if unit >= IDE_UNITS_PER_BUS:
+            raise DriveError(option, f"unit {unit} too big (max is {IDE_UNITS_PER_BUS - 1})")
+        if (bus, unit) in out:
+            raise DriveError(option, f"drive with bus={bus}, unit={unit} (index={index}) exists")
+        if bus < 0 or bus >= ide_buses:
+            raise DriveError(option, f"machine type does not support if=ide,bus={bus},unit={unit}")
+        media = "cdrom" if opts.get("media") == "cdrom" else "disk"
+        out[bus, unit] = IdeDrive(bus * IDE_UNITS_PER_BUS + unit, media, opts.get("file"))
+    if default_cdrom and ide_buses > 1 and (1, 0) not in out:
+        out[1, 0] = IdeDrive(2, "cdrom", None)
+    for drive in out.values():
+        if drive.media == "disk" and drive.file is None:
+            raise DriveError("", "Device needs media, but drive is empty")
+    return sorted(out.values(), key=lambda d: d.index)

@@ -51,6 +51,8 @@ class Machine(QObject):
     has_default_devices = False
     machine_parent = "machine"  # QOM parent of this machine's type
     max_cpus = 1
+    #: IDE buses for ``-drive if=ide`` (0: none, and ``-drive`` defaults to ``if=none``)
+    ide_buses = 0
     default_cpu_type: str | None = None
     default_ram_id: str | None = None
     acpi = False

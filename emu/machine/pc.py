@@ -32,7 +32,7 @@ from emu.devices.i8254 import PIT
 from emu.devices.i8257 import create_dma_pair
 from emu.devices.i8259 import I8259
 from emu.devices.ib700 import IB700, IB700_BASE
-from emu.devices.ide_ports import CHANNELS, EmptyIdeChannel
+from emu.devices.ide_ports import CHANNELS, EmptyIdeChannel, ide_serial
 from emu.devices.ioapic import IOAPIC, IOAPIC_BASE, NUM_PINS
 from emu.devices.ioport import PORT80_ADDR, PORT92_ADDR, PORTF0_ADDR, Port92, port80_region, portf0_region
 from emu.devices.pci import PCIDevice, PCIError
@@ -125,6 +125,7 @@ class PcMachine(Machine):
     has_default_devices = True
     machine_parent = "generic-pc-machine"
     max_cpus = 255
+    ide_buses = 2
     default_cpu_type = "qemu64-x86_64-cpu"
     default_ram_id = "pc.ram"
     acpi = True
@@ -373,6 +374,12 @@ class PcMachine(Machine):
         slot = self.ide.buses[0].ifs[0]
         slot.has_drive = True
         slot.reset()
+
+    def attach_cdrom(self, index: int) -> None:
+        """An empty CD-ROM drive (QEMU's ide-cd without medium) at IDE ``index`` (bus * 2 + unit),
+        with the serial QEMU gives that slot."""
+        bus, unit = divmod(index, 2)
+        self.ide.buses[bus].attach_cdrom(unit, ide_serial(bus, unit))
 
     def machine_done(self) -> None:
         """Once every device (``-serial`` UARTs included) exists: QEMU's machine-init-done

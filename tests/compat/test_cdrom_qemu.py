@@ -11,15 +11,15 @@ NOTIFICATION, MODE SENSE, READ CAPACITY, READ(10), START STOP UNIT, PREVENT ALLO
 MECHANISM STATUS, unknown opcodes), replies split by a small byte count limit, DMA-flagged and
 overlapped packets, SRST and DEVICE RESET, and a migration taken in the middle of a transfer.
 
-Our side: until the board attaches the drive itself, an in-process pc board whose secondary bus
-gets :meth:`IdeBus.attach_cdrom` runs the program against its I/O address space
-(:func:`ours_in_process`); ``USE_OUR_BINARY`` is the one line to switch to our binary. Random
-programs take their seeds from ``CDROM_SEEDS`` (default "1 2 3 4 5 6").
+Our side is our binary with the same ``-drive``. Random programs take their seeds from
+``CDROM_SEEDS`` (default "1 2 3 4 5 6"). Also compared: the slots ``-drive if=ide`` gives a CD,
+and the errors of bad IDE drives.
 """
 from __future__ import annotations
 
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -137,16 +137,10 @@ def binary(path: str, tmp_path: Path, program: list[str], drive: list[str] = CDR
     return replies, full_section(stream, SECTION)
 
 
-#: the one-line switch: True once our board attaches the drive for ``-drive if=ide,media=cdrom``
-USE_OUR_BINARY = False
-
-
 def ours(tmp_path: Path, program: list[str], unit: int = 0) -> tuple[list[str], tuple[int, bytes]]:
-    """Our side of a comparison: the CD on the secondary bus's ``unit``."""
-    if USE_OUR_BINARY:
-        assert OURS is not None
-        return binary(OURS, tmp_path, program, ["-drive", f"if=ide,index={2 + unit},media=cdrom"])
-    return ours_in_process(tmp_path, program, unit)
+    """Our side of a comparison: our binary with the CD on the secondary bus's ``unit``."""
+    assert OURS is not None
+    return binary(OURS, tmp_path, program, ["-drive", f"if=ide,index={2 + unit},media=cdrom"])
 
 
 def reload(body: bytes, unit: int = 0) -> bytes:
@@ -256,3 +250,45 @@ def test_random_programs_match_qemu(tmp_path: Path, seed: int) -> None:
     qemu_result = binary(QEMU, tmp_path, program)
     assert_same(program, ours(tmp_path, program), qemu_result)
     assert_reloads(qemu_result[1][1])
+
+
+#: the primary channel with a CD as master (``-drive if=ide,media=cdrom`` takes the first free
+#: slot): its registers, IDENTIFY PACKET DEVICE's first words, INQUIRY
+PRIMARY = ["inb 0x3f6", *[f"inb 0x{p:x}" for p in range(0x1f1, 0x1f8)], "outb 0x1f7 0xa1", "inb 0x1f7",
+           *["inw 0x1f0"] * 32, "inb 0x1f7"]
+
+
+@needs_qemu
+@pytest.mark.qemu
+@pytest.mark.parametrize("drives", [["-drive", "if=ide,media=cdrom"], ["-drive", "if=ide,bus=0,unit=1,media=cdrom"],
+                                    ["-drive", "if=ide,media=cdrom"] * 2],
+                         ids=["first-free", "bus-unit", "two"])
+def test_cdrom_slots_match_qemu(tmp_path: Path, drives: list[str]) -> None:
+    assert OURS is not None and QEMU is not None
+    program = PRIMARY + ["outb 0x1f6 0x10", *PRIMARY]
+    (ours_replies, ours_stream), (qemu_replies, qemu_stream) = (
+        run_and_save(b, tmp_path / Path(b).name, program, drives) for b in (OURS, QEMU))
+    assert ours_replies == qemu_replies
+    assert "OK 0x0050" in ours_replies  # a drive answers: ready, seek complete
+    assert full_section(ours_stream, SECTION) == full_section(qemu_stream, SECTION)
+
+
+@needs_qemu
+@pytest.mark.qemu
+@pytest.mark.parametrize("drives", [
+    ["-drive", "if=ide,index=1"], ["-drive", "if=ide,media=disk"], ["-drive", "if=ide,index=5,media=cdrom"],
+    ["-drive", "if=ide,bus=2,media=cdrom"], ["-drive", "if=ide,unit=2,media=cdrom"],
+    ["-drive", "if=ide,index=1,bus=1,media=cdrom"], ["-drive", "if=ide,index=x,media=cdrom"],
+    ["-drive", "if=ide,media=cdrom,unit=1", "-drive", "if=ide,media=cdrom,unit=1"],
+    ["-drive", "if=ide,index=3,media=cdrom", "-drive", "if=ide,index=3,media=cdrom"],
+    ["-M", "none", "-drive", "if=ide,media=cdrom"],
+], ids=lambda d: " ".join(d))
+def test_bad_ide_drives_fail_as_in_qemu(drives: list[str]) -> None:
+    """Slot errors and an empty disk: the same message (after the program name), exit status 1."""
+    def run(binary: str) -> tuple[int, str]:
+        proc = subprocess.run([binary, "-M", "pc", "-nodefaults", "-display", "none", "-S", *drives],
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        return proc.returncode, proc.stderr.split(": ", 1)[1]
+
+    assert OURS is not None and QEMU is not None
+    assert run(OURS) == run(QEMU)

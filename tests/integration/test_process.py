@@ -239,6 +239,13 @@ def test_connect_failure_matches_qemu(tmp):
      "emu-system-x86_64: -drive file=/etc/hostname,format=raw,bogus=1: Block format 'raw' does not support the option 'bogus'\n"),
     (["-drive", "if=bogus,file=/etc/hostname"],
      "emu-system-x86_64: -drive if=bogus,file=/etc/hostname: unsupported bus type 'bogus'\n"),
+    # what this emulator cannot do: the boot disk's ATA registers are not modelled
+    (["-drive", "file=/etc/hostname,format=raw", "-drive", "file=/etc/hostname,format=raw"],
+     "emu-system-x86_64: an IDE disk at index 1 is not supported by this emulator (only the boot disk, at index 0)\n"),
+    (["-drive", "file=/etc/hostname,format=raw", "-drive", "if=ide,index=1,media=cdrom"],
+     "emu-system-x86_64: a CD-ROM drive on the primary IDE bus beside the boot disk is not supported by this "
+     "emulator\n"),
+    (["-drive", "if=ide,index=1"], "emu-system-x86_64: Device needs media, but drive is empty\n"),
     (["-device", "ide-hd"], "emu-system-x86_64: -device ide-hd: No drive specified\n"),
     (["-device", "ide-hd,drive=d9"], "emu-system-x86_64: -device ide-hd,drive=d9: Property 'ide-hd.drive' can't find value 'd9'\n"),
     (["-drive", "if=none,id=d0,file=/etc/hostname,format=raw", "-device", "ide-hd,drive=d0,bogus=1"],
