@@ -105,16 +105,12 @@ class Assembler:
     def _warn_missing_defaults(self, machine: Any) -> None:
         """QEMU's default devices that this board does not create are said to be missing (the
         serial and parallel ports and the CD-ROM drive are created)."""
-        from emu.drives import default_cdrom_wanted
-
         cfg = self.cfg
         if cfg.nodefaults or not machine.has_default_devices:
             return
         missing = [what for what, wanted in (("VGA (-vga std)", cfg.default_vga),
                                              ("e1000 network card (-nic)", cfg.default_net),
-                                             ("floppy drive fd0", True),
-                                             ("CD-ROM ide1-cd0", default_cdrom_wanted(cfg.drives, cfg.devices)
-                                              and not machine.ide_buses))
+                                             ("floppy drive fd0", True))
                    if wanted]
         # said once start-up succeeded: a start-up error stays the only line, as in QEMU
         one = len(missing) == 1
@@ -128,7 +124,7 @@ class Assembler:
 
         cfg = self.cfg
         default_cdrom = (not cfg.nodefaults and machine.has_default_devices
-                         and default_cdrom_wanted(cfg.drives, cfg.devices))
+                         and default_cdrom_wanted(cfg.devices))
         try:
             disk = boot_disk(cfg.drives, cfg.devices, machine.migration_faults)
             ide = ide_drives(cfg.drives, machine.ide_buses, default_cdrom)

@@ -111,33 +111,14 @@ def pflash_drives(drives: list[str]) -> list[tuple[str, bool] | None]:
     return [units.get(i) for i in range(max(units) + 1)] if units else []
 
 
-def default_cdrom_wanted(drives: list[str], devices: list[str]) -> bool:
-    """Whether QEMU would add its default CD-ROM (IDE index 2, the secondary master): not after a
-    ``-device`` of a disk or CD model (default_driver_check), nor when a ``-drive`` of the IDE
-    interface already took index 2 (drives without index/bus/unit fill the first free slot)."""
+def default_cdrom_wanted(devices: list[str]) -> bool:
+    """Whether QEMU would add its default CD-ROM: not after a ``-device`` of a disk or CD model
+    (default_driver_check). Whether its slot, IDE index 2, is still free is :func:`ide_drives`'s."""
     for spec in devices:
         pairs, _ = parse_opts(spec, implied="driver")
         if dict(pairs).get("driver") in ("ide-cd", "ide-hd", "scsi-cd", "scsi-hd"):
             return False
-    taken: set[int] = set()
-    for spec in drives:
-        pairs, _ = parse_opts(spec)
-        opts = dict(pairs)
-        if opts.get("if", "ide") != "ide":
-            continue
-        try:
-            if "index" in opts:
-                slot = int(opts["index"])
-            elif "bus" in opts or "unit" in opts:
-                bus = int(opts.get("bus", 0))
-                slot = (bus * 2 + int(opts["unit"]) if "unit" in opts
-                        else next(bus * 2 + u for u in (0, 1, 2, 3) if bus * 2 + u not in taken))
-            else:
-                slot = next(i for i in range(len(taken) + 1) if i not in taken)
-        except ValueError:
-            continue  # a malformed number is the drive set-up's error to report
-        taken.add(slot)
-    return 2 not in taken
+    return True
 
 
 #: PIIX IDE: two buses of two units; a drive's index is bus * 2 + unit
